@@ -1,0 +1,129 @@
+"""The results layout, a contract shared with other tools::
+
+    RESULTS/<method>/run.json       method, suite + version, config, seeds, package versions, timestamps
+    RESULTS/<method>/cases.jsonl    one JSON object per case: case_id, subject, prompt, entity,
+                                    references (list of image paths), video (path relative to the
+                                    method folder), seed, status ("ok" or "failed"), error (when failed)
+    RESULTS/<method>/videos/<case_id>.mp4
+
+Scoring adds ``RESULTS/<method>/scores.csv`` and ``RESULTS/leaderboard.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from videobench.atomic import atomic_open, atomic_write_json
+
+RUN_FILE = "run.json"
+CASES_FILE = "cases.jsonl"
+VIDEOS_DIR = "videos"
+SCORES_FILE = "scores.csv"
+LEADERBOARD_FILE = "leaderboard.csv"
+SCHEMA_VERSION = 1
+REQUIRED_CASE_FIELDS = ("case_id", "subject", "prompt", "entity", "references", "video", "status")
+_TRACKED_PACKAGES = (
+    "videobench-customvideox", "torch", "torchvision", "diffusers", "transformers", "peft",
+    "open_clip_torch", "timm", "av", "numpy",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def video_relpath(case_id: str) -> str:
+    return f"{VIDEOS_DIR}/{case_id}.mp4"
+
+
+def check_case_id(case_id: str) -> str:
+    """A case id becomes a file name: refuse separators and dot-only names."""
+    if not case_id or case_id in {".", ".."} or any(c in case_id for c in "/\\\0") or case_id.startswith("."):
+        raise ValueError(f"invalid case_id {case_id!r}: it must be a plain file name")
+    return case_id
+
+
+@dataclass
+class CaseLine:
+    """One parsed line of cases.jsonl, or the error that made it unusable."""
+
+    line_number: int
+    record: dict[str, Any] | None
+    error: str | None = None
+
+
+def read_cases_jsonl(path: str | os.PathLike) -> list[CaseLine]:
+    """Parse cases.jsonl leniently: malformed lines come back with an ``error`` naming file and line."""
+    path = Path(path)
+    lines: list[CaseLine] = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as error:
+                lines.append(CaseLine(number, None, f"{path}:{number}: malformed JSON ({error.msg})"))
+                continue
+            if not isinstance(record, dict):
+                lines.append(CaseLine(number, None, f"{path}:{number}: expected a JSON object"))
+                continue
+            missing = [key for key in REQUIRED_CASE_FIELDS if key not in record]
+            if missing:
+                lines.append(CaseLine(number, record, f"{path}:{number}: missing field(s) {', '.join(missing)}"))
+                continue
+            try:
+                check_case_id(str(record["case_id"]))
+            except ValueError as error:
+                lines.append(CaseLine(number, record, f"{path}:{number}: {error}"))
+                continue
+            lines.append(CaseLine(number, record))
+    return lines
+
+
+def write_cases_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Rewrite cases.jsonl atomically, one sorted-key JSON object per line."""
+    with atomic_open(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_run_json(path: str | os.PathLike, info: dict[str, Any]) -> None:
+    atomic_write_json(path, {"schema_version": SCHEMA_VERSION, **info})
+
+
+def read_run_json(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def method_dirs(results: str | os.PathLike) -> list[Path]:
+    """Every folder of RESULTS that holds a cases.jsonl (other entries are stray and ignored)."""
+    results = Path(results)
+    return sorted(p for p in results.iterdir() if p.is_dir() and (p / CASES_FILE).is_file())
+
+
+def resolve_inside(base: Path, relative: str) -> Path:
+    """Join ``relative`` to ``base`` and refuse any result outside ``base`` (``..``, absolute paths)."""
+    base = base.resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise ValueError(f"path {relative!r} escapes {base}")
+    return target

@@ -1,0 +1,33 @@
+"""Benchmark suites: versioned specs (data in ``suites/data``) turned into :class:`~videobench.cases.Case` lists.
+
+``load_suite(name, data_root)`` is the one entry point. Suites: ``smoke`` (embedded, drawn by code),
+``dreambench`` (the DreamBooth dataset, 750 cases) and ``videobench`` (50 subjects, versioned prompts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from videobench.cases import Case
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: str
+    description: str
+    cases: tuple[Case, ...]
+
+    def select(self, case_ids: list[str] | None = None, limit: int | None = None) -> list[Case]:
+        """The cases named in ``case_ids`` (in suite order; unknown ids raise), then the first ``limit``."""
+        cases = list(self.cases)
+        if case_ids:
+            known = {case.case_id for case in cases}
+            unknown = [case_id for case_id in case_ids if case_id not in known]
+            if unknown:
+                raise KeyError(f"suite {self.name}: unknown case id(s): {', '.join(unknown)}")
+            wanted = set(case_ids)
+            cases = [case for case in cases if case.case_id in wanted]
+        if limit is not None:
+            cases = cases[:limit]
+        return cases
