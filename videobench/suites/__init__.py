@@ -17,6 +17,13 @@ class Suite:
     version: str
     description: str
     cases: tuple[Case, ...]
+    #: Default video geometry for methods generating this suite (``--frames/--height/--width`` override).
+    #: The paper's setting is 49 frames at 480x720, 8 fps; the smoke suite is smaller so that the whole
+    #: generate + score + report loop runs on a laptop CPU.
+    num_frames: int = 49
+    height: int = 480
+    width: int = 720
+    fps: int = 8
 
     def select(self, case_ids: list[str] | None = None, limit: int | None = None) -> list[Case]:
         """The cases named in ``case_ids`` (in suite order; unknown ids raise), then the first ``limit``."""

@@ -1,0 +1,151 @@
+"""The generation runner: results layout, resume, failure recording, shards, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from videobench.cases import Case
+from videobench.generate import RunConflictError, parse_shard, run_generation
+from videobench.results import read_cases_jsonl, read_run_json
+from videobench.suites import Suite
+from videobench.video import read_video
+
+
+class ColourGenerator:
+    """Frames whose colour depends on the case and the seed; fails on cases named in ``fail``."""
+
+    run_name = "colour"
+    fps = 8
+    random_weights = False
+
+    def __init__(self, fail: set[str] | None = None, steps: int = 1):
+        self.fail = fail or set()
+        self.steps = steps
+        self.calls: list[str] = []
+
+    def config(self):
+        return {"steps": self.steps}
+
+    def generate(self, case: Case, seed: int) -> np.ndarray:
+        self.calls.append(case.case_id)
+        if case.case_id in self.fail:
+            raise RuntimeError(f"boom in {case.case_id}")
+        rng = np.random.default_rng([seed, sum(map(ord, case.case_id))])
+        colour = rng.integers(0, 256, size=3, dtype=np.uint8)
+        return np.broadcast_to(colour, (3, 32, 48, 3)).copy()
+
+
+def make_suite(n: int = 4) -> Suite:
+    cases = tuple(
+        Case(f"s{i}-p0", "toy", f"s{i}", f"a thing number {i} dancing", "thing", (f"/refs/{i}.png",))
+        for i in range(n)
+    )
+    return Suite("toy", "toy-v1", "a test suite", cases, num_frames=3, height=32, width=48)
+
+
+def test_layout_and_records(tmp_path):
+    suite = make_suite()
+    summary = run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path, seed=3, progress=False)
+    method_dir = tmp_path / "colour"
+    assert summary.ok and summary.generated == [c.case_id for c in suite.cases]
+    run = read_run_json(method_dir / "run.json")
+    assert run["suite"] == "toy" and run["suite_version"] == "toy-v1" and run["seed"] == 3
+    assert run["config"] == {"steps": 1} and run["random_weights"] is False
+    assert run["packages"]["numpy"] == np.__version__
+    lines = read_cases_jsonl(method_dir / "cases.jsonl")
+    assert [line.record["case_id"] for line in lines] == [c.case_id for c in suite.cases]
+    first = lines[0].record
+    assert first["video"] == "videos/s0-p0.mp4" and first["status"] == "ok" and first["seed"] == 3
+    assert first["references"] == ["/refs/0.png"] and first["entity"] == "thing"
+    video = read_video(method_dir / first["video"])
+    assert video.frames.shape == (3, 32, 48, 3) and video.fps == 8
+    assert not list(method_dir.rglob("*.part")), "temporary files left behind"
+
+
+def test_failure_is_recorded_and_others_run(tmp_path):
+    suite = make_suite()
+    summary = run_generation("colour", ColourGenerator(fail={"s1-p0"}), suite, suite.cases, tmp_path, progress=False)
+    assert list(summary.failed) == ["s1-p0"] and "boom in s1-p0" in summary.failed["s1-p0"]
+    records = {line.record["case_id"]: line.record for line in read_cases_jsonl(tmp_path / "colour" / "cases.jsonl")}
+    assert records["s1-p0"]["status"] == "failed" and "RuntimeError: boom in s1-p0" == records["s1-p0"]["error"]
+    assert all(records[c]["status"] == "ok" for c in ("s0-p0", "s2-p0", "s3-p0"))
+    assert not (tmp_path / "colour" / "videos" / "s1-p0.mp4").exists()
+
+
+def test_resume_skips_valid_videos_and_redoes_broken_ones(tmp_path):
+    suite = make_suite()
+    run_generation("colour", ColourGenerator(fail={"s1-p0"}), suite, suite.cases, tmp_path, progress=False)
+    # Damage one good video: truncate it.
+    broken = tmp_path / "colour" / "videos" / "s2-p0.mp4"
+    broken.write_bytes(broken.read_bytes()[:100])
+    generator = ColourGenerator()
+    summary = run_generation("colour", generator, suite, suite.cases, tmp_path, progress=False)
+    assert sorted(generator.calls) == ["s1-p0", "s2-p0"]
+    assert sorted(summary.skipped) == ["s0-p0", "s3-p0"] and summary.ok
+    records = [line.record for line in read_cases_jsonl(tmp_path / "colour" / "cases.jsonl")]
+    assert all(r["status"] == "ok" and "error" not in r for r in records)
+
+
+def test_same_seed_same_video_other_seed_differs(tmp_path):
+    suite = make_suite(1)
+    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path / "a", seed=5, progress=False)
+    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path / "b", seed=5, progress=False)
+    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path / "c", seed=6, progress=False)
+    a, b, c = (read_video(tmp_path / x / "colour/videos/s0-p0.mp4").frames for x in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_config_change_refuses_to_mix(tmp_path):
+    suite = make_suite(2)
+    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
+    with pytest.raises(RunConflictError, match="another configuration"):
+        run_generation("colour", ColourGenerator(steps=2), suite, suite.cases, tmp_path, progress=False)
+    other_suite = Suite("other", "v1", "", suite.cases)
+    with pytest.raises(RunConflictError, match="holds suite toy"):
+        run_generation("colour", ColourGenerator(), other_suite, suite.cases, tmp_path, progress=False)
+    generator = ColourGenerator(steps=2)
+    run_generation("colour", generator, suite, suite.cases, tmp_path, overwrite=True, progress=False)
+    assert len(generator.calls) == 2
+
+
+def test_shards_cover_the_suite_once_and_merge(tmp_path):
+    suite = make_suite(5)
+    seen = []
+    for index in range(2):
+        generator = ColourGenerator()
+        run_generation("colour", generator, suite, suite.cases, tmp_path, shard=f"{index}/2", progress=False)
+        seen += generator.calls
+    assert sorted(seen) == sorted(c.case_id for c in suite.cases)
+    records = [line.record["case_id"] for line in read_cases_jsonl(tmp_path / "colour" / "cases.jsonl")]
+    assert records == [c.case_id for c in suite.cases]
+
+
+@pytest.mark.parametrize("bad", ["1", "2/2", "-1/3", "a/b", "0/0"])
+def test_parse_shard_rejects(bad):
+    with pytest.raises(ValueError, match="shard"):
+        parse_shard(bad)
+
+
+def test_malformed_cases_line_is_regenerated(tmp_path):
+    suite = make_suite(2)
+    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
+    path = tmp_path / "colour" / "cases.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n{not json\n")
+    generator = ColourGenerator()
+    run_generation("colour", generator, suite, suite.cases, tmp_path, progress=False)
+    assert generator.calls == ["s1-p0"]
+    assert [json.loads(line)["case_id"] for line in path.read_text().splitlines()] == ["s0-p0", "s1-p0"]
+
+
+def test_bad_frames_are_a_case_failure(tmp_path):
+    class Bad(ColourGenerator):
+        def generate(self, case, seed):
+            return np.zeros((3, 32, 48), dtype=np.uint8)
+
+    suite = make_suite(1)
+    summary = run_generation("colour", Bad(), suite, suite.cases, tmp_path, progress=False)
+    assert "expected (T, H, W, 3)" in summary.failed["s0-p0"]

@@ -1,0 +1,314 @@
+"""The ``videobench`` command line: a thin click layer over the library functions.
+
+    videobench generate --method NAME --suite SUITE --out RESULTS
+    videobench score RESULTS
+    videobench report RESULTS
+    videobench run --suite smoke --preset tiny --random-weights --out RESULTS   (all three)
+    videobench weights | data download SUITE | data verify SUITE | suites | methods
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_CASE_FAILURES = 1  # some case failed or could not be scored; everything else was written
+EXIT_SETUP_ERROR = 2  # nothing ran: missing weights/data, bad options
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(EXIT_SETUP_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="videobench-customvideox")
+def main(verbose: bool) -> None:
+    """VideoBench: benchmark zero-shot subject-driven video generation (CustomVideoX and baselines)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+# --------------------------------------------------------------------------------------------- options
+
+data_root_option = click.option(
+    "--data-root", type=click.Path(path_type=Path), default=None,
+    help="Benchmark data folder (default: $VIDEOBENCH_DATA, else ~/.cache/videobench/data).",
+)
+
+
+def generation_options(func):
+    options = [
+        click.option("--suite", default="smoke", show_default=True, help="smoke, dreambench or videobench."),
+        data_root_option,
+        click.option("--limit", type=int, default=None, help="Only the first N cases."),
+        click.option("--cases", "case_ids", default=None, help="Comma-separated case ids."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Base seed (every case uses it)."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+        click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"])),
+        click.option("--preset", default=None, help="Model preset, e.g. 'tiny' (random-initialised, for smoke runs)."),
+        click.option("--model", default=None, help="CogVideoX-5B folder or hub id (model methods)."),
+        click.option("--lora", default=None, help="Reference LoRA safetensors (CustomVideoX)."),
+        click.option("--ablation", default=None, help="CustomVideoX ablation: naive, 3d-ra, 3d-ra+tab, 3d-ra+tab+erae."),
+        click.option("--mode", default=None, type=click.Choice(["joint", "cached"]), help="CustomVideoX reference mode."),
+        click.option("--steps", type=int, default=None, help="Denoising steps (method default otherwise)."),
+        click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale."),
+        click.option("--frames", type=int, default=None, help="Frames per video (suite default otherwise)."),
+        click.option("--height", type=int, default=None),
+        click.option("--width", type=int, default=None),
+        click.option("--shard", default=None, help="i/n: generate every n-th case starting at i (multi-GPU/node)."),
+        click.option("--overwrite", is_flag=True, help="Regenerate every case even if a valid video exists."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def scoring_options(func):
+    options = [
+        click.option("--metrics", default=None, help="Comma-separated subset of clip_t,clip_i,dino_i,t_cons,dynamic."),
+        click.option("--device", "score_device", default="cpu", show_default=True),
+        click.option("--score-dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"])),
+        click.option("--clip-model", default="ViT-B-32-quickgelu", show_default=True, help="open_clip architecture."),
+        click.option("--clip-weights", type=click.Path(path_type=Path), default=None),
+        click.option("--dino-weights", type=click.Path(path_type=Path), default=None),
+        click.option("--raft-weights", type=click.Path(path_type=Path), default=None),
+        click.option("--weights-dir", type=click.Path(path_type=Path), default=None,
+                     help="Folder with the metric weights (default: $VIDEOBENCH_WEIGHTS)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+random_weights_option = click.option(
+    "--random-weights", is_flag=True,
+    help="Use random-initialised models where weights are missing (smoke runs only; stamped in every output).",
+)
+
+# --------------------------------------------------------------------------------------------- generate
+
+
+def _generate(method: str, opts: dict, random_weights: bool, progress: bool = True) -> bool:
+    from videobench.generate import RunConflictError, run_generation
+    from videobench.methods import MethodConfig, build_generator
+    from videobench.suites import load_suite
+
+    try:
+        suite = load_suite(opts["suite"], opts["data_root"])
+        cases = suite.select(_split(opts["case_ids"]), opts["limit"])
+    except (KeyError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    extra = {key: opts[key] for key in ("mode", "steps", "guidance") if opts.get(key) is not None}
+    config = MethodConfig(
+        device=opts["device"], dtype=opts["dtype"], preset=opts["preset"], model=opts["model"], lora=opts["lora"],
+        ablation=opts["ablation"], random_weights=random_weights,
+        num_frames=opts["frames"] or suite.num_frames, height=opts["height"] or suite.height,
+        width=opts["width"] or suite.width, fps=suite.fps, extra=extra,
+    )
+    try:
+        generator = build_generator(method, config)
+    except KeyError as error:
+        _fail(str(error.args[0]))
+    except (FileNotFoundError, OSError, ValueError) as error:  # missing weights and friends: before any work
+        _fail(str(error))
+    if generator.random_weights:
+        click.secho(f"note: {generator.run_name} uses RANDOM weights; its outputs are stamped as such", fg="yellow", err=True)
+    try:
+        summary = run_generation(method, generator, suite, cases, opts["out"], seed=opts["seed"],
+                                 shard=opts["shard"], overwrite=opts["overwrite"], progress=progress)
+    except (RunConflictError, ValueError) as error:
+        _fail(str(error))
+    click.echo(
+        f"{generator.run_name}: {len(summary.generated)} generated, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed -> {summary.method_dir}"
+    )
+    for case_id, message in summary.failed.items():
+        click.secho(f"  failed {case_id}: {message}", fg="red", err=True)
+    return summary.ok
+
+
+@main.command()
+@click.option("--method", required=True, help="A registered method (see `videobench methods`).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="RESULTS folder.")
+@generation_options
+@random_weights_option
+def generate(method: str, random_weights: bool, **opts) -> None:
+    """Generate the videos of a suite with one method into RESULTS/<method>/."""
+    ok = _generate(method, opts, random_weights)
+    sys.exit(0 if ok else EXIT_CASE_FAILURES)
+
+
+# --------------------------------------------------------------------------------------------- score
+
+
+def _weights_config(opts: dict):
+    from videobench.weights import WeightsConfig
+
+    return WeightsConfig(
+        clip_weights=opts["clip_weights"], dino_weights=opts["dino_weights"], raft_weights=opts["raft_weights"],
+        weights_dir=opts["weights_dir"], clip_model=opts["clip_model"],
+    )
+
+
+def _score(results: Path, opts: dict, random_weights: bool, progress: bool = True) -> bool:
+    from videobench.metrics import build_metrics
+    from videobench.metrics.base import METRIC_COLUMNS
+    from videobench.score import score_results
+    from videobench.weights import MissingWeightsError
+
+    columns = _split(opts["metrics"]) or list(METRIC_COLUMNS)
+    unknown = [c for c in columns if c not in METRIC_COLUMNS]
+    if unknown:
+        _fail(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_COLUMNS)}")
+    if not results.is_dir():
+        _fail(f"{results}: no such results folder")
+    try:
+        metrics = build_metrics(columns, _weights_config(opts), device=opts["score_device"],
+                                dtype=opts["score_dtype"], random_weights=random_weights)
+    except MissingWeightsError as error:
+        _fail(str(error))
+    if random_weights:
+        click.secho("note: scoring with RANDOM metric weights; scores.csv and the leaderboard say so", fg="yellow", err=True)
+    summary = score_results(results, metrics, columns=columns, progress=progress)
+    click.echo(summary.describe() if hasattr(summary, "describe") else str(summary))
+    return summary.ok
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@scoring_options
+@random_weights_option
+def score(results: Path, random_weights: bool, **opts) -> None:
+    """Score every method folder of RESULTS: scores.csv per method and RESULTS/leaderboard.csv."""
+    sys.exit(0 if _score(results, opts, random_weights) else EXIT_CASE_FAILURES)
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+@main.command()
+@click.argument("results", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="HTML file (default: RESULTS/leaderboard.html).")
+def report(results: Path, out_path: Path | None) -> None:
+    """Write the self-contained HTML leaderboard of RESULTS."""
+    from videobench.report import write_report
+
+    path = write_report(results, out_path)
+    click.echo(f"report: {path}")
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+@main.command()
+@click.option("--methods", default="reference-still,reference-pan,customvideox", show_default=True,
+              help="Comma-separated methods to generate.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@generation_options
+@scoring_options
+@random_weights_option
+def run(methods: str, out: Path, random_weights: bool, **opts) -> None:
+    """Generate, score and report in one go (the README's main command)."""
+    from videobench.methods import available_methods
+
+    opts["out"] = out
+    names = _split(methods) or []
+    known = available_methods()
+    missing = [name for name in names if name not in known]
+    if missing:
+        _fail(f"unknown method(s) {', '.join(missing)}; available: {', '.join(known)}")
+    ok = True
+    for name in names:
+        ok = _generate(name, opts, random_weights) and ok
+    ok = _score(out, opts, random_weights) and ok
+    from videobench.report import write_report
+
+    click.echo(f"report: {write_report(out)}")
+    sys.exit(0 if ok else EXIT_CASE_FAILURES)
+
+
+# --------------------------------------------------------------------------------------------- info
+
+
+@main.command()
+@scoring_options
+def weights(**opts) -> None:
+    """Where each metric model's weights come from (model, file, found where, sha256)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from videobench.weights import weights_table
+
+    rows = weights_table(_weights_config(opts))
+    table = Table(title="metric weights")
+    for column in rows[0].keys() if rows else ("model",):
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*(str(value) if value is not None else "-" for value in row.values()))
+    Console().print(table)
+
+
+@main.command()
+def methods() -> None:
+    """List the registered methods."""
+    from videobench.methods import available_methods
+
+    for spec in available_methods().values():
+        click.echo(f"{spec.name:20s} {spec.description}")
+
+
+@main.command()
+@data_root_option
+def suites(data_root: Path | None) -> None:
+    """List the suites and their versions."""
+    from videobench.suites import available_suites, load_suite
+
+    for name in available_suites():
+        try:
+            suite = load_suite(name, data_root)
+            click.echo(f"{name:12s} {suite.version:16s} {len(suite.cases):5d} cases  {suite.description}")
+        except (FileNotFoundError, ValueError) as error:
+            click.echo(f"{name:12s} (not available: {error})")
+
+
+@main.group()
+def data() -> None:
+    """Download and verify the benchmark images."""
+
+
+@data.command("download")
+@click.argument("suite", type=click.Choice(["dreambench", "videobench"]))
+@data_root_option
+@click.option("--base-url", default=None, help="Mirror base URL replacing the public sources.")
+def data_download(suite: str, data_root: Path | None, base_url: str | None) -> None:
+    """Fetch a suite's images from their pinned public sources, verifying sha256."""
+    from videobench import data as data_module
+
+    report_ = data_module.download(suite, data_root, base_url=base_url)
+    click.echo(str(report_))
+    sys.exit(0 if getattr(report_, "ok", True) else EXIT_CASE_FAILURES)
+
+
+@data.command("verify")
+@click.argument("suite", type=click.Choice(["dreambench", "videobench"]))
+@data_root_option
+def data_verify(suite: str, data_root: Path | None) -> None:
+    """Check that every file of a suite is present with the pinned sha256."""
+    from videobench import data as data_module
+
+    report_ = data_module.verify(data_root, suite)
+    click.echo(str(report_))
+    sys.exit(0 if getattr(report_, "ok", True) else EXIT_CASE_FAILURES)
+
+
+if __name__ == "__main__":
+    main()
