@@ -277,7 +277,7 @@ def suites(data_root: Path | None) -> None:
             suite = load_suite(name, data_root)
             click.echo(f"{name:12s} {suite.version:16s} {len(suite.cases):5d} cases  {suite.description}")
         except (FileNotFoundError, ValueError) as error:
-            click.echo(f"{name:12s} (not available: {error})")
+            click.echo(f"{name:12s} (not available: {str(error).splitlines()[0]})")
 
 
 @main.group()
@@ -288,14 +288,19 @@ def data() -> None:
 @data.command("download")
 @click.argument("suite", type=click.Choice(["dreambench", "videobench"]))
 @data_root_option
-@click.option("--base-url", default=None, help="Mirror base URL replacing the public sources.")
-def data_download(suite: str, data_root: Path | None, base_url: str | None) -> None:
+@click.option("--base-url", default=None, help="Mirror base URL replacing https://raw.githubusercontent.com.")
+@click.option("--from", "source_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Install from a local folder laid out like the upstream repositories instead of downloading.")
+def data_download(suite: str, data_root: Path | None, base_url: str | None, source_dir: Path | None) -> None:
     """Fetch a suite's images from their pinned public sources, verifying sha256."""
     from videobench import data as data_module
 
-    report_ = data_module.download(suite, data_root, base_url=base_url)
-    click.echo(str(report_))
-    sys.exit(0 if getattr(report_, "ok", True) else EXIT_CASE_FAILURES)
+    try:
+        result = data_module.download(suite, data_root, base_urls=base_url, source_dir=source_dir)
+    except data_module.DownloadError as error:
+        _fail(str(error))
+    click.echo(f"{suite}: {len(result.downloaded)} downloaded, {len(result.skipped)} already verified "
+               f"-> {result.data_root}")
 
 
 @data.command("verify")
@@ -305,9 +310,10 @@ def data_verify(suite: str, data_root: Path | None) -> None:
     """Check that every file of a suite is present with the pinned sha256."""
     from videobench import data as data_module
 
-    report_ = data_module.verify(data_root, suite)
-    click.echo(str(report_))
-    sys.exit(0 if getattr(report_, "ok", True) else EXIT_CASE_FAILURES)
+    result = data_module.verify(data_root, suite)
+    for line in result.lines():
+        click.echo(line)
+    sys.exit(0 if result.passed else EXIT_CASE_FAILURES)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,8 @@ class Suite:
         if limit is not None:
             cases = cases[:limit]
         return cases
+
+
+from videobench.suites.registry import available_suites, load_suite  # noqa: E402  (registry imports Suite)
+
+__all__ = ["Suite", "available_suites", "load_suite"]
