@@ -58,7 +58,8 @@ def summarize_column(
     raw: Iterable[float], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
 ) -> tuple[float, float, float]:
     """``(mean, ci_low, ci_high)`` of ``100 * raw`` (NaNs dropped)."""
-    values = np.asarray(list(raw), dtype=np.float64) * 100.0
+    numbers = pd.to_numeric(pd.Series(list(raw), dtype=object), errors="coerce")
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan) * 100.0
     values = values[~np.isnan(values)]
     if values.size == 0:
         return float("nan"), float("nan"), float("nan")

@@ -17,19 +17,23 @@ smaller than 128 px, a missing or unreadable reference image, a malformed ``case
 case whose generation failed, a path escaping the method folder, or a metric raising on one video
 each give ONE line naming the case and the file (logged, and kept in the ``error`` column of
 ``scores.csv``); every other case is still scored and :attr:`ScoreSummary.failed` says whether
-anything failed. Stray files and folders are reported as warnings.
+anything failed. Stray files and folders are reported as warnings; a folder that looks like a method
+folder (run.json or videos/) without a cases.jsonl is an error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -108,8 +112,29 @@ class ScoreSummary:
         return bool(self.errors)
 
     @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
+
+    def describe(self) -> str:
+        """A few human-readable lines for the CLI."""
+        lines = [
+            f"{m.method}: {m.n_cases} case(s), {m.n_scored} scored, {m.n_failed} failed"
+            + (" [RANDOM metric weights]" if m.random_weights else "") + f" -> {m.scores_csv}"
+            for m in self.methods
+        ]
+        lines += self.global_errors
+        lines.append(f"{self.metric_calls} metric computation(s), {self.cache_hits} from the cache")
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s) (stray or superseded entries, see above)")
+        if self.leaderboard_csv is not None:
+            lines.append(f"leaderboard: {self.leaderboard_csv}")
+        if self.n_failed:
+            lines.append(f"FAILED: {self.n_failed} case(s) could not be scored (the error column of scores.csv)")
+        return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ metric selection
@@ -260,8 +285,11 @@ class _Scorer:
         return self._reference_hashes[key]
 
     # -- scoring -------------------------------------------------------------------------------
-    def score_case(self, method_dir: Path, record: dict[str, Any], where: str) -> dict[str, Any]:
-        """Raw values, diagnostics and ``video_sha256`` for one valid case record; raises CaseError."""
+    def prepare_case(self, method_dir: Path, record: dict[str, Any], where: str) -> "_Prepared":
+        """Hash, look up the cache and, when anything is missing, decode the video and references.
+
+        Everything here is I/O (run ahead of the metrics on a worker thread); raises CaseError.
+        """
         if record.get("status", "ok") != "ok":
             detail = record.get("error") or "no error message recorded"
             raise CaseError(f"{where}: generation failed ({detail}); see {method_dir / layout.CASES_FILE}")
@@ -279,58 +307,73 @@ class _Scorer:
             "references": [self.reference_sha256(path, where) for path in reference_paths],
         }
         inputs_hash = _json_sha256(inputs)
-        row: dict[str, Any] = {"video_sha256": video_sha}
+        prepared = _Prepared(where=where, video_path=video_path, row={"video_sha256": video_sha})
         info_key = _json_sha256({"v": CACHE_VERSION, "video_info": video_sha})
         info = self.cache.get(info_key)
-
-        pending: list[tuple[_MetricPlan, str, dict[str, Any], tuple[str, ...]]] = []
         for plan in self.plans:
             key = _json_sha256({"v": CACHE_VERSION, "video": video_sha, "inputs": inputs_hash, "metric": plan.config_hash})
             entry = self.cache.get(key) or {}
             values = entry.get("values", {}) if isinstance(entry.get("values"), dict) else {}
             missing = tuple(column for column in plan.columns if column not in values)
             if missing:
-                pending.append((plan, key, values, missing))
+                prepared.pending.append((plan, key, values, missing))
             else:
                 self.cache_hits += 1
-                row.update(values)
-        if pending or info is None:
+                prepared.row.update(values)
+        if prepared.pending or info is None:
             try:
                 video = read_video(video_path, min_frames=MIN_FRAMES, min_size=MIN_SIZE)
             except VideoError as error:
                 raise CaseError(f"{where}: {error}") from None
             info = {"num_frames": video.num_frames, "fps": video.fps, "height": video.size[0], "width": video.size[1]}
             self.cache.put(info_key, info)
-            if pending:
+            if prepared.pending:
                 references = []
                 for path in reference_paths:
                     try:
                         references.append(load_reference_image(path))
                     except ImageError as error:
                         raise CaseError(f"{where}: {error}") from None
-                sample = MetricInput(
+                prepared.sample = MetricInput(
                     frames=video.frames, fps=video.fps, references=references,
                     prompt=inputs["prompt"], entity=inputs["entity"],
                 )
-                for plan, key, values, missing in pending:
-                    self.metric_calls += 1
-                    try:
-                        computed = plan.metric.score(sample, columns=missing)
-                    except Exception as error:  # one bad video must not stop the run
-                        raise CaseError(
-                            f"{where}: {plan.metric.family} metric failed on {video_path} "
-                            f"({type(error).__name__}: {error})"
-                        ) from None
-                    absent = [column for column in missing if column not in computed]
-                    if absent:
-                        raise CaseError(
-                            f"{where}: {plan.metric.family} metric returned no {', '.join(absent)} for {video_path}"
-                        )
-                    values = {**values, **{name: _plain(value) for name, value in computed.items()}}
-                    self.cache.put(key, {"family": plan.metric.family, "config_hash": plan.config_hash, "values": values})
-                    row.update(values)
-        row.update({name: info.get(name) for name in DIAGNOSTIC_COLUMNS})
+        prepared.row.update({name: info.get(name) for name in DIAGNOSTIC_COLUMNS})
+        return prepared
+
+    def compute_case(self, prepared: "_Prepared") -> dict[str, Any]:
+        """Run the metrics whose values were not cached; cache them; return the row. Raises CaseError."""
+        row = prepared.row
+        for plan, key, values, missing in prepared.pending:
+            self.metric_calls += 1
+            try:
+                computed = plan.metric.score(prepared.sample, columns=missing)
+            except Exception as error:  # one bad video must not stop the run
+                raise CaseError(
+                    f"{prepared.where}: {plan.metric.family} metric failed on {prepared.video_path} "
+                    f"({type(error).__name__}: {error})"
+                ) from None
+            absent = [column for column in missing if column not in computed]
+            if absent:
+                raise CaseError(
+                    f"{prepared.where}: {plan.metric.family} metric returned no {', '.join(absent)} "
+                    f"for {prepared.video_path}"
+                )
+            values = {**values, **{name: _plain(value) for name, value in computed.items()}}
+            self.cache.put(key, {"family": plan.metric.family, "config_hash": plan.config_hash, "values": values})
+            row.update(values)
         return row
+
+
+@dataclass
+class _Prepared:
+    """A case ready for the metrics: cached values already in ``row``, the rest in ``pending``."""
+
+    where: str
+    video_path: Path
+    row: dict[str, Any]
+    pending: list[tuple[_MetricPlan, str, dict[str, Any], tuple[str, ...]]] = field(default_factory=list)
+    sample: MetricInput | None = None
 
 
 def _plain(value: Any) -> Any:
@@ -401,17 +444,24 @@ def _stray_in_method(method_dir: Path, listed_videos: set[Path]) -> list[str]:
     return stray
 
 
-def _stray_in_results(results_dir: Path, methods: list[Path]) -> list[str]:
+def _stray_in_results(results_dir: Path, methods: list[Path]) -> tuple[list[str], list[str]]:
+    """``(warnings, errors)`` about RESULTS entries that are not method folders.
+
+    A folder that looks like a method folder (it has run.json or videos/) but lacks cases.jsonl is an
+    error: its videos cannot be scored. Any other stray file or folder is a warning.
+    """
     method_names = {path.name for path in methods}
-    stray = []
+    warnings, errors = [], []
     for entry in sorted(results_dir.iterdir()):
         if entry.name.startswith(".") or entry.name in RESULTS_OWN_ENTRIES or entry.name in method_names:
             continue
-        if entry.is_dir():
-            stray.append(f"{entry}: folder without {layout.CASES_FILE}, not a method folder; ignored")
+        if entry.is_dir() and ((entry / layout.RUN_FILE).exists() or (entry / layout.VIDEOS_DIR).is_dir()):
+            errors.append(f"{entry}: looks like a method folder but has no {layout.CASES_FILE}; not scored")
+        elif entry.is_dir():
+            warnings.append(f"{entry}: folder without {layout.CASES_FILE}, not a method folder; ignored")
         else:
-            stray.append(f"{entry}: stray file in RESULTS, ignored")
-    return stray
+            warnings.append(f"{entry}: stray file in RESULTS, ignored")
+    return warnings, errors
 
 
 def _previous_scores(path: Path) -> dict[str, dict[str, Any]]:
@@ -431,6 +481,7 @@ def score_method(
     scorer: _Scorer,
     warnings: list[str],
     bar: tqdm,
+    prefetch: int = 2,
 ) -> tuple[MethodSummary, pd.DataFrame, dict[str, Any]]:
     """Score one method folder and write its scores.csv; returns the summary, rows and run info."""
     method = method_dir.name
@@ -438,7 +489,10 @@ def score_method(
     info = _read_run_info(method_dir, warnings, log)
     suite, _version = run_suite(info)
     cases_path = method_dir / layout.CASES_FILE
-    lines = layout.read_cases_jsonl(cases_path)
+    try:
+        lines = layout.read_cases_jsonl(cases_path)
+    except OSError as error:
+        lines = [layout.CaseLine(0, None, f"{cases_path}: unreadable ({error})")]
     previous = _previous_scores(method_dir / layout.SCORES_FILE)
     selected = {column for plan in scorer.plans for column in plan.columns}
     random_metrics = any(plan.metric.random_weights for plan in scorer.plans)
@@ -448,49 +502,54 @@ def score_method(
         if line.record is not None and line.error is None:
             last_line[str(line.record["case_id"])] = line.line_number
 
+    def case_id_of(line: layout.CaseLine) -> str:
+        return str((line.record or {}).get("case_id") or f"line-{line.line_number}")
+
+    def prepare(line: layout.CaseLine) -> _Prepared | None:
+        """Worker-thread part: hashing, cache look-ups, decoding (None: nothing to prepare)."""
+        case_id = case_id_of(line)
+        if line.error is not None or last_line.get(case_id) != line.line_number:
+            return None
+        where = f"{method} case {case_id}"
+        try:
+            return scorer.prepare_case(method_dir, line.record or {}, where)
+        except OSError as error:
+            raise CaseError(f"{where}: {error}") from None
+
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     listed_videos: set[Path] = set()
-    bar.total = (bar.total or 0) + len(lines)
-    bar.refresh()
-    for line in lines:
-        record = line.record or {}
-        case_id = str(record.get("case_id") or f"line-{line.line_number}")
-        row: dict[str, Any] = {
-            "case_id": case_id,
-            "suite": str(record.get("suite") or suite),
-            "subject": str(record.get("subject", "")),
-            "random_weights": int(random_metrics),
-        }
-        bar.set_postfix_str(f"{method}/{case_id}", refresh=False)
-        try:
-            if line.error is not None:
-                raise CaseError(f"{method} case {case_id}: {line.error}")
-            if last_line.get(case_id) != line.line_number:
-                warnings.append(f"{method} case {case_id}: {cases_path}:{line.line_number} is superseded by line "
-                                f"{last_line[case_id]}")
-                bar.update(1)
-                continue
-            if isinstance(record.get("video"), str):
-                with_video = method_dir / record["video"]
-                listed_videos.add(with_video.resolve())
-            row.update(scorer.score_case(method_dir, record, f"{method} case {case_id}"))
-            old = previous.get(case_id)
-            if old is not None and str(old.get("video_sha256")) == row["video_sha256"] and not _is_error(old):
-                carried = False
-                for column in SCORE_COLUMNS:
-                    if column not in selected and _is_number(old.get(column)):
-                        row[column] = old[column]
-                        carried = True
-                if carried and _is_true(old.get("random_weights")):
-                    row["random_weights"] = 1
-            row["error"] = ""
-        except CaseError as error:
-            row["error"] = str(error)
-            errors.append(str(error))
-            log(str(error))
-        rows.append(row)
-        bar.update(1)
+    # Decoding the next videos overlaps with the metrics on the current one (PyAV releases the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="videobench-decode") as pool:
+        for line, future in _prefetch(pool, prepare, lines, depth=prefetch):
+            record = line.record or {}
+            case_id = case_id_of(line)
+            row: dict[str, Any] = {
+                "case_id": case_id,
+                "suite": str(record.get("suite") or suite),
+                "subject": str(record.get("subject", "")),
+                "random_weights": int(random_metrics),
+            }
+            bar.set_postfix_str(f"{method}/{case_id}", refresh=False)
+            try:
+                if line.error is not None:
+                    raise CaseError(f"{method} case {case_id}: {line.error}")
+                if last_line.get(case_id) != line.line_number:
+                    warnings.append(f"{method} case {case_id}: {cases_path}:{line.line_number} is superseded by "
+                                    f"line {last_line[case_id]}")
+                    bar.update(1)
+                    continue
+                if isinstance(record.get("video"), str):
+                    listed_videos.add((method_dir / record["video"]).resolve())
+                row.update(scorer.compute_case(future.result()))
+                _carry_over(row, previous.get(case_id), selected)
+                row["error"] = ""
+            except CaseError as error:
+                row["error"] = str(error)
+                errors.append(str(error))
+                log(str(error))
+            rows.append(row)
+            bar.update(1)
 
     for message in _stray_in_method(method_dir, listed_videos):
         warnings.append(message)
@@ -507,6 +566,33 @@ def score_method(
         random_weights=bool(len(frame) and frame["random_weights"].astype(int).any()), errors=errors,
     )
     return summary, frame, info
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequence[Any], depth: int
+              ) -> Iterator[tuple[Any, Future]]:
+    """Yield ``(item, future of fn(item))`` in order, keeping ``depth`` items submitted ahead."""
+    queue: deque[tuple[Any, Future]] = deque()
+    iterator = iter(items)
+    for item in itertools.islice(iterator, max(1, depth)):
+        queue.append((item, pool.submit(fn, item)))
+    while queue:
+        item, future = queue.popleft()
+        for following in itertools.islice(iterator, 1):
+            queue.append((following, pool.submit(fn, following)))
+        yield item, future
+
+
+def _carry_over(row: dict[str, Any], old: dict[str, Any] | None, selected: set[str]) -> None:
+    """Keep the previous scores.csv values of the columns not computed in this run, for the same video."""
+    if old is None or str(old.get("video_sha256")) != row.get("video_sha256") or _is_error(old):
+        return
+    carried = False
+    for column in SCORE_COLUMNS:
+        if column not in selected and _is_number(old.get(column)):
+            row[column] = old[column]
+            carried = True
+    if carried and _is_true(old.get("random_weights")):
+        row["random_weights"] = 1
 
 
 def _is_number(value: Any) -> bool:
@@ -541,23 +627,33 @@ def _scores_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def build_leaderboard(
     frames: list[tuple[str, dict[str, Any], pd.DataFrame]], n_resamples: int = 1000, seed: int = 0
 ) -> pd.DataFrame:
-    """One row per (method, suite): means x100 with 95% bootstrap CIs (see :mod:`videobench.leaderboard`)."""
+    """One row per (method, suite): means x100 with 95% bootstrap CIs (see :mod:`videobench.leaderboard`).
+
+    ``random_weights`` says a metric model was random-initialised; ``method_random_weights`` that the
+    method generated its videos with random weights (run.json); ``reference`` marks calibration rows.
+    """
     parts = [frame.assign(method=method) for method, _info, frame in frames if len(frame)]
     extra = {
         method: {
             "method_name": str(info.get("method", method)),
             "reference": int(is_reference_method(method, info)),
             "suite_version": run_suite(info)[1],
+            "method_random_weights": int(bool(info.get("random_weights", False))),
         }
         for method, info, _frame in frames
     }
     empty = pd.DataFrame(columns=["method", "suite", "error", "random_weights", *SCORE_COLUMNS])
     table = aggregate(pd.concat(parts, ignore_index=True) if parts else empty, by=["method", "suite"],
                       n_resamples=n_resamples, seed=seed)
-    for key in ("suite_version", "method_name", "reference"):
+    for key in ("suite_version", "method_name", "reference", "method_random_weights"):
         table[key] = [extra[method][key] for method in table["method"]]
     ordered = list(LEADERBOARD_KEY_COLUMNS) + [c for c in table.columns if c not in LEADERBOARD_KEY_COLUMNS]
     return table[ordered]
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return sum(1 for raw in handle if raw.strip())
 
 
 def _default_log(message: str) -> None:
@@ -573,6 +669,7 @@ def score_results(
     log: Log | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    prefetch: int = 2,
 ) -> ScoreSummary:
     """Score every method folder of ``results_dir``; write each ``scores.csv`` and ``leaderboard.csv``.
 
@@ -584,6 +681,7 @@ def score_results(
         progress: show a tqdm progress bar with ETA on stderr.
         log: receives each error/warning line; default prints it to stderr above the bar.
         n_resamples, seed: the bootstrap of the leaderboard's confidence intervals.
+        prefetch: how many cases a worker thread hashes and decodes ahead of the metrics.
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``results_dir`` is not a folder.
@@ -600,9 +698,13 @@ def score_results(
     methods = layout.method_dirs(results_dir)
     warnings: list[str] = []
     global_errors: list[str] = []
-    for message in _stray_in_results(results_dir, methods):
+    stray_warnings, stray_errors = _stray_in_results(results_dir, methods)
+    for message in stray_warnings:
         warnings.append(message)
         log(f"warning: {message}")
+    for message in stray_errors:
+        global_errors.append(message)
+        log(message)
     if not methods:
         message = f"{results_dir}: no method folder (a folder holding {layout.CASES_FILE}) to score"
         global_errors.append(message)
@@ -610,9 +712,11 @@ def score_results(
 
     summaries: list[MethodSummary] = []
     frames: list[tuple[str, dict[str, Any], pd.DataFrame]] = []
-    with tqdm(total=0, desc="scoring", unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+    total = sum(_count_lines(method_dir / layout.CASES_FILE) for method_dir in methods)
+    with tqdm(total=total, desc="scoring", unit="video", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
         for method_dir in methods:
-            summary, frame, info = score_method(method_dir, scorer, warnings, bar)
+            summary, frame, info = score_method(method_dir, scorer, warnings, bar, prefetch=prefetch)
             summaries.append(summary)
             frames.append((method_dir.name, info, frame))
 
@@ -629,5 +733,7 @@ def score_results(
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """Read a scores.csv back (case ids as strings, empty errors as "")."""
     frame = pd.read_csv(path, dtype={"case_id": str, "subject": str, "suite": str, "error": str, "video_sha256": str})
-    frame["error"] = frame["error"].fillna("")
+    for column in ("error", "subject", "suite"):
+        if column in frame:
+            frame[column] = frame[column].fillna("")
     return frame
