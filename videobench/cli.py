@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -33,7 +34,9 @@ def _fail(message: str) -> None:
 @click.version_option(package_name="videobench-customvideox")
 def main(verbose: bool) -> None:
     """VideoBench: benchmark zero-shot subject-driven video generation (CustomVideoX and baselines)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("videobench", "customvideox", "baselines"):  # our own progress notes; third-party stays quiet
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 # --------------------------------------------------------------------------------------------- options
@@ -71,10 +74,10 @@ def generation_options(func):
     return func
 
 
-def scoring_options(func):
+def scoring_options(func, with_device: bool = True):
     options = [
         click.option("--metrics", default=None, help="Comma-separated subset of clip_t,clip_i,dino_i,t_cons,dynamic."),
-        click.option("--device", "score_device", default="cpu", show_default=True),
+        *([click.option("--device", "score_device", default="cpu", show_default=True)] if with_device else []),
         click.option("--score-dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"])),
         click.option("--clip-model", default="ViT-B-32-quickgelu", show_default=True, help="open_clip architecture."),
         click.option("--clip-weights", type=click.Path(path_type=Path), default=None),
@@ -214,13 +217,14 @@ def report(results: Path, out_path: Path | None) -> None:
               help="Comma-separated methods to generate.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @generation_options
-@scoring_options
+@functools.partial(scoring_options, with_device=False)
 @random_weights_option
 def run(methods: str, out: Path, random_weights: bool, **opts) -> None:
-    """Generate, score and report in one go (the README's main command)."""
+    """Generate, score and report in one go (the README's main command); --device serves both stages."""
     from videobench.methods import available_methods
 
     opts["out"] = out
+    opts["score_device"] = opts["device"]
     names = _split(methods) or []
     known = available_methods()
     missing = [name for name in names if name not in known]
