@@ -1,0 +1,195 @@
+"""Seconds per video for all five metrics: VideoBench's batched scorer versus a naive per-frame loop.
+
+The naive loop is how VBench's scripts score a video: one frame at a time through CLIP and DINO, one RAFT pair at
+a time through ``RAFT.forward`` (which upsamples the flow after every update), scores pulled to numpy per pair.
+Both paths use the same models and the same preprocessing function, in the same run, and the script asserts
+that they give the same scores (cosines within 1e-4, pair scores within 1e-3 relative, identical ``dynamic``).
+
+Models are random-initialised (``random_weights=True``): the timings are those of the real architectures
+(open_clip ViT-B/32, DINO ViT-S/16, RAFT-large with 20 updates), the score values are meaningless.
+Decoding the mp4 is not included (the scorer overlaps it with compute).
+
+    python benchmarks/score_throughput.py --device cuda --frames 49 --repeats 3
+    python benchmarks/score_throughput.py --device cpu --frames 3 --pair-batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from videobench.metrics import MetricInput, build_metrics
+from videobench.metrics.dynamic import (
+    dynamic_count_needed,
+    dynamic_threshold,
+    flow_pair_score,
+    kept_frame_indices,
+    pad_for_raft,
+)
+from videobench.metrics.preprocess import check_precision, embed_images, image_to_tensor
+from videobench.weights import WeightsConfig
+
+COLUMNS = ("clip_t", "clip_i", "dino_i", "t_cons", "dynamic")
+PROMPT = "a corgi running along a beach at sunset, the camera tracking it"
+
+
+def synthetic_video(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A textured scene panning right by 6 px per frame (deterministic)."""
+    rng = np.random.default_rng(seed)
+    canvas = rng.integers(0, 256, (height // 8 + 1, (width + 6 * num_frames) // 8 + 1, 3), dtype=np.uint8)
+    canvas = np.asarray(Image.fromarray(canvas).resize((canvas.shape[1] * 8, canvas.shape[0] * 8), Image.BICUBIC))
+    return np.stack([canvas[:height, 6 * t : 6 * t + width] for t in range(num_frames)])
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], dict[str, float]], device: str) -> tuple[dict[str, float], float]:
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - start
+
+
+# --- the naive per-frame loop (VBench's style) --------------------------------------------------------------
+def naive_clip(metric, sample: MetricInput) -> dict[str, float]:
+    def embed(image: torch.Tensor) -> torch.Tensor:  # one image, batch of 1
+        return embed_images(metric.model.encode_image, image, metric.preprocess,
+                            batch_size=1, device=metric.device, dtype=metric.dtype)[0]
+
+    frames = [embed(image_to_tensor(Image.fromarray(frame))) for frame in sample.frames]
+    refs = [embed(image_to_tensor(ref)) for ref in sample.references]
+    text = metric.embed_text(sample.prompt)
+    return {
+        "clip_t": float(np.mean([float(f @ text) for f in frames])),
+        "clip_i": float(np.mean([float(r @ f) for r in refs for f in frames])),
+        "t_cons": float(np.mean([float(a @ b) for a, b in zip(frames[:-1], frames[1:])])),
+    }
+
+
+def naive_dino(metric, sample: MetricInput) -> dict[str, float]:
+    def embed(image: torch.Tensor) -> torch.Tensor:
+        return embed_images(metric.model, image, metric.preprocess, batch_size=1,
+                            device=metric.device, dtype=metric.dtype)[0]
+
+    frames = [embed(image_to_tensor(Image.fromarray(frame))) for frame in sample.frames]
+    refs = [embed(image_to_tensor(ref)) for ref in sample.references]
+    return {"dino_i": float(np.mean([float(r @ f) for r in refs for f in frames]))}
+
+
+def naive_dynamic(metric, sample: MetricInput) -> dict[str, float]:
+    """VBench ``DynamicDegree.infer``: per pair pad, ``model(...)`` with 20 updates, numpy score, ``check_move``."""
+    frames = [torch.from_numpy(sample.frames[i]).permute(2, 0, 1)[None].float().to(metric.device)
+              for i in kept_frame_indices(len(sample.frames), sample.fps)]
+    height, width = frames[0].shape[-2:]
+    threshold, needed = dynamic_threshold(height, width, sample.fps), dynamic_count_needed(len(frames))
+    scores, count, moving = [], 0, False
+    with torch.inference_mode():
+        for image1, image2 in zip(frames[:-1], frames[1:]):
+            image1, image2 = (pad_for_raft(x / 127.5 - 1.0) for x in (image1, image2))
+            flow = metric.model(image1, image2, num_flow_updates=metric.num_flow_updates)[-1]
+            scores.append(flow_pair_score(flow[0].cpu().numpy()))
+            count += scores[-1] > threshold
+            moving = moving or count >= needed
+    return {"dynamic": float(moving), "dd_max_pair_score": max(scores)}
+
+
+NAIVE = {"clip": naive_clip, "dino": naive_dino, "dynamic": naive_dynamic}
+
+
+def check_equal(batched: dict[str, float], naive: dict[str, float]) -> None:
+    for key, value in naive.items():
+        if key == "dynamic":
+            assert batched[key] == value, (key, batched[key], value)
+        elif key == "dd_max_pair_score":
+            assert abs(batched[key] - value) <= 1e-3 * max(1.0, abs(value)), (key, batched[key], value)
+        else:
+            assert abs(batched[key] - value) <= 1e-4, (key, batched[key], value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--frames", type=int, default=49)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--references", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--pair-batch", type=int, default=16, help="RAFT pairs per batch")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per CLIP/DINO batch")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compare-dtype", choices=["fp16", "bf16"], help="also score in this autocast dtype "
+                        "(CUDA) and print the largest change against fp32, on the x100 scale")
+    parser.add_argument("--no-naive", action="store_true", help="time only the batched path")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+    metrics = build_metrics(COLUMNS, WeightsConfig(), device=args.device, dtype=args.dtype, random_weights=True,
+                            batch_size=args.batch_size, pair_batch_size=args.pair_batch)
+    frames = synthetic_video(args.frames, args.height, args.width)
+    references = [Image.fromarray(synthetic_video(1, 512, 512, seed=s)[0]) for s in range(1, args.references + 1)]
+    sample = MetricInput(frames, args.fps, references, PROMPT)
+    device_name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
+    print(f"RANDOM WEIGHTS (timings only) | device {args.device} ({device_name}), {args.dtype}, torch threads "
+          f"{torch.get_num_threads()} | {args.frames} frames {args.height}x{args.width} @ {args.fps:g} fps, "
+          f"{args.references} references, RAFT pair batch {args.pair_batch}")
+
+    if torch.device(args.device).type == "cuda":  # warm-up: cuDNN autotuning, allocator
+        for metric in metrics:
+            metric.score(sample)
+
+    rows: dict[str, dict[str, float]] = {"batched": {}, "naive": {}}
+    for repeat in range(args.repeats):
+        for metric in metrics:
+            out, seconds = timed(lambda m=metric: m.score(sample), args.device)
+            rows["batched"][metric.family] = min(rows["batched"].get(metric.family, np.inf), seconds)
+            if args.no_naive:
+                continue
+            reference, seconds = timed(lambda m=metric: NAIVE[m.family](m, sample), args.device)
+            rows["naive"][metric.family] = min(rows["naive"].get(metric.family, np.inf), seconds)
+            check_equal(out, reference)
+    families = [metric.family for metric in metrics]
+    print(f"\n| path    | {' | '.join(f'{f:>8}' for f in families)} | s/video | speed-up |")
+    print(f"|---------|{'|'.join('-' * 10 for _ in families)}|---------|----------|")
+    total_naive = sum(rows["naive"].values()) if rows["naive"] else None
+    for path, row in rows.items():
+        if not row:
+            continue
+        total = sum(row.values())
+        speedup = f"{total_naive / total:7.2f}x" if total_naive else "       -"
+        print(f"| {path:7} | {' | '.join(f'{row[f]:8.3f}' for f in families)} | {total:7.3f} | {speedup} |")
+    if rows["naive"]:
+        print("\nscores identical between the two paths (cosines within 1e-4, dynamic equal): OK")
+    if args.compare_dtype:
+        compare_precision(metrics, sample, args.device, args.compare_dtype)
+
+
+def compare_precision(metrics, sample: MetricInput, device: str, dtype: str) -> None:
+    """Score once in fp32 and once under ``dtype`` autocast with the same models; print |difference| x 100."""
+    check_precision(device, dtype)
+    print(f"\n| column  | fp32     | {dtype:8} | |diff| x100 |")
+    print("|---------|----------|----------|-------------|")
+    for metric in metrics:
+        reduced = copy.copy(metric)
+        reduced.dtype = dtype
+        full, (low, seconds) = metric.score(sample), timed(lambda m=reduced: m.score(sample), device)
+        for column in metric.columns:
+            print(f"| {column:7} | {full[column]:8.5f} | {low[column]:8.5f} | {abs(full[column] - low[column]) * 100:11.4f} |")
+        print(f"| ({metric.family} in {dtype}: {seconds:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Dynamic degree: VBench's rule on synthetic flow fields, RAFT weight conversion, batched RAFT equivalence."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.optical_flow import raft_large
+
+from videobench.metrics import MetricInput
+from videobench.metrics.dynamic import (
+    DynamicDegreeMetric,
+    build_raft_model,
+    convert_original_raft_state_dict,
+    dynamic_count_needed,
+    dynamic_threshold,
+    flow_pair_score,
+    flow_pair_scores,
+    is_dynamic,
+    kept_frame_indices,
+    pad_for_raft,
+    raft_final_flow,
+)
+from videobench.weights import WeightsConfig, sha256_file
+
+
+# --- the rule -------------------------------------------------------------------------------------------------
+def _vbench_check_move(scores, count, height, width, fps=8.0):
+    """VBench's set_params + check_move, transcribed literally as the reference."""
+    factor = max(1.0, 8.0 / fps)
+    thres, count_num = factor * 6.0 * (min(height, width) / 256.0), round(4 * (count / 16.0))
+    hits = 0
+    for score in scores:
+        if score > thres:
+            hits += 1
+        if hits >= count_num:
+            return True
+    return False
+
+
+def _vbench_get_score(flow: np.ndarray) -> float:
+    rad = np.sqrt(np.square(flow[0]) + np.square(flow[1]))
+    h, w = rad.shape
+    return float(np.mean(abs(np.sort(-rad.flatten()))[: int(h * w * 0.05)]))
+
+
+def test_flow_pair_score_known_answers():
+    flow = torch.zeros(2, 128, 128)
+    k = int(0.05 * 128 * 128)  # 819
+    flow[0].view(-1)[:k] = 3.0
+    flow[1].view(-1)[:k] = 4.0  # magnitude 5 on exactly the top 5%
+    assert flow_pair_score(flow) == pytest.approx(5.0)
+    flow[:, -1, -1] = torch.tensor([30.0, 40.0])  # one more, larger pixel: the smallest 5 drops out
+    assert flow_pair_score(flow) == pytest.approx((50.0 + 5.0 * (k - 1)) / k)
+    # 10 x 15 = 150 pixels: int(7.5) = 7 largest magnitudes
+    small = torch.zeros(2, 10, 15)
+    small[0].view(-1)[:8] = torch.arange(1.0, 9.0)
+    assert flow_pair_score(small) == pytest.approx(np.mean(np.arange(2.0, 9.0)))
+    rng = np.random.default_rng(0)
+    fields = rng.normal(0, 4, (3, 2, 136, 200)).astype(np.float32)
+    batched = flow_pair_scores(torch.from_numpy(fields))
+    for field, value in zip(fields, batched):
+        assert float(value) == pytest.approx(_vbench_get_score(field), rel=1e-5)
+    with pytest.raises(ValueError):
+        flow_pair_score(torch.zeros(2, 3, 3))
+
+
+def test_threshold_and_count():
+    assert dynamic_threshold(480, 720) == pytest.approx(11.25)  # 6 * 480 / 256, the unpadded short side
+    assert dynamic_threshold(720, 480) == pytest.approx(11.25)
+    assert dynamic_threshold(480, 720, fps=4.0) == pytest.approx(22.5)  # VBench's low-fps factor max(1, 8/fps)
+    assert dynamic_threshold(480, 720, fps=24.0) == pytest.approx(11.25)
+    # round(4 n / 16) with half-to-even rounding
+    assert [dynamic_count_needed(n) for n in (1, 2, 6, 10, 14, 16, 49)] == [0, 0, 2, 2, 4, 4, 12]
+
+
+@pytest.mark.parametrize(
+    ("num_frames", "over", "expected"),
+    [
+        (49, 11, False), (49, 12, True),  # 12.25 -> 12 pairs needed
+        (6, 1, False), (6, 2, True),  # 1.5 -> 2 (half to even)
+        (10, 2, True), (10, 1, False),  # 2.5 -> 2 (half to even)
+        (14, 3, False), (14, 4, True),  # 3.5 -> 4
+        (2, 0, True),  # 0.5 -> 0: any single pair is dynamic
+    ],
+)
+def test_is_dynamic_counts(num_frames, over, expected):
+    threshold = dynamic_threshold(480, 720)
+    scores = [threshold + 0.01] * over + [threshold] * (num_frames - 1 - over)  # == threshold does not count
+    assert is_dynamic(scores, num_frames, 480, 720) is expected
+    assert _vbench_check_move(scores, num_frames, 480, 720) is expected
+
+
+def test_is_dynamic_edge_cases_match_vbench():
+    assert is_dynamic([], 1, 480, 720) is False  # no pair: never dynamic
+    assert is_dynamic([11.26], 2, 480, 720, fps=4.0) is True  # needed 0 pairs
+    assert is_dynamic([22.4] * 4, 5, 480, 720, fps=4.0) is False
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        h, w, fps = int(rng.integers(128, 800)), int(rng.integers(128, 800)), float(rng.choice([4, 8, 16, 24]))
+        scores = list(rng.uniform(0, 2 * dynamic_threshold(h, w, fps), n - 1))
+        assert is_dynamic(scores, n, h, w, fps) is _vbench_check_move(scores, n, h, w, fps)
+
+
+def test_kept_frames():
+    assert kept_frame_indices(5, 8.0) == [0, 1, 2, 3, 4]
+    assert kept_frame_indices(10, 24.0) == [0, 3, 6, 9]
+    assert kept_frame_indices(5, 12.0) == [0, 2, 4]  # round(1.5) = 2
+    assert kept_frame_indices(5, 20.0) == [0, 2, 4]  # round(2.5) = 2
+    assert kept_frame_indices(3, 4.0) == [0, 1, 2]
+
+
+def test_padding():
+    images = torch.arange(100 * 130, dtype=torch.float32).view(1, 1, 100, 130)
+    padded = pad_for_raft(images)
+    assert padded.shape[-2:] == (128, 136)  # at least 128, multiple of 8
+    assert torch.equal(padded[..., 14:114, 3:133], images)  # centred
+    assert torch.equal(padded[..., 0, 3:133], images[..., 0, :])  # replicated edge
+    same = torch.zeros(2, 3, 480, 720)
+    assert pad_for_raft(same) is same
+
+
+# --- RAFT weights -----------------------------------------------------------------------------------------
+def _to_original_key(key: str) -> list[str]:
+    """torchvision raft_large name -> name(s) in princeton-vl's raft-things.pth (the inverse of the converter)."""
+    rules = [
+        (r"^feature_encoder\.", "fnet."), (r"^context_encoder\.", "cnet."),
+        (r"^(fnet|cnet)\.convnormrelu\.0\.", r"\1.conv1."), (r"^(fnet|cnet)\.convnormrelu\.1\.", r"\1.norm1."),
+        (r"^(fnet|cnet)\.conv\.", r"\1.conv2."),
+        (r"\.convnormrelu([12])\.0\.", r".conv\1."), (r"\.convnormrelu([12])\.1\.", r".norm\1."),
+        (r"motion_encoder\.convcorr([12])\.0\.", r"encoder.convc\1."),
+        (r"motion_encoder\.convflow([12])\.0\.", r"encoder.convf\1."),
+        (r"motion_encoder\.conv\.0\.", "encoder.conv."),
+        (r"recurrent_block\.convgru([12])\.conv([zrq])\.", r"gru.conv\2\1."),
+        (r"^mask_predictor\.convrelu\.0\.", "update_block.mask.0."), (r"^mask_predictor\.conv\.", "update_block.mask.2."),
+    ]
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    keys = ["module." + key]
+    if ".downsample.1." in key:  # norm3 is registered twice in the original ResidualBlock
+        keys.append("module." + key.replace(".downsample.1.", ".norm3."))
+    return keys
+
+
+@pytest.fixture(scope="module")
+def raft() -> torch.nn.Module:
+    return build_raft_model(seed=5)
+
+
+def _pair(size=128, shift=3):
+    rng = np.random.default_rng(2)
+    base = torch.from_numpy(rng.uniform(-1, 1, (1, 3, size, size + 2 * shift)).astype(np.float32))
+    base = torch.nn.functional.avg_pool2d(base, 5, 1, 2)  # some texture for the correlation
+    return base[..., shift:-shift], base[..., : -2 * shift]
+
+
+def test_original_raft_checkpoint_converts_and_round_trips(tmp_path, raft):
+    state = raft.state_dict()
+    original = {new: value for key, value in state.items() for new in _to_original_key(key)}
+    assert "module.fnet.conv1.weight" in original and "module.update_block.gru.convz1.weight" in original
+    assert "module.cnet.layer2.0.norm3.running_mean" in original and "module.update_block.mask.2.bias" in original
+    converted = convert_original_raft_state_dict(original)
+    assert set(converted) == set(state)
+    assert all(torch.equal(converted[k], state[k]) for k in state)
+    # loads from a .pth file in the original format (torch.load(weights_only=True)) and gives the same flow
+    path = tmp_path / "raft-things.pth"
+    torch.save(original, path)
+    loaded = build_raft_model(path)
+    image1, image2 = _pair()
+    with torch.no_grad():
+        assert torch.equal(raft_final_flow(loaded, image1, image2, 1), raft_final_flow(raft, image1, image2, 1))
+    # the torchvision format (C_T_V1) loads too, through the weights folder
+    torch.save(state, tmp_path / "raft_large_C_T_V1-22a6c225.pth")
+    metric = DynamicDegreeMetric.from_weights(WeightsConfig(weights_dir=tmp_path))
+    assert metric.config()["weights_sha256"] == sha256_file(tmp_path / "raft_large_C_T_V1-22a6c225.pth")
+    assert all(torch.equal(metric.model.state_dict()[k], state[k]) for k in state)
+
+
+def test_final_flow_equals_torchvision_forward(raft):
+    image1, image2 = _pair()
+    with torch.no_grad():
+        expected = raft(image1, image2, num_flow_updates=2)[-1]
+        assert torch.allclose(raft_final_flow(raft, image1, image2, 2), expected, atol=1e-5)
+
+
+def test_metric_batches_pairs_like_one_pair_at_a_time(raft):
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (3, 120, 128, 3), dtype=np.uint8)  # 120 px: padded to 128
+    batched = DynamicDegreeMetric(raft, random_weights=True, pair_batch_size=2, num_flow_updates=1)
+    single = DynamicDegreeMetric(raft, random_weights=True, pair_batch_size=1, num_flow_updates=1)
+    kept = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    scores = single.pair_scores(kept)
+    out = batched.score(MetricInput(frames, 8.0, [], ""))
+    assert out["dd_max_pair_score"] == pytest.approx(float(scores.max()), rel=1e-4)
+    scores = scores.tolist()
+    assert out["dd_num_frames"] == 3 and out["dd_num_pairs"] == 2 and out["dd_count_needed"] == 1
+    assert out["dd_threshold"] == pytest.approx(6.0 * 120 / 256)
+    assert out["dd_pairs_over_threshold"] == sum(s > out["dd_threshold"] for s in scores)
+    assert out["dynamic"] == float(is_dynamic(scores, 3, 120, 128))
+    assert batched.config()["num_flow_updates"] == 1 and batched.config()["weights_sha256"] == "random(seed=0)"
+
+
+def test_metric_full_flow_updates_and_frame_sampling(raft):
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
+    metric = DynamicDegreeMetric(raft, random_weights=True)  # 20 flow updates, as VBench
+    out = metric.score(MetricInput(frames, 24.0, [], ""))  # 24 fps: frames 0 and 3 are kept
+    assert (out["dd_num_frames"], out["dd_num_pairs"], out["dd_count_needed"]) == (2, 1, 0)
+    assert out["dynamic"] == 1.0  # round(4 * 2 / 16) = 0 pairs needed
+    assert metric.config()["num_flow_updates"] == 20 and out["dd_max_pair_score"] > 0
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        metric.score(MetricInput(frames[:1], 8.0, [], ""))
+
+
+def test_random_raft_is_reproducible():
+    a, b = raft_large(weights=None), build_raft_model(seed=0)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = build_raft_model(seed=0)
+    assert all(torch.equal(x, y) for x, y in zip(b.state_dict().values(), c.state_dict().values()))

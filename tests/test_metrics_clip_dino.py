@@ -1,0 +1,220 @@
+"""CLIP-T / CLIP-I / T.Cons and DINO-I: known answers, equivalence with direct computations, weight loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import timm
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from safetensors.torch import save_file
+
+from videobench.metrics import MetricInput, build_metrics
+from videobench.metrics.base import Metric
+from videobench.metrics.clip import ClipMetric, build_clip_model
+from videobench.metrics.dino import DINO_ARCH, DinoMetric, build_dino_model
+from videobench.metrics.preprocess import (
+    CLIP_PREPROCESS,
+    DINO_PREPROCESS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    image_to_tensor,
+    preprocess,
+)
+from videobench.weights import WeightsConfig, WeightsLoadError, sha256_file
+
+TINY_CLIP = "videobench-test-tiny-clip"
+TINY_DINO = {"depth": 1, "embed_dim": 48, "num_heads": 2}
+PROMPT = "a red cube rolling on a wooden table"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_clip_config(tmp_path_factory):
+    """Register a tiny open_clip architecture (same code path as ViT-B-32-quickgelu, small widths)."""
+    folder = tmp_path_factory.mktemp("clip_cfg")
+    config = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+
+
+def _video(num_frames=4, height=96, width=144, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 255, width)[None, :, None] * np.ones((height, 1, 3))
+    frames = [np.clip(base * rng.uniform(0.3, 1.0, 3) + rng.integers(0, 60, (height, width, 3)), 0, 255)
+              for _ in range(num_frames)]
+    return np.stack(frames).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def clip_metric() -> ClipMetric:
+    metric = ClipMetric.from_weights(WeightsConfig(clip_model=TINY_CLIP), random_weights=True, seed=3, batch_size=3)
+    assert isinstance(metric, Metric) and metric.random_weights
+    return metric
+
+
+@pytest.fixture(scope="module")
+def dino_metric() -> DinoMetric:
+    return DinoMetric.from_weights(WeightsConfig(), random_weights=True, seed=3, model_kwargs=TINY_DINO, batch_size=3)
+
+
+# --- preprocessing ------------------------------------------------------------------------------------------
+def test_batched_preprocess_matches_pil_pipelines():
+    image = Image.fromarray(_video(1, 480, 720)[0])
+    pil_clip = open_clip.image_transform(224, is_train=False, mean=CLIP_PREPROCESS.mean, std=CLIP_PREPROCESS.std)
+    pil_dino = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    for pil, cfg in ((pil_clip, CLIP_PREPROCESS), (pil_dino, DINO_PREPROCESS)):
+        expected = pil(image)
+        ours = preprocess(image_to_tensor(image), cfg)[0]
+        assert ours.shape == expected.shape == (3, 224, 224)
+        difference = (ours - expected).abs()
+        # at most one or two uint8 levels on a few pixels, after dividing by std (~0.27): < 0.04
+        assert difference.max() < 0.04 and difference.mean() < 1e-3
+
+
+def test_preprocess_rejects_float_input():
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess(torch.zeros(1, 3, 8, 8), CLIP_PREPROCESS)
+
+
+# --- CLIP -----------------------------------------------------------------------------------------------------
+def test_identical_frames_give_t_cons_one(clip_metric):
+    frames = np.repeat(_video(1), 5, axis=0)
+    out = clip_metric.score(MetricInput(frames, 8.0, [], PROMPT), ("t_cons",))
+    assert out["t_cons"] == pytest.approx(1.0, abs=1e-6)
+    assert "clip_i" not in out and out["num_frames"] == 5
+
+
+def test_frame_equal_to_reference_gives_one(clip_metric, dino_metric):
+    frame = _video(1)
+    sample = MetricInput(frame, 8.0, [Image.fromarray(frame[0])], PROMPT)
+    assert clip_metric.score(sample, ("clip_i",))["clip_i"] == pytest.approx(1.0, abs=1e-5)
+    assert dino_metric.score(sample)["dino_i"] == pytest.approx(1.0, abs=1e-5)
+    other = MetricInput(_video(2, seed=5), 8.0, [Image.fromarray(frame[0])], PROMPT)
+    assert clip_metric.score(other, ("clip_i",))["clip_i"] < 0.9999
+    assert dino_metric.score(other)["dino_i"] < 0.9999
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_clip_scores_equal_direct_open_clip_computation(clip_metric):
+    frames = _video(5)
+    references = [Image.fromarray(_video(1, 120, 90, seed=s)[0]) for s in (7, 8)]
+    out = clip_metric.score(MetricInput(frames, 8.0, references, PROMPT))
+    model, tokenizer = clip_metric.model, open_clip.get_tokenizer(TINY_CLIP)
+    with torch.no_grad():
+        # the same tensors, one frame at a time, straight through open_clip's encoders
+        images = [_unit(model.encode_image(preprocess(image_to_tensor(Image.fromarray(f)), CLIP_PREPROCESS)))[0]
+                  for f in frames]
+        refs = [_unit(model.encode_image(preprocess(image_to_tensor(r), CLIP_PREPROCESS)))[0] for r in references]
+        text = _unit(model.encode_text(tokenizer([PROMPT])))[0]
+        # open_clip's own PIL preprocessing gives nearly the same number
+        pil = open_clip.image_transform(224, is_train=False, mean=CLIP_PREPROCESS.mean, std=CLIP_PREPROCESS.std)
+        pil_images = _unit(model.encode_image(torch.stack([pil(Image.fromarray(f)) for f in frames])))
+    clip_t = np.mean([float(i @ text) for i in images])
+    clip_i = np.mean([float(r @ i) for r in refs for i in images])
+    t_cons = np.mean([float(a @ b) for a, b in zip(images[:-1], images[1:])])
+    assert out["clip_t"] == pytest.approx(clip_t, abs=1e-5)
+    assert out["clip_i"] == pytest.approx(clip_i, abs=1e-5)
+    assert out["t_cons"] == pytest.approx(t_cons, abs=1e-5)
+    assert out["clip_t"] == pytest.approx(float((pil_images @ text).mean()), abs=2e-3)
+    assert out["num_references"] == 2 and out["num_frames"] == 5
+
+
+def test_clip_bad_input(clip_metric):
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        clip_metric.score(MetricInput(_video(1), 8.0, [], PROMPT), ("t_cons",))
+    with pytest.raises(ValueError, match="reference"):
+        clip_metric.score(MetricInput(_video(2), 8.0, [], PROMPT), ("clip_i",))
+    with pytest.raises(ValueError, match="dino_i"):
+        clip_metric.score(MetricInput(_video(2), 8.0, [], PROMPT), ("dino_i",))
+
+
+def test_clip_loads_saved_weights_and_stamps_config(tmp_path, clip_metric):
+    reference = build_clip_model(TINY_CLIP, seed=11)
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    stem = "clip_videobench_test_tiny_clip_openai"  # clip_<model>_<pretrained>
+    for suffix in (".safetensors", ".bin"):
+        path = folder / f"{stem}{suffix}"
+        state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+        save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+        metric = ClipMetric.from_weights(WeightsConfig(weights_dir=folder, clip_model=TINY_CLIP))
+        for name, tensor in reference.state_dict().items():
+            assert torch.equal(metric.model.state_dict()[name], tensor), name
+        config = metric.config()
+        assert not metric.random_weights and config["weights_sha256"] == sha256_file(path)
+        assert config["model"] == f"open_clip:{TINY_CLIP}" and config["preprocess"]["resize"] == 224
+        path.unlink()
+    assert clip_metric.config()["weights_sha256"] == "random(seed=3)"
+    (folder / f"{stem}.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WeightsLoadError, match=stem):
+        ClipMetric.from_weights(WeightsConfig(weights_dir=folder, clip_model=TINY_CLIP))
+
+
+# --- DINO -----------------------------------------------------------------------------------------------------
+def _original_dino_keys(depth: int) -> set[str]:
+    """The parameter names of facebookresearch/dino ``vit_small`` (``dino_deitsmall16_pretrain.pth``)."""
+    keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
+    for i in range(depth):
+        for module in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            keys |= {f"blocks.{i}.{module}.weight", f"blocks.{i}.{module}.bias"}
+    return keys
+
+
+def test_original_dino_checkpoint_loads_as_is(tmp_path):
+    source = timm.create_model(DINO_ARCH, pretrained=False, num_classes=0)  # the real ViT-S/16 architecture
+    state = source.state_dict()
+    assert set(state) == _original_dino_keys(12)  # DINO's key format is timm's: nothing to rename
+    original = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(dict(state), original)
+    safetensors = tmp_path / "dino_vits16.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(safetensors))
+    # a full DINO training checkpoint: teacher weights behind "module."/"backbone." plus a projection head
+    full = tmp_path / "checkpoint.pth"
+    teacher = {f"module.backbone.{k}": v for k, v in state.items()}
+    teacher["module.head.mlp.0.weight"] = torch.zeros(4, 384)
+    torch.save({"teacher": teacher, "epoch": 100}, full)
+    for path in (original, safetensors, full):
+        loaded = build_dino_model(path, seed=99)
+        for name, tensor in state.items():
+            assert torch.equal(loaded.state_dict()[name], tensor), (path.name, name)
+    config = DinoMetric.from_weights(WeightsConfig(dino_weights=original)).config()
+    assert config["weights_sha256"] == sha256_file(original) and config["model"] == f"timm:{DINO_ARCH}"
+    torch.save({"blocks.0.norm1.weight": torch.ones(384)}, tmp_path / "partial.pth")
+    with pytest.raises(WeightsLoadError, match="partial.pth"):
+        build_dino_model(tmp_path / "partial.pth")
+
+
+def test_dino_i_equals_direct_pairwise_mean(dino_metric):
+    frames = _video(3)
+    references = [Image.fromarray(_video(1, 150, 100, seed=s)[0]) for s in (1, 2)]
+    out = dino_metric.score(MetricInput(frames, 8.0, references, PROMPT))
+    pil = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                     T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    with torch.no_grad():
+        feats = _unit(dino_metric.model(torch.stack([pil(Image.fromarray(f)) for f in frames])))
+        refs = _unit(dino_metric.model(torch.stack([pil(r) for r in references])))
+    assert out["dino_i"] == pytest.approx(float((refs @ feats.T).mean()), abs=2e-3)
+    assert out["num_frames"] == 3 and out["num_references"] == 2
+    assert dino_metric.config()["model_kwargs"] == TINY_DINO
+
+
+def test_build_metrics_builds_each_family_once():
+    metrics = build_metrics(["t_cons", "clip_t", "clip_i", "dino_i"], WeightsConfig(clip_model=TINY_CLIP),
+                            random_weights=True, model_kwargs=TINY_DINO)
+    assert [m.family for m in metrics] == ["clip", "dino"]
+    assert all(m.random_weights for m in metrics)
+    with pytest.raises(ValueError, match="CUDA"):
+        build_metrics(["dino_i"], WeightsConfig(), random_weights=True, dtype="bf16", model_kwargs=TINY_DINO)

@@ -1,0 +1,284 @@
+"""Dynamic degree (D.D), as VBench computes it (``vbench/dynamic_degree.py``), with batched RAFT-large flow.
+
+For one video with frame rate ``fps``:
+
+1. keep every ``max(1, round(fps / 8))``-th frame (Python ``round``: half to even); ``n`` = kept frames;
+2. for each consecutive pair of kept frames, RAFT-large optical flow with 20 flow updates (torchvision
+   ``raft_large``; its ``C_T_V1`` weights are the original ``raft-things.pth``), on frames padded (replicate,
+   centred, as RAFT's ``InputPadder``) to a multiple of 8 and here also to at least 128 px (RAFT's minimum);
+3. a pair's score is the mean of the largest ``int(0.05 * h * w)`` flow magnitudes ``sqrt(u^2 + v^2)`` over the
+   padded ``h x w`` flow field (:func:`flow_pair_score`; VBench does not unpad);
+4. the video is dynamic when at least ``round(4 * n / 16)`` pair scores exceed
+   ``max(1, 8 / fps) * 6.0 * min(H, W) / 256`` where ``H x W`` is the *unpadded* frame size
+   (:func:`is_dynamic`). The ``max(1, 8 / fps)`` factor is current VBench's correction for videos under 8 fps;
+   it is 1 at 8 fps and above, giving the paper-era rule ``6.0 * min(H, W) / 256``.
+   A video with no pair is not dynamic (VBench's loop never returns True).
+
+A method's D.D is the percentage of its videos that are dynamic.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models.optical_flow import raft_large
+from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
+
+from videobench.metrics.base import MetricInput
+from videobench.metrics.preprocess import check_precision, frames_to_tensor, precision_context, seeded
+from videobench.weights import (
+    WeightsConfig,
+    build_loaded,
+    check_weights,
+    load_state_dict,
+    resolve_weights,
+    sha256_file,
+    strip_prefixes,
+)
+
+NUM_FLOW_UPDATES = 20
+TOP_FRACTION = 0.05
+BASE_THRESHOLD = 6.0
+MIN_RAFT_SIZE = 128
+
+
+# --- the VBench rule: pure functions ----------------------------------------------------------------------
+def frame_interval(fps: float) -> int:
+    """``max(1, round(fps / 8))``: VBench samples videos down to about 8 fps."""
+    return max(1, round(fps / 8))
+
+
+def kept_frame_indices(num_frames: int, fps: float) -> list[int]:
+    """Indices of the frames the dynamic degree looks at."""
+    return list(range(0, num_frames, frame_interval(fps)))
+
+
+def flow_pair_scores(flows: torch.Tensor) -> torch.Tensor:
+    """Batched :func:`flow_pair_score`: ``(B, 2, h, w)`` flows -> ``(B,)`` float64 scores."""
+    if flows.ndim != 4 or flows.shape[1] != 2:
+        raise ValueError(f"expected (B, 2, h, w) flow fields, got {tuple(flows.shape)}")
+    h, w = flows.shape[-2:]
+    k = int(h * w * TOP_FRACTION)
+    if k < 1:
+        raise ValueError(f"a {h}x{w} flow field has no top {TOP_FRACTION:.0%} of pixels")
+    magnitude = torch.linalg.vector_norm(flows.float(), dim=1).flatten(1)
+    return magnitude.topk(k, dim=1).values.double().mean(dim=1)
+
+
+def flow_pair_score(flow: torch.Tensor | np.ndarray) -> float:
+    """Mean of the largest ``int(0.05 * h * w)`` magnitudes of a ``(2, h, w)`` flow field (VBench ``get_score``)."""
+    flow = torch.as_tensor(flow)
+    if flow.ndim != 3:
+        raise ValueError(f"expected a (2, h, w) flow field, got {tuple(flow.shape)}")
+    return float(flow_pair_scores(flow[None])[0])
+
+
+def dynamic_threshold(height: int, width: int, fps: float = 8.0) -> float:
+    """``max(1, 8 / fps) * 6.0 * min(H, W) / 256`` for the unpadded ``H x W`` frames."""
+    return max(1.0, 8.0 / fps) * BASE_THRESHOLD * min(height, width) / 256.0
+
+
+def dynamic_count_needed(num_frames: int) -> int:
+    """``round(4 * n / 16)`` with Python's half-to-even ``round`` (n = 2 -> 0, 6 -> 2, 10 -> 2, 14 -> 4)."""
+    return round(4 * (num_frames / 16.0))
+
+
+def is_dynamic(
+    pair_scores: Sequence[float], num_frames: int, height: int, width: int, fps: float = 8.0
+) -> bool:
+    """VBench's ``check_move``: at least ``round(4n/16)`` scores strictly above the threshold (and >= 1 pair)."""
+    threshold = dynamic_threshold(height, width, fps)
+    over = sum(1 for score in pair_scores if score > threshold)
+    return len(pair_scores) > 0 and over >= dynamic_count_needed(num_frames)
+
+
+# --- RAFT weights ----------------------------------------------------------------------------------------
+# Original princeton-vl/RAFT parameter names -> torchvision raft_large names (applied in order, first match).
+_ENC = r"^(?P<enc>feature_encoder|context_encoder)\."
+_BLOCK = _ENC + r"(?P<layer>layer\d)\.(?P<block>\d)\."
+_ORIGINAL_TO_TORCHVISION: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(p), r)
+    for p, r in [
+        (r"^fnet\.", "feature_encoder."),
+        (r"^cnet\.", "context_encoder."),
+        (_ENC + r"conv1\.", r"\g<enc>.convnormrelu.0."),
+        (_ENC + r"norm1\.", r"\g<enc>.convnormrelu.1."),
+        (_ENC + r"conv2\.", r"\g<enc>.conv."),
+        (_BLOCK + r"conv(?P<i>[12])\.", r"\g<enc>.\g<layer>.\g<block>.convnormrelu\g<i>.0."),
+        (_BLOCK + r"norm(?P<i>[12])\.", r"\g<enc>.\g<layer>.\g<block>.convnormrelu\g<i>.1."),
+        (r"^update_block\.encoder\.convc(?P<i>[12])\.", r"update_block.motion_encoder.convcorr\g<i>.0."),
+        (r"^update_block\.encoder\.convf(?P<i>[12])\.", r"update_block.motion_encoder.convflow\g<i>.0."),
+        (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
+        (r"^update_block\.gru\.conv(?P<g>[zrq])(?P<i>[12])\.", r"update_block.recurrent_block.convgru\g<i>.conv\g<g>."),
+        (r"^update_block\.mask\.0\.", "mask_predictor.convrelu.0."),
+        (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
+    ]
+]
+# ``norm3`` is the same module as ``downsample.1`` in the original ResidualBlock, so it is saved twice.
+_DUPLICATE_NORM3 = re.compile(_BLOCK + r"norm3\.")
+
+
+def is_original_raft_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
+    return any(re.match(r"^(module\.)?(fnet|cnet|update_block\.gru)\.", key) for key in state_dict)
+
+
+def convert_original_raft_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The original ``raft-things.pth`` (``module.fnet.conv1.weight``, ...) -> torchvision ``raft_large`` keys."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in strip_prefixes(state_dict, ("module.",)).items():
+        for pattern, replacement in _ORIGINAL_TO_TORCHVISION:
+            key = pattern.sub(replacement, key, count=1)
+        if _DUPLICATE_NORM3.match(key):
+            continue
+        out[key] = value
+    for key in [k for k in out if k.endswith(".running_mean")]:  # checkpoints older than torch 0.4.1
+        out.setdefault(key.replace(".running_mean", ".num_batches_tracked"), torch.tensor(0))
+    return out
+
+
+def raft_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Either checkpoint format -> torchvision keys."""
+    if is_original_raft_state_dict(raw):
+        return convert_original_raft_state_dict(raw)
+    return strip_prefixes(raw, ("module.",))
+
+
+def build_raft_model(weights: str | Path | None = None, seed: int = 0) -> torch.nn.Module:
+    """torchvision ``raft_large``; loaded strictly from ``weights`` (either format) or seeded random init."""
+    if weights is not None:
+        return build_loaded(raft_large, raft_state_dict(load_state_dict(weights)), weights).eval()
+    with seeded(seed):
+        return raft_large(weights=None, progress=False).eval()
+
+
+def raft_final_flow(
+    model: torch.nn.Module, image1: torch.Tensor, image2: torch.Tensor, num_flow_updates: int = NUM_FLOW_UPDATES
+) -> torch.Tensor:
+    """The last flow prediction of torchvision's ``RAFT.forward`` (images in [-1, 1], sides multiple of 8).
+
+    ``RAFT.forward`` upsamples the flow after every update (for training losses); inference needs only the last
+    one, so this runs the same modules and upsamples once: the same numbers, about a sixth less work.
+    """
+    batch, _, h, w = image1.shape
+    fmap1, fmap2 = torch.chunk(model.feature_encoder(torch.cat([image1, image2])), chunks=2, dim=0)
+    model.corr_block.build_pyramid(fmap1, fmap2)
+    context = model.context_encoder(image1)
+    hidden_size = model.update_block.hidden_state_size
+    hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
+    hidden, context = torch.tanh(hidden), F.relu(context)
+    coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device)
+    coords1 = coords0.clone()
+    for _ in range(num_flow_updates):
+        corr = model.corr_block.index_pyramid(centroids_coords=coords1)
+        hidden, delta = model.update_block(hidden, context, corr, coords1 - coords0)
+        coords1 = coords1 + delta
+    return upsample_flow(coords1 - coords0, up_mask=model.mask_predictor(hidden))
+
+
+def pad_for_raft(images: torch.Tensor, multiple: int = 8, min_size: int = MIN_RAFT_SIZE) -> torch.Tensor:
+    """Replicate-pad ``(N, C, H, W)`` centred (RAFT's ``InputPadder``, sintel mode) to a multiple of 8, >= 128."""
+    h, w = images.shape[-2:]
+    target_h = max(math.ceil(h / multiple) * multiple, min_size)
+    target_w = max(math.ceil(w / multiple) * multiple, min_size)
+    pad_h, pad_w = target_h - h, target_w - w
+    if not pad_h and not pad_w:
+        return images
+    return F.pad(images, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], mode="replicate")
+
+
+# --- the metric ------------------------------------------------------------------------------------------
+class DynamicDegreeMetric:
+    """The ``dynamic`` family: ``dynamic`` in {0, 1} plus the rule's diagnostics."""
+
+    family = "dynamic"
+    columns = ("dynamic",)
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        weights_sha256: str | None = None,
+        random_weights: bool = False,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        pair_batch_size: int = 16,
+        num_flow_updates: int = NUM_FLOW_UPDATES,
+        seed: int = 0,
+    ) -> None:
+        if weights_sha256 is None and not random_weights:
+            raise ValueError("a DynamicDegreeMetric needs the weights' sha256, or random_weights=True")
+        check_precision(device, dtype)
+        self.model = model.to(device).eval()
+        self.weights_sha256, self.random_weights, self.seed = weights_sha256, random_weights, seed
+        self.device, self.dtype = device, dtype
+        self.pair_batch_size, self.num_flow_updates = pair_batch_size, num_flow_updates
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: WeightsConfig,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        random_weights: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> DynamicDegreeMetric:
+        if random_weights:
+            model, sha = build_raft_model(None, seed), None
+        else:
+            check_weights(["dynamic"], weights)
+            path = resolve_weights("dynamic", weights).path
+            model, sha = build_raft_model(path), sha256_file(path)
+        return cls(model, weights_sha256=sha, random_weights=random_weights, device=device, dtype=dtype,
+                   seed=seed, **kwargs)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "model": "torchvision:raft_large",
+            "weights_sha256": f"random(seed={self.seed})" if self.random_weights else self.weights_sha256,
+            "num_flow_updates": self.num_flow_updates,
+            "rule": "vbench: every max(1,round(fps/8))-th frame; top 5% flow magnitude; "
+            "count >= round(4n/16) over max(1,8/fps)*6*min(H,W)/256",
+            "padding": f"replicate to multiple of 8, min {MIN_RAFT_SIZE}",
+            "dtype": self.dtype,
+        }
+
+    def pair_scores(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(n, 3, H, W)`` uint8 kept frames -> ``(n - 1,)`` pair scores, RAFT pairs in batches on the device."""
+        scores = []
+        with torch.inference_mode(), precision_context(self.device, self.dtype):
+            images = pad_for_raft(frames.to(self.device).float() / 127.5 - 1.0)
+            for start in range(0, len(images) - 1, self.pair_batch_size):
+                stop = min(start + self.pair_batch_size, len(images) - 1)
+                flow = raft_final_flow(self.model, images[start:stop], images[start + 1 : stop + 1],
+                                       self.num_flow_updates)
+                scores.append(flow_pair_scores(flow.float()))
+        return torch.cat(scores).cpu() if scores else torch.zeros(0, dtype=torch.float64)
+
+    def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
+        """``dynamic`` (1.0 or 0.0) and ``dd_*`` diagnostics (kept frames, pairs, pairs over threshold, ...)."""
+        if columns and set(columns) - set(self.columns):
+            raise ValueError(f"the dynamic family does not compute {sorted(set(columns) - set(self.columns))}")
+        if len(sample.frames) < 2:
+            raise ValueError(f"dynamic degree needs at least 2 frames, got {len(sample.frames)}")
+        kept = frames_to_tensor(np.asarray(sample.frames)[kept_frame_indices(len(sample.frames), sample.fps)])
+        height, width = int(kept.shape[-2]), int(kept.shape[-1])
+        scores = self.pair_scores(kept).tolist()
+        threshold = dynamic_threshold(height, width, sample.fps)
+        return {
+            "dynamic": float(is_dynamic(scores, len(kept), height, width, sample.fps)),
+            "dd_num_frames": float(len(kept)),
+            "dd_num_pairs": float(len(scores)),
+            "dd_pairs_over_threshold": float(sum(s > threshold for s in scores)),
+            "dd_count_needed": float(dynamic_count_needed(len(kept))),
+            "dd_threshold": threshold,
+            "dd_max_pair_score": max(scores, default=0.0),
+        }

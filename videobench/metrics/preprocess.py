@@ -1,0 +1,127 @@
+"""Shared helpers of the metric families: batched preprocessing on uint8 tensors, precision, seeding.
+
+Preprocessing is equal to the PIL pipelines the metric models were made with.
+
+open_clip's CLIP transform is ``Resize(224, bicubic) -> CenterCrop(224) -> ToTensor -> Normalize(CLIP mean/std)``
+and DINO's evaluation transform is ``Resize(256, bicubic) -> CenterCrop(224) -> ToTensor -> Normalize(ImageNet)``,
+both on PIL images. :func:`preprocess` runs the same steps with ``torchvision.transforms.v2.functional`` on a
+whole ``(N, 3, H, W)`` uint8 batch at once (on any device): the antialiased bicubic resize of a uint8 tensor
+rounds back to uint8 as PIL does, so the result matches the PIL path up to a few intensity levels on some pixels
+(tested against open_clip's own transform). Frames and reference images go through the *same* function, so a
+frame equal to the reference gets exactly the reference's embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the short side to ``resize`` (bicubic, antialiased), center-crop ``crop``, normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __call__(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return preprocess(images, self, dtype)
+
+
+CLIP_PREPROCESS = Preprocess(224, 224, CLIP_MEAN, CLIP_STD)
+DINO_PREPROCESS = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def preprocess(images: torch.Tensor, cfg: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(N, 3, H, W)`` uint8 -> ``(N, 3, crop, crop)`` normalised ``dtype`` on the same device."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
+    resized = TF.resize(images, [cfg.resize], interpolation=InterpolationMode(cfg.interpolation), antialias=True)
+    cropped = TF.center_crop(resized, [cfg.crop, cfg.crop])
+    scaled = cropped.to(dtype) / 255.0
+    return TF.normalize(scaled, list(cfg.mean), list(cfg.std))
+
+
+def frames_to_tensor(frames: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+    """``(T, H, W, 3)`` uint8 numpy -> ``(T, 3, H, W)`` uint8 tensor on ``device`` (copied once, as uint8)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    if not frames.flags.writeable or not frames.flags.c_contiguous:
+        frames = np.array(frames, copy=True, order="C")
+    return torch.from_numpy(frames).to(device).permute(0, 3, 1, 2)
+
+
+def image_to_tensor(image: Image.Image, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A PIL image -> ``(1, 3, H, W)`` uint8 tensor (converted to 8-bit RGB when needed)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return frames_to_tensor(np.asarray(image)[None], device)
+
+
+#: ``dtype`` option -> autocast dtype (``None``: full fp32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_precision(device: str | torch.device, dtype: str) -> None:
+    """fp16/bf16 autocast is for CUDA devices; CPU runs in fp32."""
+    if dtype not in PRECISIONS:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(PRECISIONS)}")
+    if PRECISIONS[dtype] is not None and torch.device(device).type != "cuda":
+        raise ValueError(f"dtype {dtype!r} (autocast) needs a CUDA device, got {device!r}; use fp32 on CPU")
+
+
+def precision_context(device: str | torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for fp16/bf16 on CUDA, else a no-op (fp32)."""
+    check_precision(device, dtype)
+    autocast_dtype = PRECISIONS[dtype]
+    if autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=autocast_dtype)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block (random model initialisation) under ``torch.manual_seed(seed)`` without touching global RNGs."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def embed_images(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    cfg: Preprocess,
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    dtype: str,
+) -> torch.Tensor:
+    """Preprocess uint8 ``(N, 3, H, W)`` images in chunks of ``batch_size`` and embed them with ``encode``.
+
+    Returns L2-normalised float32 embeddings ``(N, D)``; cosines are then plain dot products.
+    """
+    outputs = []
+    with torch.inference_mode(), precision_context(device, dtype):
+        for chunk in torch.split(images, batch_size):
+            outputs.append(encode(preprocess(chunk.to(device), cfg)).float())
+    return torch.nn.functional.normalize(torch.cat(outputs), dim=-1)
