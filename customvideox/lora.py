@@ -1,0 +1,168 @@
+"""The reference LoRA: injection (peft), counting, and safetensors save/load in diffusers' key format.
+
+The LoRA (rank 128 by default) sits on ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` of every block's
+``attn1`` as one peft adapter named ``"reference"``. The attention processor routes only the reference
+tokens through it (:mod:`customvideox.attention`), so the base model is untouched for text and video.
+
+Files use diffusers' LoRA layout: ``transformer.transformer_blocks.0.attn1.to_q.lora_A.weight`` and so on,
+with the peft config in the ``lora_adapter_metadata`` safetensors metadata entry, so
+``CogVideoXPipeline.load_lora_weights(path, adapter_name="reference")`` reads them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from videobench.atomic import atomic_path
+
+from .config import REFERENCE_ADAPTER_NAME, ReferenceConfig
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin
+
+#: diffusers' default LoRA file name (``LORA_WEIGHT_NAME_SAFE``).
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+#: diffusers' metadata key for the packed peft config.
+LORA_METADATA_KEY = "lora_adapter_metadata"
+#: Our metadata key for the full :class:`ReferenceConfig` used at training time.
+REFERENCE_CONFIG_METADATA_KEY = "customvideox_reference_config"
+KEY_PREFIX = "transformer."
+
+
+def reference_lora_config(config: ReferenceConfig) -> LoraConfig:
+    """The peft :class:`LoraConfig` of the reference LoRA (B initialized to zero: the LoRA starts as identity)."""
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=list(config.lora_targets),
+        init_lora_weights=True,
+    )
+
+
+def has_reference_lora(model: "ModelMixin") -> bool:
+    return REFERENCE_ADAPTER_NAME in (getattr(model, "peft_config", None) or {})
+
+
+def add_reference_lora(model: "ModelMixin", config: ReferenceConfig | None = None) -> int:
+    """Inject the reference LoRA into every block's ``attn1``; returns the number of LoRA parameters."""
+    config = config or ReferenceConfig()
+    if has_reference_lora(model):
+        raise ValueError(f"the model already has a '{REFERENCE_ADAPTER_NAME}' LoRA adapter")
+    model.add_adapter(reference_lora_config(config), adapter_name=REFERENCE_ADAPTER_NAME)
+    return count_lora_parameters(model)
+
+
+def lora_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The reference LoRA's parameters (``lora_A`` / ``lora_B`` of the ``reference`` adapter)."""
+    tag = f".{REFERENCE_ADAPTER_NAME}."
+    return [(n, p) for n, p in model.named_parameters() if ".lora_" in n and tag in n]
+
+
+def count_lora_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for _, p in lora_parameters(model))
+
+
+def mark_only_reference_lora_trainable(model: torch.nn.Module) -> int:
+    """Freeze everything but the reference LoRA; returns the trainable parameter count."""
+    model.requires_grad_(False)
+    for _, p in lora_parameters(model):
+        p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def reference_lora_state_dict(model: "ModelMixin") -> dict[str, torch.Tensor]:
+    """The LoRA weights with diffusers' keys (``transformer.transformer_blocks.0.attn1.to_q.lora_A.weight``)."""
+    if not has_reference_lora(model):
+        raise ValueError(f"the model has no '{REFERENCE_ADAPTER_NAME}' LoRA adapter (call add_reference_lora first)")
+    state = get_peft_model_state_dict(model, adapter_name=REFERENCE_ADAPTER_NAME)
+    return {KEY_PREFIX + k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _resolve_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / LORA_WEIGHT_NAME if path.is_dir() or path.suffix != ".safetensors" else path
+
+
+def save_reference_lora(
+    model: "ModelMixin", path: str | os.PathLike, config: ReferenceConfig | None = None
+) -> Path:
+    """Write the reference LoRA to ``path`` (a ``.safetensors`` file, or a folder that gets
+    ``pytorch_lora_weights.safetensors``) atomically; returns the file path."""
+    file = _resolve_file(path)
+    config = config or getattr(model, "reference_config", None) or ReferenceConfig()
+    peft_config = model.peft_config[REFERENCE_ADAPTER_NAME] if has_reference_lora(model) else None
+    tensors = reference_lora_state_dict(model)
+    packed = {
+        KEY_PREFIX + "r": peft_config.r,
+        KEY_PREFIX + "lora_alpha": peft_config.lora_alpha,
+        KEY_PREFIX + "target_modules": sorted(peft_config.target_modules),
+    }
+    metadata = {
+        "format": "pt",
+        LORA_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True),
+        REFERENCE_CONFIG_METADATA_KEY: json.dumps(config.to_dict(), sort_keys=True),
+    }
+    with atomic_path(file) as tmp:
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return file
+
+
+def read_reference_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ReferenceConfig]:
+    """Read a reference LoRA file: its tensors (keys without the ``transformer.`` prefix) and its config.
+
+    The config comes from the file's metadata when present, else from the tensor shapes (rank) and
+    diffusers' ``lora_adapter_metadata`` (alpha), with all other fields at their defaults.
+    """
+    file = _resolve_file(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"reference LoRA not found: {file} (expected a .safetensors file or a folder holding {LORA_WEIGHT_NAME})"
+        )
+    with safe_open(str(file), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    state = {k[len(KEY_PREFIX) :] if k.startswith(KEY_PREFIX) else k: v for k, v in tensors.items()}
+    if not state or not all(".lora_A." in k or ".lora_B." in k for k in state):
+        raise ValueError(f"{file}: not a LoRA file (expected only '*.lora_A.weight' / '*.lora_B.weight' tensors)")
+    if REFERENCE_CONFIG_METADATA_KEY in metadata:
+        config = ReferenceConfig.from_dict(json.loads(metadata[REFERENCE_CONFIG_METADATA_KEY]))
+    else:
+        rank = next(v.shape[0] for k, v in state.items() if ".lora_A." in k)
+        packed = json.loads(metadata.get(LORA_METADATA_KEY, "{}"))
+        alpha = packed.get(KEY_PREFIX + "lora_alpha", rank)
+        targets = sorted({k.split(".attn1.", 1)[1].rsplit(".lora_", 1)[0] for k in state if ".attn1." in k})
+        config = ReferenceConfig(lora_rank=rank, lora_alpha=alpha, lora_targets=tuple(targets))
+    return state, config
+
+
+def load_reference_lora(
+    model: "ModelMixin", path: str | os.PathLike, config: ReferenceConfig | None = None
+) -> ReferenceConfig:
+    """Load a reference LoRA file into ``model`` (injecting the adapter if needed); returns its config.
+
+    Raises a ValueError naming the file when its keys or shapes do not match the model's adapter.
+    """
+    state, file_config = read_reference_lora(path)
+    config = config or file_config
+    if not has_reference_lora(model):
+        add_reference_lora(model, config)
+    expected = get_peft_model_state_dict(model, adapter_name=REFERENCE_ADAPTER_NAME)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    mismatched = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{_resolve_file(path)} does not fit the model's reference LoRA: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, shape mismatch {sorted(mismatched)[:3]} "
+            f"(file rank {file_config.lora_rank}, targets {file_config.lora_targets})"
+        )
+    set_peft_model_state_dict(model, state, adapter_name=REFERENCE_ADAPTER_NAME)
+    return config
