@@ -40,6 +40,7 @@ background foreground sunset sunrise light sunlight curtains book road bridge tr
 water sand rock rocks stone wall door lamp sofa bed pillow blanket box basket ball leaves autumn
 winter summer spring camera video scene view close up slowly quickly gently around across through
 its their his her it they camera pans zooms
+circle square triangle shape bouncing growing spinning sliding larger smaller middle left right
 """
 
 _SPECIALS = ("<pad>", "</s>", "<unk>")

@@ -1,0 +1,494 @@
+"""``CustomVideoXPipeline``: CogVideoX-5B text-to-video with a reference image (Algorithm 1 of the paper).
+
+The pipeline subclasses diffusers' :class:`~diffusers.CogVideoXPipeline` and reuses its prompt encoding,
+latent preparation, rotary embeddings, VAE decoding, CPU offload, VAE tiling/slicing and progress bar.
+What it adds (paper section 4, Algorithm 1):
+
+1. **Reference encoding.** The reference image (RGB) is resized to fit inside the video frame with its
+   aspect ratio kept, centred and padded with white (``reference_background``) to ``height x width``,
+   and encoded by the *same* 3D causal VAE as the video: one image is one latent frame,
+   ``z_r = scaling_factor * E(x_ref).mode()`` of shape ``(B, 1, C, h, w)`` (the posterior mean, so the
+   reference is deterministic).
+2. **Reference features once** (Algorithm 1, line 3). In ``cached`` mode the transformer's per-layer
+   reference keys/values are built once before the loop and reused at every step; in ``joint`` mode the
+   reference tokens go through every block at every step (Eq. 4 literally). The mode comes from
+   :class:`~customvideox.config.ReferenceConfig`.
+3. **Entity tokens** for ERAE (Eq. 8): the entity word's positions in the T5 tokenization of the prompt
+   (:func:`entity_token_mask`). A prompt that does not contain its entity gets a warning and ERAE off
+   for that prompt (the rest of the method still runs); no entity at all turns ERAE off silently.
+4. **Classifier-free guidance.** The batch is ``[unconditional, conditional]`` as in CogVideoX. The
+   reference latent is given to *both* halves, so guidance amplifies the text only and never pushes
+   the video away from the subject; ERAE is off in the unconditional half (the negative prompt has no
+   entity tokens).
+5. **Sampling.** DDIM (:class:`~diffusers.CogVideoXDDIMScheduler`, as in the paper, 50 steps, guidance 6),
+   optional dynamic CFG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import retrieve_timesteps
+from diffusers.utils import BaseOutput
+
+from customvideox.config import ReferenceConfig
+from customvideox.transformer import CustomVideoXTransformer3DModel
+
+logger = logging.getLogger(__name__)
+
+try:  # diffusers renamed `torch_dtype` to `dtype` (the old name still works, with a FutureWarning)
+    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+
+    _DTYPE_KWARG = "dtype"
+except ImportError:
+    _DTYPE_KWARG = "torch_dtype"
+
+#: The hub id of the base model (paper section 6.1).
+COGVIDEOX_5B = "THUDM/CogVideoX-5b"
+
+ReferenceImage = PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+class CustomVideoXPipelineOutput(BaseOutput):
+    """Output of :class:`CustomVideoXPipeline`.
+
+    Args:
+        frames: ``(B, T, H, W, 3)`` float array in [0, 1] (``output_type="np"``), a ``(B, T, 3, H, W)``
+            tensor (``"pt"``), lists of PIL images (``"pil"``) or latents (``"latent"``).
+        random_weights: True when any component of the pipeline is random-initialised (tiny preset, or a
+            reference LoRA that was never loaded); every output says so.
+        entity_found: per prompt, whether the entity's tokens were found (False: ERAE was off for it).
+    """
+
+    frames: Any
+    random_weights: bool = False
+    entity_found: list[bool] | None = None
+
+
+# ----------------------------------------------------------------------------------------- entity tokens
+
+
+def _entity_pattern(entity: str) -> re.Pattern[str]:
+    """The entity as a whole word (or words), case-insensitive, optionally plural (``dog`` matches ``dogs``)."""
+    words = [re.escape(word) for word in entity.split()]
+    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?:s|es)?(?!\w)", re.IGNORECASE)
+
+
+def _entity_mask_from_ids(tokenizer, ids: list[int], entity: str) -> list[bool]:
+    """Fallback for tokenizers without offsets: match the entity's own token ids as a sub-sequence."""
+    mask = [False] * len(ids)
+    for text in (entity, " " + entity, entity.lower(), " " + entity.lower()):
+        needle = tokenizer(text, add_special_tokens=False).input_ids
+        for start in range(len(ids) - len(needle) + 1) if needle else ():
+            if ids[start : start + len(needle)] == needle:
+                mask[start : start + len(needle)] = [True] * len(needle)
+    return mask
+
+
+def entity_token_mask(
+    tokenizer, prompts: Sequence[str], entities: Sequence[str | None], max_length: int
+) -> tuple[torch.Tensor, list[bool]]:
+    """Positions of each prompt's entity word in its T5 tokenization (the ERAE text tokens of Eq. 8).
+
+    The prompt is tokenized exactly as the text encoder sees it (``max_length`` tokens, truncated,
+    ``</s>`` appended, padded). Every occurrence of the entity (whole word(s), case-insensitive, plural
+    ``s``/``es`` allowed) is located in the text, and a token is an entity token when its character span
+    (the fast tokenizer's offset mapping) overlaps an occurrence. Tokenizers without offsets fall back
+    to matching the entity's own token ids.
+
+    Returns:
+        ``(mask, found)``: a ``(B, max_length)`` bool tensor and, per prompt, whether any entity token
+        was found. An entity that is ``None``/empty, absent from the prompt or truncated away gives an
+        all-False row and ``found=False``.
+    """
+    if len(prompts) != len(entities):
+        raise ValueError(f"{len(prompts)} prompt(s) but {len(entities)} entit(y/ies)")
+    mask = torch.zeros(len(prompts), max_length, dtype=torch.bool)
+    found: list[bool] = []
+    for row, (prompt, entity) in enumerate(zip(prompts, entities)):
+        if not entity or not entity.strip():
+            found.append(False)
+            continue
+        encoding = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True,
+                             add_special_tokens=True, return_offsets_mapping=getattr(tokenizer, "is_fast", False))
+        ids = list(encoding.input_ids)
+        if "offset_mapping" in encoding:
+            spans = [m.span() for m in _entity_pattern(entity.strip()).finditer(prompt)]
+            special = set(tokenizer.all_special_ids)
+            hits = [
+                token_id not in special and end > start and any(start < b and end > a for a, b in spans)
+                for token_id, (start, end) in zip(ids, encoding.offset_mapping)
+            ]
+        else:
+            hits = _entity_mask_from_ids(tokenizer, ids, entity.strip())
+        mask[row] = torch.tensor(hits[:max_length], dtype=torch.bool)
+        found.append(bool(mask[row].any()))
+    return mask, found
+
+
+# ----------------------------------------------------------------------------------------- reference image
+
+
+def _to_pil_rgb(image: ReferenceImage) -> PIL.Image.Image:
+    """A reference image as an 8-bit RGB PIL image.
+
+    Accepted: PIL images (any mode; alpha composited over white), ``(H, W[, C])`` numpy arrays (uint8 in
+    [0, 255] or float in [0, 1]), ``(C, H, W)`` tensors (uint8 in [0, 255] or float in [0, 1]); one or
+    four channels are made RGB (alpha over white).
+    """
+    from videobench.images import to_rgb8
+
+    if isinstance(image, PIL.Image.Image):
+        return to_rgb8(image)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3:
+            raise ValueError(f"reference tensor must be (C, H, W), got shape {tuple(image.shape)}")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"reference array must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    return to_rgb8(PIL.Image.fromarray(array))
+
+
+def prepare_reference_image(
+    image: ReferenceImage, height: int, width: int, background: tuple[int, int, int] = (255, 255, 255)
+) -> torch.Tensor:
+    """Fit ``image`` inside ``height x width`` keeping its aspect ratio, centre it on a ``background`` canvas.
+
+    Returns a ``(3, height, width)`` float tensor in [-1, 1] (the VAE's input range).
+    """
+    rgb = _to_pil_rgb(image)
+    scale = min(height / rgb.height, width / rgb.width)
+    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    resized = rgb.resize(size, PIL.Image.Resampling.LANCZOS) if size != rgb.size else rgb
+    canvas = PIL.Image.new("RGB", (width, height), tuple(background))
+    canvas.paste(resized, ((width - size[0]) // 2, (height - size[1]) // 2))
+    pixels = torch.from_numpy(np.asarray(canvas, dtype=np.float32).copy()).permute(2, 0, 1)
+    return pixels / 127.5 - 1.0
+
+
+# ----------------------------------------------------------------------------------------- the pipeline
+
+
+def _onload(module: torch.nn.Module) -> None:
+    """Under ``enable_model_cpu_offload`` run the offload hook as a forward would (a non-forward call such
+    as ``build_reference_cache`` would otherwise find the module's weights on the CPU)."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)
+
+
+
+class CustomVideoXPipeline(CogVideoXPipeline):
+    r"""Zero-shot subject-driven text-to-video generation with CustomVideoX on CogVideoX (Algorithm 1).
+
+    Components are CogVideoX's (T5 tokenizer and encoder, the 3D causal VAE, a DDIM scheduler) with the
+    transformer replaced by :class:`~customvideox.transformer.CustomVideoXTransformer3DModel` carrying the
+    reference LoRA.
+
+    Attributes:
+        reference_config: the ablation/mode/TAB/ERAE/RoPE-shift settings used by :meth:`__call__`
+            (overridable per call).
+        random_weights: True when any component is random-initialised or the reference LoRA was never
+            loaded; stamped on every output.
+    """
+
+    def __init__(self, tokenizer, text_encoder, vae, transformer: CustomVideoXTransformer3DModel, scheduler):
+        super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                         scheduler=scheduler)
+        self.reference_config = ReferenceConfig()
+        self.random_base_weights = False
+        self.reference_lora_path: str | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the base model is random-initialised or a reference branch runs without a loaded LoRA."""
+        untrained_lora = self.reference_config.uses_reference_branch and self.reference_lora_path is None
+        return self.random_base_weights or untrained_lora
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike = COGVIDEOX_5B,
+        lora: str | os.PathLike | None = None,
+        reference_config: ReferenceConfig | None = None,
+        **kwargs,
+    ) -> "CustomVideoXPipeline":
+        """Load CogVideoX-5B (a folder or a hub id) with the transformer as ``CustomVideoXTransformer3DModel``.
+
+        The folder layout is diffusers' (``model_index.json``, ``transformer/``, ``vae/``,
+        ``text_encoder/``, ``tokenizer/``, ``scheduler/``). With ``lora`` the reference LoRA is loaded from
+        that safetensors file (its rank/alpha/targets from the file); without it the LoRA is added with
+        ``reference_config``'s shape and PEFT's initialisation (B = 0: the reference branch equals the base
+        weights, untrained), and :attr:`random_weights` says so. Other keyword
+        arguments (``torch_dtype``, ``cache_dir``, ``local_files_only``, ...) go to diffusers.
+        """
+        reference_config = reference_config or ReferenceConfig()
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        if dtype is not None:  # diffusers >= 0.36 calls it `dtype`, older versions `torch_dtype`
+            kwargs[_DTYPE_KWARG] = dtype
+        if kwargs.get("transformer") is None:
+            passthrough = {k: kwargs[k] for k in (_DTYPE_KWARG, "cache_dir", "local_files_only", "revision",
+                                                   "token", "variant") if k in kwargs}
+            kwargs["transformer"] = CustomVideoXTransformer3DModel.from_pretrained(
+                pretrained_model_name_or_path, subfolder="transformer", **passthrough
+            )
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipe.reference_config = reference_config
+        if lora is not None:
+            pipe.load_reference_lora(lora)
+        else:
+            pipe.transformer.add_reference_lora(reference_config)
+        return pipe
+
+    def load_reference_lora(self, path: str | os.PathLike) -> ReferenceConfig:
+        """Load the reference LoRA from a safetensors file (or a folder with ``pytorch_lora_weights.safetensors``).
+
+        The LoRA's shape (rank, alpha, targets) comes from the file; the adapter is injected if the
+        transformer has none yet, and a file that does not fit an existing adapter raises a ValueError
+        naming it. Returns the updated :attr:`reference_config` (ablation, mode, TAB/ERAE unchanged).
+        """
+        file_config = self.transformer.load_reference_lora(str(path))
+        self.reference_config = self.reference_config.replace(
+            lora_rank=file_config.lora_rank, lora_alpha=file_config.lora_alpha, lora_targets=file_config.lora_targets
+        )
+        self.reference_lora_path = str(path)
+        return self.reference_config
+
+    def save_reference_lora(self, path: str | os.PathLike) -> str:
+        """Save the transformer's reference LoRA as one safetensors file (atomically); returns its path."""
+        return str(self.transformer.save_reference_lora(str(path), self.reference_config))
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    @torch.no_grad()
+    def encode_reference(
+        self,
+        images: ReferenceImage | Sequence[ReferenceImage],
+        height: int,
+        width: int,
+        device: torch.device | None = None,
+        background: tuple[int, int, int] = (255, 255, 255),
+    ) -> torch.Tensor:
+        """Reference image(s) -> ``z_r``, ``(B, 1, C, height // 8, width // 8)`` scaled VAE latents.
+
+        Each image goes through the same 3D causal VAE as the video as a one-frame clip, giving one
+        latent frame (paper section 4.1), scaled by the VAE scaling factor like the video latents.
+        """
+        if isinstance(images, PIL.Image.Image) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim <= 3):
+            images = [images]  # one image; a 4-D array/tensor or a list is a batch
+        device = device or self._execution_device
+        pixels = torch.stack([prepare_reference_image(image, height, width, background) for image in images])
+        pixels = pixels.unsqueeze(2).to(device=device, dtype=self.vae.dtype)  # (B, 3, 1, H, W)
+        latents = self.vae.encode(pixels).latent_dist.mode() * self.vae_scaling_factor_image
+        return latents.permute(0, 2, 1, 3, 4)  # (B, 1, C, h, w)
+
+    def _reference_inputs(
+        self,
+        reference_latents: torch.Tensor,
+        prompts: list[str],
+        entities: list[str | None],
+        max_sequence_length: int,
+        do_cfg: bool,
+        config: ReferenceConfig,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[bool]]:
+        """The reference latents and entity mask laid out like the ``[uncond, cond]`` batch."""
+        found = [False] * len(prompts)
+        entity_mask = None
+        if config.uses_erae:
+            entity_mask, found = entity_token_mask(self.tokenizer, prompts, entities, max_sequence_length)
+            for prompt, entity, ok in zip(prompts, entities, found):
+                if entity and not ok:
+                    logger.warning(
+                        "entity %r not found in the tokenized prompt %r: ERAE is off for this prompt", entity, prompt
+                    )
+            entity_mask = entity_mask.to(device) if any(found) else None
+        if do_cfg:
+            reference_latents = torch.cat([reference_latents, reference_latents])
+            if entity_mask is not None:
+                entity_mask = torch.cat([torch.zeros_like(entity_mask), entity_mask])
+        return reference_latents, entity_mask, found
+
+    def _cache_context(self):
+        """diffusers' cache-hook context of the CFG batch (first-block cache etc.), where supported."""
+        context = getattr(self.transformer, "cache_context", None)
+        return context("cond_uncond") if context is not None else contextlib.nullcontext()
+
+    def _check_num_frames(self, num_frames: int) -> None:
+        """CogVideoX's VAE decodes ``n`` latent frames to ``4(n - 1) + 1`` frames only when ``n`` is odd (its
+        temporal upsampling keeps the first frame of odd-length inputs); refuse counts it would change."""
+        step = self.vae_scale_factor_temporal
+        latent_frames = (num_frames - 1) // step + 1
+        if num_frames < 1 or (num_frames - 1) % step or (latent_frames > 1 and latent_frames % 2 == 0):
+            valid = ", ".join(str(2 * step * k + 1) for k in range(7))
+            raise ValueError(f"num_frames={num_frames}: the CogVideoX VAE gives exactly that many frames only for "
+                             f"num_frames = {2 * step}k + 1 ({valid}, ...)")
+
+    # ------------------------------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference_image: ReferenceImage | Sequence[ReferenceImage] | None = None,
+        prompt: str | list[str] | None = None,
+        entity: str | list[str | None] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        guidance_scale: float = 6.0,
+        use_dynamic_cfg: bool = False,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
+        reference_latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        max_sequence_length: int | None = None,
+        reference_config: ReferenceConfig | None = None,
+        reference_background: tuple[int, int, int] = (255, 255, 255),
+    ) -> CustomVideoXPipelineOutput | tuple:
+        """Generate videos of the reference subject following ``prompt``.
+
+        Args:
+            reference_image: one reference per prompt (PIL / ``(H, W, 3)`` array / ``(3, H, W)`` tensor; see
+                :func:`prepare_reference_image`). ``None`` (with no ``reference_latents``) runs the base
+                CogVideoX model.
+            prompt: text prompt(s), the entity word included.
+            entity: the entity word of each prompt (ERAE); ``None`` turns ERAE off.
+            negative_prompt: the unconditional prompt(s) for CFG (default empty).
+            height, width, num_frames: default to the transformer config (480, 720, 49 for CogVideoX-5B).
+            num_inference_steps, guidance_scale, use_dynamic_cfg, eta: DDIM sampling (paper: 50 steps, 6).
+            generator, seed: the noise source; ``seed`` builds a CPU ``torch.Generator`` (same seed, same
+                video, on any device).
+            reference_latents: precomputed ``z_r`` ``(B, 1, C, h, w)`` instead of ``reference_image``.
+            output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"``.
+            reference_config: overrides :attr:`reference_config` for this call (ablation, mode, ...).
+            reference_background: the padding colour around the fitted reference image.
+        """
+        config = reference_config or self.reference_config
+        height = height or self.transformer.config.sample_height * self.vae_scale_factor_spatial
+        width = width or self.transformer.config.sample_width * self.vae_scale_factor_spatial
+        num_frames = num_frames or self.transformer.config.sample_frames
+        max_sequence_length = max_sequence_length or self.transformer.config.max_text_seq_length
+        self.check_inputs(prompt, height, width, negative_prompt, None)
+        self._check_num_frames(num_frames)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        entities = [entity] * len(prompts) if entity is None or isinstance(entity, str) else list(entity)
+        if len(entities) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompt(s) but {len(entities)} entit(y/ies)")
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+
+        # 1. text (T5) and reference (VAE) conditions
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompts, negative_prompt, do_cfg, max_sequence_length=max_sequence_length, device=device
+        )
+        if do_cfg:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
+        if reference_latents is None and reference_image is not None:
+            reference_latents = self.encode_reference(reference_image, height, width, device, reference_background)
+        entity_mask, found = None, [False] * len(prompts)
+        if reference_latents is not None:
+            if reference_latents.shape[0] != len(prompts):
+                raise ValueError(f"{reference_latents.shape[0]} reference(s) for {len(prompts)} prompt(s)")
+            reference_latents = reference_latents.to(device=device, dtype=prompt_embeds.dtype)
+            reference_latents, entity_mask, found = self._reference_inputs(
+                reference_latents, prompts, entities, max_sequence_length, do_cfg, config, device
+            )
+
+        # 2. timesteps, noise, rotary embeddings
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps)
+        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents(
+            len(prompts), self.transformer.config.in_channels, num_frames, height, width,
+            prompt_embeds.dtype, device, generator, latents,
+        )
+        image_rotary_emb = (
+            self._prepare_rotary_positional_embeddings(height, width, latents.size(1), device)
+            if self.transformer.config.use_rotary_positional_embeddings
+            else None
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        reference = dict(reference_latents=reference_latents, entity_token_mask=entity_mask, reference_config=config)
+
+        # 3. Algorithm 1, line 3: reference features once, before the loop (cached mode). The cached
+        #    reference attends only to itself, so one cache per reference serves both CFG halves.
+        if reference_latents is not None and config.uses_reference_branch and config.mode == "cached":
+            unique = reference_latents[: len(prompts)]
+            _onload(self.transformer)
+            reference["reference_cache"] = self.transformer.build_reference_cache(unique, reference_config=config)
+
+        # 4. Algorithm 1, lines 4-8: denoising with reference attention, TAB and ERAE
+        old_pred_original_sample = None
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                model_input = torch.cat([latents] * 2) if do_cfg else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                with self._cache_context():
+                    noise_pred = self.transformer(
+                        hidden_states=model_input,
+                        encoder_hidden_states=prompt_embeds,
+                        timestep=t.expand(model_input.shape[0]),
+                        image_rotary_emb=image_rotary_emb,
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                        **(reference if reference_latents is not None else {}),
+                    )[0].float()
+                if use_dynamic_cfg:  # CogVideoX's cosine schedule of the guidance weight
+                    self._guidance_scale = 1 + guidance_scale * (
+                        (1 - math.cos(math.pi * ((num_inference_steps - t.item()) / num_inference_steps) ** 5.0)) / 2
+                    )
+                if do_cfg:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + self.guidance_scale * (cond - uncond)
+                if isinstance(self.scheduler, CogVideoXDPMScheduler):
+                    latents, old_pred_original_sample = self.scheduler.step(
+                        noise_pred, old_pred_original_sample, t, timesteps[i - 1] if i > 0 else None, latents,
+                        **extra_step_kwargs, return_dict=False,
+                    )
+                else:
+                    latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                latents = latents.to(prompt_embeds.dtype)
+                progress_bar.update()
+        self._current_timestep = None
+
+        # 5. decode
+        if output_type == "latent":
+            video = latents
+        else:
+            video = self.video_processor.postprocess_video(video=self.decode_latents(latents), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return CustomVideoXPipelineOutput(frames=video, random_weights=self.random_weights, entity_found=found)
+

@@ -1,0 +1,229 @@
+"""The ``customvideox`` method for ``videobench generate``: run names, generation, weights errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
+from customvideox.weights import MODEL_LAYOUT, MissingWeightsError, check_model_folder, locate_base_model
+from videobench.cases import Case
+from videobench.images import ImageError
+from videobench.methods import Generator, MethodConfig, get_method
+
+TINY = dict(preset="tiny", num_frames=9, height=128, width=128)  # narrower than the smoke suite's 128x192: faster
+
+
+@pytest.fixture(scope="module")
+def reference_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("refs") / "subject.png"
+    pixels = np.random.default_rng(0).integers(0, 256, size=(80, 120, 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models' ops are too small to gain from intra-op threads; one thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_generator():
+    return build_customvideox(MethodConfig(**TINY, extra={"steps": 4}))
+
+
+def _case(reference: Path | str, prompt: str = "a dog on the beach", entity: str = "dog") -> Case:
+    return Case(case_id="dog-beach", suite="smoke", subject="dog", prompt=prompt, entity=entity,
+                references=(str(reference),))
+
+
+def test_registered():
+    spec = get_method("customvideox")
+    assert spec.factory is build_customvideox and spec.needs_weights
+
+
+def test_tiny_generator_contract_and_determinism(tiny_generator, reference_path):
+    assert isinstance(tiny_generator, Generator)
+    assert tiny_generator.run_name == "customvideox-tiny"
+    assert tiny_generator.fps == 8 and tiny_generator.random_weights is True
+    config = tiny_generator.config()
+    assert json.loads(json.dumps(config)) == config
+    assert config["random_weights"] is True and config["ablation"] == "3d-ra+tab+erae"
+    assert config["num_inference_steps"] == 4 and config["num_frames"] == 9 and config["reference_config"]["ablation"] == "3d-ra+tab+erae"
+    case = _case(reference_path)
+    first = tiny_generator.generate(case, seed=7)
+    assert first.shape == (9, 128, 128, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, tiny_generator.generate(case, seed=7))
+    assert np.abs(first.astype(int) - tiny_generator.generate(case, seed=8).astype(int)).max() > 0
+
+
+def test_missing_reference_image_names_the_file(tiny_generator, tmp_path):
+    missing = tmp_path / "nope.png"
+    with pytest.raises(ImageError, match="nope.png"):
+        tiny_generator.generate(_case(missing), seed=0)
+    with pytest.raises(ValueError, match="no reference image"):
+        tiny_generator.generate(Case("c", "smoke", "dog", "a dog", "dog", ()), seed=0)
+
+
+@pytest.mark.parametrize(
+    "ablation, mode, expected",
+    [
+        (None, None, "customvideox-tiny"),
+        ("3d-ra+tab+erae", None, "customvideox-tiny"),
+        ("naive", None, "customvideox-tiny-naive"),
+        ("3d-ra", None, "customvideox-tiny-3d-ra"),
+        ("3d-ra+tab", "cached", "customvideox-tiny-3d-ra+tab-cached"),
+    ],
+)
+def test_factory_run_name_per_ablation(ablation, mode, expected):
+    extra = {"mode": mode} if mode else {}
+    generator = build_customvideox(MethodConfig(**TINY, ablation=ablation, extra=extra))
+    assert generator.run_name == expected
+    assert generator.pipeline.reference_config.ablation == (ablation or "3d-ra+tab+erae")
+    assert generator.config()["mode"] == (mode or generator.pipeline.reference_config.mode)
+
+
+def test_run_names_of_the_real_model():
+    assert run_name_for(None, "3d-ra+tab+erae", None, random_lora=False) == "customvideox"
+    assert run_name_for(None, "naive", None, random_lora=False) == "customvideox-naive"
+    assert run_name_for(None, "3d-ra+tab", None, random_lora=False) == "customvideox-3d-ra+tab"
+    assert run_name_for(None, "3d-ra+tab+erae", None, random_lora=True) == "customvideox-random"
+
+
+def test_bad_options_fail_before_any_work():
+    with pytest.raises(ValueError, match="--ablation 'full'"):
+        build_customvideox(MethodConfig(**TINY, ablation="full"))
+    with pytest.raises(ValueError, match="--mode"):
+        build_customvideox(MethodConfig(**TINY, extra={"mode": "fast"}))
+    with pytest.raises(ValueError, match="--preset 'huge'"):
+        build_customvideox(MethodConfig(preset="huge"))
+
+
+# ----------------------------------------------------------------------------------------- missing weights
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def _fake_model_folder(root: Path) -> Path:
+    folder = root / "CogVideoX-5b"
+    for entry in MODEL_LAYOUT:
+        if entry.endswith("/"):
+            (folder / entry).mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def test_no_model_and_empty_cache_names_model_layout_and_hub_id(empty_hf_cache):
+    with pytest.raises(MissingWeightsError) as info:
+        build_customvideox(MethodConfig(lora=None))
+    message = str(info.value)
+    for expected in ("CogVideoX-5B", "THUDM/CogVideoX-5b", "model_index.json", "transformer/", "vae/",
+                     "text_encoder/", "tokenizer/", "scheduler/", str(empty_hf_cache), "--model", "--preset tiny"):
+        assert expected in message
+    assert "no CustomVideoX weights are published" in message  # both missing pieces in one message
+    with pytest.raises(MissingWeightsError) as info:
+        build_customvideox(MethodConfig(ablation="naive"))  # naive needs no LoRA: only the model is missing
+    assert "THUDM/CogVideoX-5b" in str(info.value) and "LoRA" not in str(info.value)
+
+
+def test_incomplete_model_folder_lists_what_lacks(tmp_path):
+    folder = tmp_path / "cvx"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    with pytest.raises(MissingWeightsError, match=r"lacks vae/, text_encoder/, tokenizer/, scheduler/"):
+        build_customvideox(MethodConfig(model=str(folder)))
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        locate_base_model(tmp_path / "absent")
+    assert check_model_folder(_fake_model_folder(tmp_path)) == tmp_path / "CogVideoX-5b"
+
+
+def test_full_method_without_lora_fails_clearly(tmp_path):
+    folder = _fake_model_folder(tmp_path)
+    with pytest.raises(MissingWeightsError) as info:
+        build_customvideox(MethodConfig(model=str(folder)))
+    message = str(info.value)
+    assert "no CustomVideoX weights are published" in message
+    assert "customvideox train" in message and "--lora" in message and "--random-weights" in message
+
+
+def test_missing_lora_file_is_named(tmp_path):
+    folder = _fake_model_folder(tmp_path)
+    with pytest.raises(MissingWeightsError, match=r"--lora .*absent\.safetensors: no such file"):
+        build_customvideox(MethodConfig(model=str(folder), lora=str(tmp_path / "absent.safetensors")))
+    with pytest.raises(MissingWeightsError, match="absent.safetensors"):
+        build_customvideox(MethodConfig(**TINY, lora=str(tmp_path / "absent.safetensors")))
+
+
+def test_frames_to_uint8_rounds_and_clips():
+    frames = np.array([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 2.0], np.float32).reshape(1, 1, 7, 1).repeat(3, -1)
+    assert frames_to_uint8(frames)[0, 0, :, 0].tolist() == [0, 0, 0, 2, 128, 255, 255]
+
+
+def test_generate_run_records_failures_resumes_and_is_deterministic(tiny_generator, reference_path, tmp_path):
+    """The runner with the tiny CustomVideoX: a bad reference fails its case only; a rerun skips what is done."""
+    from videobench.generate import run_generation
+    from videobench.results import read_cases_jsonl
+    from videobench.suites import Suite
+    from videobench.video import read_video
+
+    good = _case(reference_path)
+    bad = Case("dog-missing", "smoke", "dog", "a dog in the snow", "dog", (str(tmp_path / "missing.png"),))
+    suite = Suite("smoke", "v1", "test", (good, bad), num_frames=9, height=128, width=128)
+    first = run_generation("customvideox", tiny_generator, suite, list(suite.cases), tmp_path / "a", seed=3,
+                           progress=False)
+    assert first.generated == ["dog-beach"] and list(first.failed) == ["dog-missing"]
+    assert "missing.png" in first.failed["dog-missing"]
+    records = {line.record["case_id"]: line.record for line in read_cases_jsonl(first.method_dir / "cases.jsonl")}
+    assert records["dog-beach"]["status"] == "ok" and records["dog-missing"]["status"] == "failed"
+    run = json.loads((first.method_dir / "run.json").read_text())
+    assert run["run_name"] == "customvideox-tiny" and run["config"]["random_weights"] is True
+
+    again = run_generation("customvideox", tiny_generator, suite, list(suite.cases), tmp_path / "a", seed=3,
+                           progress=False)
+    assert again.skipped == ["dog-beach"] and list(again.failed) == ["dog-missing"]
+    video = read_video(first.method_dir / "videos" / "dog-beach.mp4")
+    assert video.frames.shape == (9, 128, 128, 3) and video.fps == 8
+    # The file holds the seed's video, up to H.264 loss (large on random-weight noise textures): it is much
+    # closer to a regeneration with the same seed than to one with another seed.
+    same = np.abs(video.frames.astype(int) - tiny_generator.generate(good, seed=3).astype(int)).mean()
+    other = np.abs(video.frames.astype(int) - tiny_generator.generate(good, seed=4).astype(int)).mean()
+    assert same < 0.6 * other, (same, other)
+
+
+def test_factory_loads_a_cogvideox_folder_and_a_lora(tiny_generator, reference_path, tmp_path):
+    """The non-preset path end to end, on a (tiny) CogVideoX folder saved by diffusers and a LoRA file."""
+    from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    from customvideox.presets import TINY_TRANSFORMER
+
+    pipe = tiny_generator.pipeline
+    plain = CogVideoXPipeline(**{**pipe.components, "transformer": CogVideoXTransformer3DModel(**TINY_TRANSFORMER)})
+    plain.save_pretrained(tmp_path / "CogVideoX-5b")
+    lora = pipe.save_reference_lora(tmp_path / "lora.safetensors")
+    common = dict(model=str(tmp_path / "CogVideoX-5b"), num_frames=9, height=128, width=128, extra={"steps": 2})
+
+    generator = build_customvideox(MethodConfig(lora=lora, ablation="3d-ra", **common))
+    assert generator.run_name == "customvideox-3d-ra" and generator.random_weights is False
+    assert generator.config()["lora"] == lora and generator.pipeline.reference_config.ablation == "3d-ra"
+    frames = generator.generate(_case(reference_path), seed=0)
+    assert frames.shape == (9, 128, 128, 3) and frames.dtype == np.uint8
+
+    untrained = build_customvideox(MethodConfig(random_weights=True, **common))
+    assert untrained.run_name == "customvideox-random" and untrained.random_weights is True
