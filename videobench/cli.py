@@ -247,18 +247,14 @@ def run(methods: str, out: Path, random_weights: bool, **opts) -> None:
 @scoring_options
 def weights(**opts) -> None:
     """Where each metric model's weights come from (model, file, found where, sha256)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from videobench.weights import weights_table
 
-    rows = weights_table(_weights_config(opts))
-    table = Table(title="metric weights")
-    for column in rows[0].keys() if rows else ("model",):
-        table.add_column(str(column))
-    for row in rows:
-        table.add_row(*(str(value) if value is not None else "-" for value in row.values()))
-    Console().print(table)
+    for row in weights_table(_weights_config(opts)):
+        colour = "green" if row.get("found") not in (None, "missing") else "red"
+        click.secho(f"{row.get('model')}  [{row.get('family')}]  {row.get('found')}", fg=colour, bold=True)
+        for key, value in row.items():
+            if key not in ("model", "family", "found"):
+                click.echo(f"    {key:8s} {value if value is not None else '-'}")
 
 
 @main.command()
