@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.test_score import RED, add_method, build_results, fake_metrics, refs, run, solid  # noqa: F401 (fixture)
+from tests.test_score import BLUE, RED, add_method, build_results, fake_metrics, refs, run, solid  # noqa: F401 (fixture)
 from videobench import report as report_module
 from videobench.report import customvideox_setting, paper_method_for, rank_marks, write_report
 
@@ -280,3 +280,148 @@ def test_report_of_an_empty_results_folder(tmp_path):
     assert summary.failed
     text = write_report(tmp_path / "R", progress=False).read_text()
     assert "No scored method yet." in text and 'id="paper-table1"' in text
+
+
+# ------------------------------------------------------------------------- several RESULTS folders (Table 1)
+def build_suite_folders(tmp_path: Path, refs: Path) -> Path:
+    """``results/dreambench`` and ``results/videobench``, one suite each, both holding ``customvideox``.
+
+    The two customvideox runs differ on every column so a number in the wrong column group shows:
+    DreamBench: a red still (CLIP-I 100, T.Cons 100, D.D 0), prompt of 6 characters (CLIP-T 0.60), a
+    200 px wide reference (DINO-I 20); VideoBench: red/blue flashing (CLIP-I 50, T.Cons 0, D.D 100),
+    18 characters (CLIP-T 1.80), a 210 px wide reference (DINO-I 21).
+    """
+    parent = tmp_path / "results"
+    dream, video = parent / "dreambench", parent / "videobench"
+    red, rgba = [str(refs / "red.png")], [str(refs / "red_rgba.png")]
+    add_method(dream, "customvideox", [{"case_id": "dog-0", "frames": solid([RED] * 3), "references": red,
+                                        "prompt": "a ball", "subject": "dog"}], suite="dreambench")
+    add_method(dream, "alpha", [{"case_id": "dog-0", "frames": solid([RED, BLUE] * 2), "references": red,
+                                 "subject": "dog"}], suite="dreambench")
+    add_method(dream, "reference-still", [{"case_id": "dog-0", "frames": solid([RED] * 3), "references": red,
+                                           "subject": "dog"}], suite="dreambench")
+    add_method(video, "customvideox", [{"case_id": "car-0", "frames": solid([RED, BLUE] * 2), "references": rgba,
+                                        "prompt": "a red ball rolling", "subject": "car"}], suite="videobench")
+    add_method(video, "customvideox-3d-ra", [{"case_id": "car-0", "frames": solid([RED] * 3), "references": red,
+                                              "subject": "car"}], suite="videobench")
+    for folder in (dream, video):
+        summary, _ = run(folder)
+        assert summary.ok
+    return parent
+
+
+def _ours_row(text: str, method: str) -> list[tuple[str, str]]:
+    rows = [cells for label, _, cells in read_tables(text)["ours"] if label == method]
+    assert len(rows) == 1, f"{method}: {len(rows)} rows"
+    return rows[0]
+
+
+def test_report_merges_one_results_folder_per_suite(tmp_path, refs):
+    parent = build_suite_folders(tmp_path, refs)
+    dream, video = parent / "dreambench", parent / "videobench"
+    out = write_report([dream, video], tmp_path / "reports" / "table1.html", progress=False)
+    text = out.read_text()
+    tables = read_tables(text)
+
+    # one row per method folder name; DreamBench group = cells 0-4, VideoBench group = cells 5-9, then counts
+    assert [label for label, _, _ in tables["ours"]] == ["alpha", "customvideox", "customvideox-3d-ra",
+                                                        "reference-still"]
+    custom = [value for value, _ in _ours_row(text, "customvideox")]
+    assert custom[:5] == ["0.60", "100.00", "20.00", "100.00", "0.00"]
+    assert custom[5:7] == ["1.80", "50.00"] and custom[7] == "21.00" and custom[9] == "100.00"
+    assert float(custom[8]) == pytest.approx(0.0, abs=3.0)  # red/blue flashing: T.Cons ~ 0
+    assert custom[10] == "DreamBench: 1/1; VideoBench: 1/1"
+    for suite, folder, cells in (("dreambench", dream, custom[:5]), ("videobench", video, custom[5:10])):
+        board = pd.read_csv(folder / "leaderboard.csv").set_index("method")
+        assert board.loc["customvideox", "suite"] == suite
+        columns = ("clip_t", "clip_i", "dino_i", "t_cons", "dynamic")
+        assert cells == [f"{board.loc['customvideox', c]:.2f}" for c in columns]
+    assert [value for value, _ in _ours_row(text, "alpha")][5:10] == ["—"] * 5  # no VideoBench run
+    assert [value for value, _ in _ours_row(text, "customvideox-3d-ra")][:5] == ["—"] * 5
+
+    # the paper tables match the merged row: one "ours" line under CustomVideoX with both suites
+    paper1 = [(label, cells) for label, _, cells in tables["paper-table1"]]
+    ours_lines = [cells for label, cells in paper1 if label == "ours: customvideox"]
+    assert len(ours_lines) == 1 and [v for v, _ in ours_lines[0][:10]] == custom[:10]
+    assert [label for label, _, _ in tables["paper-table2"]] == [
+        "naive", "3D-RA", "ours: customvideox-3d-ra", "+TAB", "+ERAE", "ours: customvideox"]
+
+    # sections labelled with the suite, and with the results folder where the method name is shared
+    context = report_module.build_context([dream, video], progress=False)
+    titles = {(c.method, c.suite): c.title for c in context["cases"]}
+    assert titles[("customvideox", "dreambench")] == f"customvideox [{dream}] — DreamBench"
+    assert titles[("customvideox", "videobench")] == f"customvideox [{video}] — VideoBench"
+    assert titles[("alpha", "dreambench")] == "alpha — DreamBench"
+    assert f"customvideox [{html.escape(str(dream))}] — DreamBench" in text
+    assert f'data-method="customvideox" data-suite="videobench" data-results="{html.escape(str(video))}"' in text
+    subjects = {table.table_id: table for table in context["subject_tables"]}
+    assert set(subjects) == {"subjects-dreambench", "subjects-videobench"}
+    assert [row.label for row in subjects["subjects-videobench"].rows] == [
+        f"car — customvideox [{video}]", "car — customvideox-3d-ra"]
+    caption = subjects["subjects-videobench"].caption
+    assert str(video) in caption and str(dream) not in caption
+    assert context["results_dirs"] == [str(dream), str(video)] and 'id="random-banner"' not in text
+    assert text.count('class="thumb strip"') == 5
+
+
+def test_report_expands_a_parent_of_results_folders(tmp_path, refs):
+    parent = build_suite_folders(tmp_path, refs)
+    dream, video = parent / "dreambench", parent / "videobench"
+    (parent / "notes").mkdir()  # a folder that is no RESULTS folder is passed over
+    assert report_module.resolve_results_dirs(parent) == [dream, video]
+    assert report_module.resolve_results_dirs([video, parent, video]) == [video, dream]  # each folder once
+    assert report_module.resolve_results_dirs(dream) == [dream]  # a RESULTS folder stands for itself
+
+    from_parent = read_tables(write_report(parent, tmp_path / "a.html", progress=False).read_text())
+    explicit = read_tables(write_report([dream, video], tmp_path / "b.html", progress=False).read_text())
+    assert from_parent["ours"] == explicit["ours"] and from_parent["paper-table1"] == explicit["paper-table1"]
+
+    add_method(parent / "unscored", "beta", [{"case_id": "x", "frames": solid([RED] * 3),
+                                              "references": [str(refs / "red.png")]}])
+    with pytest.raises(FileNotFoundError, match=r"unscored.*videobench score"):
+        report_module.resolve_results_dirs(parent)
+    with pytest.raises(FileNotFoundError, match="videobench score"):  # an unscored RESULTS folder itself
+        write_report(parent / "unscored", tmp_path / "c.html", progress=False)
+    with pytest.raises(FileNotFoundError, match="no subfolder holds one"):
+        write_report(parent / "notes", tmp_path / "d.html", progress=False)
+
+
+def test_report_refuses_one_method_and_suite_in_two_folders(tmp_path, refs):
+    parent = build_suite_folders(tmp_path, refs)
+    again = tmp_path / "rerun"
+    add_method(again, "customvideox", [{"case_id": "car-0", "frames": solid([RED] * 3),
+                                        "references": [str(refs / "red.png")], "subject": "car"}], suite="videobench")
+    run(again)
+    out = tmp_path / "table1.html"
+    with pytest.raises(report_module.ReportInputError) as error:
+        write_report([parent / "dreambench", parent / "videobench", again], out, progress=False)
+    message = str(error.value)
+    assert "'customvideox' on suite 'videobench'" in message
+    assert str(parent / "videobench") in message and str(again) in message and "dreambench" not in message
+    assert not out.exists()
+
+
+def test_several_folders_need_an_out_path(tmp_path, refs):
+    parent = build_suite_folders(tmp_path, refs)
+    dream, video = parent / "dreambench", parent / "videobench"
+    for given in ([dream, video], parent):
+        with pytest.raises(report_module.ReportInputError, match="--out"):
+            write_report(given, progress=False)
+    assert not list(parent.rglob("*.html"))
+
+    from click.testing import CliRunner
+
+    from videobench.cli import EXIT_SETUP_ERROR, main
+
+    runner = CliRunner()
+    missing = runner.invoke(main, ["report", str(dream), str(video)])
+    assert missing.exit_code == EXIT_SETUP_ERROR and "--out" in missing.output and "Traceback" not in missing.output
+    same = str(video / "customvideox" / "..")
+    twice = runner.invoke(main, ["report", str(video), same, "--out", str(tmp_path / "x.html")])
+    assert twice.exit_code == 0, twice.output  # the same folder twice is one folder
+    done = runner.invoke(main, ["report", str(dream), str(video), "--out", str(tmp_path / "t1.html")])
+    assert done.exit_code == 0, done.output
+    assert [label for label, _, _ in read_tables((tmp_path / "t1.html").read_text())["ours"]].count("customvideox") == 1
+    single = runner.invoke(main, ["report", str(dream)])  # one folder: the default path still works
+    assert single.exit_code == 0 and (dream / "leaderboard.html").is_file()
+    assert runner.invoke(main, ["report"]).exit_code == 2  # RESULTS is required

@@ -2,7 +2,7 @@
 
     videobench generate --method NAME --suite SUITE --out RESULTS
     videobench score RESULTS
-    videobench report RESULTS
+    videobench report RESULTS... [--out FILE]
     videobench run --suite smoke --preset tiny --random-weights --out RESULTS   (all three)
     videobench weights | data download SUITE | data verify SUITE | suites | methods
 """
@@ -198,14 +198,22 @@ def score(results: Path, random_weights: bool, **opts) -> None:
 
 
 @main.command()
-@click.argument("results", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
-              help="HTML file (default: RESULTS/leaderboard.html).")
-def report(results: Path, out_path: Path | None) -> None:
-    """Write the self-contained HTML leaderboard of RESULTS."""
-    from videobench.report import write_report
+              help="HTML file (default: RESULTS/leaderboard.html for one RESULTS folder; required for several).")
+def report(results: tuple[Path, ...], out_path: Path | None) -> None:
+    """Write the self-contained HTML leaderboard of one or more RESULTS folders.
 
-    path = write_report(results, out_path)
+    Several folders (e.g. results/dreambench results/videobench, one per suite) merge into one page:
+    a method folder name found in several of them is one row with each suite's columns (Table 1). A
+    folder without leaderboard.csv whose subfolders are RESULTS folders stands for those subfolders.
+    """
+    from videobench.report import ReportInputError, write_report
+
+    try:
+        path = write_report(list(results), out_path)
+    except (FileNotFoundError, ReportInputError) as error:
+        _fail(str(error))
     click.echo(f"report: {path}")
 
 

@@ -1,4 +1,13 @@
-"""``videobench report``: RESULTS -> one self-contained HTML leaderboard.
+"""``videobench report``: one or more RESULTS folders -> one self-contained HTML leaderboard.
+
+A method folder holds one suite, so Table 1 (DreamBench | VideoBench) is naturally run as one RESULTS
+folder per suite (``results/dreambench``, ``results/videobench``). The report reads any number of
+RESULTS folders, concatenates their ``leaderboard.csv`` rows and method folders, and keys the rows of
+our leaderboard and of the paper-table matches by the method folder name: ``customvideox`` of
+``results/dreambench`` and ``customvideox`` of ``results/videobench`` form one row with both suites'
+column groups. A (method, suite) pair found in two folders is refused. A folder without its own
+``leaderboard.csv`` whose subfolders are RESULTS folders stands for those subfolders (see
+:func:`resolve_results_dirs`).
 
 The page holds, in order:
 
@@ -10,9 +19,10 @@ The page holds, in order:
    (``reference-still``, ``reference-pan``) are shown as reference rows;
 3. the paper's Table 1 and Table 2 (``videobench/paper/*.csv``, sources in its README) with our matching
    runs beside each published row;
-4. a per-subject breakdown per suite;
-5. per-case rows per method: the reference thumbnail, a strip of frames from the video, the raw scores
-   x100 and any error.
+4. a per-subject breakdown per suite (naming the results folders it comes from);
+5. per-case rows per method folder, labelled with its suite (and its results folder when two folders
+   hold a method of that name): the reference thumbnail, a strip of frames from the video, the raw
+   scores x100 and any error.
 
 Images are inlined as base64 JPEG data URIs; the page needs no other file. The template is rendered
 by a jinja2 ``Environment(autoescape=True)``, so every string from users (prompts, method and subject
@@ -45,7 +55,7 @@ from videobench.atomic import atomic_write_text
 from videobench.images import ImageError, load_reference_image
 from videobench.leaderboard import COLUMN_LABELS, SCORE_COLUMNS, aggregate
 from videobench.results import utc_now
-from videobench.score import is_reference_method, read_scores
+from videobench.score import is_reference_method, read_scores, run_suite
 from videobench.video import VideoError, read_video
 
 DEFAULT_REPORT_NAME = "leaderboard.html"
@@ -178,6 +188,11 @@ def _mark_rows(rows: list[Row], ranked: Iterable[str] = ("ours", "paper")) -> No
             row.cells[index].mark = mark
 
 
+def _flag(value: Any) -> bool:
+    """A 0/1 leaderboard flag; missing or NaN (a column one of several leaderboards lacks) is 0."""
+    return bool(int(_number(value) or 0))
+
+
 def _suite_label(suite: str) -> str:
     return SUITE_LABELS.get(suite, suite)
 
@@ -223,6 +238,10 @@ def frame_strip(frames: np.ndarray, count: int = 6, height: int = 64) -> Image.I
 
 
 # -------------------------------------------------------------------------------------- loading
+class ReportInputError(ValueError):
+    """The RESULTS folders given cannot make one report (clashing runs, no output path, not RESULTS)."""
+
+
 @dataclass
 class MethodData:
     method: str
@@ -232,9 +251,15 @@ class MethodData:
     reference: bool
     folder: Path
     note: str = ""
+    #: the RESULTS folder it was read from, as given (for labels and errors)
+    results_dir: str = ""
+    #: its suites: those of scores.csv, else run.json's (a method folder normally holds exactly one)
+    suites: tuple[str, ...] = ()
+    #: the name shown in per-subject and per-case sections (unique over all folders; see ``_label_methods``)
+    label: str = ""
 
 
-def _load_method(folder: Path) -> MethodData:
+def _load_method(folder: Path, results_dir: str = "") -> MethodData:
     info: dict[str, Any] = {}
     note = ""
     if (folder / layout.RUN_FILE).is_file():
@@ -254,7 +279,113 @@ def _load_method(folder: Path) -> MethodData:
             note = f"{folder / layout.SCORES_FILE}: unreadable ({error})"
     elif not note:
         note = "not scored yet (run videobench score)"
-    return MethodData(folder.name, info, scores, cases, is_reference_method(folder.name, info), folder, note)
+    suites: tuple[str, ...] = ()
+    if scores is not None and "suite" in scores and len(scores):
+        suites = tuple(_ordered_suites(s for s in scores["suite"].astype(str) if s))
+    if not suites and info:
+        suite = run_suite(info)[0]
+        suites = (suite,) if suite != "unknown" else ()
+    return MethodData(folder.name, info, scores, cases, is_reference_method(folder.name, info), folder, note,
+                      results_dir=results_dir or str(folder.parent), suites=suites)
+
+
+def resolve_results_dirs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The RESULTS folders that ``paths`` stand for, in the order given, each once.
+
+    The rule, per path:
+
+    1. a folder holding ``leaderboard.csv`` is a RESULTS folder;
+    2. a folder holding method folders (subfolders with ``cases.jsonl``) but no ``leaderboard.csv`` is a
+       RESULTS folder that was not scored: an error asking for ``videobench score``;
+    3. otherwise, a folder whose subfolders hold ``leaderboard.csv`` is a parent of RESULTS folders
+       (``results/`` holding ``results/dreambench`` and ``results/videobench``) and stands for those
+       subfolders, in name order; a subfolder holding method folders but no ``leaderboard.csv`` is then
+       an error (it would silently miss from the report);
+    4. anything else is an error.
+
+    A folder reached twice (given twice, or given and also found under a parent) counts once.
+
+    Raises:
+        FileNotFoundError: a path is missing or is neither a scored RESULTS folder nor a parent of some.
+        ReportInputError: no path given.
+    """
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not given:
+        raise ReportInputError("no RESULTS folder given")
+    found: list[Path] = []
+    for path in map(Path, given):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: results folder does not exist")
+        if (path / layout.LEADERBOARD_FILE).is_file():
+            found.append(path)
+            continue
+        if layout.method_dirs(path):
+            raise FileNotFoundError(f"{path / layout.LEADERBOARD_FILE}: no leaderboard; "
+                                    f"run `videobench score {path}` first")
+        children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        scored = [p for p in children if (p / layout.LEADERBOARD_FILE).is_file()]
+        unscored = [p for p in children if p not in scored and layout.method_dirs(p)]
+        if unscored:
+            raise FileNotFoundError(
+                f"{path}: RESULTS folder(s) without {layout.LEADERBOARD_FILE}: "
+                f"{', '.join(str(p) for p in unscored)}; run `videobench score` on each first")
+        if not scored:
+            raise FileNotFoundError(
+                f"{path / layout.LEADERBOARD_FILE}: no leaderboard, and no subfolder holds one; "
+                f"run `videobench score {path}` first (or name the RESULTS folders)")
+        found.extend(scored)
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def _check_unique_runs(board: pd.DataFrame, methods: list[MethodData]) -> None:
+    """Refuse a (method, suite) pair held by two RESULTS folders: Table 1 would have two values for one cell."""
+    holders: dict[tuple[str, str], list[str]] = {}
+    pairs = {(str(r["method"]), str(r["suite"]), str(r["results_dir"])) for r in board.to_dict("records")}
+    pairs |= {(data.method, suite, data.results_dir) for data in methods for suite in data.suites}
+    for method, suite, folder in sorted(pairs):
+        if folder not in holders.setdefault((method, suite), []):
+            holders[(method, suite)].append(folder)
+    clashes = [f"method {method!r} on suite {suite!r} is in both {folders[0]} and {folders[1]}"
+               + (f" (and {', '.join(folders[2:])})" if len(folders) > 2 else "")
+               for (method, suite), folders in holders.items() if len(folders) > 1]
+    if clashes:
+        raise ReportInputError("; ".join(clashes) + ". A method's results on one suite must come from one "
+                               "RESULTS folder: rename one method folder or report the folders separately.")
+
+
+def _label_methods(methods: list[MethodData]) -> None:
+    """Method folder name as label; with the results folder added where two folders share the name."""
+    counts: dict[str, int] = {}
+    for data in methods:
+        counts[data.method] = counts.get(data.method, 0) + 1
+    for data in methods:
+        data.label = data.method if counts[data.method] == 1 else f"{data.method} [{data.results_dir}]"
+
+
+def _read_board(results_dir: Path) -> pd.DataFrame:
+    board_path = results_dir / layout.LEADERBOARD_FILE
+    if not board_path.is_file():
+        raise FileNotFoundError(f"{board_path}: no leaderboard; run `videobench score {results_dir}` first")
+    board = pd.read_csv(board_path, dtype={"method": str, "suite": str, "method_name": str})
+    return board.assign(results_dir=str(results_dir))
+
+
+def load_results(results_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[MethodData]]:
+    """The concatenated leaderboard rows (with a ``results_dir`` column) and method folders of RESULTS folders.
+
+    Raises:
+        FileNotFoundError: a folder has no leaderboard.csv.
+        ReportInputError: two folders hold the same (method, suite) pair.
+    """
+    boards = [_read_board(path) for path in results_dirs]
+    board = pd.concat(boards, ignore_index=True) if len(boards) > 1 else boards[0]
+    methods = [_load_method(folder, str(path)) for path in results_dirs for folder in layout.method_dirs(path)]
+    _check_unique_runs(board, methods)
+    _label_methods(methods)
+    return board, methods
 
 
 def _read_paper_table(name: str) -> pd.DataFrame:
@@ -264,13 +395,17 @@ def _read_paper_table(name: str) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ tables
 def leaderboard_table(board: pd.DataFrame) -> Table:
-    """Our leaderboard in Table 1's layout: rows = methods, column groups = suites."""
+    """Our leaderboard in Table 1's layout: rows = methods, column groups = suites.
+
+    Rows are keyed by method folder name, so the rows of several RESULTS folders' leaderboards (one per
+    suite) for the same folder name fill one row's column groups.
+    """
     suites = _ordered_suites(board["suite"].astype(str)) if len(board) else []
     by_key = {(str(r["method"]), str(r["suite"])): r for r in board.to_dict("records")}
     methods: dict[str, dict[str, Any]] = {}
     for record in board.to_dict("records"):
         methods.setdefault(str(record["method"]), record)
-    order = sorted(methods, key=lambda m: (bool(methods[m]["reference"]), m))
+    order = sorted(methods, key=lambda m: (_flag(methods[m].get("reference")), m))
     rows = []
     for method in order:
         first = methods[method]
@@ -279,10 +414,9 @@ def leaderboard_table(board: pd.DataFrame) -> Table:
             f"{_suite_label(suite)}: {int(by_key[(method, suite)]['n_scored'])}/{int(by_key[(method, suite)]['n_cases'])}"
             for suite in suites if (method, suite) in by_key
         )
-        random = any(bool(int(by_key[(method, s)].get("random_weights", 0) or 0))
-                     or bool(int(by_key[(method, s)].get("method_random_weights", 0) or 0))
-                     for s in suites if (method, s) in by_key)
-        rows.append(Row(method, cells, kind="reference" if int(first["reference"]) else "ours",
+        random = any(_flag(by_key[(method, s)].get(flag)) for s in suites if (method, s) in by_key
+                     for flag in ("random_weights", "method_random_weights"))
+        rows.append(Row(method, cells, kind="reference" if _flag(first.get("reference")) else "ours",
                         random=random, counts=counts))
     _mark_rows(rows, ranked=("ours",))
     return Table(
@@ -293,16 +427,20 @@ def leaderboard_table(board: pd.DataFrame) -> Table:
     )
 
 
-def paper_table1(board: pd.DataFrame, methods: dict[str, MethodData]) -> Table:
-    """The published Table 1 with our matching runs under each paper row."""
+def paper_table1(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
+    """The published Table 1 with our matching runs under each paper row.
+
+    Our runs are keyed by method folder name, so one folder name found in several RESULTS folders (one
+    per suite) is one row with every suite it was run on.
+    """
     paper = _read_paper_table("table1.csv")
     suites = list(SUITE_ORDER)
     by_key = {(str(r["method"]), str(r["suite"])): r for r in board.to_dict("records")}
-    ours_by_paper: dict[str, list[str]] = {}
-    for method, data in methods.items():
-        match = paper_method_for(method, str(data.info.get("method", "")))
+    ours_by_paper: dict[str, set[str]] = {}
+    for data in methods:
+        match = paper_method_for(data.method, str(data.info.get("method", "")))
         if match:
-            ours_by_paper.setdefault(match, []).append(method)
+            ours_by_paper.setdefault(match, set()).add(data.method)
     rows = []
     for (_, name), group in paper.groupby(["row", "method"], sort=True):
         by_suite = {str(r["suite"]): r for r in group.to_dict("records")}
@@ -322,10 +460,11 @@ def paper_table1(board: pd.DataFrame, methods: dict[str, MethodData]) -> Table:
     )
 
 
-def paper_table2(board: pd.DataFrame, methods: dict[str, MethodData]) -> Table:
+def paper_table2(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
     """The published Table 2 (ablation, VideoBench) with our CustomVideoX ablation runs beside it."""
     paper = _read_paper_table("table2.csv")
     records = board.to_dict("records")
+    run_names = {(data.method, suite): str(data.info.get("run_name", "")) for data in methods for suite in data.suites}
     rows = []
     for record in paper.sort_values("row").to_dict("records"):
         setting = str(record["setting"])
@@ -333,7 +472,7 @@ def paper_table2(board: pd.DataFrame, methods: dict[str, MethodData]) -> Table:
                         note="published"))
         for ours in records:
             method = str(ours["method"])
-            name = str(methods[method].info.get("run_name", "")) if method in methods else ""
+            name = run_names.get((method, str(ours["suite"])), "")
             if str(ours["suite"]) == str(record["suite"]) and setting in {customvideox_setting(method),
                                                                           customvideox_setting(name)}:
                 rows.append(Row(f"ours: {method}", [_cell_from(ours, c) for c in SCORE_COLUMNS], kind="ours-side",
@@ -348,10 +487,14 @@ def paper_table2(board: pd.DataFrame, methods: dict[str, MethodData]) -> Table:
     )
 
 
-def subject_tables(methods: dict[str, MethodData], n_resamples: int, seed: int) -> list[Table]:
-    """Per suite: one row per (subject, method) with the means x100 and 95% intervals."""
-    parts = [data.scores.assign(method=name) for name, data in methods.items()
-             if data.scores is not None and len(data.scores)]
+def subject_tables(methods: Sequence[MethodData], n_resamples: int, seed: int) -> list[Table]:
+    """Per suite: one row per (subject, method) with the means x100 and 95% intervals.
+
+    Rows name the method by its label (the folder name, plus its results folder where two folders share
+    the name); each table's caption names the results folders it draws from.
+    """
+    by_label = {data.label: data for data in methods}
+    parts = [data.scores.assign(method=data.label) for data in methods if data.scores is not None and len(data.scores)]
     if not parts:
         return []
     scores = pd.concat(parts, ignore_index=True)
@@ -361,15 +504,18 @@ def subject_tables(methods: dict[str, MethodData], n_resamples: int, seed: int) 
     tables = []
     for suite in _ordered_suites(table["suite"]):
         rows = []
-        for record in table[table["suite"] == suite].to_dict("records"):
-            method = str(record["method"])
-            kind = "reference" if methods[method].reference else "ours"
-            rows.append(Row(f"{record['subject'] or '(no subject)'} — {method}", [_cell_from(record, c) for c in SCORE_COLUMNS],
-                            kind=kind, counts=f"{int(record['n_scored'])}/{int(record['n_cases'])}"))
+        part = table[table["suite"] == suite]
+        for record in part.to_dict("records"):
+            label = str(record["method"])
+            kind = "reference" if by_label[label].reference else "ours"
+            cells = [_cell_from(record, c) for c in SCORE_COLUMNS]
+            rows.append(Row(f"{record['subject'] or '(no subject)'} — {label}", cells, kind=kind,
+                            counts=f"{int(record['n_scored'])}/{int(record['n_cases'])}"))
+        folders = list(dict.fromkeys(by_label[str(m)].results_dir for m in part["method"]))
         tables.append(Table(
             f"Per subject: {_suite_label(suite)}", [(_suite_label(suite), len(SCORE_COLUMNS))],
             [COLUMN_LABELS[c] for c in SCORE_COLUMNS], rows, table_id=f"subjects-{_normalise(suite) or 'suite'}",
-            first_header="Subject — method",
+            caption=f"Suite {_suite_label(suite)}, from {', '.join(folders)}.", first_header="Subject — method",
         ))
     return tables
 
@@ -395,6 +541,10 @@ class MethodCases:
     n_failed: int = 0
     omitted: int = 0
     note: str = ""
+    #: the section heading: method label (with its results folder where the name is shared) and suite(s)
+    title: str = ""
+    suite: str = ""
+    results_dir: str = ""
 
 
 def _reference_path(folder: Path, record: dict[str, Any]) -> Path | None:
@@ -448,7 +598,9 @@ def case_rows(
     reference_cache: dict[Path, tuple[str | None, str]], bar: tqdm, workers: int = 4,
 ) -> MethodCases:
     """Per-case rows of one method; videos are decoded for their frame strips on ``workers`` threads."""
-    out = MethodCases(data.method, data.reference, note=data.note)
+    suite = ", ".join(_suite_label(suite) for suite in data.suites) or "unknown suite"
+    out = MethodCases(data.method, data.reference, note=data.note, title=f"{data.label or data.method} — {suite}",
+                      suite=", ".join(data.suites), results_dir=data.results_dir)
     if data.scores is None:
         return out
     records = data.scores.to_dict("records")
@@ -488,7 +640,7 @@ def _environment() -> jinja2.Environment:
 
 
 def build_context(
-    results_dir: Path,
+    results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     max_cases_per_method: int | None = None,
     strip_frames: int = 6,
     thumb_height: int = 80,
@@ -496,27 +648,36 @@ def build_context(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Everything the template shows, as plain Python objects."""
-    board_path = results_dir / layout.LEADERBOARD_FILE
-    if not board_path.is_file():
-        raise FileNotFoundError(f"{board_path}: no leaderboard; run `videobench score {results_dir}` first")
-    board = pd.read_csv(board_path, dtype={"method": str, "suite": str, "method_name": str})
-    methods = {folder.name: _load_method(folder) for folder in layout.method_dirs(results_dir)}
-    random_metrics = sorted({str(r["method"]) for r in board.to_dict("records") if int(r.get("random_weights", 0) or 0)})
+    """Everything the template shows, as plain Python objects, from one or more RESULTS folders.
+
+    ``results_dirs`` is expanded by :func:`resolve_results_dirs`; the folders' leaderboard rows and method
+    folders are merged as the module docstring says.
+    """
+    folders = resolve_results_dirs(results_dirs)
+    board, methods = load_results(folders)
+    records = board.to_dict("records")
+    label_of = {(data.method, data.results_dir): data.label for data in methods}
+    random_metrics = sorted({label_of.get((str(r["method"]), str(r["results_dir"])), str(r["method"]))
+                             for r in records if _flag(r.get("random_weights"))})
     random_methods = sorted(
-        {str(r["method"]) for r in board.to_dict("records") if int(r.get("method_random_weights", 0) or 0)}
-        | {name for name, data in methods.items() if bool(data.info.get("random_weights", False))}
+        {label_of.get((str(r["method"]), str(r["results_dir"])), str(r["method"]))
+         for r in records if _flag(r.get("method_random_weights"))}
+        | {data.label for data in methods if bool(data.info.get("random_weights", False))}
     )
-    total = sum(len(d.scores) if d.scores is not None else 0 for d in methods.values())
+    total = sum(len(d.scores) if d.scores is not None else 0 for d in methods)
     if max_cases_per_method is not None:
-        total = sum(min(max_cases_per_method, len(d.scores) if d.scores is not None else 0) for d in methods.values())
+        total = sum(min(max_cases_per_method, len(d.scores) if d.scores is not None else 0) for d in methods)
+    suite_rank = {suite: index for index, suite in enumerate(_ordered_suites(s for d in methods for s in d.suites))}
+    ordered = sorted(methods, key=lambda d: (d.reference, d.method, [suite_rank[s] for s in d.suites], d.results_dir))
     reference_cache: dict[Path, tuple[str | None, str]] = {}
     with tqdm(total=total, desc="report", unit="case", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-        cases = [case_rows(methods[name], max_cases_per_method, strip_frames, thumb_height, reference_cache, bar)
-                 for name in sorted(methods, key=lambda m: (methods[m].reference, m))]
+        cases = [case_rows(data, max_cases_per_method, strip_frames, thumb_height, reference_cache, bar)
+                 for data in ordered]
+    names = [str(path) for path in folders]
     return {
-        "title": f"VideoBench leaderboard — {results_dir.name}",
-        "results_dir": str(results_dir),
+        "title": f"VideoBench leaderboard — {' + '.join(path.name for path in folders)}",
+        "results_dir": ", ".join(names),
+        "results_dirs": names,
         "generated": utc_now(),
         "version": videobench.__version__,
         "random_metrics": random_metrics,
@@ -535,27 +696,37 @@ def render_report(context: dict[str, Any]) -> str:
 
 
 def write_report(
-    results_dir: str | os.PathLike,
+    results_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     out_path: str | os.PathLike | None = None,
     max_cases_per_method: int | None = None,
     strip_frames: int = 6,
     thumb_height: int = 80,
     progress: bool = True,
 ) -> Path:
-    """Write the HTML leaderboard of ``results_dir`` (default ``RESULTS/leaderboard.html``) atomically.
+    """Write the HTML leaderboard of one or more RESULTS folders atomically; return its path.
 
-    Needs ``RESULTS/leaderboard.csv`` and the methods' ``scores.csv`` (``videobench score``).
-    ``max_cases_per_method`` caps the per-case rows (the page embeds one reference thumbnail and one
-    strip of ``strip_frames`` frames per case).
+    ``results_dirs`` is one path or a sequence of them: RESULTS folders, or parent folders whose
+    subfolders are RESULTS folders (the rule is :func:`resolve_results_dirs`'s). Their leaderboard rows
+    are merged by method folder name, so ``write_report(["results/dreambench", "results/videobench"],
+    "reports/table1.html")`` gives Table 1 with both suites in each method's row.
+
+    Needs each folder's ``leaderboard.csv`` and its methods' ``scores.csv`` (``videobench score``).
+    ``out_path`` defaults to ``RESULTS/leaderboard.html`` when the paths stand for one RESULTS folder
+    and is required otherwise. ``max_cases_per_method`` caps the per-case rows (the page embeds one
+    reference thumbnail and one strip of ``strip_frames`` frames per case).
 
     Raises:
-        FileNotFoundError: when ``results_dir`` or its leaderboard.csv is missing.
+        FileNotFoundError: a folder is missing, or is neither a scored RESULTS folder nor a parent of some.
+        ReportInputError: several RESULTS folders and no ``out_path``; or two folders hold the same
+            (method, suite) pair.
     """
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise FileNotFoundError(f"{results_dir}: results folder does not exist")
-    out = Path(out_path) if out_path is not None else results_dir / DEFAULT_REPORT_NAME
-    html = render_report(build_context(results_dir, max_cases_per_method, strip_frames, thumb_height,
+    folders = resolve_results_dirs(results_dirs)
+    if out_path is None and len(folders) > 1:
+        raise ReportInputError(
+            f"{len(folders)} RESULTS folders ({', '.join(str(path) for path in folders)}): "
+            "say where the report goes with --out FILE (out_path)")
+    out = Path(out_path) if out_path is not None else folders[0] / DEFAULT_REPORT_NAME
+    html = render_report(build_context(folders, max_cases_per_method, strip_frames, thumb_height,
                                        progress=progress))
     atomic_write_text(out, html)
     return out
