@@ -14,19 +14,20 @@ batched on the device (:mod:`videobench.metrics.preprocess`). Values are raw cos
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import open_clip
 import torch
 
 from videobench.metrics.base import MetricInput
+from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp
 from videobench.metrics.preprocess import (
     CLIP_PREPROCESS,
     Preprocess,
-    check_precision,
     embed_images,
     frames_to_tensor,
     image_to_tensor,
@@ -38,9 +39,6 @@ from videobench.weights import (
     DEFAULT_CLIP_PRETRAINED,
     WeightsConfig,
     WeightsLoadError,
-    check_weights,
-    resolve_weights,
-    sha256_file,
 )
 
 CLIP_COLUMNS = ("clip_t", "clip_i", "t_cons")
@@ -79,7 +77,7 @@ def build_clip_model(
     return model.eval()
 
 
-class ClipMetric:
+class ClipMetric(ModelMetric):
     """The ``clip`` family: ``clip_t``, ``clip_i`` and ``t_cons`` from one image-embedding pass."""
 
     family = "clip"
@@ -92,64 +90,35 @@ class ClipMetric:
         *,
         model_name: str = DEFAULT_CLIP_MODEL,
         pretrained: str = DEFAULT_CLIP_PRETRAINED,
-        weights_sha256: str | None = None,
-        random_weights: bool = False,
-        device: str = "cpu",
-        dtype: str = "fp32",
         batch_size: int = 64,
         preprocess: Preprocess = CLIP_PREPROCESS,
-        seed: int = 0,
+        **stamp: Unpack[WeightsStamp],
     ) -> None:
-        if weights_sha256 is None and not random_weights:
-            raise ValueError("a ClipMetric needs the weights' sha256, or random_weights=True")
-        check_precision(device, dtype)
-        self.model = model.to(device).eval()
+        super().__init__(model, **stamp)
         self.tokenizer = tokenizer
         self.model_name, self.pretrained = model_name, pretrained
-        self.weights_sha256 = weights_sha256
-        self.random_weights, self.seed = random_weights, seed
-        self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self.preprocess = preprocess
+        self.batch_size, self.preprocess = batch_size, preprocess
 
     @classmethod
-    def from_weights(
-        cls,
-        weights: WeightsConfig,
-        device: str = "cpu",
-        dtype: str = "fp32",
-        random_weights: bool = False,
-        seed: int = 0,
-        **kwargs: Any,
+    def _model_builder(cls, weights: WeightsConfig, kwargs: dict[str, Any]) -> ModelBuilder:
+        return functools.partial(build_clip_model, weights.clip_model)
+
+    @classmethod
+    def _from_model(
+        cls, model: torch.nn.Module, weights: WeightsConfig, stamp: WeightsStamp, **kwargs: Any
     ) -> ClipMetric:
-        """Build from :class:`~videobench.weights.WeightsConfig` (resolving the file), or randomly when asked."""
-        model_name = weights.clip_model
-        if random_weights:
-            model, sha = build_clip_model(model_name, None, seed), None
-        else:
-            check_weights(["clip"], weights)
-            path = resolve_weights("clip", weights).path
-            model, sha = build_clip_model(model_name, path), sha256_file(path)
+        """Add the model's tokenizer and names; ``pretrained`` reads ``random`` for random weights."""
+        pretrained = "random" if stamp["random_weights"] else weights.clip_pretrained
         return cls(
-            model,
-            open_clip.get_tokenizer(model_name),
-            model_name=model_name,
-            pretrained="random" if random_weights else weights.clip_pretrained,
-            weights_sha256=sha,
-            random_weights=random_weights,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            **kwargs,
+            model, open_clip.get_tokenizer(weights.clip_model),
+            model_name=weights.clip_model, pretrained=pretrained, **stamp, **kwargs,
         )
 
     def config(self) -> dict[str, Any]:
         return {
-            "family": self.family,
-            "model": f"open_clip:{self.model_name}",
+            **self._base_config(f"open_clip:{self.model_name}"),
             "pretrained": self.pretrained,
-            "weights_sha256": f"random(seed={self.seed})" if self.random_weights else self.weights_sha256,
             "preprocess": self.preprocess.config(),
-            "dtype": self.dtype,
         }
 
     # -- embeddings ---------------------------------------------------------------------------------------
@@ -170,10 +139,7 @@ class ClipMetric:
     # -- the metric ---------------------------------------------------------------------------------------
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """Raw cosines for ``columns`` (default all three) plus ``num_frames`` / ``num_references``."""
-        columns = tuple(columns or self.columns)
-        unknown = set(columns) - set(self.columns)
-        if unknown:
-            raise ValueError(f"the clip family does not compute {sorted(unknown)}")
+        columns = self._check_columns(columns)
         frames = frames_to_tensor(sample.frames)
         if len(frames) == 0:
             raise ValueError("no frames to score")

@@ -12,17 +12,18 @@ and a projection ``head.``) are reduced to the backbone; timm's ``vit_small_patc
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import timm
 import torch
 
 from videobench.metrics.base import MetricInput
+from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp
 from videobench.metrics.preprocess import (
     DINO_PREPROCESS,
     Preprocess,
-    check_precision,
     embed_images,
     frames_to_tensor,
     image_to_tensor,
@@ -31,10 +32,7 @@ from videobench.metrics.preprocess import (
 from videobench.weights import (
     WeightsConfig,
     build_loaded,
-    check_weights,
     load_state_dict,
-    resolve_weights,
-    sha256_file,
     strip_prefixes,
 )
 
@@ -63,7 +61,7 @@ def build_dino_model(
         return factory().eval()
 
 
-class DinoMetric:
+class DinoMetric(ModelMetric):
     """The ``dino`` family: ``dino_i``."""
 
     family = "dino"
@@ -73,55 +71,22 @@ class DinoMetric:
         self,
         model: torch.nn.Module,
         *,
-        weights_sha256: str | None = None,
-        random_weights: bool = False,
-        device: str = "cpu",
-        dtype: str = "fp32",
         batch_size: int = 64,
         preprocess: Preprocess = DINO_PREPROCESS,
         model_kwargs: dict[str, Any] | None = None,
-        seed: int = 0,
+        **stamp: Unpack[WeightsStamp],
     ) -> None:
-        if weights_sha256 is None and not random_weights:
-            raise ValueError("a DinoMetric needs the weights' sha256, or random_weights=True")
-        check_precision(device, dtype)
-        self.model = model.to(device).eval()
-        self.weights_sha256, self.random_weights, self.seed = weights_sha256, random_weights, seed
-        self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self.preprocess = preprocess
+        super().__init__(model, **stamp)
+        self.batch_size, self.preprocess = batch_size, preprocess
         self.model_kwargs = dict(model_kwargs or {})
 
     @classmethod
-    def from_weights(
-        cls,
-        weights: WeightsConfig,
-        device: str = "cpu",
-        dtype: str = "fp32",
-        random_weights: bool = False,
-        seed: int = 0,
-        model_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> DinoMetric:
-        model_kwargs = dict(model_kwargs or {})
-        if random_weights:
-            model, sha = build_dino_model(None, seed, **model_kwargs), None
-        else:
-            check_weights(["dino"], weights)
-            path = resolve_weights("dino", weights).path
-            model, sha = build_dino_model(path, **model_kwargs), sha256_file(path)
-        return cls(
-            model, weights_sha256=sha, random_weights=random_weights, device=device, dtype=dtype,
-            model_kwargs=model_kwargs, seed=seed, **kwargs,
-        )
+    def _model_builder(cls, weights: WeightsConfig, kwargs: dict[str, Any]) -> ModelBuilder:
+        """``kwargs["model_kwargs"]`` (timm architecture overrides) shape the network and stay in the config."""
+        return functools.partial(build_dino_model, **(kwargs.get("model_kwargs") or {}))
 
     def config(self) -> dict[str, Any]:
-        config = {
-            "family": self.family,
-            "model": f"timm:{DINO_ARCH}",
-            "weights_sha256": f"random(seed={self.seed})" if self.random_weights else self.weights_sha256,
-            "preprocess": self.preprocess.config(),
-            "dtype": self.dtype,
-        }
+        config = {**self._base_config(f"timm:{DINO_ARCH}"), "preprocess": self.preprocess.config()}
         if self.model_kwargs:
             config["model_kwargs"] = self.model_kwargs
         return config
@@ -134,9 +99,7 @@ class DinoMetric:
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dino_i`` (mean cosine over all (reference, frame) pairs) plus ``num_frames`` / ``num_references``."""
-        columns = tuple(columns or self.columns)
-        if set(columns) - set(self.columns):
-            raise ValueError(f"the dino family does not compute {sorted(set(columns) - set(self.columns))}")
+        self._check_columns(columns)
         if not sample.references:
             raise ValueError("dino_i needs at least one reference image")
         frames = frames_to_tensor(sample.frames)

@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import torch
@@ -32,14 +32,12 @@ from torchvision.models.optical_flow import raft_large
 from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.preprocess import check_precision, frames_to_tensor, precision_context, seeded
+from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp
+from videobench.metrics.preprocess import frames_to_tensor, precision_context, seeded
 from videobench.weights import (
     WeightsConfig,
     build_loaded,
-    check_weights,
     load_state_dict,
-    resolve_weights,
-    sha256_file,
     strip_prefixes,
 )
 
@@ -194,7 +192,7 @@ def pad_for_raft(images: torch.Tensor, multiple: int = 8, min_size: int = MIN_RA
 
 
 # --- the metric ------------------------------------------------------------------------------------------
-class DynamicDegreeMetric:
+class DynamicDegreeMetric(ModelMetric):
     """The ``dynamic`` family: ``dynamic`` in {0, 1} plus the rule's diagnostics."""
 
     family = "dynamic"
@@ -204,51 +202,24 @@ class DynamicDegreeMetric:
         self,
         model: torch.nn.Module,
         *,
-        weights_sha256: str | None = None,
-        random_weights: bool = False,
-        device: str = "cpu",
-        dtype: str = "fp32",
         pair_batch_size: int = 16,
         num_flow_updates: int = NUM_FLOW_UPDATES,
-        seed: int = 0,
+        **stamp: Unpack[WeightsStamp],
     ) -> None:
-        if weights_sha256 is None and not random_weights:
-            raise ValueError("a DynamicDegreeMetric needs the weights' sha256, or random_weights=True")
-        check_precision(device, dtype)
-        self.model = model.to(device).eval()
-        self.weights_sha256, self.random_weights, self.seed = weights_sha256, random_weights, seed
-        self.device, self.dtype = device, dtype
+        super().__init__(model, **stamp)
         self.pair_batch_size, self.num_flow_updates = pair_batch_size, num_flow_updates
 
     @classmethod
-    def from_weights(
-        cls,
-        weights: WeightsConfig,
-        device: str = "cpu",
-        dtype: str = "fp32",
-        random_weights: bool = False,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> DynamicDegreeMetric:
-        if random_weights:
-            model, sha = build_raft_model(None, seed), None
-        else:
-            check_weights(["dynamic"], weights)
-            path = resolve_weights("dynamic", weights).path
-            model, sha = build_raft_model(path), sha256_file(path)
-        return cls(model, weights_sha256=sha, random_weights=random_weights, device=device, dtype=dtype,
-                   seed=seed, **kwargs)
+    def _model_builder(cls, weights: WeightsConfig, kwargs: dict[str, Any]) -> ModelBuilder:
+        return build_raft_model
 
     def config(self) -> dict[str, Any]:
         return {
-            "family": self.family,
-            "model": "torchvision:raft_large",
-            "weights_sha256": f"random(seed={self.seed})" if self.random_weights else self.weights_sha256,
+            **self._base_config("torchvision:raft_large"),
             "num_flow_updates": self.num_flow_updates,
             "rule": "vbench: every max(1,round(fps/8))-th frame; top 5% flow magnitude; "
             "count >= round(4n/16) over max(1,8/fps)*6*min(H,W)/256",
             "padding": f"replicate to multiple of 8, min {MIN_RAFT_SIZE}",
-            "dtype": self.dtype,
         }
 
     def pair_scores(self, frames: torch.Tensor) -> torch.Tensor:
@@ -265,8 +236,7 @@ class DynamicDegreeMetric:
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dynamic`` (1.0 or 0.0) and ``dd_*`` diagnostics (kept frames, pairs, pairs over threshold, ...)."""
-        if columns and set(columns) - set(self.columns):
-            raise ValueError(f"the dynamic family does not compute {sorted(set(columns) - set(self.columns))}")
+        self._check_columns(columns)
         if len(sample.frames) < 2:
             raise ValueError(f"dynamic degree needs at least 2 frames, got {len(sample.frames)}")
         kept = frames_to_tensor(np.asarray(sample.frames)[kept_frame_indices(len(sample.frames), sample.fps)])
