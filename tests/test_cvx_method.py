@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 
 from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
 from customvideox.weights import MODEL_LAYOUT, MissingWeightsError, check_model_folder, locate_base_model
@@ -27,13 +26,7 @@ def reference_path(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models' ops are too small to gain from intra-op threads; one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ from customvideox.tokenizer import build_tiny_tokenizer
 FAST = dict(num_frames=9, height=128, width=192, num_inference_steps=2, guidance_scale=6.0, output_type="latent")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models' ops are too small to gain from intra-op threads; one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
