@@ -1,0 +1,175 @@
+"""Seconds per training step and peak memory of ``customvideox train`` at the real CogVideoX-5B size (issue 4, §4).
+
+Random weights (no download), CogVideoX-5B's transformer config, the reference LoRA (rank 128, the paper's), 25 frames
+at 480x720 (7 latent frames of 60x90: 9,450 video tokens, 226 text tokens, 1,350 reference tokens), batch 1, bf16
+autocast with the frozen base in bf16 and the LoRA in float32, gradient checkpointing on (``--no-checkpointing`` to
+compare). One *micro-step* is what one GPU does per batch (forward + backward of :func:`v_prediction_loss`, the
+training objective); an *optimizer step* is ``--accumulation`` (2, the paper's) micro-steps plus AdamW. Conditions
+(latents, T5 embeddings, reference latent) are random tensors, as with the precomputed cache, so the VAE and T5 are
+not part of the timing.
+
+It also prints the trainable (LoRA) parameter count of the 5B config, counted on the meta device (no memory).
+
+Usage (on a GPU)::
+
+    python benchmarks/train_step.py --steps 5 --warmup 2 --out reports/train_step.json
+
+``--tiny`` runs the same code on the tiny preset's transformer on the CPU (a smoke test of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from step_latency import COGVIDEOX_5B_SCHEDULER, COGVIDEOX_5B_TRANSFORMER  # noqa: E402
+
+from customvideox.config import ReferenceConfig  # noqa: E402
+from customvideox.lora import lora_parameters, mark_only_reference_lora_trainable  # noqa: E402
+from customvideox.positions import video_rotary_pos_embed  # noqa: E402
+from customvideox.train import v_prediction_loss  # noqa: E402
+from customvideox.transformer import CustomVideoXTransformer3DModel  # noqa: E402
+
+
+def count_parameters(transformer_config: dict[str, Any], reference_config: ReferenceConfig) -> dict[str, int]:
+    """Base and LoRA parameter counts, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = CustomVideoXTransformer3DModel(**transformer_config)
+        base = sum(p.numel() for p in model.parameters())
+        lora = model.add_reference_lora(reference_config)
+    return {"base_parameters": base, "lora_parameters": lora}
+
+
+def build(transformer_config: dict[str, Any], reference_config: ReferenceConfig, device: torch.device,
+          dtype: torch.dtype, checkpointing: bool) -> CustomVideoXTransformer3DModel:
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # random-initialise the 5B base directly in bf16
+    try:
+        with device:
+            model = CustomVideoXTransformer3DModel(**transformer_config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.add_reference_lora(reference_config)
+    mark_only_reference_lora_trainable(model)
+    for _, parameter in model.named_parameters():
+        parameter.data = parameter.data.to(device=device, dtype=torch.float32 if parameter.requires_grad else dtype)
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    return model.train()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="The tiny preset's transformer on the CPU (smoke test).")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--frames", type=int, default=25)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--steps", type=int, default=5, help="Timed optimizer steps.")
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed optimizer steps first.")
+    parser.add_argument("--accumulation", type=int, default=2)
+    parser.add_argument("--no-checkpointing", action="store_true")
+    parser.add_argument("--mode", choices=["joint", "cached"], default="joint")
+    parser.add_argument("--out", type=Path, default=None, help="Write the numbers as JSON here.")
+    args = parser.parse_args()
+
+    from diffusers import CogVideoXDDIMScheduler
+
+    if args.tiny:
+        from customvideox.presets import TINY_LORA_RANK, TINY_TRANSFORMER
+
+        transformer_config, rank = dict(TINY_TRANSFORMER), TINY_LORA_RANK
+        device = torch.device(args.device or "cpu")
+        frames, height, width = 9, 128, 192
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    else:
+        transformer_config, rank = dict(COGVIDEOX_5B_TRANSFORMER), 128
+        device = torch.device(args.device or "cuda")
+        if device.type != "cuda":
+            sys.exit("the 5B benchmark needs a CUDA GPU (use --tiny for a CPU smoke run)")
+        frames, height, width = args.frames, args.height, args.width
+        dtype = torch.bfloat16
+    reference_config = ReferenceConfig(mode=args.mode, lora_rank=rank, lora_alpha=float(rank))
+    counts = count_parameters(transformer_config, reference_config)
+    print(f"parameters: base {counts['base_parameters']:,}, reference LoRA {counts['lora_parameters']:,} "
+          f"({100 * counts['lora_parameters'] / counts['base_parameters']:.2f}% of the base)")
+
+    model = build(transformer_config, reference_config, device, dtype, not args.no_checkpointing)
+    scheduler = CogVideoXDDIMScheduler(**COGVIDEOX_5B_SCHEDULER)
+    trainable = [p for _, p in lora_parameters(model)]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
+    latent_frames = (frames - 1) // 4 + 1
+    channels, h, w = transformer_config["in_channels"], height // 8, width // 8
+    text_len, text_dim = transformer_config["max_text_seq_length"], transformer_config["text_embed_dim"]
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+
+    latents, prompt_embeds, reference = tensor(1, latent_frames, channels, h, w), tensor(1, text_len, text_dim), \
+        tensor(1, 1, channels, h, w)
+    entity_mask = torch.zeros(1, text_len, dtype=torch.bool, device=device)
+    entity_mask[0, 3:5] = True
+    rotary = video_rotary_pos_embed(model.config, latent_frames, h, w, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def optimizer_step() -> float:
+        losses = []
+        for _ in range(args.accumulation):
+            timesteps = torch.randint(0, 1000, (1,), generator=generator)
+            noise = torch.randn(latents.shape, generator=generator).to(latents)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = v_prediction_loss(model, scheduler, latents, prompt_embeds, reference, entity_mask, timesteps,
+                                         noise, reference_config, rotary)
+            (loss / args.accumulation).backward()
+            losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses)
+
+    for _ in range(args.warmup):
+        optimizer_step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        loss = optimizer_step()
+        sync()
+        times.append(time.perf_counter() - started)
+    per_step = sorted(times)[len(times) // 2]
+    result = {
+        **counts, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "preset": "tiny" if args.tiny else "cogvideox-5b", "frames": frames, "height": height, "width": width,
+        "latent_shape": list(latents.shape), "mode": args.mode, "gradient_checkpointing": not args.no_checkpointing,
+        "dtype": str(dtype), "accumulation": args.accumulation, "seconds_per_optimizer_step": per_step,
+        "seconds_per_micro_step": per_step / args.accumulation, "timed_steps": len(times), "last_loss": loss,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        # the paper: 10,000 optimizer steps, batch 1 per GPU, accumulation 2, 16 GPUs (data parallel: same
+        # per-GPU step time, 16x the samples)
+        "hours_for_10k_steps": per_step * 10_000 / 3600,
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        from videobench.atomic import atomic_write_json
+
+        atomic_write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
