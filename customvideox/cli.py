@@ -17,21 +17,14 @@ from pathlib import Path
 
 import click
 
-EXIT_FAILURES = 1  # some clip could not be processed (``error`` rows); everything else was written
-EXIT_SETUP_ERROR = 2  # nothing ran: missing weights, bad options, unreadable caption table
+from videobench.cli_common import EXIT_CASE_FAILURES as EXIT_FAILURES  # some clip had an ``error`` row
+from videobench.cli_common import EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
+from videobench.cli_common import fail as _fail
 
 
-def _fail(message: str) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(EXIT_SETUP_ERROR)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.version_option(package_name="videobench-customvideox")
-def main(verbose: bool) -> None:
+@command_group
+def main() -> None:
     """CustomVideoX: zero-shot customized video generation on CogVideoX-5B (data curation, training)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.group()

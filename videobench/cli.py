@@ -10,33 +10,22 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-EXIT_CASE_FAILURES = 1  # some case failed or could not be scored; everything else was written
-EXIT_SETUP_ERROR = 2  # nothing ran: missing weights/data, bad options
+from videobench.cli_common import EXIT_CASE_FAILURES, EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
+from videobench.cli_common import fail as _fail
 
 
 def _split(value: str | None) -> list[str] | None:
     return [item.strip() for item in value.split(",") if item.strip()] if value else None
 
 
-def _fail(message: str) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(EXIT_SETUP_ERROR)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.version_option(package_name="videobench-customvideox")
-def main(verbose: bool) -> None:
+@command_group
+def main() -> None:
     """VideoBench: benchmark zero-shot subject-driven video generation (CustomVideoX and baselines)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("videobench", "customvideox", "baselines"):  # our own progress notes; third-party stays quiet
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 # --------------------------------------------------------------------------------------------- options
