@@ -87,7 +87,18 @@ def reference_lora_state_dict(model: "ModelMixin") -> dict[str, torch.Tensor]:
     return {KEY_PREFIX + k: v.detach().contiguous() for k, v in state.items()}
 
 
-def _resolve_file(path: str | os.PathLike) -> Path:
+def strip_lora_from_state_dict(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """A ``state_dict`` post-hook: drop peft's LoRA tensors and rename ``*.base_layer.*`` to the base names,
+    so the state dict is the plain base model's (used when saving a model that carries the reference LoRA)."""
+    for key in list(state_dict):
+        if ".lora_" in key:
+            del state_dict[key]
+        elif ".base_layer." in key:
+            state_dict[key.replace(".base_layer.", ".")] = state_dict.pop(key)
+
+
+def lora_file_path(path: str | os.PathLike) -> Path:
+    """The LoRA file ``path`` names: itself for a ``.safetensors`` file, else ``path/pytorch_lora_weights.safetensors``."""
     path = Path(path)
     return path / LORA_WEIGHT_NAME if path.is_dir() or path.suffix != ".safetensors" else path
 
@@ -97,7 +108,7 @@ def save_reference_lora(
 ) -> Path:
     """Write the reference LoRA to ``path`` (a ``.safetensors`` file, or a folder that gets
     ``pytorch_lora_weights.safetensors``) atomically; returns the file path."""
-    file = _resolve_file(path)
+    file = lora_file_path(path)
     config = config or getattr(model, "reference_config", None) or ReferenceConfig()
     peft_config = model.peft_config[REFERENCE_ADAPTER_NAME] if has_reference_lora(model) else None
     tensors = reference_lora_state_dict(model)
@@ -122,7 +133,7 @@ def read_reference_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
     The config comes from the file's metadata when present, else from the tensor shapes (rank) and
     diffusers' ``lora_adapter_metadata`` (alpha), with all other fields at their defaults.
     """
-    file = _resolve_file(path)
+    file = lora_file_path(path)
     if not file.is_file():
         raise FileNotFoundError(
             f"reference LoRA not found: {file} (expected a .safetensors file or a folder holding {LORA_WEIGHT_NAME})"
@@ -160,7 +171,7 @@ def load_reference_lora(
     mismatched = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
         raise ValueError(
-            f"{_resolve_file(path)} does not fit the model's reference LoRA: missing {missing[:3]}, "
+            f"{lora_file_path(path)} does not fit the model's reference LoRA: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, shape mismatch {sorted(mismatched)[:3]} "
             f"(file rank {file_config.lora_rank}, targets {file_config.lora_targets})"
         )

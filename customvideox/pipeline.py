@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,7 +41,8 @@ from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
-from customvideox.config import ReferenceConfig
+from customvideox.config import REFERENCE_ADAPTER_NAME, ReferenceConfig
+from customvideox.lora import LORA_WEIGHT_NAME, has_reference_lora, lora_file_path
 from customvideox.transformer import CustomVideoXTransformer3DModel
 
 logger = logging.getLogger(__name__)
@@ -206,11 +208,15 @@ class CustomVideoXPipeline(CogVideoXPipeline):
             loaded; stamped on every output.
     """
 
-    def __init__(self, tokenizer, text_encoder, vae, transformer: CustomVideoXTransformer3DModel, scheduler):
+    def __init__(
+        self, tokenizer, text_encoder, vae, transformer: CustomVideoXTransformer3DModel, scheduler,
+        random_weights: bool = False,
+    ):
         super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                          scheduler=scheduler)
         self.reference_config = ReferenceConfig()
-        self.random_base_weights = False
+        # ``random_weights`` is read back from ``model_index.json`` of a folder written by save_pretrained.
+        self.random_base_weights = bool(random_weights)
         self.reference_lora_path: str | None = None
 
     @property
@@ -250,19 +256,36 @@ class CustomVideoXPipeline(CogVideoXPipeline):
             )
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         pipe.reference_config = reference_config
+        saved_lora = Path(pretrained_model_name_or_path) / "transformer" / LORA_WEIGHT_NAME  # from save_pretrained
         if lora is not None:
             pipe.load_reference_lora(lora)
+        elif saved_lora.is_file():
+            pipe.load_reference_lora(saved_lora)
         else:
             pipe.transformer.add_reference_lora(reference_config)
         return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained``: the transformer folder holds the plain CogVideoX weights and the
+        reference LoRA (``transformer/pytorch_lora_weights.safetensors``, loaded back by :meth:`from_pretrained`);
+        ``model_index.json`` records :attr:`random_weights`, so a reloaded random pipeline stays stamped."""
+        self.register_to_config(random_weights=self.random_weights)
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def load_reference_lora(self, path: str | os.PathLike) -> ReferenceConfig:
         """Load the reference LoRA from a safetensors file (or a folder with ``pytorch_lora_weights.safetensors``).
 
         The LoRA's shape (rank, alpha, targets) comes from the file; the adapter is injected if the
         transformer has none yet, and a file that does not fit an existing adapter raises a ValueError
-        naming it. Returns the updated :attr:`reference_config` (ablation, mode, TAB/ERAE unchanged).
+        naming it. An adapter that was never loaded from a file (the untrained one of :meth:`from_pretrained`
+        without ``lora``, or the tiny preset's random one) is a placeholder: it is replaced, whatever its shape.
+        Returns the updated :attr:`reference_config` (ablation, mode, TAB/ERAE unchanged).
         """
+        file = lora_file_path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"reference LoRA not found: {file}")
+        if self.reference_lora_path is None and has_reference_lora(self.transformer):
+            self.transformer.delete_adapters(REFERENCE_ADAPTER_NAME)
         file_config = self.transformer.load_reference_lora(str(path))
         self.reference_config = self.reference_config.replace(
             lora_rank=file_config.lora_rank, lora_alpha=file_config.lora_alpha, lora_targets=file_config.lora_targets
@@ -443,7 +466,10 @@ class CustomVideoXPipeline(CogVideoXPipeline):
         if reference_latents is not None and config.uses_reference_branch and config.mode == "cached":
             unique = reference_latents[: len(prompts)]
             _onload(self.transformer)
-            reference["reference_cache"] = self.transformer.build_reference_cache(unique, reference_config=config)
+            lora_scale = (attention_kwargs or {}).get("scale", 1.0)  # the LoRA acts only in the cache here
+            reference["reference_cache"] = self.transformer.build_reference_cache(
+                unique, reference_config=config, lora_scale=lora_scale
+            )
 
         # 4. Algorithm 1, lines 4-8: denoising with reference attention, TAB and ERAE
         old_pred_original_sample = None

@@ -23,11 +23,13 @@ frame of the base model (no LoRA) and drops that frame from the output.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import CogVideoXTransformer3DModel
+from diffusers import CogVideoXTransformer3DModel, ModelMixin  # noqa: F401
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import CogVideoXLayerNormZero
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXBlock
@@ -43,6 +45,10 @@ from .attention import (
 )
 from .config import ReferenceConfig
 from .positions import reference_rotary_pos_embed, video_rotary_pos_embed
+
+# ``ModelMixin`` is imported above on purpose: a pipeline saved with this transformer names the module
+# ``customvideox.transformer`` in ``model_index.json``, and diffusers' loader looks up its base classes
+# (``ModelMixin``) in that module's namespace to check and load the component.
 
 
 @dataclass
@@ -209,6 +215,25 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         self.reference_config = lora_utils.load_reference_lora(self, path, config)
         return self.reference_config
 
+    # -- serialization ----------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs: Any) -> None:
+        """Save as a plain CogVideoX transformer plus, when injected, the reference LoRA next to it.
+
+        The weights file holds the base weights under CogVideoX's own names (peft's ``to_q.base_layer.weight``
+        is written as ``to_q.weight``; no LoRA tensor), so any CogVideoX loader reads it. The reference LoRA
+        goes to ``pytorch_lora_weights.safetensors`` in the same folder (``CustomVideoXPipeline.from_pretrained``
+        loads it back).
+        """
+        if not lora_utils.has_reference_lora(self):
+            return super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        handle = self.register_state_dict_post_hook(lora_utils.strip_lora_from_state_dict)
+        try:
+            super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        finally:
+            handle.remove()
+        if is_main_process:
+            self.save_reference_lora(str(Path(save_directory) / lora_utils.LORA_WEIGHT_NAME))
+
     # -- shared pieces ------------------------------------------------------------------------------
     def _time_embedding(self, timestep: torch.Tensor, timestep_cond, ofs, dtype: torch.dtype) -> torch.Tensor:
         emb = self.time_embedding(self.time_proj(timestep).to(dtype=dtype), timestep_cond)
@@ -268,6 +293,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         reference_rotary_emb: RotaryEmbedding | None = None,
         timestep_cond: torch.Tensor | None = None,
         ofs: torch.Tensor | None = None,
+        lora_scale: float = 1.0,
     ) -> ReferenceCache:
         """Extract the reference features once (Algorithm 1 line 3) for ``mode="cached"``.
 
@@ -278,6 +304,8 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             reference_latents: ``(B_r, 1, C, H, W)`` clean reference latent(s).
             encoder_hidden_states: accepted so callers can pass joint-mode arguments unchanged; unused,
                 since the cached reference does not attend to text (it is prompt- and CFG-independent).
+            lora_scale: strength of the reference LoRA, as ``attention_kwargs={"scale": ...}`` of ``forward``
+                (in cached mode the LoRA acts only here, so the scale must be given when the cache is built).
         """
         config = reference_config or self.reference_config
         self._install_processors()
@@ -290,10 +318,17 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         rotary = reference_rotary_emb or self._reference_rotary(height, width, config, reference_latents.device)
         states = self._embed_reference(reference_latents, dtype)
         keys, values = [], []
-        for block in self.transformer_blocks:
-            states, k_ref, v_ref = reference_self_block_forward(block, states, temb_clean, rotary)
-            keys.append(k_ref)
-            values.append(v_ref)
+        scaled = USE_PEFT_BACKEND and lora_scale != 1.0
+        if scaled:
+            scale_lora_layers(self, lora_scale)
+        try:
+            for block in self.transformer_blocks:
+                states, k_ref, v_ref = reference_self_block_forward(block, states, temb_clean, rotary)
+                keys.append(k_ref)
+                values.append(v_ref)
+        finally:
+            if scaled:
+                unscale_lora_layers(self, lora_scale)
         return ReferenceCache(keys, values, (height, width), config)
 
     # -- forward ----------------------------------------------------------------------------------

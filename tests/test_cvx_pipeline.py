@@ -124,6 +124,19 @@ def test_reference_modes(pipe, reference, monkeypatch, mode):
     assert all(call["reference_config"].mode == mode for call in calls)
 
 
+def test_cached_mode_honours_the_lora_scale(pipe, reference):
+    """attention_kwargs={"scale": s} scales the reference LoRA in cached mode too (the LoRA acts only while the
+    cache is built): cached equals joint with reference scope "self" (which recomputes the cache) at that scale."""
+    kwargs = dict(seed=0, attention_kwargs={"scale": 0.25}, **FAST)
+    cached = pipe.reference_config.replace(mode="cached")
+    joint_self = pipe.reference_config.replace(mode="joint", reference_scope="self")
+    got = pipe(reference, "a dog on the beach", entity="dog", reference_config=cached, **kwargs).frames
+    expected = pipe(reference, "a dog on the beach", entity="dog", reference_config=joint_self, **kwargs).frames
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    full = pipe(reference, "a dog on the beach", entity="dog", reference_config=cached, **FAST, seed=0).frames
+    assert (full - got).abs().max() > 1e-4  # the scale matters
+
+
 @pytest.mark.parametrize("num_frames", [5, 8, 13])
 def test_frame_counts_the_vae_cannot_decode_exactly_are_refused(pipe, num_frames):
     with pytest.raises(ValueError, match=rf"num_frames={num_frames}: .* 8k \+ 1 \(1, 9, 17, 25"):
@@ -251,6 +264,27 @@ def test_reference_lora_save_load_round_trip(pipe, reference, tmp_path):
     assert fresh.random_weights  # the tiny base model is still random
 
 
+def test_loading_a_lora_of_another_rank_replaces_the_placeholder_adapter(reference, tmp_path):
+    """The LoRA's shape comes from the file: a pipeline whose adapter was never loaded (here the preset's rank-8
+    random one; from_pretrained without lora adds an untrained rank-128 one) takes a rank-4 file."""
+    from customvideox.config import ReferenceConfig
+    from customvideox.lora import count_lora_parameters
+
+    source = build_tiny_pipeline(seed=0, reference_config=ReferenceConfig(lora_rank=4, lora_alpha=4.0))
+    source.set_progress_bar_config(disable=True)
+    path = source.save_reference_lora(tmp_path / "rank4.safetensors")
+    target = build_tiny_pipeline(seed=0)  # same base weights, rank-8 LoRA
+    target.set_progress_bar_config(disable=True)
+    target.load_reference_lora(path)
+    assert target.reference_config.lora_rank == 4 and target.reference_lora_path == str(path)
+    assert count_lora_parameters(target.transformer) == count_lora_parameters(source.transformer)
+    expected = source(reference, "a dog on the beach", entity="dog", seed=0, **FAST).frames
+    got = target(reference, "a dog on the beach", entity="dog", seed=0, **FAST).frames
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not fit"):  # a loaded (trained) adapter is never replaced silently
+        target.load_reference_lora(build_tiny_pipeline(seed=0).save_reference_lora(tmp_path / "rank8.safetensors"))
+
+
 # ----------------------------------------------------------------------------------------- from_pretrained
 
 
@@ -281,3 +315,29 @@ def test_from_pretrained_on_a_cogvideox_folder_with_a_lora(pipe, reference, tmp_
 
     untrained = CustomVideoXPipeline.from_pretrained(tmp_path / "CogVideoX-5b")
     assert untrained.random_weights is True  # the reference LoRA was never loaded
+
+
+def test_save_pretrained_then_from_pretrained_restores_the_pipeline(pipe, reference, tmp_path):
+    """A folder written by ``save_pretrained`` loads back (model_index.json naming our transformer class, the
+    offline tokenizer, the scheduler): plain CogVideoX weights in ``transformer/``, the LoRA next to them,
+    the random-weights stamp kept, and the same video."""
+    from diffusers import CogVideoXTransformer3DModel
+    from safetensors import safe_open
+
+    from customvideox.transformer import CustomVideoXTransformer3DModel
+
+    pipe.save_pretrained(tmp_path / "saved")
+    with safe_open(str(tmp_path / "saved" / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+    assert not any("lora_" in k or "base_layer" in k for k in keys)
+    plain = CogVideoXTransformer3DModel.from_pretrained(tmp_path / "saved" / "transformer")
+    assert keys == set(plain.state_dict())  # a plain CogVideoX checkpoint
+
+    loaded = CustomVideoXPipeline.from_pretrained(tmp_path / "saved")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.transformer, CustomVideoXTransformer3DModel)
+    assert loaded.random_weights is True  # the tiny preset's stamp survives the round trip
+    assert loaded.reference_config.lora_rank == pipe.reference_config.lora_rank
+    expected = pipe(reference, "a dog on the beach", entity="dog", seed=0, **FAST).frames
+    got = loaded(reference, "a dog on the beach", entity="dog", seed=0, **FAST).frames
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
