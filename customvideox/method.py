@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from customvideox.config import ABLATIONS, MODES, ReferenceConfig
+from customvideox.lora import LORA_WEIGHT_NAME
 from customvideox.weights import MissingWeightsError, check_lora_file, locate_base_model
 from videobench.cases import Case
 from videobench.methods import MethodConfig, register_method
@@ -112,8 +113,12 @@ def _locate_weights(config: MethodConfig, ablation: str) -> tuple[Path, Path | N
         model_dir = locate_base_model(config.model)
     except MissingWeightsError as error:
         problems.append(str(error))
+    requested_lora = config.lora
+    saved_lora = model_dir / "transformer" / LORA_WEIGHT_NAME if model_dir is not None else None
+    if requested_lora is None and saved_lora is not None and saved_lora.is_file():
+        requested_lora = saved_lora  # a folder written by CustomVideoXPipeline.save_pretrained carries its LoRA
     try:
-        lora = check_lora_file(config.lora, ablation, config.random_weights)
+        lora = check_lora_file(requested_lora, ablation, config.random_weights)
     except MissingWeightsError as error:
         problems.append(str(error))
     if problems:

@@ -220,3 +220,22 @@ def test_factory_loads_a_cogvideox_folder_and_a_lora(tiny_generator, reference_p
 
     untrained = build_customvideox(MethodConfig(random_weights=True, **common))
     assert untrained.run_name == "customvideox-random" and untrained.random_weights is True
+
+
+def test_a_folder_saved_with_its_lora_needs_no_lora_flag(tiny_generator, reference_path, tmp_path):
+    """`save_pretrained` puts the LoRA beside the transformer; `--model FOLDER` alone then finds it."""
+    from customvideox.pipeline import CustomVideoXPipeline
+
+    pipe = tiny_generator.pipeline
+    folder = tmp_path / "cvx"
+    pipe.save_pretrained(folder)
+    common = dict(model=str(folder), num_frames=9, height=128, width=128, extra={"steps": 2})
+    generator = build_customvideox(MethodConfig(**common))
+    assert generator.config()["lora"].endswith("transformer/pytorch_lora_weights.safetensors")
+    direct = build_customvideox(MethodConfig(lora=generator.config()["lora"], **common))
+    case = _case(reference_path)
+    assert np.array_equal(generator.generate(case, seed=1), direct.generate(case, seed=1))
+    with pytest.raises(MissingWeightsError, match="needs its reference LoRA"):
+        (folder / "transformer" / "pytorch_lora_weights.safetensors").unlink()
+        build_customvideox(MethodConfig(**common))
+    assert isinstance(CustomVideoXPipeline.from_pretrained(folder), CustomVideoXPipeline)
