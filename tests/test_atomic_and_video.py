@@ -63,6 +63,38 @@ def test_paths_cannot_escape(tmp_path):
     for bad in ("../x.mp4", "/etc/passwd", "videos/../../x"):
         with pytest.raises(ValueError, match="escapes"):
             resolve_inside(tmp_path, bad)
+    # a video kept on other storage and linked into videos/ is the user's layout, not an escape
+    elsewhere = tmp_path / "store"
+    elsewhere.mkdir()
+    (elsewhere / "b.mp4").write_bytes(b"x")
+    (tmp_path / "method" / "videos").mkdir(parents=True)
+    (tmp_path / "method" / "videos" / "b.mp4").symlink_to(elsewhere / "b.mp4")
+    linked = resolve_inside(tmp_path / "method", "videos/b.mp4")
+    assert linked.read_bytes() == b"x" and linked.parent == (tmp_path / "method" / "videos").resolve()
+    with pytest.raises(ValueError, match="escapes"):
+        resolve_inside(tmp_path / "method", "videos/../../store/b.mp4")
     for bad in ("a/b", "..", ".hidden", ""):
         with pytest.raises(ValueError):
             check_case_id(bad)
+
+
+def test_a_video_cut_at_a_packet_boundary_is_truncated_not_shorter(tmp_path):
+    """moov in front (faststart) and the file cut between two packets: the decoder raises nothing."""
+    import av
+
+    frames = np.random.default_rng(0).integers(0, 255, (12, 64, 96, 3), dtype=np.uint8)
+    path = tmp_path / "faststart.mp4"
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.height, stream.width, stream.pix_fmt = 64, 96, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    assert read_video(path).num_frames == 12
+    with av.open(str(path)) as container:
+        offsets = [packet.pos for packet in container.demux(container.streams.video[0]) if packet.size]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: offsets[7]])
+    with pytest.raises(VideoError, match=r"cut.mp4: truncated video: 7 of the 12 frames"):
+        read_video(cut, min_frames=2)
+    assert not is_valid_video(cut, min_frames=2)  # generate's resume regenerates it

@@ -73,14 +73,34 @@ def test_generate_score_report_resume_and_corrupt_video(env):
 
 
 def test_bad_options_fail_clearly(env):
+    import torch
+
     out = invoke("generate", "--method", "nope", "--suite", "smoke", "--out", str(env / "r"))
     assert out.exit_code == EXIT_SETUP_ERROR and "unknown method 'nope'" in out.output
     out = invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(env / "r"), "--cases", "zzz")
     assert out.exit_code == EXIT_SETUP_ERROR and "zzz" in out.output
+    assert out.output.strip() == "error: suite smoke: unknown case id(s): zzz"  # one plain line, no repr quotes
+    out = invoke("generate", "--method", "reference-still", "--suite", "nope", "--out", str(env / "r"))
+    assert out.output.strip().startswith("error: unknown suite 'nope'; available: smoke")
+    # A negative --limit would slice off the last cases ("cases[:-1]") instead of being refused.
+    out = invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(env / "r"), "--limit", "-1")
+    assert out.exit_code == EXIT_SETUP_ERROR and "--limit" in out.output and not (env / "r").exists()
     out = invoke("score", str(env / "r"), "--metrics", "clip_t,fvd")
     assert out.exit_code == EXIT_SETUP_ERROR and "fvd" in out.output
     out = invoke("generate", "--method", "reference-still", "--suite", "dreambench", "--out", str(env / "r"))
     assert out.exit_code == EXIT_SETUP_ERROR and "videobench data download dreambench" in out.output
+    if not torch.cuda.is_available():
+        out = invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(env / "r"),
+                     "--device", "cuda")
+        assert out.exit_code == EXIT_SETUP_ERROR and "no CUDA device is available" in out.output
+        assert not (env / "r").exists()
+
+
+def test_random_weights_help_says_what_scoring_does(env):
+    # scoring with --random-weights never loads a weights file, even one that is present
+    text = " ".join(invoke("score", "--help").output.split())
+    assert "every metric model when scoring, even if its weights are present" in text
+    assert "where weights are missing" not in text
 
 
 def test_methods_and_suites_listing(env):
@@ -95,3 +115,60 @@ def test_run_json_records_the_suite_and_seed(env):
     invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(results), "--limit", "1", "--seed", "7")
     run = json.loads((results / "reference-still" / "run.json").read_text())
     assert run["suite"] == "smoke" and run["seed"] == 7 and run["config"]["height"] == 128
+
+
+def test_download_flag_named_by_the_missing_weights_message_exists(env, monkeypatch):
+    """The missing-weights message says "--download ... fetches it": the flag must exist and reach the resolver."""
+    from videobench import weights as weights_module
+
+    monkeypatch.delenv("VIDEOBENCH_DOWNLOAD", raising=False)
+    asked = []
+    monkeypatch.setattr(weights_module, "_download", lambda spec: asked.append(spec.family) or (None, "offline test"))
+    (env / "r").mkdir()
+    without = invoke("score", str(env / "r"))
+    assert without.exit_code == EXIT_SETUP_ERROR and "--download" in without.output and not asked
+    out = invoke("score", str(env / "r"), "--download")
+    assert out.exit_code == EXIT_SETUP_ERROR, out.output
+    assert sorted(asked) == ["clip", "dino", "dynamic"] and out.output.count("download failed: offline test") == 3
+
+
+def test_scoring_a_method_folder_instead_of_results_is_refused(env):
+    results = env / "results"
+    invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(results), "--limit", "1")
+    method_dir = results / "reference-still"
+    out = invoke("score", str(method_dir), "--random-weights", "--metrics", "t_cons")
+    assert out.exit_code == EXIT_SETUP_ERROR
+    assert f"is a method folder (it holds cases.jsonl); score the RESULTS folder above it: videobench score {results}" \
+        in out.output
+    assert not (method_dir / "leaderboard.csv").exists() and not (method_dir / "scores.csv").exists()
+
+
+def test_unusable_device_dtype_or_weights_file_is_one_line_before_any_work(env, tmp_path):
+    import torch
+
+    (env / "r").mkdir()
+    random = ("--random-weights", "--metrics", "t_cons")
+    cases = [((*random, "--score-dtype", "fp16"), "needs a CUDA device"),
+             ((*random, "--device", "gpu"), "is not a torch device")]
+    if not torch.cuda.is_available():
+        cases.append(((*random, "--device", "cuda"), "no CUDA device is available"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pth")
+    cases += [
+        (("--metrics", "dynamic", "--raft-weights", str(tmp_path / "junk.pth")), "junk.pth: cannot read weights"),
+        (("--metrics", "dino_i", "--dino-weights", str(tmp_path / "other.pth")),
+         "other.pth: does not fit VisionTransformer: 150 missing key(s) (e.g. "),
+    ]
+    for args, expected in cases:
+        out = CliRunner().invoke(main, ["score", str(env / "r"), *args])
+        assert out.exit_code == EXIT_SETUP_ERROR and isinstance(out.exception, SystemExit), (args, out.output)
+        assert out.output.startswith("error: ") and out.output.count("\n") == 1 and expected in out.output, out.output
+        assert "weights_only` set to `False`" not in out.output  # never suggest unsafe loading
+
+
+def test_run_checks_the_metric_weights_before_generating_anything(env):
+    out = invoke("run", "--suite", "smoke", "--methods", "reference-still", "--out", str(env / "r"))
+    assert out.exit_code == EXIT_SETUP_ERROR and "missing model weights for 3 model(s)" in out.output
+    assert not (env / "r").exists()  # nothing generated
+    out = invoke("run", "--suite", "smoke", "--methods", "reference-still", "--out", str(env / "r"), "--metrics", "zz")
+    assert out.exit_code == EXIT_SETUP_ERROR and "unknown metric(s) zz" in out.output and not (env / "r").exists()

@@ -425,3 +425,47 @@ def test_several_folders_need_an_out_path(tmp_path, refs):
     single = runner.invoke(main, ["report", str(dream)])  # one folder: the default path still works
     assert single.exit_code == 0 and (dream / "leaderboard.html").is_file()
     assert runner.invoke(main, ["report"]).exit_code == 2  # RESULTS is required
+
+
+def _visible_text(html_text: str, element_id: str) -> str:
+    """The text a browser shows for the element ``id`` (tags dropped, whitespace collapsed)."""
+    import re
+
+    block = re.search(rf'<div[^>]*id="{element_id}"[^>]*>(.*?)</div>', html_text, re.DOTALL).group(1)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", block)).split())
+
+
+def test_banner_and_header_sentences_are_separated(tmp_path, refs):
+    results = build_results(tmp_path, refs)
+    run_json = results / "alpha" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "random_weights": True}))
+    run(results, fake_metrics(random_weights=True))
+    text = write_report(results, progress=False).read_text()
+    # trim_blocks must not glue sentences / words together: "...still.Generated", "folderRESULTS".
+    assert "reference-still. Generated with random model weights: alpha." in _visible_text(text, "random-banner")
+    assert f"results folder {results}" in _visible_text(text, "results-dirs")
+
+
+def test_unreadable_leaderboard_is_one_clear_error(tmp_path, refs):
+    from click.testing import CliRunner
+
+    from videobench.cli import EXIT_SETUP_ERROR, main
+
+    results = build_results(tmp_path, refs)
+    run(results)
+    for content, expected in (("", "unreadable leaderboard"), ("a,b\n1,2\n", "not a videobench leaderboard")):
+        (results / "leaderboard.csv").write_text(content)
+        out = CliRunner().invoke(main, ["report", str(results)])
+        assert out.exit_code == EXIT_SETUP_ERROR and out.exception.__class__ is SystemExit, out.output
+        assert out.output.count("\n") == 1 and expected in out.output and "leaderboard.csv" in out.output
+        assert not (results / "leaderboard.html").exists()
+
+
+def test_foreign_or_damaged_scores_csv_is_noted_not_shown_empty(tmp_path, refs):
+    results = build_results(tmp_path, refs)
+    run(results)
+    (results / "alpha" / "scores.csv").write_text("garbage,x,y\n1,2,3\n")
+    (results / "reference-still" / "scores.csv").write_text("")
+    text = write_report(results, progress=False).read_text()
+    assert "alpha/scores.csv: not a videobench scores.csv (no case_id column)" in text
+    assert "reference-still/scores.csv: unreadable" in text

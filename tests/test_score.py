@@ -289,6 +289,34 @@ def test_metrics_subset_carries_other_columns(tmp_path, refs):
     assert scores.loc["still", "dino_i"] == pytest.approx(0.2) and np.isnan(scores.loc["still", "clip_t"])
 
 
+def test_metrics_subset_keeps_diagnostics_and_never_carries_stale_scores(tmp_path, refs):
+    results = build_results(tmp_path, refs)
+    run(results)
+    full = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert full.loc["flash", "dd_pairs"] == 3
+    run(results, [FakeDino()], columns=["dino_i"])
+    subset = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    # the dynamic metric's diagnostic stays with its carried-over score
+    assert subset.loc["flash", "dynamic"] == 1 and subset.loc["flash", "dd_pairs"] == 3
+
+    # A corrected reference image (same video): the carried CLIP-I would be stale, so it is not carried.
+    cases = results / "alpha" / "cases.jsonl"
+    lines = cases.read_text().splitlines()
+    record = json.loads(lines[0])
+    assert record["case_id"] == "still"
+    Image.new("RGB", (200, 150), BLUE).save(refs / "blue.png")
+    record["references"] = [str(refs / "blue.png")]
+    cases.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    run(results, [FakeDino()], columns=["dino_i"])
+    fixed = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert np.isnan(fixed.loc["still", "clip_i"])
+    assert fixed.loc["flash", "clip_i"] == pytest.approx(full.loc["flash", "clip_i"])  # untouched case still carried
+    # ...and the leaderboard's CLIP-I mean now covers 1 of 2 scored cases: a warning says so.
+    _, lines = run(results, [FakeDino()], columns=["dino_i"])
+    assert any("alpha: clip_i is missing for 1 of 2 scored case(s) (still)" in line for line in lines)
+    assert not any("dino_i is missing" in line for line in lines)
+
+
 def test_select_columns():
     clip, dino, dyn = fake_metrics()
     plan = select_columns([clip, dino, dyn], ["dynamic", "clip_t"])
@@ -449,3 +477,33 @@ def test_duplicate_case_lines_and_summary_text(tmp_path, refs):
     assert summary.ok and summary.exit_code == 0
     text = summary.describe()
     assert "dup: 1 case(s), 1 scored, 0 failed" in text and "leaderboard:" in text and "FAILED" not in text
+
+
+def test_reference_images_kept_in_the_method_folder_are_not_stray(tmp_path, refs):
+    """A foreign tool may keep each case's reference beside its videos (a path relative to the method folder)."""
+    results = tmp_path / "RESULTS"
+    folder = add_method(results, "tool", [
+        {"case_id": "c1", "frames": solid([RED] * 3), "references": ["refs/red.png"]},
+        {"case_id": "c2", "frames": solid([RED] * 3), "references": 5},  # malformed: an error, not a crash
+    ])
+    (folder / "refs").mkdir()
+    (folder / "refs" / "red.png").write_bytes((refs / "red.png").read_bytes())
+    (folder / "notes.txt").write_text("really stray")
+    summary, lines = run(results)
+    assert summary.methods[0].n_scored == 1 and "tool case c2: no reference images listed" in summary.errors[0]
+    assert any("notes.txt: stray file" in line for line in lines)
+    assert not any("refs" in line and "stray" in line for line in lines)
+
+
+def test_a_null_or_empty_video_path_is_named_as_such(tmp_path, refs):
+    results = tmp_path / "RESULTS"
+    add_method(results, "tool", [
+        {"case_id": "c1", "frames": solid([RED] * 3), "references": [str(refs / "red.png")]},
+        {"case_id": "c2", "references": [str(refs / "red.png")], "video": None},
+        {"case_id": "c3", "references": [str(refs / "red.png")], "video": ""},
+    ])
+    summary, _ = run(results)
+    assert summary.methods[0].n_scored == 1
+    # not "tool/None: video file is missing", nor the method folder itself taken for the video
+    assert summary.errors[0].startswith("tool case c2: no video path (video: None) in ")
+    assert summary.errors[1].startswith("tool case c3: no video path (video: '') in ")

@@ -40,7 +40,7 @@ def generation_options(func):
     options = [
         click.option("--suite", default="smoke", show_default=True, help="smoke, dreambench or videobench."),
         data_root_option,
-        click.option("--limit", type=int, default=None, help="Only the first N cases."),
+        click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N cases."),
         click.option("--cases", "case_ids", default=None, help="Comma-separated case ids."),
         click.option("--seed", type=int, default=0, show_default=True, help="Base seed (every case uses it)."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
@@ -74,6 +74,8 @@ def scoring_options(func, with_device: bool = True):
         click.option("--raft-weights", type=click.Path(path_type=Path), default=None),
         click.option("--weights-dir", type=click.Path(path_type=Path), default=None,
                      help="Folder with the metric weights (default: $VIDEOBENCH_WEIGHTS)."),
+        click.option("--download", is_flag=True, default=False,
+                     help="Fetch missing metric weights from their hubs (online users; also $VIDEOBENCH_DOWNLOAD=1)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -82,7 +84,8 @@ def scoring_options(func, with_device: bool = True):
 
 random_weights_option = click.option(
     "--random-weights", is_flag=True,
-    help="Use random-initialised models where weights are missing (smoke runs only; stamped in every output).",
+    help="Random-initialised models, for smoke runs only (stamped in every output): every metric model when "
+         "scoring, even if its weights are present; the parts without weights when generating.",
 )
 
 # --------------------------------------------------------------------------------------------- generate
@@ -91,12 +94,16 @@ random_weights_option = click.option(
 def _generate(method: str, opts: dict, random_weights: bool, progress: bool = True) -> bool:
     from videobench.generate import RunConflictError, run_generation
     from videobench.methods import MethodConfig, build_generator
+    from videobench.metrics.preprocess import check_device
     from videobench.suites import load_suite
 
     try:
+        check_device(opts["device"])  # no CUDA here: one line now, not a driver traceback in the first case
         suite = load_suite(opts["suite"], opts["data_root"])
         cases = suite.select(_split(opts["case_ids"]), opts["limit"])
-    except (KeyError, FileNotFoundError, ValueError) as error:
+    except KeyError as error:  # str(KeyError) would quote the message
+        _fail(str(error.args[0]))
+    except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     extra = {key: opts[key] for key in ("mode", "steps", "guidance") if opts.get(key) is not None}
     config = MethodConfig(
@@ -144,32 +151,58 @@ def generate(method: str, random_weights: bool, **opts) -> None:
 def _weights_config(opts: dict):
     from videobench.weights import WeightsConfig
 
+    # --download adds to $VIDEOBENCH_DOWNLOAD (WeightsConfig's default); without the flag the variable decides.
+    download = {"download": True} if opts.get("download") else {}
     return WeightsConfig(
         clip_weights=opts["clip_weights"], dino_weights=opts["dino_weights"], raft_weights=opts["raft_weights"],
-        weights_dir=opts["weights_dir"], clip_model=opts["clip_model"],
+        weights_dir=opts["weights_dir"], clip_model=opts["clip_model"], **download,
     )
 
 
-def _score(results: Path, opts: dict, random_weights: bool, progress: bool = True) -> bool:
-    from videobench.metrics import build_metrics
+def _scoring_columns(opts: dict, random_weights: bool) -> list[str]:
+    """The ``--metrics`` columns, after checking names, device, precision and weight files (exit 2 otherwise)."""
+    from videobench.metrics import families_for
     from videobench.metrics.base import METRIC_COLUMNS
-    from videobench.score import score_results
-    from videobench.weights import MissingWeightsError
+    from videobench.metrics.preprocess import check_device, check_precision
+    from videobench.weights import MissingWeightsError, check_weights
 
     columns = _split(opts["metrics"]) or list(METRIC_COLUMNS)
     unknown = [c for c in columns if c not in METRIC_COLUMNS]
     if unknown:
         _fail(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_COLUMNS)}")
+    try:
+        check_device(opts["score_device"])
+        check_precision(opts["score_device"], opts["score_dtype"])
+        if not random_weights:
+            check_weights(families_for(columns), _weights_config(opts))
+    except (MissingWeightsError, ValueError) as error:
+        _fail(str(error))
+    return columns
+
+
+def _score(results: Path, opts: dict, random_weights: bool, progress: bool = True) -> bool:
+    from videobench.metrics import build_metrics
+    from videobench.score import check_not_method_folder, score_results
+    from videobench.weights import MissingWeightsError
+
+    columns = _scoring_columns(opts, random_weights)
     if not results.is_dir():
         _fail(f"{results}: no such results folder")
     try:
+        check_not_method_folder(results)  # before loading any model
+    except ValueError as error:
+        _fail(str(error))
+    try:
         metrics = build_metrics(columns, _weights_config(opts), device=opts["score_device"],
                                 dtype=opts["score_dtype"], random_weights=random_weights)
-    except MissingWeightsError as error:
+    except (MissingWeightsError, ValueError) as error:  # ValueError: --device / --score-dtype unusable here
         _fail(str(error))
     if random_weights:
         click.secho("note: scoring with RANDOM metric weights; scores.csv and the leaderboard say so", fg="yellow", err=True)
-    summary = score_results(results, metrics, columns=columns, progress=progress)
+    try:
+        summary = score_results(results, metrics, columns=columns, progress=progress)
+    except ValueError as error:  # not a RESULTS folder: nothing ran
+        _fail(str(error))
     click.echo(summary.describe() if hasattr(summary, "describe") else str(summary))
     return summary.ok
 
@@ -227,6 +260,7 @@ def run(methods: str, out: Path, random_weights: bool, **opts) -> None:
     missing = [name for name in names if name not in known]
     if missing:
         _fail(f"unknown method(s) {', '.join(missing)}; available: {', '.join(known)}")
+    _scoring_columns(opts, random_weights)  # missing metric weights: fail now, not after hours of generation
     ok = True
     for name in names:
         ok = _generate(name, opts, random_weights) and ok

@@ -277,6 +277,9 @@ def _load_method(folder: Path, results_dir: str = "") -> MethodData:
             scores = read_scores(folder / layout.SCORES_FILE)
         except (OSError, ValueError, KeyError) as error:
             note = f"{folder / layout.SCORES_FILE}: unreadable ({error})"
+        if scores is not None and "case_id" not in scores:
+            note = f"{folder / layout.SCORES_FILE}: not a videobench scores.csv (no case_id column); score again"
+            scores = None
     elif not note:
         note = "not scored yet (run videobench score)"
     suites: tuple[str, ...] = ()
@@ -369,7 +372,15 @@ def _read_board(results_dir: Path) -> pd.DataFrame:
     board_path = results_dir / layout.LEADERBOARD_FILE
     if not board_path.is_file():
         raise FileNotFoundError(f"{board_path}: no leaderboard; run `videobench score {results_dir}` first")
-    board = pd.read_csv(board_path, dtype={"method": str, "suite": str, "method_name": str})
+    try:
+        board = pd.read_csv(board_path, dtype={"method": str, "suite": str, "method_name": str})
+    except (ValueError, pd.errors.ParserError) as error:  # EmptyDataError is a ValueError
+        raise ReportInputError(f"{board_path}: unreadable leaderboard ({type(error).__name__}: {error}); "
+                               f"run `videobench score {results_dir}` again") from None
+    missing = [column for column in ("method", "suite") if column not in board]
+    if missing:
+        raise ReportInputError(f"{board_path}: not a videobench leaderboard (no {', '.join(missing)} column); "
+                               f"run `videobench score {results_dir}` again")
     return board.assign(results_dir=str(results_dir))
 
 

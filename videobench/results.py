@@ -121,9 +121,13 @@ def method_dirs(results: str | os.PathLike) -> list[Path]:
 
 
 def resolve_inside(base: Path, relative: str) -> Path:
-    """Join ``relative`` to ``base`` and refuse any result outside ``base`` (``..``, absolute paths)."""
+    """Join ``relative`` to ``base`` and refuse any result outside ``base`` (``..``, absolute paths).
+
+    The check is on the path as written (normalised, not following links): a ``videos/`` entry that is a
+    symbolic link to other storage is the user's own layout and stays allowed.
+    """
     base = base.resolve()
-    target = (base / relative).resolve()
+    target = Path(os.path.normpath(base / relative))
     if target != base and base not in target.parents:
         raise ValueError(f"path {relative!r} escapes {base}")
     return target

@@ -58,6 +58,7 @@ DIAGNOSTIC_COLUMNS = ("num_frames", "fps", "height", "width")
 #: scores.csv columns, in order; diagnostics returned by metrics follow them.
 SCORES_CSV_COLUMNS = (
     "case_id", "suite", "subject", *SCORE_COLUMNS, *DIAGNOSTIC_COLUMNS, "error", "random_weights", "video_sha256",
+    "inputs_sha256",
 )
 #: leaderboard.csv columns before the per-metric means and intervals.
 LEADERBOARD_KEY_COLUMNS = ("method", "suite", "suite_version", "method_name", "reference")
@@ -129,7 +130,7 @@ class ScoreSummary:
         lines += self.global_errors
         lines.append(f"{self.metric_calls} metric computation(s), {self.cache_hits} from the cache")
         if self.warnings:
-            lines.append(f"{len(self.warnings)} warning(s) (stray or superseded entries, see above)")
+            lines.append(f"{len(self.warnings)} warning(s) (see above)")
         if self.leaderboard_csv is not None:
             lines.append(f"leaderboard: {self.leaderboard_csv}")
         if self.n_failed:
@@ -293,6 +294,9 @@ class _Scorer:
         if record.get("status", "ok") != "ok":
             detail = record.get("error") or "no error message recorded"
             raise CaseError(f"{where}: generation failed ({detail}); see {method_dir / layout.CASES_FILE}")
+        if not isinstance(record.get("video"), str) or not record["video"].strip():
+            raise CaseError(f"{where}: no video path (video: {record.get('video')!r}) in "
+                            f"{method_dir / layout.CASES_FILE}")
         try:
             video_path = layout.resolve_inside(method_dir, str(record["video"]))
         except ValueError as error:
@@ -307,7 +311,8 @@ class _Scorer:
             "references": [self.reference_sha256(path, where) for path in reference_paths],
         }
         inputs_hash = _json_sha256(inputs)
-        prepared = _Prepared(where=where, video_path=video_path, row={"video_sha256": video_sha})
+        prepared = _Prepared(where=where, video_path=video_path,
+                             row={"video_sha256": video_sha, "inputs_sha256": inputs_hash})
         info_key = _json_sha256({"v": CACHE_VERSION, "video_info": video_sha})
         info = self.cache.get(info_key)
         for plan in self.plans:
@@ -427,10 +432,15 @@ def is_reference_method(method: str, info: dict[str, Any] | None = None) -> bool
                for name in names for ref in REFERENCE_METHODS)
 
 
-def _stray_in_method(method_dir: Path, listed_videos: set[Path]) -> list[str]:
+def _stray_in_method(method_dir: Path, listed_videos: set[Path], listed_references: set[Path] = frozenset()
+                     ) -> list[str]:
+    """Entries of a method folder that no case uses (reference images kept beside the videos are used)."""
     stray = []
     for entry in sorted(method_dir.iterdir()):
         if entry.name.startswith("."):
+            continue
+        resolved = entry.resolve()
+        if any(ref == resolved or resolved in ref.parents for ref in listed_references):
             continue
         if entry.name not in METHOD_OWN_ENTRIES:
             stray.append(f"{entry}: stray {'folder' if entry.is_dir() else 'file'} in method folder, ignored")
@@ -468,7 +478,8 @@ def _previous_scores(path: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
     try:
-        frame = pd.read_csv(path, dtype={"case_id": str, "error": str}, keep_default_na=True)
+        frame = pd.read_csv(path, dtype={"case_id": str, "error": str, "video_sha256": str, "inputs_sha256": str},
+                            keep_default_na=True)
     except (OSError, ValueError, pd.errors.ParserError):
         return {}
     if "case_id" not in frame or "video_sha256" not in frame:
@@ -519,6 +530,7 @@ def score_method(
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     listed_videos: set[Path] = set()
+    listed_references: set[Path] = set()
     # Decoding the next videos overlaps with the metrics on the current one (PyAV releases the GIL).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="videobench-decode") as pool:
         for line, future in _prefetch(pool, prepare, lines, depth=prefetch):
@@ -541,6 +553,11 @@ def score_method(
                     continue
                 if isinstance(record.get("video"), str):
                     listed_videos.add((method_dir / record["video"]).resolve())
+                references = record.get("references")
+                references = [references] if isinstance(references, str) else references
+                for reference in references if isinstance(references, list) else []:
+                    if isinstance(reference, str) and not Path(reference).expanduser().is_absolute():
+                        listed_references.add((method_dir / reference).resolve())
                 row.update(scorer.compute_case(future.result()))
                 _carry_over(row, previous.get(case_id), selected)
                 row["error"] = ""
@@ -551,11 +568,14 @@ def score_method(
             rows.append(row)
             bar.update(1)
 
-    for message in _stray_in_method(method_dir, listed_videos):
+    for message in _stray_in_method(method_dir, listed_videos, listed_references):
         warnings.append(message)
         log(f"warning: {message}")
 
     frame = _scores_frame(rows)
+    for message in _partial_columns(method, frame):
+        warnings.append(message)
+        log(f"warning: {message}")
     scores_csv = method_dir / layout.SCORES_FILE
     with atomic_open(scores_csv) as handle:
         frame.to_csv(handle, index=False, float_format="%.8g", lineterminator="\n")
@@ -566,6 +586,22 @@ def score_method(
         random_weights=bool(len(frame) and frame["random_weights"].astype(int).any()), errors=errors,
     )
     return summary, frame, info
+
+
+def _partial_columns(method: str, frame: pd.DataFrame) -> list[str]:
+    """Warnings for score columns that only some scored cases have (a ``--metrics`` run after videos changed).
+
+    The leaderboard mean of such a column covers fewer cases than ``n_scored``; say so instead of hiding it.
+    """
+    ok = frame[frame["error"] == ""]
+    messages = []
+    for column in SCORE_COLUMNS:
+        missing = ok.loc[pd.to_numeric(ok[column], errors="coerce").isna(), "case_id"].tolist()
+        if 0 < len(missing) < len(ok):
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            messages.append(f"{method}: {column} is missing for {len(missing)} of {len(ok)} scored case(s) ({shown}); "
+                            f"its mean covers the others only; score {column} again to fill it")
+    return messages
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequence[Any], depth: int
@@ -583,15 +619,27 @@ def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequenc
 
 
 def _carry_over(row: dict[str, Any], old: dict[str, Any] | None, selected: set[str]) -> None:
-    """Keep the previous scores.csv values of the columns not computed in this run, for the same video."""
-    if old is None or str(old.get("video_sha256")) != row.get("video_sha256") or _is_error(old):
+    """Keep the previous scores.csv values of the columns not computed in this run.
+
+    Only for the same video *and* the same metric inputs (prompt, entity, reference images'
+    bytes: ``inputs_sha256``), so a fixed reference or prompt never keeps a stale score. The
+    other metrics' diagnostics (``dd_*``, ...) come along with their scores.
+    """
+    if old is None or _is_error(old):
+        return
+    if any(str(old.get(key)) != str(row.get(key)) for key in ("video_sha256", "inputs_sha256")):
         return
     carried = False
     for column in SCORE_COLUMNS:
         if column not in selected and _is_number(old.get(column)):
             row[column] = old[column]
             carried = True
-    if carried and _is_true(old.get("random_weights")):
+    if not carried:
+        return
+    for column, value in old.items():  # diagnostics of the metrics not run now
+        if column not in row and column not in SCORES_CSV_COLUMNS and _is_number(value):
+            row[column] = value
+    if _is_true(old.get("random_weights")):
         row["random_weights"] = 1
 
 
@@ -660,6 +708,13 @@ def _default_log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def check_not_method_folder(results_dir: Path) -> None:
+    """Refuse a method folder given as RESULTS (it would get an empty leaderboard.csv written into it)."""
+    if (results_dir / layout.CASES_FILE).is_file():
+        raise ValueError(f"{results_dir} is a method folder (it holds {layout.CASES_FILE}); score the RESULTS "
+                         f"folder above it: videobench score {results_dir.parent}")
+
+
 def score_results(
     results_dir: str | os.PathLike,
     metrics: Sequence[Metric],
@@ -685,13 +740,15 @@ def score_results(
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``results_dir`` is not a folder.
-        ValueError: ``columns`` names an unknown metric or one that no given metric computes.
+        ValueError: ``columns`` names an unknown metric or one that no given metric computes, or
+            ``results_dir`` is a method folder rather than a RESULTS folder.
     """
     results_dir = Path(results_dir)
     if not results_dir.exists():
         raise FileNotFoundError(f"{results_dir}: results folder does not exist")
     if not results_dir.is_dir():
         raise NotADirectoryError(f"{results_dir}: not a folder")
+    check_not_method_folder(results_dir)
     log = log or _default_log
     plans = [_MetricPlan(metric, cols, metric_config_hash(metric)) for metric, cols in select_columns(metrics, columns)]
     scorer = _Scorer(plans=plans, cache=ScoreCache(cache_dir or results_dir / CACHE_DIRNAME), log=log)
@@ -732,7 +789,8 @@ def score_results(
 
 def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     """Read a scores.csv back (case ids as strings, empty errors as "")."""
-    frame = pd.read_csv(path, dtype={"case_id": str, "subject": str, "suite": str, "error": str, "video_sha256": str})
+    frame = pd.read_csv(path, dtype={"case_id": str, "subject": str, "suite": str, "error": str, "video_sha256": str,
+                                     "inputs_sha256": str})
     for column in ("error", "subject", "suite"):
         if column in frame:
             frame[column] = frame[column].fillna("")

@@ -81,11 +81,14 @@ def read_video(path: str | os.PathLike, min_frames: int = 1, min_size: int = 0) 
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
+            declared = int(stream.frames or 0)  # the container's index (mp4: sample count); 0 when unknown
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     except VideoError:
         raise
     except (av.FFmpegError, ValueError, OSError) as error:
         raise VideoError(f"{path}: cannot decode video ({type(error).__name__}: {error})") from error
+    if declared and len(frames) < declared:  # cut at a packet boundary: decodes "fine", only shorter
+        raise VideoError(f"{path}: truncated video: {len(frames)} of the {declared} frames in its index are decodable")
     if len(frames) < min_frames:
         raise VideoError(f"{path}: {len(frames)} decodable frame(s), at least {min_frames} needed")
     if not frames:

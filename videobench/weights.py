@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -327,6 +328,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _SHA_CACHE[key]
 
 
+def describe_load_error(error: BaseException, limit: int = 300) -> str:
+    """One short line for a failed weights load (torch's messages run to many lines and, for pickles,
+    suggest ``weights_only=False``, which this project never does)."""
+    if isinstance(error, pickle.UnpicklingError):
+        return (f"{type(error).__name__}: not a safetensors file nor a tensors-only torch checkpoint "
+                "(torch.load(weights_only=True) refused it)")
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict with safetensors or ``torch.load(weights_only=True)`` (nothing else).
 
@@ -346,7 +357,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as error:
         raise WeightsLoadError(
             f"{path}: cannot read weights with safetensors / torch.load(weights_only=True) "
-            f"({type(error).__name__}: {error})"
+            f"({describe_load_error(error)})"
         ) from error
     for key in ("state_dict", "model", "teacher"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
@@ -378,10 +389,18 @@ def load_into(
     model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike, assign: bool = False
 ) -> None:
     """``model.load_state_dict(strict=True)``, re-raised as :class:`WeightsLoadError` naming ``path``."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise WeightsLoadError(
+            f"{path}: does not fit {type(model).__name__}: {len(missing)} missing key(s)"
+            + (f" (e.g. {', '.join(missing[:3])})" if missing else "")
+            + f", {len(unexpected)} unexpected key(s)" + (f" (e.g. {', '.join(unexpected[:3])})" if unexpected else "")
+        )
     try:
         model.load_state_dict(state_dict, strict=True, assign=assign)
-    except RuntimeError as error:
-        raise WeightsLoadError(f"{path}: does not fit {type(model).__name__}: {error}") from error
+    except RuntimeError as error:  # shape mismatches
+        raise WeightsLoadError(f"{path}: does not fit {type(model).__name__}: {describe_load_error(error)}") from error
 
 
 def build_loaded(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from videobench.metrics.base import METRIC_COLUMNS, Metric, MetricInput
+from videobench.metrics.preprocess import check_device, check_precision
 from videobench.weights import WeightsConfig, check_weights
 
 __all__ = ["METRIC_COLUMNS", "Metric", "MetricInput", "build_metrics", "families_for"]
@@ -38,7 +39,8 @@ def build_metrics(
     """One :class:`Metric` per family needed by ``columns``, each model built (and its weights loaded) once.
 
     Missing weight files are all reported together before any model is built
-    (:class:`~videobench.weights.MissingWeightsError`). ``random_weights=True`` builds seeded random models instead;
+    (:class:`~videobench.weights.MissingWeightsError`); an unusable ``device``/``dtype`` raises ``ValueError`` first.
+    ``random_weights=True`` builds seeded random models instead;
     those metrics carry ``random_weights = True`` and say so in ``config()``. ``options`` go to every family's
     ``from_weights`` (e.g. ``seed``, ``batch_size`` for clip/dino, ``pair_batch_size`` for dynamic) when it takes them.
     """
@@ -47,6 +49,8 @@ def build_metrics(
     from videobench.metrics.dynamic import DynamicDegreeMetric
 
     families = families_for(columns)
+    check_device(device)  # bad device or precision: fail before any weight lookup or model build
+    check_precision(device, dtype)
     if not random_weights:
         check_weights(families, weights)
     builders = {"clip": ClipMetric, "dino": DinoMetric, "dynamic": DynamicDegreeMetric}

@@ -39,6 +39,7 @@ from videobench.weights import (
     DEFAULT_CLIP_PRETRAINED,
     WeightsConfig,
     WeightsLoadError,
+    describe_load_error,
 )
 
 CLIP_COLUMNS = ("clip_t", "clip_i", "t_cons")
@@ -73,7 +74,9 @@ def build_clip_model(
         try:
             open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
         except Exception as error:
-            raise WeightsLoadError(f"{weights}: cannot load into open_clip {model_name}: {error}") from error
+            raise WeightsLoadError(
+                f"{weights}: cannot load into open_clip {model_name}: {describe_load_error(error)}"
+            ) from error
     return model.eval()
 
 

@@ -90,6 +90,21 @@ def check_precision(device: str | torch.device, dtype: str) -> None:
         raise ValueError(f"dtype {dtype!r} (autocast) needs a CUDA device, got {device!r}; use fp32 on CPU")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """Parse ``--device`` and check it exists here (one clear error instead of a driver traceback mid-build)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {error}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: no CUDA device is available on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+    return parsed
+
+
 def precision_context(device: str | torch.device, dtype: str) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for fp16/bf16 on CUDA, else a no-op (fp32)."""
     check_precision(device, dtype)
