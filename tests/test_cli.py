@@ -172,3 +172,15 @@ def test_run_checks_the_metric_weights_before_generating_anything(env):
     assert not (env / "r").exists()  # nothing generated
     out = invoke("run", "--suite", "smoke", "--methods", "reference-still", "--out", str(env / "r"), "--metrics", "zz")
     assert out.exit_code == EXIT_SETUP_ERROR and "unknown metric(s) zz" in out.output and not (env / "r").exists()
+
+
+def test_ctrl_c_exits_130_not_the_case_failure_code(env, monkeypatch):
+    import videobench.generate as generate_module
+    from videobench.cli_common import EXIT_INTERRUPTED
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_module, "run_generation", interrupted)
+    out = CliRunner().invoke(main, ["generate", "--method", "reference-still", "--suite", "smoke", "--out", str(env / "r")])
+    assert out.exit_code == EXIT_INTERRUPTED and "resume" in out.output

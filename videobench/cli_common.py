@@ -10,6 +10,7 @@ import click
 
 EXIT_CASE_FAILURES = 1  # some case/clip failed; everything else was written
 EXIT_SETUP_ERROR = 2  # nothing ran: missing weights or data, bad options
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); everything finished before it is kept
 
 OWN_LOGGERS = ("videobench", "customvideox", "baselines")
 
@@ -27,10 +28,21 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+class _Group(click.Group):
+    """A group whose Ctrl-C exits with :data:`EXIT_INTERRUPTED` (not 1, which means "some case failed")."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.secho("interrupted: finished outputs are kept; run the same command again to resume", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
 def command_group(func: Callable[[], None]) -> click.Group:
     """A click group with ``-h``, ``-v/--verbose`` (logging set up before any command) and ``--version``."""
 
-    @click.group(name=func.__name__, help=func.__doc__,
+    @click.group(cls=_Group, name=func.__name__, help=func.__doc__,
                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
     @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
     @click.version_option(package_name="videobench-customvideox")
