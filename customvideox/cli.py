@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from videobench.cli_common import EXIT_CASE_FAILURES as EXIT_FAILURES  # some clip had an ``error`` row
-from videobench.cli_common import EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
+from videobench.cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
 from videobench.cli_common import fail as _fail
 
 
@@ -86,6 +86,7 @@ def data_build(videos_dir: Path, captions: Path, out: Path, video_column: str, c
         AESTHETIC, CLIP_L14, GROUNDING_DINO, QWEN, SAM, ClipWindow, QualityConfig, ReferenceConfig, build_pairs,
         build_reference_extractor, build_entity_stage, build_quality_filter, check_models, load_captions,
     )
+    from customvideox.curation.models import merge_missing
     from customvideox.curation.pairs import CaptionTableError
     from videobench.weights import MissingWeightsError, WeightsConfig, check_weights
 
@@ -108,12 +109,18 @@ def data_build(videos_dir: Path, captions: Path, out: Path, video_column: str, c
         wanted.append((QWEN, llm))
     if "reference" in chosen:
         wanted += [(GROUNDING_DINO, detector), (SAM, segmenter)]
+    problems: list[MissingWeightsError] = []
     try:
         check_models(wanted, weights_dir)
-        if "quality" in chosen and not random_weights:
-            check_weights(["dynamic"], WeightsConfig(raft_weights=raft_weights, weights_dir=weights_dir))
     except MissingWeightsError as error:
-        _fail(str(error))
+        problems.append(error)
+    if "quality" in chosen and not random_weights:
+        try:
+            check_weights(["dynamic"], WeightsConfig(raft_weights=raft_weights, weights_dir=weights_dir))
+        except MissingWeightsError as error:
+            problems.append(error)
+    if problems:
+        _fail(str(merge_missing(problems)))
 
     def quality():
         return build_quality_filter(weights_dir, clip_weights=clip_weights, aesthetic_weights=aesthetic_weights,
@@ -199,6 +206,10 @@ def train_command(data: Path, output_dir: Path, model: str | None, preset: str |
         result = train(config)
     except (MissingWeightsError, FileNotFoundError, TrainDataError, ValueError) as error:
         _fail(str(error))
+    except KeyboardInterrupt:  # unlike the other commands, the same command again would start over
+        click.secho(f"interrupted: the checkpoints in {output_dir} are kept; add --resume latest to continue",
+                    err=True)
+        sys.exit(EXIT_INTERRUPTED)
     if result.lora_path is not None and result.lora_path.is_file():
         click.echo(f"step {result.global_step}: reference LoRA -> {result.lora_path}")
     if result.random_weights:

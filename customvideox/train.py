@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAIN_CONFIG_FILE = "train_config.json"
 SUMMARY_FILE = "training_summary.json"
+#: The optimizer-step counter inside every checkpoint (JSON: never unpickled on resume).
+PROGRESS_FILE = "training_state.json"
 #: safetensors metadata key stamped on LoRAs trained on a random-initialised base model (the tiny preset).
 RANDOM_BASE_METADATA_KEY = "customvideox_random_base_weights"
 PRESETS = ("tiny",)
@@ -360,21 +362,31 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
     """The checkpoint folder to resume from: ``None``, ``"latest"`` (``None`` when there is none yet) or a path.
 
     Raises:
-        FileNotFoundError: a given path that is not a checkpoint folder.
+        FileNotFoundError: a path (or the newest checkpoint) that is not a checkpoint folder of this trainer.
     """
     if resume is None:
         return None
     if resume == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(resume)
+        if not checkpoints:
+            return None
+        path = checkpoints[-1]
+    else:
+        path = Path(resume)
     if not (path / LORA_WEIGHT_NAME).is_file():
         raise FileNotFoundError(f"--resume {path}: not a checkpoint folder (no {LORA_WEIGHT_NAME} in it)")
+    if not (path / PROGRESS_FILE).is_file():  # earlier checkpoints pickled the counter; never unpickled here
+        raise FileNotFoundError(f"--resume {path}: no {PROGRESS_FILE} (a checkpoint of an older trainer; its step "
+                                "counter is a pickle, which is not loaded)")
     return path
 
 
 class TrainingProgress:
-    """The optimizer-step counter, saved in every checkpoint (``accelerator.register_for_checkpointing``)."""
+    """The optimizer-step counter, saved as JSON in every checkpoint (:data:`PROGRESS_FILE`).
+
+    Not ``accelerator.register_for_checkpointing``: accelerate reloads such objects with
+    ``torch.load(weights_only=False)``, i.e. unpickles arbitrary code from the checkpoint folder.
+    """
 
     def __init__(self) -> None:
         self.global_step = 0
@@ -384,6 +396,12 @@ class TrainingProgress:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.global_step = int(state["global_step"])
+
+    def save(self, checkpoint: Path) -> None:
+        atomic_write_json(Path(checkpoint) / PROGRESS_FILE, self.state_dict())
+
+    def load(self, checkpoint: Path) -> None:
+        self.load_state_dict(json.loads((Path(checkpoint) / PROGRESS_FILE).read_text()))
 
 
 def _register_lora_hooks(accelerator: Any, reference_config: ReferenceConfig) -> None:
@@ -407,9 +425,9 @@ def _register_lora_hooks(accelerator: Any, reference_config: ReferenceConfig) ->
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, limit: int | None) -> Path:
+def _save_checkpoint(accelerator: Any, output_dir: Path, progress: TrainingProgress, limit: int | None) -> Path:
     """``accelerator.save_state`` into ``checkpoint-<step>.partial``, renamed when every process is done."""
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    final = output_dir / f"{CHECKPOINT_PREFIX}{progress.global_step}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
@@ -417,6 +435,7 @@ def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, limit: int |
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        progress.save(partial)
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)
@@ -518,7 +537,12 @@ def train(config: TrainConfig) -> TrainResult:
 
         locate_base_model(config.model)
     pairs = PairTrainDataset(config.data, config.height, config.width, config.num_frames)
+    # the pairs still to be read from disk (with a complete latent cache: none) must all be there
+    pairs.check_files(None if config.cache_dir is None else missing_cache_indices(pairs, config.cache_dir))
     resume_from = resolve_resume(config.resume, output_dir)
+    if config.resume is None and list_checkpoints(output_dir):  # a fresh run would overwrite them one by one
+        raise ValueError(f"{output_dir} already holds checkpoints (newest: {list_checkpoints(output_dir)[-1].name}): "
+                         "pass --resume latest to continue that run, or choose another --output-dir")
 
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -570,12 +594,12 @@ def train(config: TrainConfig) -> TrainResult:
                                  num_training_steps=config.max_train_steps * world)
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     progress_state = TrainingProgress()
-    accelerator.register_for_checkpointing(progress_state)
     _register_lora_hooks(accelerator, reference_config)
 
     if resume_from is not None:
         accelerator.print(f"resuming from {resume_from}")
         accelerator.load_state(str(resume_from))
+        progress_state.load(resume_from)
     elif config.resume == "latest":
         accelerator.print(f"no checkpoint in {output_dir} yet: starting a new run")
     start_step = progress_state.global_step
@@ -648,7 +672,8 @@ def train(config: TrainConfig) -> TrainResult:
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
         step = progress_state.global_step
         if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
-            checkpoints.append(_save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit))
+            checkpoints.append(
+                _save_checkpoint(accelerator, output_dir, progress_state, config.checkpoints_total_limit))
     bar.close()
     seconds = time.perf_counter() - started
 

@@ -72,14 +72,35 @@ class PairTrainDataset(Dataset):
     inference, :func:`customvideox.pipeline.prepare_reference_image`), ``caption``, ``entity`` and ``clip_id``.
 
     Raises:
-        TrainDataError: naming the clip, when it has fewer than ``num_frames`` frames.
+        TrainDataError: naming ``pairs.parquet`` when it holds no pair; naming the clip, when it has fewer than
+            ``num_frames`` frames.
     """
 
     def __init__(self, root: str | os.PathLike, height: int, width: int, num_frames: int) -> None:
-        from customvideox.curation.pairs import PairDataset
+        from customvideox.curation.pairs import PAIRS_FILE, PairDataset
 
         self.pairs = PairDataset(root)
         self.height, self.width, self.num_frames = height, width, num_frames
+        if len(self.pairs) == 0:
+            raise TrainDataError(f"{self.pairs.root / PAIRS_FILE}: no pairs in it, nothing to train on "
+                                 "(see its manifests/ for why `customvideox data build` dropped every clip)")
+
+    def check_files(self, indices: Sequence[int] | None = None) -> None:
+        """Fail before training (not hours into it) when a pair's reference, mask or clip file is missing.
+
+        Raises:
+            TrainDataError: naming the missing files (the first five) and how many there are.
+        """
+        from customvideox.curation.pairs import PAIRS_FILE
+
+        table = self.pairs.table
+        rows = range(len(table)) if indices is None else indices
+        files = [self.pairs.root / str(table.iloc[i][column]) for i in rows for column in ("reference", "mask", "clip")]
+        missing = [path for path in files if not path.is_file()]
+        if missing:
+            shown = ", ".join(str(path) for path in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise TrainDataError(
+                f"{len(missing)} file(s) listed in {self.pairs.root / PAIRS_FILE} are missing: {shown}")
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -258,6 +258,8 @@ def test_build_decides_every_clip_with_the_right_reason_and_resumes(dataset, tmp
     assert [s.decided_now for s in again.stages] == [0, 0, 0] and again.pairs == 1
     for stage, frame in before.items():
         pd.testing.assert_frame_equal(pd.read_parquet(manifest_path(out, stage)), frame)
+    rebuilt = json.loads((out / "build.json").read_text())  # the thresholds that decided the clips stay recorded
+    assert rebuilt["configs"] == build["configs"] and rebuilt["random_weights"] == build["random_weights"]
 
     # --force re-decides one stage only
     forced = build_pairs(sources, out, quality=quality, entity=entity, reference=reference, force=["entity"],
@@ -392,8 +394,10 @@ def test_cli_fails_before_any_work_when_models_are_missing(dataset, tmp_path):
     result = CliRunner().invoke(main, ["data", "build", "--videos", str(videos), "--captions", str(table),
                                        "--out", str(tmp_path / "out"), "--weights-dir", str(tmp_path / "w")])
     assert result.exit_code == 2
-    for expected in ("sac+logos+ava1-l14-linearMSE.pth", "Qwen2.5-7B-Instruct", "grounding-dino-base", "sam-vit-huge"):
+    for expected in ("sac+logos+ava1-l14-linearMSE.pth", "Qwen2.5-7B-Instruct", "grounding-dino-base", "sam-vit-huge",
+                     "raft_large_C_T_V1-22a6c225.pth", "--raft-weights"):  # one message names every missing model
         assert expected in result.output
+    assert "missing model weights for 6 model(s)" in result.output
     assert not (tmp_path / "out").exists()
 
 
@@ -510,6 +514,9 @@ def test_caption_table_jsonl_and_errors(tmp_path):
     (tmp_path / "e.csv").write_text("video,caption\nx.mp4,a\nx.mkv,b\n")
     with pytest.raises(ValueError, match="rows 2 and 3"):
         load_captions(tmp_path / "e.csv", tmp_path)
+    (tmp_path / "empty.csv").write_text("video,caption\n")  # a header only: nothing to curate is an error
+    with pytest.raises(ValueError, match="empty.csv.*no rows"):
+        load_captions(tmp_path / "empty.csv", tmp_path)
 
 
 def test_pair_dataset_reads_what_the_build_wrote(dataset, tmp_path, aesthetic_file):

@@ -3,6 +3,7 @@ runs on two processes, and its LoRA loads into the pipeline and the ``videobench
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from customvideox.train import (
     RANDOM_BASE_METADATA_KEY, TrainConfig, build_training_model, list_checkpoints, train, v_prediction_loss,
 )
 from customvideox.train_data import (
-    CachedPairDataset, PairStreamSampler, PairTrainDataset, collate_pairs, read_cache_spec, sample_video_latents,
+    CachedPairDataset, PairStreamSampler, PairTrainDataset, TrainDataError, collate_pairs, read_cache_spec,
+    sample_video_latents,
 )
 from videobench.video import write_video
 
@@ -118,7 +120,7 @@ def test_training_lowers_the_loss_and_changes_only_the_lora(overfit):
                                                                                  "clip1.safetensors"]
 
 
-def test_resume_reaches_the_same_parameters(overfit, pairs, tmp_path):
+def test_resume_reaches_the_same_parameters(overfit, pairs, tmp_path, monkeypatch):
     cache = overfit[0].cache_dir
     common = dict(gradient_accumulation_steps=2, checkpointing_steps=1)
     straight = train(config(tmp_path / "straight", pairs, cache, max_train_steps=2, **common))
@@ -128,7 +130,20 @@ def test_resume_reaches_the_same_parameters(overfit, pairs, tmp_path):
     files = {p.name for p in checkpoint.iterdir()}
     assert {LORA_WEIGHT_NAME, "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= files
     assert not any(name.startswith("model") for name in files)  # the frozen base is never written
+    # the step counter is JSON: resuming never unpickles (torch.load(weights_only=False)) anything
+    assert json.loads((checkpoint / "training_state.json").read_text()) == {"global_step": 1}
+    assert not any(name.startswith("custom_checkpoint") for name in files)
+    unsafe_loads = []
+    real_load = torch.load
+
+    def checked_load(*args, **kwargs):
+        if kwargs.get("weights_only") is False:
+            unsafe_loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", checked_load)
     resumed = train(config(tmp_path / "resumed", pairs, cache, max_train_steps=2, resume="latest", **common))
+    assert unsafe_loads == []
     assert (first.start_step, resumed.start_step, resumed.global_step) == (0, 1, 2)
     assert first.losses == straight.losses[:1] and resumed.losses == straight.losses[1:]
     a, b = reference_lora_state_dict(straight.transformer), reference_lora_state_dict(resumed.transformer)
@@ -232,6 +247,19 @@ def test_dataset_tensors_and_bad_inputs(pairs, tmp_path):
         config(tmp_path, pairs, None, ablation="naive")
     with pytest.raises(Exception, match="clip0.*3 frames, training needs 9"):
         PairTrainDataset(make_pairs(tmp_path / "short", frames=3), HEIGHT, WIDTH, FRAMES)[0]
+    # a build that kept nothing, and a pair whose clip is gone: named up front, not hours into a run
+    write_pairs(tmp_path / "none", [])
+    with pytest.raises(TrainDataError, match="none/pairs.parquet: no pairs"):
+        PairTrainDataset(tmp_path / "none", HEIGHT, WIDTH, FRAMES)
+    broken = make_pairs(tmp_path / "broken")
+    (broken / "pairs" / "clip1" / "clip.mp4").unlink()
+    dataset = PairTrainDataset(broken, HEIGHT, WIDTH, FRAMES)
+    dataset.check_files([0])  # only the pairs to read are checked (a complete latent cache needs no clip)
+    with pytest.raises(TrainDataError, match="1 file.*broken/pairs.parquet are missing: .*clip1/clip.mp4"):
+        dataset.check_files()
+    with pytest.raises(TrainDataError, match="clip1/clip.mp4"):
+        train(config(tmp_path / "run", broken, None))
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_fails_clearly_before_any_work(pairs, tmp_path):
@@ -247,6 +275,33 @@ def test_cli_fails_clearly_before_any_work(pairs, tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(pairs), "--output-dir", str(out), "--preset", "tiny",
                                        "--resume", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "not a checkpoint folder" in result.output
+    old = tmp_path / "old" / "checkpoint-1"  # a checkpoint whose step counter is a pickle is never unpickled
+    old.mkdir(parents=True)
+    (old / LORA_WEIGHT_NAME).write_bytes(b"")
+    (old / "custom_checkpoint_0.pkl").write_bytes(b"")
+    result = CliRunner().invoke(main, ["train", "--data", str(pairs), "--output-dir", str(old.parent), "--preset",
+                                       "tiny", "--resume", "latest"])
+    assert result.exit_code == 2 and "checkpoint-1: no training_state.json" in result.output
+    # re-running into a run's folder without --resume would overwrite its checkpoints: refused, with the fix
+    (out / "checkpoint-3").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["train", "--data", str(pairs), "--output-dir", str(out), "--preset", "tiny"])
+    assert result.exit_code == 2 and "checkpoint-3" in result.output and "--resume latest" in result.output
+
+
+def test_cli_interrupt_says_how_to_resume(pairs, tmp_path, monkeypatch):
+    """Ctrl-C: training needs ``--resume latest`` (the generic "run the same command again" would start over)."""
+    from click.testing import CliRunner
+
+    import customvideox.train
+    from customvideox.cli import main
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(customvideox.train, "train", interrupted)
+    result = CliRunner().invoke(main, ["train", "--data", str(pairs), "--output-dir", str(tmp_path / "run"),
+                                       "--preset", "tiny"])
+    assert result.exit_code == 130 and "add --resume latest to continue" in result.output
 
 
 def test_gradient_checkpointing_and_bf16(overfit, pairs, tmp_path):

@@ -133,3 +133,18 @@ def check_models(wanted: list[tuple[ModelSpec, str | os.PathLike | None]],
     if missing:
         raise MissingWeightsError(missing_message(missing, weights_dir))
     return found
+
+
+def merge_missing(errors: list[MissingWeightsError]) -> MissingWeightsError:
+    """One missing-weights error from several (the curation's models and videobench's RAFT), so that a single
+    message names every missing model."""
+    body: list[str] = []
+    footers: list[str] = []
+    for error in errors:  # each message: a header line, "  - model" entries with indented details, a footer
+        lines = str(error).splitlines()[1:]
+        body += [line for line in lines if line.startswith(" ")]
+        footers += [line for line in lines if not line.startswith(" ")]
+    count = sum(line.startswith("  - ") for line in body)
+    missing = [r for error in errors for r in getattr(error, "missing", [])]
+    footer = footers[:1] if len(footers) == len(errors) else []  # --random-weights helps only if it helps all
+    return MissingWeightsError("\n".join([f"missing model weights for {count} model(s):", *body, *footer]), missing)

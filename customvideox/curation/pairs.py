@@ -61,7 +61,7 @@ def load_captions(table: str | os.PathLike, videos_dir: str | os.PathLike, video
     """Read a CSV or JSONL caption table into :class:`ClipSource` rows (videos are not opened here).
 
     Raises:
-        CaptionTableError: naming the file, when it is unreadable, lacks a column or lists a clip twice.
+        CaptionTableError: naming the file, when it is unreadable, empty, lacks a column or lists a clip twice.
     """
     table = Path(table)
     try:
@@ -82,6 +82,8 @@ def load_captions(table: str | os.PathLike, videos_dir: str | os.PathLike, video
     if missing:
         raise CaptionTableError(f"{table}: missing column(s) {missing}; found {list(frame.columns)} "
                                 "(use --video-column / --caption-column)")
+    if frame.empty:
+        raise CaptionTableError(f"{table}: caption table has no rows (nothing to curate)")
     sources, seen = [], {}
     for line, (video, caption) in enumerate(zip(frame[video_column], frame[caption_column]), start=2):
         video = str(video).strip()

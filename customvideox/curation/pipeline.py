@@ -16,6 +16,7 @@ are only built when the stage has undecided clips (a finished build re-runs with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -196,12 +197,24 @@ def build_pairs(sources: list[ClipSource], out: str | os.PathLike, *, quality: L
     rows = _pair_rows(out, current, entities) if "reference" in stages or _has_manifest(out, "reference") else []
     if len(rows) or "reference" in stages:
         write_pairs(out, rows)
+    # a stage that built no model this run (nothing left to decide) keeps what the run that decided it recorded
+    previous = _read_build_info(out)
     info = dict(run_info or {})
     info.update(summary=[s.as_dict() for s in summaries], pairs=len(rows),
-                configs={name: _config_dict(w) for name, w in workers.items()},
-                random_weights={name: bool(getattr(w, "random_weights", False)) for name, w in workers.items()})
+                configs={**previous.get("configs", {}), **{name: _config_dict(w) for name, w in workers.items()}},
+                random_weights={**previous.get("random_weights", {}),
+                                **{name: bool(getattr(w, "random_weights", False)) for name, w in workers.items()}})
     atomic_write_json(out / "build.json", info)
     return BuildSummary(summaries, len(rows), out)
+
+
+def _read_build_info(out: Path) -> dict[str, Any]:
+    """The previous run's ``build.json`` (empty when there is none or it is unreadable)."""
+    try:
+        info = json.loads((out / "build.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _has_manifest(out: Path, stage: str) -> bool:
