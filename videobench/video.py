@@ -5,10 +5,12 @@ Frames are ``(T, H, W, 3)`` uint8 RGB numpy arrays everywhere in the project.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -63,14 +65,27 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
     return path
 
 
-def read_video(path: str | os.PathLike, min_frames: int = 1, min_size: int = 0) -> Video:
-    """Decode every frame of ``path`` to RGB.
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video, read without decoding pixels."""
 
-    Raises:
-        VideoError: naming the file, when it is missing, empty, not decodable, has fewer than
-            ``min_frames`` frames or a side shorter than ``min_size`` pixels.
-    """
-    path = Path(path)
+    height: int
+    width: int
+    num_frames: int
+    fps: float
+
+    @property
+    def short_side(self) -> int:
+        return min(self.height, self.width)
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or 0) or 8.0
+
+
+@contextlib.contextmanager
+def _open_video_stream(path: Path, action: str) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """Open ``path``'s first video stream; every failure becomes one :class:`VideoError` naming the file."""
     if not path.is_file():
         raise VideoError(f"{path}: video file is missing")
     if path.stat().st_size == 0:
@@ -79,14 +94,43 @@ def read_video(path: str | os.PathLike, min_frames: int = 1, min_size: int = 0) 
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
-            declared = int(stream.frames or 0)  # the container's index (mp4: sample count); 0 when unknown
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            yield container, container.streams.video[0]
     except VideoError:
         raise
     except (av.FFmpegError, ValueError, OSError) as error:
-        raise VideoError(f"{path}: cannot decode video ({type(error).__name__}: {error})") from error
+        raise VideoError(f"{path}: cannot {action} video ({type(error).__name__}: {error})") from error
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Size, frame count and fps from the container, without decoding pixels.
+
+    Raises:
+        VideoError: naming the file when it is missing, empty or not a readable video.
+    """
+    path = Path(path)
+    with _open_video_stream(path, "read") as (container, stream):
+        height, width = int(stream.codec_context.height), int(stream.codec_context.width)
+        fps = _stream_fps(stream)
+        count = int(stream.frames or 0)
+        if count <= 0:
+            count = sum(1 for packet in container.demux(stream) if packet.size)
+    if height <= 0 or width <= 0:
+        raise VideoError(f"{path}: video stream has no frame size")
+    return VideoInfo(height, width, count, fps)
+
+
+def read_video(path: str | os.PathLike, min_frames: int = 1, min_size: int = 0) -> Video:
+    """Decode every frame of ``path`` to RGB.
+
+    Raises:
+        VideoError: naming the file, when it is missing, empty, not decodable, truncated, has fewer than
+            ``min_frames`` frames or a side shorter than ``min_size`` pixels.
+    """
+    path = Path(path)
+    with _open_video_stream(path, "decode") as (container, stream):
+        fps = _stream_fps(stream)
+        declared = int(stream.frames or 0)  # the container's index (mp4: sample count); 0 when unknown
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if declared and len(frames) < declared:  # cut at a packet boundary: decodes "fine", only shorter
         raise VideoError(f"{path}: truncated video: {len(frames)} of the {declared} frames in its index are decodable")
     if len(frames) < min_frames:

@@ -32,21 +32,9 @@ from torch import nn
 
 from customvideox.curation.manifest import Decision
 from customvideox.curation.models import AESTHETIC, CLIP_L14, check_models
-from videobench.video import VideoError
+from videobench.video import VideoError, VideoInfo, probe_video  # noqa: F401 (probe_video re-exported)
 
 # ------------------------------------------------------------------------------------------------- video access
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    height: int
-    width: int
-    num_frames: int
-    fps: float
-
-    @property
-    def short_side(self) -> int:
-        return min(self.height, self.width)
 
 
 @dataclass(frozen=True)
@@ -66,34 +54,6 @@ class ClipWindow:
     @property
     def frames_needed(self) -> int:
         return self.start + (self.num_frames - 1) * self.interval + 1
-
-
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Size, frame count and fps from the container, without decoding pixels.
-
-    Raises:
-        VideoError: naming the file when it is missing or not a readable video.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"{path}: video file is missing")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            height, width = int(stream.codec_context.height), int(stream.codec_context.width)
-            fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
-            count = int(stream.frames or 0)
-            if count <= 0:
-                count = sum(1 for packet in container.demux(stream) if packet.size)
-    except VideoError:
-        raise
-    except (av.FFmpegError, ValueError, OSError) as error:
-        raise VideoError(f"{path}: cannot read video ({type(error).__name__}: {error})") from error
-    if height <= 0 or width <= 0:
-        raise VideoError(f"{path}: video stream has no frame size")
-    return VideoInfo(height, width, count, fps)
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int], short_side: int | None = None) -> np.ndarray:
