@@ -507,3 +507,23 @@ def test_a_null_or_empty_video_path_is_named_as_such(tmp_path, refs):
     # not "tool/None: video file is missing", nor the method folder itself taken for the video
     assert summary.errors[0].startswith("tool case c2: no video path (video: None) in ")
     assert summary.errors[1].startswith("tool case c3: no video path (video: '') in ")
+
+
+def test_metrics_subset_never_mixes_two_configurations_of_one_model(tmp_path, refs):
+    """`--metrics clip_t` with another CLIP model must not keep the old model's CLIP-I / T.Cons next to it."""
+    results = build_results(tmp_path, refs)
+    run(results)
+    first = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert first.loc["flash", "clip_i"] == pytest.approx(0.5, abs=0.02)
+    # Same configuration, subset: the other CLIP columns are carried over (nothing recomputed needlessly).
+    run(results, fake_metrics(), columns=["clip_t"])
+    same = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert same.loc["flash", "clip_i"] == first.loc["flash", "clip_i"]
+    # Another configuration of the CLIP family: its other columns are dropped, DINO / D.D (not run) are kept.
+    run(results, fake_metrics(version=2), columns=["clip_t"])
+    other = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert pd.isna(other.loc["flash", "clip_i"]) and pd.isna(other.loc["flash", "t_cons"])
+    assert not pd.isna(other.loc["flash", "clip_t"])
+    assert other.loc["flash", "dino_i"] == first.loc["flash", "dino_i"] and other.loc["flash", "dynamic"] == 1
+    assert other.loc["flash", "dino_config_sha256"] == first.loc["flash", "dino_config_sha256"]
+    assert other.loc["flash", "clip_config_sha256"] != first.loc["flash", "clip_config_sha256"]

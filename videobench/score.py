@@ -316,6 +316,7 @@ class _Scorer:
         info_key = _json_sha256({"v": CACHE_VERSION, "video_info": video_sha})
         info = self.cache.get(info_key)
         for plan in self.plans:
+            prepared.row[config_column(plan.metric.family)] = plan.config_hash
             key = _json_sha256({"v": CACHE_VERSION, "video": video_sha, "inputs": inputs_hash, "metric": plan.config_hash})
             entry = self.cache.get(key) or {}
             values = entry.get("values", {}) if isinstance(entry.get("values"), dict) else {}
@@ -506,6 +507,7 @@ def score_method(
         lines = [layout.CaseLine(0, None, f"{cases_path}: unreadable ({error})")]
     previous = _previous_scores(method_dir / layout.SCORES_FILE)
     selected = {column for plan in scorer.plans for column in plan.columns}
+    run_configs = {plan.metric.family: plan.config_hash for plan in scorer.plans}
     random_metrics = any(plan.metric.random_weights for plan in scorer.plans)
     # A case id listed twice: the later line wins (a resumed generate may append), the earlier is noted.
     last_line: dict[str, int] = {}
@@ -559,7 +561,7 @@ def score_method(
                     if isinstance(reference, str) and not Path(reference).expanduser().is_absolute():
                         listed_references.add((method_dir / reference).resolve())
                 row.update(scorer.compute_case(future.result()))
-                _carry_over(row, previous.get(case_id), selected)
+                _carry_over(row, previous.get(case_id), selected, run_configs)
                 row["error"] = ""
             except CaseError as error:
                 row["error"] = str(error)
@@ -618,22 +620,38 @@ def _prefetch(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequenc
         yield item, future
 
 
-def _carry_over(row: dict[str, Any], old: dict[str, Any] | None, selected: set[str]) -> None:
+def config_column(family: str) -> str:
+    """The scores.csv column holding the config hash of the ``family`` metric that produced a row's values."""
+    return f"{family}_config_sha256"
+
+
+def _carry_over(row: dict[str, Any], old: dict[str, Any] | None, selected: set[str],
+                run_configs: dict[str, str] | None = None) -> None:
     """Keep the previous scores.csv values of the columns not computed in this run.
 
     Only for the same video *and* the same metric inputs (prompt, entity, reference images'
-    bytes: ``inputs_sha256``), so a fixed reference or prompt never keeps a stale score. The
-    other metrics' diagnostics (``dd_*``, ...) come along with their scores.
+    bytes: ``inputs_sha256``), so a fixed reference or prompt never keeps a stale score; and only
+    from the same metric configuration when this run built that family too (``run_configs``:
+    family -> config hash), so ``--metrics clip_t --clip-model X`` never keeps a CLIP-I of model Y.
+    The other metrics' diagnostics (``dd_*``, ...) and config hashes come along with their scores.
     """
     if old is None or _is_error(old):
         return
     if any(str(old.get(key)) != str(row.get(key)) for key in ("video_sha256", "inputs_sha256")):
         return
+    run_configs = run_configs or {}
     carried = False
     for column in SCORE_COLUMNS:
-        if column not in selected and _is_number(old.get(column)):
-            row[column] = old[column]
-            carried = True
+        if column in selected or not _is_number(old.get(column)):
+            continue
+        family = METRIC_COLUMNS[column]
+        old_config = old.get(config_column(family))
+        if family in run_configs and str(old_config) != run_configs[family]:
+            continue  # computed by another configuration of a model this run uses
+        row[column] = old[column]
+        if family not in run_configs and isinstance(old_config, str) and old_config:
+            row[config_column(family)] = old_config
+        carried = True
     if not carried:
         return
     for column, value in old.items():  # diagnostics of the metrics not run now
