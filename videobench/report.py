@@ -176,6 +176,14 @@ class Table:
     first_header: str = "Method"
 
 
+def _suite_table(title: str, suites: Sequence[str], rows: list[Row], table_id: str, caption: str) -> Table:
+    """A table with one group of the five score columns per suite (Table 1's layout)."""
+    return Table(
+        title, [(_suite_label(s), len(SCORE_COLUMNS)) for s in suites],
+        [COLUMN_LABELS[c] for _ in suites for c in SCORE_COLUMNS], rows, table_id=table_id, caption=caption,
+    )
+
+
 def _mark_rows(rows: list[Row], ranked: Iterable[str] = ("ours", "paper")) -> None:
     """Set best/second marks per column among the rows whose kind is in ``ranked`` (when 2 or more)."""
     ranked = set(ranked)
@@ -430,9 +438,8 @@ def leaderboard_table(board: pd.DataFrame) -> Table:
         rows.append(Row(method, cells, kind="reference" if _flag(first.get("reference")) else "ours",
                         random=random, counts=counts))
     _mark_rows(rows, ranked=("ours",))
-    return Table(
-        "Our leaderboard", [(_suite_label(s), len(SCORE_COLUMNS)) for s in suites],
-        [COLUMN_LABELS[c] for _ in suites for c in SCORE_COLUMNS], rows, table_id="ours",
+    return _suite_table(
+        "Our leaderboard", suites, rows, table_id="ours",
         caption="Means x100 over scored cases with 95% bootstrap intervals; D.D is the percent of dynamic videos. "
                 "Bold: best, underlined: second best per column among the evaluated methods (reference rows excluded).",
     )
@@ -463,9 +470,8 @@ def paper_table1(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
             ours = [_cell_from(by_key.get((method, suite)), column) for suite in suites for column in SCORE_COLUMNS]
             rows.append(Row(f"ours: {method}", ours, kind="ours-side", note="this run"))
     _mark_rows(rows, ranked=("paper",))
-    return Table(
-        "Paper Table 1 (published) with our runs", [(_suite_label(s), len(SCORE_COLUMNS)) for s in suites],
-        [COLUMN_LABELS[c] for _ in suites for c in SCORE_COLUMNS], rows, table_id="paper-table1",
+    return _suite_table(
+        "Paper Table 1 (published) with our runs", suites, rows, table_id="paper-table1",
         caption="Published numbers (marks recomputed over the published rows); our runs of the same method "
                 "are listed under each published row with their 95% intervals.",
     )
