@@ -102,6 +102,16 @@ def gather_entity_tokens(entity_token_mask: torch.Tensor) -> tuple[torch.Tensor,
     return order, valid
 
 
+def entity_token_indices(entity_token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`gather_entity_tokens`, or ``None`` when no sample has an entity token (ERAE off for the batch).
+
+    The two data-dependent decisions of a forward call (is there an entity; how many tokens) live here, so a
+    shape-only run (:mod:`customvideox.cost`) can replace this one function.
+    """
+    mask = entity_token_mask.bool()
+    return gather_entity_tokens(mask) if mask.any() else None
+
+
 def entity_attention_map(
     q_video: torch.Tensor,
     k_entity: torch.Tensor,

@@ -40,7 +40,7 @@ from .attention import (
     CustomVideoXAttnProcessor,
     ReferenceBias,
     RotaryEmbedding,
-    gather_entity_tokens,
+    entity_token_indices,
     time_aware_bias,
 )
 from .config import ReferenceConfig
@@ -116,7 +116,7 @@ def reference_block_forward(
     encoder_hidden_states: torch.Tensor,
     reference_states: torch.Tensor | None,
     temb: torch.Tensor,
-    temb_clean: torch.Tensor,
+    temb_clean: torch.Tensor | None,
     image_rotary_emb: RotaryEmbedding | None,
     reference_rotary_emb: RotaryEmbedding | None,
     reference_kv: tuple[torch.Tensor, torch.Tensor] | None,
@@ -423,7 +423,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             raise NotImplementedError("the reference branch supports CogVideoX 1.0 checkpoints (patch_size_t=None)")
         t = self._timesteps(timestep, batch, device)
         emb = self._time_embedding(t, timestep_cond, ofs, dtype)
-        emb_clean = self._time_embedding(torch.zeros_like(t), timestep_cond, ofs, dtype)
+        emb_clean = None  # the reference's timestep-0 embedding: only joint mode runs reference tokens here
 
         tokens = self.embedding_dropout(self.patch_embed(encoder_hidden_states, hidden_states))
         text_len = encoder_hidden_states.shape[1]
@@ -440,8 +440,9 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             mask = _tile(entity_token_mask.to(device=device, dtype=torch.bool), batch)
             if mask.shape[1] != text_len:
                 raise ValueError(f"entity_token_mask has {mask.shape[1]} tokens, the prompt embedding {text_len}")
-            if mask.any():
-                bias.entity_index, bias.entity_valid = gather_entity_tokens(mask)
+            entity = entity_token_indices(mask)
+            if entity is not None:
+                bias.entity_index, bias.entity_valid = entity
 
         reference_states = rotary_ref = None
         if config.mode == "cached":
@@ -458,6 +459,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                     "mode='joint' needs reference_latents; a reference_cache is only used with mode='cached'"
                 )
             reference_states = _tile(self._embed_reference(reference_latents, dtype), batch)
+            emb_clean = self._time_embedding(torch.zeros_like(t), timestep_cond, ofs, dtype)
             rotary_ref = reference_rotary_emb or self._reference_rotary(height, width, config, device)
 
         for index, block in enumerate(self.transformer_blocks):
