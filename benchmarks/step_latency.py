@@ -18,12 +18,14 @@ Usage (on a GPU)::
     python benchmarks/step_latency.py --device cuda --steps 5 --warmup 2 --out reports/step_latency.json
 
 ``--tiny`` runs the same code on the tiny preset's configs (CPU is fine) as a smoke test; its timings (and the
-target checks) mean nothing.
+target checks) mean nothing. ``--allow-cpu --shape 2,4,6,16`` runs the real 5B config (bf16, 11 GB of RAM) on a
+small latent shape on the CPU: a check of the real-config code path, not a timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -121,16 +123,24 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
         shape = (frames, TINY_TRANSFORMER["sample_height"], TINY_TRANSFORMER["sample_width"], TINY_TEXT_LENGTH)
         reference_config = dict(lora_rank=8, lora_alpha=8.0)
     else:
-        transformer_cfg, vae_cfg, shape, reference_config = COGVIDEOX_5B_TRANSFORMER, COGVIDEOX_5B_VAE, REAL_SHAPE, {}
-    frames, height, width, text_len = shape
+        transformer_cfg, vae_cfg, reference_config = COGVIDEOX_5B_TRANSFORMER, COGVIDEOX_5B_VAE, {}
+        shape = args.shape or REAL_SHAPE
     torch.manual_seed(0)
     model = construct(CustomVideoXTransformer3DModel, transformer_cfg, device, dtype)
     model.set_attn_processor(CogVideoXAttnProcessor2_0())  # vanilla runs diffusers' own processor
+    inputs = step_inputs(model, shape, device, dtype)
+    return model, vae_cfg, reference_config, inputs
+
+
+def step_inputs(model: CogVideoXTransformer3DModel, shape: tuple[int, int, int, int], device: torch.device,
+                dtype: torch.dtype) -> dict[str, Any]:
+    """The inputs of one CFG step (batch 2) at latent ``shape`` = (frames, height, width, text tokens), seeded."""
+    frames, height, width, text_len = shape
     g = torch.Generator(device).manual_seed(1)
-    channels, text_dim = transformer_cfg["in_channels"], transformer_cfg["text_embed_dim"]
+    channels, text_dim = model.config.in_channels, model.config.text_embed_dim
     entity = torch.zeros(2, text_len, dtype=torch.bool, device=device)
     entity[:, 3:5] = True  # a two-token entity word in both CFG halves
-    inputs = dict(
+    return dict(
         latents=torch.randn(2, frames, channels, height, width, generator=g, device=device, dtype=dtype),
         prompt_embeds=torch.randn(2, text_len, text_dim, generator=g, device=device, dtype=dtype),
         timestep=torch.full((2,), 500, device=device, dtype=torch.long),
@@ -139,15 +149,22 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
         entity=entity,
         pixels=(height * 8, width * 8),
     )
-    return model, vae_cfg, reference_config, inputs
 
 
-def step_fn(model: CustomVideoXTransformer3DModel, inputs: dict, config: ReferenceConfig | None, cache=None):
+def step_fn(model: CustomVideoXTransformer3DModel, inputs: dict, config: ReferenceConfig | None, cache=None,
+            through_call: bool = False):
+    """One CFG step of ``config`` (``None``: vanilla CogVideoX).
+
+    Vanilla runs ``CogVideoXTransformer3DModel.forward`` with whatever processor is set (diffusers' own before the
+    LoRA is injected), unless ``through_call``: then ``model(...)`` without a reference (what ``model.compile()``
+    compiles; CustomVideoX's processor, identical to diffusers' CogVideoX attention).
+    """
     if config is None:
+        forward = model if through_call else functools.partial(CogVideoXTransformer3DModel.forward, model)
 
         def run():
-            return CogVideoXTransformer3DModel.forward(
-                model, inputs["latents"], inputs["prompt_embeds"], inputs["timestep"],
+            return forward(
+                inputs["latents"], inputs["prompt_embeds"], inputs["timestep"],
                 image_rotary_emb=inputs["rotary"], return_dict=False,
             )[0]
 
@@ -161,6 +178,35 @@ def step_fn(model: CustomVideoXTransformer3DModel, inputs: dict, config: Referen
         )[0]
 
     return run
+
+
+#: Rows timed again after ``model.compile()`` (``--compile``): the baseline and the two full-method modes.
+COMPILED_VARIANTS = ["vanilla", "cached, TAB+ERAE on", "joint, TAB+ERAE on"]
+
+
+def compiled_rows(model: CustomVideoXTransformer3DModel, inputs: dict, lora_cfg: dict, args) -> list[dict]:
+    """Compile the transformer in place (``nn.Module.compile``; it stays compiled for the end-to-end video) and time
+    :data:`COMPILED_VARIANTS`; each variant's first call compiles (a recompilation per reference config), untimed.
+
+    The compiled vanilla row calls the model without a reference: CustomVideoX's processor then computes exactly
+    diffusers' CogVideoX attention (tested bit-identical), so both sides of the ratio are compiled alike.
+    """
+    model.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
+    configs = dict(VARIANTS)
+    rows = []
+    for name in COMPILED_VARIANTS:
+        config = configs[name].replace(**lora_cfg) if configs[name] is not None else None
+        cache = None
+        if config is not None and config.mode == "cached":
+            cache = model.build_reference_cache(inputs["reference"], reference_config=config)
+        run = step_fn(model, inputs, config, cache, through_call=True)
+        compile_start = time.perf_counter()
+        run()
+        _sync(inputs["latents"].device)
+        compile_s = time.perf_counter() - compile_start
+        timing = time_call(run, args.warmup, args.steps, inputs["latents"].device)
+        rows.append({"variant": f"{name}, compiled", **timing, "first_call_s": compile_s})
+    return rows
 
 
 @torch.no_grad()
@@ -205,6 +251,17 @@ def generate_video(
     return {"reference_s": t_reference, "denoise_s": t_denoise, "decode_s": decode, "total_s": total}
 
 
+def _latent_shape(text: str) -> tuple[int, int, int, int]:
+    """``"13,60,90,226"`` -> (latent frames, latent height, latent width, text tokens); height/width even."""
+    try:
+        frames, height, width, text = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape wants four integers F,H,W,L, got {text!r}") from None
+    if min(frames, height, width, text) < 1 or height % 2 or width % 2:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: positive sizes, latent height/width even (patch 2)")
+    return frames, height, width, text
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -215,12 +272,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--e2e-mode", default="cached", choices=["cached", "joint"])
     parser.add_argument("--no-vae-tiling", action="store_true", help="decode without VAE tiling/slicing")
     parser.add_argument("--tiny", action="store_true", help="tiny preset configs (CPU smoke run)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time vanilla and the full method compiled (the e2e video then runs compiled)")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: torch's default)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: a CPU check)")
+    parser.add_argument(
+        "--shape", type=_latent_shape, default=None,
+        help="latent frames,height,width,text tokens of the real-config run (default 13,60,90,226: 49x480x720)",
+    )
+    parser.add_argument("--allow-cpu", action="store_true", help="run the real config on the CPU (use a small --shape)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    if device.type != "cuda" and not args.tiny:
-        parser.error("the real-config benchmark needs a CUDA device; use --tiny for a CPU smoke run")
+    if device.type != "cuda" and not (args.tiny or args.allow_cpu):
+        parser.error("the real-config benchmark needs a CUDA device; use --tiny (or --allow-cpu --shape) on a CPU")
     dtype = getattr(torch, args.dtype)
     model, vae_cfg, lora_cfg, inputs = build(args, device, dtype)
 
@@ -240,9 +307,14 @@ def main(argv: list[str] | None = None) -> dict:
             timing = time_call(step_fn(model, inputs, config, cache), args.warmup, args.steps, device)
             rows.append({"variant": name, **timing})
             del cache
+        if args.compile:
+            rows += compiled_rows(model, inputs, lora_cfg, args)
     base = rows[0]["median_s"]
+    compiled_base = next((row["median_s"] for row in rows if row["variant"] == "vanilla, compiled"), None)
     for row in rows:
         row["vs_vanilla"] = row["median_s"] / base
+        if compiled_base and row["variant"].endswith(", compiled"):
+            row["vs_compiled_vanilla"] = row["median_s"] / compiled_base
     by_name = {row["variant"]: row["median_s"] for row in rows}
     targets = {  # issue 3, section 6 (meaningful at the real config on an H100)
         "joint <= 1.12x vanilla": max(by_name[f"joint, TAB+ERAE {s}"] for s in ("off", "on")) / base <= 1.12,
@@ -260,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
         _reset_peak(device)
         tiling = not (args.no_vae_tiling or args.tiny)  # the tiny VAE is smaller than one tile
         e2e = generate_video(model, vae, scheduler, inputs, config, args.e2e_steps, 6.0, device, dtype, tiling)
-        e2e.update(mode=args.e2e_mode, steps=args.e2e_steps, peak_gib=_peak_gib(device))
+        e2e.update(mode=args.e2e_mode, steps=args.e2e_steps, peak_gib=_peak_gib(device), compiled=args.compile)
         if args.e2e_steps == 50:
             targets["50-step video < 90 s"] = e2e["total_s"] < 90.0
 
@@ -272,16 +344,20 @@ def main(argv: list[str] | None = None) -> dict:
             ("latent_frames", "latent_height", "latent_width", "text_tokens"),
             (frames, height, width, inputs["prompt_embeds"].shape[1]),
         )),
+        "targets_meaningful": device.type == "cuda" and not args.tiny and tuple(inputs["latents"].shape[1:]) == (
+            REAL_SHAPE[0], COGVIDEOX_5B_TRANSFORMER["in_channels"], *REAL_SHAPE[1:3]
+        ) and inputs["prompt_embeds"].shape[1] == REAL_SHAPE[3],
         "steps": args.steps, "warmup": args.warmup, "per_step": rows, "reference_cache_build": cache_timing,
         "end_to_end": e2e, "targets": targets, "random_weights": True, "torch": torch.__version__,
         "lse_kernels": lse_backend_status(),
         "compiled_merge": attention.COMPILE_MERGE_ON_CUDA and device.type == "cuda",
     }
     print(f"device: {device_name}, {args.dtype}, batch 2 (CFG), shape {result['shape']}, random weights")
-    print("| variant | s/step (median) | vs vanilla | peak GiB |\n|---|---|---|---|")
+    print("| variant | s/step (median) | vs vanilla | vs compiled vanilla | peak GiB |\n|---|---|---|---|---|")
     for row in rows:
         peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
-        print(f"| {row['variant']} | {row['median_s']:.4f} | {row['vs_vanilla']:.3f} | {peak} |")
+        versus_compiled = f"{row['vs_compiled_vanilla']:.3f}" if "vs_compiled_vanilla" in row else "-"
+        print(f"| {row['variant']} | {row['median_s']:.4f} | {row['vs_vanilla']:.3f} | {versus_compiled} | {peak} |")
     print(f"fused LSE kernels checked: {result['lse_kernels'] or 'none (CPU)'}")
     if cache_timing:
         print(f"reference cache build (once per video): {cache_timing['median_s']:.4f} s")
@@ -290,6 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"end to end ({e2e['mode']}, {e2e['steps']} steps, CFG, VAE decode): {e2e['total_s']:.2f} s "
             f"(reference {e2e['reference_s']:.2f} s, denoise {e2e['denoise_s']:.2f} s, decode {e2e['decode_s']:.2f} s)"
         )
+    if not result["targets_meaningful"]:
+        print("(not the real shape on a GPU: the target checks below mean nothing)")
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))
     if args.out:
         from videobench.atomic import atomic_write_text

@@ -8,7 +8,8 @@ Options (:class:`~videobench.methods.MethodConfig`):
 * ``ablation``: a Table 2 row (``naive``, ``3d-ra``, ``3d-ra+tab``, ``3d-ra+tab+erae`` = the full method).
 * ``device``, ``dtype`` (``auto``: bf16 on CUDA, fp32 on CPU), ``num_frames``/``height``/``width`` (the suite's
   geometry unless overridden), ``extra``: ``mode`` (``joint``/``cached``), ``steps``, ``guidance``,
-  ``negative_prompt``, ``dynamic_cfg``.
+  ``negative_prompt``, ``dynamic_cfg``, ``compile`` (True: ``torch.compile`` the transformer with inductor; a
+  string: that torch.compile backend).
 
 The run name (the method folder under RESULTS) is ``customvideox`` for the full method on CogVideoX-5B,
 plus ``-tiny`` for the preset, ``-<ablation>`` for the other Table 2 rows, ``-<mode>`` when a non-default
@@ -137,6 +138,21 @@ def _reference_config(config: MethodConfig, ablation: str, mode: str | None, pre
     return ReferenceConfig(**changes)
 
 
+def _compile_backend(value: bool | str | None) -> str | None:
+    """The ``compile`` option: False/None -> eager, True -> inductor, a string -> that torch.compile backend.
+
+    The transformer is compiled in place (``nn.Module.compile``): its denoising calls run compiled, the cached
+    mode's once-per-video reference extraction (a method call) stays eager. The first case pays the compilation.
+    """
+    if value in (None, False):
+        return None
+    if value is True:
+        return "inductor"
+    if not isinstance(value, str) or value not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(f"compile={value!r}: True or a torch.compile backend ({', '.join(torch._dynamo.list_backends())})")
+    return value
+
+
 @register_method(
     "customvideox",
     "CustomVideoX (3D reference attention, TAB, ERAE) on CogVideoX-5B; --ablation for Table 2 rows, "
@@ -181,6 +197,9 @@ def build_customvideox(config: MethodConfig) -> CustomVideoXGenerator:
         model_name, lora_path = str(config.model or "THUDM/CogVideoX-5b"), (str(lora) if lora else None)
     pipeline = pipeline.to(config.device)
     pipeline.set_progress_bar_config(disable=True)
+    compile_backend = _compile_backend(extra.pop("compile", False))
+    if compile_backend is not None:
+        pipeline.transformer.compile(backend=compile_backend, dynamic=False)
 
     call_kwargs = {
         "num_frames": config.num_frames or defaults.get("num_frames"),
@@ -196,6 +215,7 @@ def build_customvideox(config: MethodConfig) -> CustomVideoXGenerator:
     settings = {
         "method": "customvideox", "preset": preset, "model": model_name, "lora": lora_path,
         "ablation": ablation, "mode": reference_config.mode, "dtype": str(dtype).removeprefix("torch."),
+        "compile": compile_backend,
         **{k: v for k, v in call_kwargs.items()},
     }
     random_lora = pipeline.random_weights and preset is None

@@ -59,6 +59,19 @@ def test_tiny_generator_contract_and_determinism(tiny_generator, reference_path)
     assert np.abs(first.astype(int) - tiny_generator.generate(case, seed=8).astype(int)).max() > 0
 
 
+@pytest.mark.parametrize("mode", ["joint", "cached"])
+def test_compiled_generator_matches_eager(tiny_generator, reference_path, mode):
+    """``compile``: the transformer runs through torch.compile (graph capture and AOT autograd with the
+    ``aot_eager`` backend, which needs no C++ toolchain) and gives eager's video."""
+    eager = build_customvideox(MethodConfig(**TINY, extra={"steps": 2, "mode": mode}))
+    compiled = build_customvideox(MethodConfig(**TINY, extra={"steps": 2, "mode": mode, "compile": "aot_eager"}))
+    assert compiled.config()["compile"] == "aot_eager" and eager.config()["compile"] is None
+    assert compiled.pipeline.transformer._compiled_call_impl is not None
+    case = _case(reference_path)
+    a, b = eager.generate(case, seed=3), compiled.generate(case, seed=3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding of float-equal frames
+
+
 def test_missing_reference_image_names_the_file(tiny_generator, tmp_path):
     missing = tmp_path / "nope.png"
     with pytest.raises(ImageError, match="nope.png"):
@@ -97,6 +110,8 @@ def test_bad_options_fail_before_any_work():
         build_customvideox(MethodConfig(**TINY, ablation="full"))
     with pytest.raises(ValueError, match="--mode"):
         build_customvideox(MethodConfig(**TINY, extra={"mode": "fast"}))
+    with pytest.raises(ValueError, match="compile='nonsense'"):
+        build_customvideox(MethodConfig(**TINY, extra={"compile": "nonsense"}))
     with pytest.raises(ValueError, match="--preset 'huge'"):
         build_customvideox(MethodConfig(preset="huge"))
 

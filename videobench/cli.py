@@ -52,6 +52,8 @@ def generation_options(func):
         click.option("--mode", default=None, type=click.Choice(["joint", "cached"]), help="CustomVideoX reference mode."),
         click.option("--steps", type=int, default=None, help="Denoising steps (method default otherwise)."),
         click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale."),
+        click.option("--compile", "compile_model", is_flag=True, default=None,
+                     help="torch.compile the denoiser (CustomVideoX; pays off on GPUs, the first case compiles)."),
         click.option("--frames", type=int, default=None, help="Frames per video (suite default otherwise)."),
         click.option("--height", type=int, default=None),
         click.option("--width", type=int, default=None),
@@ -106,6 +108,8 @@ def _generate(method: str, opts: dict, random_weights: bool, progress: bool = Tr
     except (FileNotFoundError, ValueError) as error:
         _fail(str(error))
     extra = {key: opts[key] for key in ("mode", "steps", "guidance") if opts.get(key) is not None}
+    if opts.get("compile_model"):
+        extra["compile"] = True
     config = MethodConfig(
         device=opts["device"], dtype=opts["dtype"], preset=opts["preset"], model=opts["model"], lora=opts["lora"],
         ablation=opts["ablation"], random_weights=random_weights,
