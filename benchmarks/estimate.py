@@ -60,7 +60,7 @@ def estimate_inference(transformer_config: dict, shape: tuple, lora: dict, vanil
     mode = FakeTensorMode()
     model = fake_transformer(transformer_config, ReferenceConfig(**lora), mode)
     rows, cache_flops = [], None
-    with mode, torch.no_grad(), fixed_entity_tokens():
+    with mode, torch.no_grad():
         inputs = step_inputs(model, shape, torch.device("cpu"), torch.bfloat16)
         for name, config in VARIANTS:
             config = config.replace(**lora) if config is not None else None
@@ -96,7 +96,7 @@ def estimate_training(transformer_config: dict, shape: tuple, lora: dict, accumu
     if checkpointing:
         model.enable_gradient_checkpointing()
     trainable = [p for _, p in lora_parameters(model)]
-    with fake, fixed_entity_tokens():
+    with fake, fixed_entity_tokens():  # the loss takes the entity mask, as the trainer does
         scheduler = CogVideoXDDIMScheduler(**COGVIDEOX_5B_SCHEDULER)  # its tables become FakeTensors too
         inputs = step_inputs(model, (frames, height, width, text_len), torch.device("cpu"), torch.bfloat16)
         latents, embeds = inputs["latents"][:1], inputs["prompt_embeds"][:1]

@@ -18,7 +18,7 @@ Usage (on a GPU)::
     python benchmarks/step_latency.py --device cuda --steps 5 --warmup 2 --out reports/step_latency.json
 
 ``--tiny`` runs the same code on the tiny preset's configs (CPU is fine) as a smoke test; its timings (and the
-target checks) mean nothing. ``--allow-cpu --shape 2,4,6,16`` runs the real 5B config (bf16, 11 GB of RAM) on a
+target checks) mean nothing. ``--allow-cpu --shape 3,4,6,16`` runs the real 5B config (bf16, 11 GB of RAM) on a
 small latent shape on the CPU: a check of the real-config code path, not a timing.
 """
 
@@ -140,6 +140,8 @@ def step_inputs(model: CogVideoXTransformer3DModel, shape: tuple[int, int, int, 
     channels, text_dim = model.config.in_channels, model.config.text_embed_dim
     entity = torch.zeros(2, text_len, dtype=torch.bool, device=device)
     entity[:, 3:5] = True  # a two-token entity word in both CFG halves
+    # ... and its indices, gathered once per video as the pipeline does (no host sync or graph break per step)
+    entity_tokens = (torch.arange(3, 5, device=device).expand(2, 2), torch.ones(2, 2, dtype=torch.bool, device=device))
     return dict(
         latents=torch.randn(2, frames, channels, height, width, generator=g, device=device, dtype=dtype),
         prompt_embeds=torch.randn(2, text_len, text_dim, generator=g, device=device, dtype=dtype),
@@ -147,6 +149,7 @@ def step_inputs(model: CogVideoXTransformer3DModel, shape: tuple[int, int, int, 
         rotary=video_rotary_pos_embed(model.config, frames, height, width, device=device),
         reference=torch.randn(1, 1, channels, height, width, generator=g, device=device, dtype=dtype),
         entity=entity,
+        entity_tokens=entity_tokens,
         pixels=(height * 8, width * 8),
     )
 
@@ -173,7 +176,7 @@ def step_fn(model: CustomVideoXTransformer3DModel, inputs: dict, config: Referen
     def run():
         return model(
             inputs["latents"], inputs["prompt_embeds"], inputs["timestep"], image_rotary_emb=inputs["rotary"],
-            reference_latents=inputs["reference"], entity_token_mask=inputs["entity"], reference_cache=cache,
+            reference_latents=inputs["reference"], entity_tokens=inputs["entity_tokens"], reference_cache=cache,
             reference_config=config, return_dict=False,
         )[0]
 
@@ -232,7 +235,7 @@ def generate_video(
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         pred = model(
             model_input, inputs["prompt_embeds"], t.expand(2), image_rotary_emb=inputs["rotary"],
-            reference_latents=reference, entity_token_mask=inputs["entity"], reference_cache=cache,
+            reference_latents=reference, entity_tokens=inputs["entity_tokens"], reference_cache=cache,
             reference_config=config, return_dict=False,
         )[0].float()
         uncond, cond = pred.chunk(2)
@@ -257,8 +260,11 @@ def _latent_shape(text: str) -> tuple[int, int, int, int]:
         frames, height, width, text = (int(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shape wants four integers F,H,W,L, got {text!r}") from None
-    if min(frames, height, width, text) < 1 or height % 2 or width % 2:
-        raise argparse.ArgumentTypeError(f"--shape {text!r}: positive sizes, latent height/width even (patch 2)")
+    if min(frames, height, width, text) < 1 or height % 2 or width % 2 or frames % 2 == 0:
+        raise argparse.ArgumentTypeError(
+            f"--shape {text!r}: positive sizes, an odd latent frame count (8k+1 video frames) and even latent "
+            "height/width (patch 2)"
+        )
     return frames, height, width, text
 
 

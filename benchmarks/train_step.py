@@ -14,7 +14,10 @@ Usage (on a GPU)::
 
     python benchmarks/train_step.py --steps 5 --warmup 2 --out reports/train_step.json
 
-``--tiny`` runs the same code on the tiny preset's transformer on the CPU (a smoke test of the script).
+``--tiny`` runs the same code on the tiny preset's transformer on the CPU (a smoke test of the script);
+``--allow-cpu --frames 5 --height 32 --width 48 --text-tokens 16`` runs the real 5B config on a tiny clip on the CPU
+(about 14 GB of RAM: a check of the real-config code path, not a timing). ``benchmarks/estimate.py`` estimates the
+5B step's peak memory without a GPU.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def main() -> None:
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--no-checkpointing", action="store_true")
     parser.add_argument("--mode", choices=["joint", "cached"], default="joint")
+    parser.add_argument("--text-tokens", type=int, default=None, help="Prompt length (default: the config's 226).")
+    parser.add_argument("--allow-cpu", action="store_true", help="Run the 5B config on the CPU (use a tiny clip).")
     parser.add_argument("--out", type=Path, default=None, help="Write the numbers as JSON here.")
     args = parser.parse_args()
 
@@ -94,9 +99,9 @@ def main() -> None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     else:
         transformer_config, rank = dict(COGVIDEOX_5B_TRANSFORMER), 128
-        device = torch.device(args.device or "cuda")
-        if device.type != "cuda":
-            sys.exit("the 5B benchmark needs a CUDA GPU (use --tiny for a CPU smoke run)")
+        device = torch.device(args.device or ("cpu" if args.allow_cpu else "cuda"))
+        if device.type != "cuda" and not args.allow_cpu:
+            sys.exit("the 5B benchmark needs a CUDA GPU (use --tiny, or --allow-cpu with a tiny clip, on a CPU)")
         frames, height, width = args.frames, args.height, args.width
         dtype = torch.bfloat16
     reference_config = ReferenceConfig(mode=args.mode, lora_rank=rank, lora_alpha=float(rank))
@@ -110,7 +115,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
     latent_frames = (frames - 1) // 4 + 1
     channels, h, w = transformer_config["in_channels"], height // 8, width // 8
-    text_len, text_dim = transformer_config["max_text_seq_length"], transformer_config["text_embed_dim"]
+    text_len = args.text_tokens or transformer_config["max_text_seq_length"]
+    text_dim = transformer_config["text_embed_dim"]
     generator = torch.Generator().manual_seed(0)
 
     def tensor(*shape: int) -> torch.Tensor:

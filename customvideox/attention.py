@@ -37,6 +37,8 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import apply_rotary_emb
 
 RotaryEmbedding = tuple[torch.Tensor, torch.Tensor]
+#: ERAE's entity tokens: ``(index (B, E) long, valid (B, E) bool)`` from :func:`gather_entity_tokens`.
+EntityTokens = tuple[torch.Tensor, torch.Tensor]
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def entity_region_mask(attn_map: torch.Tensor, threshold: float = 0.1) -> torch.
     return normalize_per_frame(attn_map) > threshold
 
 
-def gather_entity_tokens(entity_token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_entity_tokens(entity_token_mask: torch.Tensor) -> EntityTokens:
     """Turn a ``(B, L)`` bool mask of entity text tokens into padded indices ``(B, E)`` and validity ``(B, E)``.
 
     ``E`` is the largest entity-token count in the batch (at least 1). A sample without entity tokens has
@@ -102,7 +104,7 @@ def gather_entity_tokens(entity_token_mask: torch.Tensor) -> tuple[torch.Tensor,
     return order, valid
 
 
-def entity_token_indices(entity_token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def entity_token_indices(entity_token_mask: torch.Tensor) -> EntityTokens | None:
     """:func:`gather_entity_tokens`, or ``None`` when no sample has an entity token (ERAE off for the batch).
 
     The two data-dependent decisions of a forward call (is there an entity; how many tokens) live here, so a

@@ -41,6 +41,7 @@ from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
+from customvideox.attention import entity_token_indices
 from customvideox.config import REFERENCE_ADAPTER_NAME, ReferenceConfig
 from customvideox.lora import LORA_WEIGHT_NAME, has_reference_lora, lora_file_path
 from customvideox.transformer import CustomVideoXTransformer3DModel
@@ -459,7 +460,9 @@ class CustomVideoXPipeline(CogVideoXPipeline):
             else None
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        reference = dict(reference_latents=reference_latents, entity_token_mask=entity_mask, reference_config=config)
+        # the entity tokens once per call, not per step (no host sync in the loop, no graph break when compiled)
+        entity_tokens = entity_token_indices(entity_mask) if entity_mask is not None else None
+        reference = dict(reference_latents=reference_latents, entity_tokens=entity_tokens, reference_config=config)
 
         # 3. Algorithm 1, line 3: reference features once, before the loop (cached mode). The cached
         #    reference attends only to itself, so one cache per reference serves both CFG halves.

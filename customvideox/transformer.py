@@ -39,6 +39,7 @@ from . import lora as lora_utils
 from .attention import (
     CustomVideoXAttnProcessor,
     ReferenceBias,
+    EntityTokens,
     RotaryEmbedding,
     entity_token_indices,
     time_aware_bias,
@@ -103,6 +104,24 @@ def modulate_clean(
     """
     shift, scale, gate = norm.linear(norm.silu(temb_clean)).chunk(6, dim=1)[:3]
     return norm.norm(x) * (1 + scale)[:, None, :] + shift[:, None, :], gate[:, None, :]
+
+
+def _entity_tokens(
+    mask: torch.Tensor | None, tokens: EntityTokens | None, batch: int, text_len: int, device: torch.device
+) -> EntityTokens | None:
+    """ERAE's entity token indices for a batch of ``batch``: from precomputed ``tokens`` (no host sync, no graph
+    break under torch.compile) or else from the ``(B, L)`` bool ``mask``; None when there is no entity."""
+    if tokens is not None:
+        index, valid = tokens
+        if index.dim() != 2 or index.shape != valid.shape:
+            raise ValueError(f"entity_tokens: index {tuple(index.shape)} and valid {tuple(valid.shape)} must be (B, E)")
+        return _tile(index.to(device), batch), _tile(valid.to(device=device, dtype=torch.bool), batch)
+    if mask is None:
+        return None
+    mask = _tile(mask.to(device=device, dtype=torch.bool), batch)
+    if mask.shape[1] != text_len:
+        raise ValueError(f"entity_token_mask has {mask.shape[1]} tokens, the prompt embedding {text_len}")
+    return entity_token_indices(mask)
 
 
 def _processor(block: CogVideoXBlock) -> CustomVideoXAttnProcessor:
@@ -348,6 +367,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         reference_config: ReferenceConfig | None = None,
         reference_rotary_emb: RotaryEmbedding | None = None,
         entity_maps: list | None = None,
+        entity_tokens: EntityTokens | None = None,
     ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
         """CogVideoX forward with an optional reference.
 
@@ -361,6 +381,9 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             reference_config: overrides :attr:`reference_config` for this call.
             reference_rotary_emb: overrides the shifted reference RoPE (Eq. 5).
             entity_maps: a list that receives every layer's ERAE entity map ``(B, F, H', W')``.
+            entity_tokens: ``entity_token_indices(entity_token_mask)`` computed once (e.g. per video, before the
+                denoising loop): used instead of ``entity_token_mask``, it spares each step a host sync and, under
+                ``torch.compile``, a graph break.
 
         Returns the denoiser output for the video frames only.
         """
@@ -384,6 +407,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                 output = self._forward_reference(
                     hidden_states, encoder_hidden_states, timestep, timestep_cond, ofs, image_rotary_emb,
                     reference_latents, entity_token_mask, reference_cache, config, reference_rotary_emb, entity_maps,
+                    entity_tokens,
                 )
             finally:
                 if USE_PEFT_BACKEND and lora_scale != 1.0:
@@ -413,7 +437,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     def _forward_reference(
         self, hidden_states, encoder_hidden_states, timestep, timestep_cond, ofs, image_rotary_emb,
         reference_latents, entity_token_mask, reference_cache, config: ReferenceConfig, reference_rotary_emb,
-        entity_maps,
+        entity_maps, entity_tokens,
     ) -> torch.Tensor:
         batch, frames, _, height, width = hidden_states.shape
         device, dtype = hidden_states.device, hidden_states.dtype
@@ -436,11 +460,8 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         )
         if config.uses_tab:
             bias.tab = time_aware_bias(t.float(), config.num_train_timesteps, config.tab_gamma, config.tab_eps)
-        if config.uses_erae and entity_token_mask is not None:
-            mask = _tile(entity_token_mask.to(device=device, dtype=torch.bool), batch)
-            if mask.shape[1] != text_len:
-                raise ValueError(f"entity_token_mask has {mask.shape[1]} tokens, the prompt embedding {text_len}")
-            entity = entity_token_indices(mask)
+        if config.uses_erae:
+            entity = _entity_tokens(entity_token_mask, entity_tokens, batch, text_len, device)
             if entity is not None:
                 bias.entity_index, bias.entity_valid = entity
 

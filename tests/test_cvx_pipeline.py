@@ -96,9 +96,10 @@ def test_cfg_gives_the_reference_to_both_halves_and_erae_to_the_conditional_only
     ref = calls[0]["reference_latents"]
     assert ref.shape == (2, 1, 4, 16, 24)
     torch.testing.assert_close(ref[0], ref[1], rtol=0, atol=0)
-    mask = calls[0]["entity_token_mask"]
-    assert mask.shape == (2, pipe.transformer.config.max_text_seq_length)
-    assert not mask[0].any() and mask[1].tolist()[:3] == [False, True, False]
+    index, valid = calls[0]["entity_tokens"]  # gathered once per call: the same tensors at every step
+    assert all(call["entity_tokens"][0] is index for call in calls)
+    assert index.shape == valid.shape == (2, 1)
+    assert not valid[0].any() and valid[1].all() and index[1].tolist() == [1]  # "dog" is T5 token 1
 
 
 @pytest.mark.parametrize("mode", ["joint", "cached"])
@@ -238,7 +239,7 @@ def test_prompt_without_its_entity_warns_and_turns_erae_off(pipe, reference, mon
         out = pipe(reference, "a cat on the beach", entity="dog", seed=0, **FAST)
     assert out.entity_found == [False]
     assert "entity 'dog' not found" in caplog.text and "ERAE is off" in caplog.text
-    assert all(call["entity_token_mask"] is None for call in calls)
+    assert all(call["entity_tokens"] is None for call in calls)
     assert calls[0]["reference_latents"] is not None  # the rest of the method still runs
 
 

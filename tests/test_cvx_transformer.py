@@ -236,6 +236,21 @@ def test_tab_and_erae_change_the_output_and_erae_is_per_sample(models, inputs):
     assert (_ref(model, no_entity, _cfg(), t=torch.tensor([500, 500])) - tab).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("mode", ["joint", "cached"])
+def test_precomputed_entity_tokens_equal_the_mask(models, inputs, mode):
+    """``entity_tokens`` (gathered once per video) and ``entity_token_mask`` (gathered per call) agree exactly."""
+    from customvideox.attention import entity_token_indices
+
+    _, model = models
+    config = _cfg(mode=mode)
+    from_mask = _ref(model, inputs, config)
+    tokens = entity_token_indices(inputs["entity"])
+    precomputed = _run(model, inputs, config, None, reference_latents=inputs["ref"], entity_tokens=tokens)
+    assert torch.equal(from_mask, precomputed)
+    with pytest.raises(ValueError, match=r"entity_tokens: index \(2, 2\) and valid \(2,\)"):
+        _run(model, inputs, config, None, reference_latents=inputs["ref"], entity_tokens=(tokens[0], tokens[1][:, 0]))
+
+
 def test_minus_infinity_bias_equals_removing_the_reference_in_a_block(models):
     _, model = models
     block = model.transformer_blocks[1]
