@@ -132,11 +132,20 @@ def track_peak_memory(
 
 
 class _MemTracker(MemTracker):
-    """MemTracker that accepts frozen parameters (it hooks every parameter's gradient, which a frozen one lacks)."""
+    """MemTracker for whole-model peaks: it accepts frozen parameters (MemTracker hooks every parameter's gradient,
+    which a frozen one lacks) and keeps only the global peak (MemTracker also updates every active module's peak
+    after every operator, a loop over all modules that makes a 5B training step take an hour)."""
 
     def _track_module_params_and_buffers(self, module: torch.nn.Module, install_grad_hooks: bool = True):
         install = install_grad_hooks and all(p.requires_grad for p in module.parameters())
         return super()._track_module_params_and_buffers(module, install_grad_hooks=install)
+
+    def _update_peak_stats(self, peak_state: Any) -> None:
+        for device, snapshot in self._curr_mem_snap.items():
+            total = snapshot["Total"]
+            if self._peak_mem.get(device, 0) < total:
+                self._peak_mem[device] = total
+                self._peak_mem_snap[device] = dict(snapshot)
 
 
 def fake_transformer(
