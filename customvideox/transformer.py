@@ -38,8 +38,8 @@ from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_la
 from . import lora as lora_utils
 from .attention import (
     CustomVideoXAttnProcessor,
-    ReferenceBias,
     EntityTokens,
+    ReferenceBias,
     RotaryEmbedding,
     entity_token_indices,
     time_aware_bias,
