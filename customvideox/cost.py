@@ -162,7 +162,7 @@ def fake_transformer(
     (inference); a dtype makes the LoRA trainable in that dtype (training: float32 under bf16 autocast).
     CustomVideoX's attention processors are installed, so a call without a reference computes vanilla CogVideoX.
     """
-    from .lora import lora_parameters
+    from .lora import lora_parameters, mark_only_reference_lora_trainable
     from .transformer import CustomVideoXTransformer3DModel
 
     with torch.device("meta"):
@@ -172,7 +172,7 @@ def fake_transformer(
     for parameter in model.parameters():
         parameter.data = parameter.data.to(base_dtype)
     if lora_dtype is not None:
+        mark_only_reference_lora_trainable(model)
         for _, parameter in lora_parameters(model):
             parameter.data = parameter.data.to(lora_dtype)
-            parameter.requires_grad_(True)
     return fake_module(model, mode, device).eval()
