@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{row['flop_proportional_s_per_optimizer_step']:.2f} | {row['peak_gib']:.1f} | {'yes' if row['fits_80gb_gpu'] else 'no'} | {parts} |")
     result["seconds"] = time.perf_counter() - started
     if args.out:
-        from videobench.atomic import atomic_write_text
+        from mediaio.atomic import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(result, indent=2))
     return result

@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("(not the real shape on a GPU: the target checks below mean nothing)")
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets.items()))
     if args.out:
-        from videobench.atomic import atomic_write_text
+        from mediaio.atomic import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(result, indent=2))
     return result

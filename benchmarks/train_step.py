@@ -172,7 +172,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        from videobench.atomic import atomic_write_json
+        from mediaio.atomic import atomic_write_json
 
         atomic_write_json(args.out, result)
 

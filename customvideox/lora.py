@@ -22,7 +22,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from videobench.atomic import atomic_path
+from mediaio.atomic import atomic_path
 
 from .config import REFERENCE_ADAPTER_NAME, ReferenceConfig
 

@@ -17,7 +17,7 @@ mode is asked for and ``-random`` when a real base model runs with an untrained 
 (``customvideox-tiny-3d-ra+tab``, ``customvideox-naive``, ...), so Table 2's rows sit side by side.
 
 Each case's reference is the *first* image of ``case.references`` (the paper conditions on one image),
-read with :func:`videobench.images.load_reference_image` (EXIF upright, alpha over white, RGB).
+read with :func:`mediaio.images.load_reference_image` (EXIF upright, alpha over white, RGB).
 Weights load once, in the factory; missing weights fail there, before any case runs. The noise comes
 from a CPU ``torch.Generator`` seeded with the case seed: same seed, same video.
 """
@@ -94,7 +94,7 @@ class CustomVideoXGenerator:
                 "reference_config": self.pipeline.reference_config.to_dict()}
 
     def generate(self, case: Case, seed: int) -> np.ndarray:
-        from videobench.images import load_reference_image
+        from mediaio.images import load_reference_image
 
         if not case.references:
             raise ValueError(f"case {case.case_id}: no reference image")

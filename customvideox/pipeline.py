@@ -45,6 +45,7 @@ from customvideox.attention import entity_token_indices
 from customvideox.config import REFERENCE_ADAPTER_NAME, ReferenceConfig
 from customvideox.lora import LORA_WEIGHT_NAME, has_reference_lora, lora_file_path
 from customvideox.transformer import CustomVideoXTransformer3DModel
+from mediaio.images import fit_to_canvas, to_rgb8
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,6 @@ def _to_pil_rgb(image: ReferenceImage) -> PIL.Image.Image:
     [0, 255] or float in [0, 1]), ``(C, H, W)`` tensors (uint8 in [0, 255] or float in [0, 1]); one or
     four channels are made RGB (alpha over white).
     """
-    from videobench.images import to_rgb8
-
     if isinstance(image, PIL.Image.Image):
         return to_rgb8(image)
     if isinstance(image, torch.Tensor):
@@ -173,12 +172,7 @@ def prepare_reference_image(
 
     Returns a ``(3, height, width)`` float tensor in [-1, 1] (the VAE's input range).
     """
-    rgb = _to_pil_rgb(image)
-    scale = min(height / rgb.height, width / rgb.width)
-    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-    resized = rgb.resize(size, PIL.Image.Resampling.LANCZOS) if size != rgb.size else rgb
-    canvas = PIL.Image.new("RGB", (width, height), tuple(background))
-    canvas.paste(resized, ((width - size[0]) // 2, (height - size[1]) // 2))
+    canvas = fit_to_canvas(_to_pil_rgb(image), height, width, PIL.Image.Resampling.LANCZOS, background)
     pixels = torch.from_numpy(np.asarray(canvas, dtype=np.float32).copy()).permute(2, 0, 1)
     return pixels / 127.5 - 1.0
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from videobench.atomic import atomic_path, atomic_write_json
+from mediaio.atomic import atomic_path, atomic_write_json
 
 from .config import ABLATIONS, MODES, ReferenceConfig
 from .lora import LORA_WEIGHT_NAME, lora_parameters, mark_only_reference_lora_trainable

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset, Sampler
 
-from videobench.atomic import atomic_path, atomic_write_json
+from mediaio.atomic import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
 

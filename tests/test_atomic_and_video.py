@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from videobench.atomic import atomic_open, atomic_write_json
+from mediaio.atomic import atomic_open, atomic_write_json
 from videobench.results import resolve_inside, check_case_id
-from videobench.video import VideoError, is_valid_video, read_video, write_video
+from mediaio.video import VideoError, is_valid_video, read_video, write_video
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):

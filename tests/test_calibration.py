@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from videobench.calibration import fit_to_canvas, pan_zoom_frames
+from mediaio.images import fit_to_canvas
+from videobench.calibration import pan_zoom_frames
 from videobench.cases import Case
 from videobench.methods import MethodConfig, build_generator
 

@@ -47,7 +47,7 @@ from customvideox.curation import (
     temporal_consistency,
 )
 from customvideox.curation.reference import masked_crop, resize_center_crop
-from videobench.video import read_video, write_video
+from mediaio.video import read_video, write_video
 from videobench.weights import MissingWeightsError
 
 H, W = 64, 96  # synthetic clip size; tests use min_short_side=64

@@ -12,7 +12,7 @@ import pytest
 from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
 from customvideox.weights import MODEL_LAYOUT, MissingWeightsError, check_model_folder, locate_base_model
 from videobench.cases import Case
-from videobench.images import ImageError
+from mediaio.images import ImageError
 from videobench.methods import Generator, MethodConfig, get_method
 
 TINY = dict(preset="tiny", num_frames=9, height=128, width=128)  # narrower than the smoke suite's 128x192: faster
@@ -189,7 +189,7 @@ def test_generate_run_records_failures_resumes_and_is_deterministic(tiny_generat
     from videobench.generate import run_generation
     from videobench.results import read_cases_jsonl
     from videobench.suites import Suite
-    from videobench.video import read_video
+    from mediaio.video import read_video
 
     good = _case(reference_path)
     bad = Case("dog-missing", "smoke", "dog", "a dog in the snow", "dog", (str(tmp_path / "missing.png"),))

@@ -229,7 +229,7 @@ def test_checksum_mismatch_leaves_nothing_and_resume_finishes(mirror, tmp_path):
         assert list(err.value.failures) == ["videobench/objects/biplane/00.png"]
         assert not (root / "videobench/objects/biplane").exists() or not any(
             (root / "videobench/objects/biplane").iterdir())  # no half-written or temp file
-        assert data.sha256_file(root / "videobench/objects/horse/00.png") == next(
+        assert data.file_sha256(root / "videobench/objects/horse/00.png") == next(
             f.sha256 for f in data.suite_files("videobench", ["horse"]) if "horse" in f.path)
     finally:
         served.unlink()

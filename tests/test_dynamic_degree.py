@@ -23,7 +23,8 @@ from videobench.metrics.dynamic import (
     pad_for_raft,
     raft_final_flow,
 )
-from videobench.weights import WeightsConfig, sha256_file
+from videobench.weights import WeightsConfig
+from mediaio.hashing import file_sha256
 
 
 # --- the rule -------------------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_original_raft_checkpoint_converts_and_round_trips(tmp_path, raft):
     # the torchvision format (C_T_V1) loads too, through the weights folder
     torch.save(state, tmp_path / "raft_large_C_T_V1-22a6c225.pth")
     metric = DynamicDegreeMetric.from_weights(WeightsConfig(weights_dir=tmp_path))
-    assert metric.config()["weights_sha256"] == sha256_file(tmp_path / "raft_large_C_T_V1-22a6c225.pth")
+    assert metric.config()["weights_sha256"] == file_sha256(tmp_path / "raft_large_C_T_V1-22a6c225.pth")
     assert all(torch.equal(metric.model.state_dict()[k], state[k]) for k in state)
 
 

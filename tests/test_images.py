@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from videobench.images import ImageError, load_reference_image
+from mediaio.images import ImageError, load_reference_image
 
 SIZE = (40, 30)  # width, height
 

@@ -25,7 +25,8 @@ from videobench.metrics.preprocess import (
     image_to_tensor,
     preprocess,
 )
-from videobench.weights import WeightsConfig, WeightsLoadError, sha256_file
+from videobench.weights import WeightsConfig, WeightsLoadError
+from mediaio.hashing import file_sha256
 
 TINY_CLIP = "videobench-test-tiny-clip"
 TINY_DINO = {"depth": 1, "embed_dim": 48, "num_heads": 2}
@@ -154,7 +155,7 @@ def test_clip_loads_saved_weights_and_stamps_config(tmp_path, clip_metric):
         for name, tensor in reference.state_dict().items():
             assert torch.equal(metric.model.state_dict()[name], tensor), name
         config = metric.config()
-        assert not metric.random_weights and config["weights_sha256"] == sha256_file(path)
+        assert not metric.random_weights and config["weights_sha256"] == file_sha256(path)
         assert config["model"] == f"open_clip:{TINY_CLIP}" and config["preprocess"]["resize"] == 224
         path.unlink()
     assert clip_metric.config()["weights_sha256"] == "random(seed=3)"
@@ -191,7 +192,7 @@ def test_original_dino_checkpoint_loads_as_is(tmp_path):
         for name, tensor in state.items():
             assert torch.equal(loaded.state_dict()[name], tensor), (path.name, name)
     config = DinoMetric.from_weights(WeightsConfig(dino_weights=original)).config()
-    assert config["weights_sha256"] == sha256_file(original) and config["model"] == f"timm:{DINO_ARCH}"
+    assert config["weights_sha256"] == file_sha256(original) and config["model"] == f"timm:{DINO_ARCH}"
     torch.save({"blocks.0.norm1.weight": torch.ones(384)}, tmp_path / "partial.pth")
     with pytest.raises(WeightsLoadError, match="partial.pth"):
         build_dino_model(tmp_path / "partial.pth")

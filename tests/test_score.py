@@ -19,7 +19,7 @@ from videobench import results as layout
 from videobench.leaderboard import aggregate, bootstrap_ci
 from videobench.metrics.base import Metric, MetricInput
 from videobench.score import read_scores, score_results, select_columns
-from videobench.video import write_video
+from mediaio.video import write_video
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 H, W = 128, 160

@@ -27,7 +27,7 @@ from customvideox.train_data import (
     CachedPairDataset, PairStreamSampler, PairTrainDataset, TrainDataError, collate_pairs, read_cache_spec,
     sample_video_latents,
 )
-from videobench.video import write_video
+from mediaio.video import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, FRAMES = 64, 96, 9  # 3 latent frames of 8x12 (4x6 tokens each)

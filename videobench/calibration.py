@@ -18,21 +18,8 @@ import numpy as np
 from PIL import Image
 
 from videobench.cases import Case
-from videobench.images import load_reference_image
+from mediaio.images import fit_to_canvas, load_reference_image
 from videobench.methods import MethodConfig, register_method
-
-PAD_COLOUR = (255, 255, 255)
-
-
-def fit_to_canvas(image: Image.Image, height: int, width: int) -> Image.Image:
-    """Scale ``image`` to fit inside ``height x width`` (aspect kept) and centre it on a white canvas."""
-    scale = min(width / image.width, height / image.height)
-    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    resized = image.convert("RGB").resize(new_size, Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (width, height), PAD_COLOUR)
-    canvas.paste(resized, ((width - new_size[0]) // 2, (height - new_size[1]) // 2))
-    return canvas
-
 
 def pan_zoom_frames(canvas: Image.Image, num_frames: int, max_zoom: float = 1.25) -> np.ndarray:
     """A slow camera move over ``canvas``: zoom 1 -> ``max_zoom`` while panning left to right.

@@ -37,7 +37,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping
 
-from videobench.atomic import atomic_open, atomic_path
+from mediaio.atomic import atomic_open, atomic_path
+from mediaio.hashing import file_sha256
 
 DATA_ENV = "VIDEOBENCH_DATA"
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
@@ -148,14 +149,6 @@ def suite_files(suite: str, subjects: Iterable[str] | None = None) -> list[DataF
     return registry.data_files(suite, subjects)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def missing_files(root: Path, files: Iterable[DataFile]) -> list[str]:
     """Data paths that are absent or have the wrong size (a cheap check; ``verify`` re-hashes)."""
     missing = []
@@ -219,7 +212,7 @@ def _fetch_one(item: DataFile, root: Path, base_urls, source_dir: Path | None, r
                backoff: float, timeout: float) -> str:
     """Fetch, hash and atomically place one file. Returns 'downloaded' or 'skipped'; raises DataError."""
     target = join_inside(root, item.path)
-    if target.is_file() and target.stat().st_size == item.size and sha256_file(target) == item.sha256:
+    if target.is_file() and target.stat().st_size == item.size and file_sha256(target, memoize=False) == item.sha256:
         return "skipped"
     last_error = "unknown error"
     for attempt in range(max(1, retries)):
@@ -393,7 +386,7 @@ def verify(data_root: str | os.PathLike | None = None, suite: str | None = None)
             if not target.is_file():
                 report.missing.append(item.path)
                 continue
-            actual = sha256_file(target)
+            actual = file_sha256(target, memoize=False)
             if actual == item.sha256:
                 report.ok.append(item.path)
             else:

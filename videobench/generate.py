@@ -38,7 +38,7 @@ from videobench.results import (
     write_run_json,
 )
 from videobench.suites import Suite
-from videobench.video import is_valid_video, write_video
+from mediaio.video import is_valid_video, write_video
 
 logger = logging.getLogger(__name__)
 

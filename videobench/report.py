@@ -51,12 +51,12 @@ from tqdm import tqdm
 
 import videobench
 from videobench import results as layout
-from videobench.atomic import atomic_write_text
-from videobench.images import ImageError, load_reference_image
+from mediaio.atomic import atomic_write_text
+from mediaio.images import ImageError, load_reference_image
 from videobench.leaderboard import COLUMN_LABELS, SCORE_COLUMNS, aggregate
 from videobench.results import utc_now
 from videobench.score import is_reference_method, read_scores, run_suite
-from videobench.video import VideoError, read_video
+from mediaio.video import VideoError, read_video
 
 DEFAULT_REPORT_NAME = "leaderboard.html"
 #: Suites shown first, in Table 1's order; any other suite follows alphabetically.

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from videobench.atomic import atomic_open, atomic_write_json
+from mediaio.atomic import atomic_open, atomic_write_json
 
 RUN_FILE = "run.json"
 CASES_FILE = "cases.jsonl"

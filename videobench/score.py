@@ -23,7 +23,6 @@ folder (run.json or videos/) without a cases.jsonl is an error.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -40,11 +39,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from videobench import results as layout
-from videobench.atomic import atomic_open, atomic_write_json
-from videobench.images import ImageError, load_reference_image
+from mediaio.atomic import atomic_open, atomic_write_json
+from mediaio.hashing import file_sha256, json_sha256
+from mediaio.images import ImageError, load_reference_image
 from videobench.leaderboard import SCORE_COLUMNS, aggregate
 from videobench.metrics.base import METRIC_COLUMNS, Metric, MetricInput
-from videobench.video import VideoError, read_video
+from mediaio.video import VideoError, read_video
 
 #: A video needs at least this many frames (T.Cons and D.D compare consecutive frames).
 MIN_FRAMES = 2
@@ -193,20 +193,7 @@ def select_columns(
 def metric_config_hash(metric: Metric) -> str:
     """sha256 of the metric's family, config and random-weights flag (the cache's metric key)."""
     payload = {"family": metric.family, "random_weights": bool(metric.random_weights), "config": metric.config()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------- hashing
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _json_sha256(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return json_sha256(payload)
 
 
 # --------------------------------------------------------------------------------------- cache
@@ -310,14 +297,14 @@ class _Scorer:
             "entity": str(record.get("entity", "")),
             "references": [self.reference_sha256(path, where) for path in reference_paths],
         }
-        inputs_hash = _json_sha256(inputs)
+        inputs_hash = json_sha256(inputs)
         prepared = _Prepared(where=where, video_path=video_path,
                              row={"video_sha256": video_sha, "inputs_sha256": inputs_hash})
-        info_key = _json_sha256({"v": CACHE_VERSION, "video_info": video_sha})
+        info_key = json_sha256({"v": CACHE_VERSION, "video_info": video_sha})
         info = self.cache.get(info_key)
         for plan in self.plans:
             prepared.row[config_column(plan.metric.family)] = plan.config_hash
-            key = _json_sha256({"v": CACHE_VERSION, "video": video_sha, "inputs": inputs_hash, "metric": plan.config_hash})
+            key = json_sha256({"v": CACHE_VERSION, "video": video_sha, "inputs": inputs_hash, "metric": plan.config_hash})
             entry = self.cache.get(key) or {}
             values = entry.get("values", {}) if isinstance(entry.get("values"), dict) else {}
             missing = tuple(column for column in plan.columns if column not in values)

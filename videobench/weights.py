@@ -33,7 +33,6 @@ Loading goes through :func:`load_state_dict` only: safetensors, or ``torch.load(
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mediaio.hashing import file_sha256
 
 #: The environment variable naming the weights folder.
 WEIGHTS_ENV = "VIDEOBENCH_WEIGHTS"
@@ -140,7 +141,7 @@ class ResolvedWeights:
         return self.path is not None
 
     def sha256(self) -> str | None:
-        return sha256_file(self.path) if self.path is not None else None
+        return file_sha256(self.path) if self.path is not None else None
 
 
 def clip_file_stem(model: str, pretrained: str) -> str:
@@ -309,23 +310,6 @@ def weights_table(config: WeightsConfig, families: Sequence[str] = ("clip", "din
             }
         )
     return rows
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The file's sha256 hex digest (memoised per path, size and mtime)."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def describe_load_error(error: BaseException, limit: int = 300) -> str:

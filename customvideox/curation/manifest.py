@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from videobench.atomic import atomic_path
+from mediaio.atomic import atomic_path
 
 KEEP = "keep"
 DROP = "drop"
@@ -113,7 +113,7 @@ def rows_to_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """``frame.to_parquet`` through :func:`videobench.atomic.atomic_path` (never a half-written file)."""
+    """``frame.to_parquet`` through :func:`mediaio.atomic.atomic_path` (never a half-written file)."""
     path = Path(path)
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, engine="pyarrow", index=False)

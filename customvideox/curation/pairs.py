@@ -129,7 +129,7 @@ class PairDataset:
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from videobench.video import read_video
+        from mediaio.video import read_video
 
         row = self.table.iloc[index]
         with Image.open(self.root / row["reference"]) as reference, Image.open(self.root / row["mask"]) as mask:

@@ -31,7 +31,7 @@ from customvideox.curation.manifest import DROP, KEEP, Decision, StageManifest
 from customvideox.curation.pairs import ClipSource, pair_dir, write_pairs
 from customvideox.curation.quality import QualityFilter
 from customvideox.curation.reference import CLIP_FILE, MASK_FILE, REFERENCE_FILE, ReferenceExtractor
-from videobench.atomic import atomic_write_json
+from mediaio.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

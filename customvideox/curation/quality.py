@@ -32,7 +32,7 @@ from torch import nn
 
 from customvideox.curation.manifest import Decision
 from customvideox.curation.models import AESTHETIC, CLIP_L14, check_models
-from videobench.video import VideoError, VideoInfo, probe_video  # noqa: F401 (probe_video re-exported)
+from mediaio.video import VideoError, VideoInfo, probe_video  # noqa: F401 (probe_video re-exported)
 
 # ------------------------------------------------------------------------------------------------- video access
 

@@ -32,8 +32,8 @@ from PIL import Image
 from customvideox.curation.manifest import Decision
 from customvideox.curation.models import GROUNDING_DINO, SAM, check_models
 from customvideox.curation.quality import ClipWindow, probe_video, read_frames
-from videobench.atomic import atomic_path
-from videobench.video import VideoError, write_video
+from mediaio.atomic import atomic_path
+from mediaio.video import VideoError, write_video
 
 REFERENCE_FILE = "reference.png"
 MASK_FILE = "mask.png"

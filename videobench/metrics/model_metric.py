@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Self, TypedDict
 import torch
 
 from videobench.metrics.preprocess import check_precision
-from videobench.weights import WeightsConfig, check_weights, resolve_weights, sha256_file
+from mediaio.hashing import file_sha256
+from videobench.weights import WeightsConfig, check_weights, resolve_weights
 
 #: ``build_fn(weights_path_or_None, seed)``: a model loaded (strictly) from the file, or seeded random when None.
 ModelBuilder = Callable[[Path | None, int], torch.nn.Module]
@@ -88,7 +89,7 @@ class ModelMetric:
         else:
             check_weights([cls.family], weights)
             path = resolve_weights(cls.family, weights).path
-            model, sha = build_fn(path, seed), sha256_file(path)
+            model, sha = build_fn(path, seed), file_sha256(path)
         stamp = WeightsStamp(weights_sha256=sha, random_weights=random_weights, device=device, dtype=dtype, seed=seed)
         return cls._from_model(model, weights, stamp, **kwargs)
 

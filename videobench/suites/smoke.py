@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from videobench.atomic import atomic_path
+from mediaio.atomic import atomic_path
 from videobench.cases import Case
 from videobench.data import join_inside
 

@@ -93,3 +93,24 @@ def load_reference_image(path: str | os.PathLike) -> Image.Image:
         # Pillow reports truncation as OSError("image file is truncated ...") and some corrupt
         # headers as SyntaxError/ValueError.
         raise ImageError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
+
+
+def fit_to_canvas(
+    image: Image.Image,
+    height: int,
+    width: int,
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Scale ``image`` to fit inside ``height x width`` (aspect kept) and centre it on a ``background`` canvas.
+
+    White is the usual background of product-style reference photos (DreamBench, VideoBench objects). An image
+    that already has the scaled size is not resampled.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    scale = min(width / rgb.width, height / rgb.height)
+    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    resized = rgb.resize(size, resample) if size != rgb.size else rgb
+    canvas = Image.new("RGB", (width, height), tuple(background))
+    canvas.paste(resized, ((width - size[0]) // 2, (height - size[1]) // 2))
+    return canvas

@@ -15,7 +15,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from videobench.atomic import atomic_path
+from mediaio.atomic import atomic_path
 
 
 class VideoError(ValueError):
