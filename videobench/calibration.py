@@ -19,7 +19,8 @@ from PIL import Image
 
 from videobench.cases import Case
 from mediaio.images import fit_to_canvas, load_reference_image
-from videobench.methods import MethodConfig, register_method
+from videobench.methods import MethodContext, register_method
+from videobench.options import NoOptions
 
 def pan_zoom_frames(canvas: Image.Image, num_frames: int, max_zoom: float = 1.25) -> np.ndarray:
     """A slow camera move over ``canvas``: zoom 1 -> ``max_zoom`` while panning left to right.
@@ -73,23 +74,18 @@ class ReferenceCalibration:
         return np.repeat(np.asarray(canvas)[None], self.num_frames, axis=0)
 
 
-def _geometry(config: MethodConfig) -> dict[str, int]:
-    return {
-        "num_frames": config.num_frames or 49,
-        "height": config.height or 480,
-        "width": config.width or 720,
-        "fps": config.fps,
-    }
+def _calibration(context: MethodContext, name: str, pan: bool) -> ReferenceCalibration:
+    return ReferenceCalibration(name, num_frames=context.num_frames or 49, height=context.height or 480,
+                                width=context.width or 720, fps=context.fps, pan=pan)
 
 
-@register_method("reference-still", "reference image held still (copy-paste ceiling, zero motion)", needs_weights=False)
-def reference_still(config: MethodConfig) -> ReferenceCalibration:
-    return ReferenceCalibration("reference-still", **_geometry(config))
+@register_method("reference-still", kind="reference",
+                 description="reference image held still (copy-paste ceiling, zero motion)")
+def reference_still(options: NoOptions, context: MethodContext) -> ReferenceCalibration:
+    return _calibration(context, "reference-still", pan=False)
 
 
-@register_method("reference-pan", "reference image with a slow pan and zoom (pure camera motion)", needs_weights=False)
-def reference_pan(config: MethodConfig) -> ReferenceCalibration:
-    return ReferenceCalibration("reference-pan", pan=True, **_geometry(config))
-
-
-CALIBRATION_METHODS = ("reference-still", "reference-pan")
+@register_method("reference-pan", kind="reference",
+                 description="reference image with a slow pan and zoom (pure camera motion)")
+def reference_pan(options: NoOptions, context: MethodContext) -> ReferenceCalibration:
+    return _calibration(context, "reference-pan", pan=True)

@@ -39,6 +39,7 @@ from typing import Iterable, Mapping
 
 from mediaio.atomic import atomic_open, atomic_path
 from mediaio.hashing import file_sha256
+from videobench.paths import cache_root
 
 DATA_ENV = "VIDEOBENCH_DATA"
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
@@ -73,8 +74,7 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return (Path(cache).expanduser() / "videobench" / "data").resolve()
+    return (cache_root() / "data").resolve()
 
 
 def safe_relpath(path: str, what: str = "path") -> str:

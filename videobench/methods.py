@@ -1,40 +1,93 @@
-"""The method registry: a method name -> a factory that builds a :class:`Generator`.
+"""The method registry: a method describes itself where it is defined, and the harness reads that description.
 
-Adding a method is one :func:`register_method` call. The runner (:mod:`videobench.generate`) owns
-files; a generator owns pixels: ``Generator.generate(case, seed)`` returns ``(T, H, W, 3)`` uint8
-frames and never touches the results folder.
+A method is one module with one decorated factory::
+
+    @dataclass(frozen=True)
+    class MyOptions:
+        steps: int = option(50, "denoising steps", minimum=1)
+
+    @register_method("my-method", description="...", kind="video-model", options=MyOptions,
+                     paper_row="VideoBooth", weights=my_weight_specs, presets=("tiny",))
+    def build_my_method(options: MyOptions, context: MethodContext) -> Generator:
+        ...
+
+* ``options``: a typed dataclass (:mod:`videobench.options`); ``videobench generate -o key=value`` and
+  ``--config FILE`` fill it, validated before any model loads.
+* ``kind``: ``ours``, ``two-stage``, ``video-model`` or ``reference`` (a weight-free calibration row).
+* ``paper_row`` / ``table2_setting``: the row of the paper's Table 1 / the setting of Table 2 this method
+  reproduces, as text or as a function of the options (CustomVideoX's ablation picks its Table 2 row).
+* ``weights``: ``weights(options, context) -> [WeightSpec]``, the files the run needs; the harness resolves them
+  all, reports every missing one in one message, and hands the resolved paths to the factory
+  (``context.weights[key]``). ``videobench weights`` and ``videobench methods NAME`` list them.
+
+The runner (:mod:`videobench.generate`) owns files; a generator owns pixels: ``generate(case, seed)`` returns
+``(T, H, W, 3)`` uint8 frames, or a :class:`GenerationOutput` that adds an intermediate image and diagnostics.
+A generator that first makes an image per case and then animates it implements :class:`ImageFirstGenerator`,
+so the runner can do every image first and release that model before the video model loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 from videobench.cases import Case
+from videobench.options import NoOptions, OptionError, describe_options, options_to_dict, parse_options
+from videobench.plugins import METHODS_GROUP, load_plugins
+from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec
+
+#: What a method is, for the leaderboard: our model, an image model + image-to-video, a video model, or a
+#: weight-free reference (calibration) row.
+KINDS = ("ours", "two-stage", "video-model", "reference")
+#: The phases of an :class:`ImageFirstGenerator`.
+PHASES = ("image", "video")
+
+OptionsT = TypeVar("OptionsT")
 
 
 @dataclass
-class MethodConfig:
-    """Options from ``videobench generate`` handed to a method factory.
+class MethodContext:
+    """The generic settings of a run, handed to every method factory with its own options.
 
-    ``extra`` carries method-specific options (``--ablation``, ``--lora``, ...) so that the
-    registry stays method-agnostic.
+    ``num_frames``/``height``/``width``/``fps`` are the suite's geometry (or ``--frames``/``--height``/
+    ``--width``); ``weights`` maps each :class:`~videobench.weights.WeightSpec` key the method asked for to where
+    it was found (empty for random weights or presets that need none).
     """
 
     device: str = "cpu"
     dtype: str = "auto"
     preset: str | None = None
-    model: str | None = None
-    lora: str | None = None
-    ablation: str | None = None
     random_weights: bool = False
     num_frames: int | None = None
     height: int | None = None
     width: int | None = None
     fps: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
+    weights: Mapping[str, ResolvedWeights] = field(default_factory=dict)
+    weights_config: WeightsConfig = field(default_factory=WeightsConfig)
+
+    def weight_path(self, key: str) -> Path | None:
+        """The resolved file or folder of weight ``key``, or None when the method did not ask for it."""
+        resolved = self.weights.get(key)
+        return resolved.path if resolved is not None else None
+
+
+@dataclass
+class GenerationOutput:
+    """A generator's result for one case: the frames, and optionally an intermediate image and diagnostics.
+
+    ``image`` (e.g. a two-stage method's stage-1 picture) is written to ``images/<case_id>.png``;
+    ``diagnostics`` (numbers or short texts, e.g. ERAE's region coverage) go into the case's cases.jsonl record.
+    """
+
+    frames: np.ndarray
+    image: Image.Image | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -42,9 +95,9 @@ class Generator(Protocol):
     """What a method factory returns.
 
     Attributes:
-        run_name: the method folder name under RESULTS (includes ablation/preset when relevant).
+        run_name: the method folder name under RESULTS.
         fps: the frame rate the videos are written at.
-        random_weights: True when any component is random-initialized (stamped in every output).
+        random_weights: True when any component is random-initialised (stamped in every output).
     """
 
     run_name: str
@@ -54,50 +107,131 @@ class Generator(Protocol):
     def config(self) -> dict[str, Any]:
         """A JSON-serialisable description of everything that determines the output (run.json)."""
 
-    def generate(self, case: Case, seed: int) -> np.ndarray:
-        """Return the video of ``case`` as ``(T, H, W, 3)`` uint8 frames; same seed, same video."""
+    def generate(self, case: Case, seed: int) -> np.ndarray | GenerationOutput:
+        """The video of ``case`` as ``(T, H, W, 3)`` uint8 frames (or with extras); same seed, same video."""
 
 
-MethodFactory = Callable[[MethodConfig], Generator]
+@runtime_checkable
+class ImageFirstGenerator(Protocol):
+    """A generator that makes an intermediate image per case, then the video from that image.
+
+    The runner does the ``image`` phase for every case first (writing ``images/<case_id>.png``), calls
+    :meth:`end_image_phase` (the image model can go), then the ``video`` phase, handing each case its image back.
+    ``phases`` says which of the two this run does, so a small GPU can run them as two separate commands; a
+    resumed run redoes neither phase's finished work.
+    """
+
+    run_name: str
+    fps: int
+    random_weights: bool
+    phases: tuple[str, ...]
+
+    def config(self) -> dict[str, Any]: ...
+
+    def generate_image(self, case: Case, seed: int) -> Image.Image:
+        """The intermediate image of ``case``."""
+
+    def end_image_phase(self) -> None:
+        """Release the image model (called once, after the last image of the run)."""
+
+    def generate(self, case: Case, seed: int, image: Image.Image) -> np.ndarray | GenerationOutput:
+        """The video of ``case`` from its intermediate ``image``."""
+
+
+MethodFactory = Callable[[Any, MethodContext], Generator]
+WeightsFn = Callable[[Any, MethodContext], list[WeightSpec]]
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class PaperRef:
+    """The published row a run stands for: Table 1's method row, and Table 2's setting (ablations)."""
+
+    table1_row: str | None = None
+    table2_setting: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec(Generic[OptionsT]):
+    """A registered method: its name, description, options, metadata and factory."""
+
     name: str
-    factory: MethodFactory
     description: str
-    needs_weights: bool
+    kind: str
+    options: type
+    factory: MethodFactory
+    paper_row: str | Callable[[Any], str | None] | None = None
+    table2_setting: str | Callable[[Any], str | None] | None = None
+    weights: WeightsFn | None = None
+    presets: tuple[str, ...] = ()
+
+    def parse_options(self, raw: Mapping[str, Any] | None = None) -> Any:
+        """The options dataclass from ``raw`` (texts or typed values). ``OptionError`` names method and key."""
+        return parse_options(self.options, dict(raw or {}), owner=f"method {self.name}")
+
+    def paper(self, options: Any) -> PaperRef:
+        def pick(value: str | Callable[[Any], str | None] | None) -> str | None:
+            return value(options) if callable(value) else value
+
+        return PaperRef(pick(self.paper_row), pick(self.table2_setting))
+
+    def weight_specs(self, options: Any, context: MethodContext) -> list[WeightSpec]:
+        """The weights a run with ``options`` needs (none for presets/random weights where the method says so)."""
+        return list(self.weights(options, context)) if self.weights is not None else []
+
+    def check_preset(self, preset: str | None) -> None:
+        if preset is not None and preset not in self.presets:
+            accepted = ", ".join(self.presets) or "none"
+            raise OptionError(f"method {self.name}: unknown preset {preset!r}; its presets: {accepted}")
+
+    def metadata(self, options: Any) -> dict[str, Any]:
+        """What run.json records about the method: identity, kind, paper row and setting, resolved options."""
+        paper = self.paper(options)
+        return {
+            "method": self.name,
+            "description": self.description,
+            "kind": self.kind,
+            "paper_row": paper.table1_row,
+            "table2_setting": paper.table2_setting,
+            "options": options_to_dict(options),
+        }
+
+    def describe_options(self):
+        return describe_options(self.options)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, description: str, needs_weights: bool = True) -> Callable[[MethodFactory], MethodFactory]:
-    """Decorator registering ``factory`` under ``name``."""
+def register_method(
+    name: str,
+    *,
+    description: str,
+    kind: str,
+    options: type = NoOptions,
+    paper_row: str | Callable[[Any], str | None] | None = None,
+    table2_setting: str | Callable[[Any], str | None] | None = None,
+    weights: WeightsFn | None = None,
+    presets: tuple[str, ...] = (),
+) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator registering ``factory(options, context) -> Generator`` under ``name`` (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"method {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"method {name!r}: options must be a dataclass type, got {options!r}")
 
     def decorator(factory: MethodFactory) -> MethodFactory:
-        if name in _REGISTRY:
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(name, factory, description, needs_weights)
+        _REGISTRY[name] = MethodSpec(name, description, kind, options, factory, paper_row, table2_setting, weights,
+                                     tuple(presets))
         return factory
 
     return decorator
 
 
-def _load_builtin_methods() -> None:
-    # Importing the modules registers their methods; imports are light (models load in factories).
-    import videobench.calibration  # noqa: F401
-
-    for module in ("customvideox.method", "baselines.methods"):
-        try:
-            __import__(module)
-        except ModuleNotFoundError as error:  # the module is not written yet / optional
-            if error.name != module:
-                raise
-
-
 def available_methods() -> dict[str, MethodSpec]:
-    _load_builtin_methods()
+    """Every registered method (built-in and entry points), by name."""
+    load_plugins(METHODS_GROUP)
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -108,8 +242,18 @@ def get_method(name: str) -> MethodSpec:
     return methods[name]
 
 
-def build_generator(name: str, config: MethodConfig) -> Generator:
-    return get_method(name).factory(config)
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def resolve_torch_dtype(dtype: str, device: str):
+    """``--dtype`` as a torch dtype: ``auto`` is bf16 on CUDA (the video models' dtype) and fp32 elsewhere."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose auto, fp32, fp16 or bf16")
+    return getattr(torch, _TORCH_DTYPES[dtype])
 
 
 def validate_frames(frames: np.ndarray, case: Case) -> np.ndarray:
@@ -122,3 +266,10 @@ def validate_frames(frames: np.ndarray, case: Case) -> np.ndarray:
     if frames.shape[0] < 1:
         raise ValueError(f"case {case.case_id}: generator returned no frames")
     return np.ascontiguousarray(frames)
+
+
+def as_output(result: np.ndarray | GenerationOutput, case: Case) -> GenerationOutput:
+    """A generator's return value as a checked :class:`GenerationOutput`."""
+    output = result if isinstance(result, GenerationOutput) else GenerationOutput(np.asarray(result))
+    output.frames = validate_frames(output.frames, case)
+    return output

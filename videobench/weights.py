@@ -1,32 +1,20 @@
 """Where every pretrained file comes from, and loading it safely.
 
-Each metric family needs one model file. It resolves, in this order, from:
+Every plugin (a metric family, a method) says what it needs as :class:`WeightSpec` objects: one file (a
+checkpoint) or one folder (a diffusers / transformers model folder). Each resolves, in this order, from:
 
-1. an explicit file (``--clip-weights``, ``--dino-weights``, ``--raft-weights``);
-2. the weights folder (``--weights-dir`` / ``VIDEOBENCH_WEIGHTS``, default ``~/.cache/videobench/weights``),
-   holding a file with one of the expected names below;
-3. the Hugging Face cache (``hf_hub_download(..., local_files_only=True)``) and the torch hub cache
-   (``torch.hub.get_dir()/checkpoints``), i.e. files that open_clip / timm / torchvision downloaded before;
+1. an explicit path given by the user (the spec's ``explicit``: ``-M dino.weights=FILE``, ``-o model=PATH``); a
+   value of the form ``owner/name`` that is not a path is read as a Hugging Face hub id;
+2. the weights folder (``--weights-dir`` / ``$VIDEOBENCH_WEIGHTS``, default ``~/.cache/videobench/weights``),
+   holding a file or folder with one of the spec's names;
+3. the Hugging Face cache (``local_files_only=True``) and the torch hub cache (``torch.hub.get_dir()/checkpoints``),
+   i.e. files that open_clip / timm / torchvision / diffusers downloaded before;
 4. the hubs themselves, only when downloading is enabled (``WeightsConfig(download=True)`` or
    ``VIDEOBENCH_DOWNLOAD=1``), for online users.
 
-Expected file names in the weights folder (the first is preferred; all formats load as they are):
-
-=========  ====================================  ==========================================================
-family     model                                 file names
-=========  ====================================  ==========================================================
-clip       open_clip ``ViT-B-32-quickgelu``      ``clip_vit_b32_openai.safetensors`` | ``.bin`` | ``.pt``
-           (OpenAI weights)                      (an open_clip or OpenAI *state dict*; open_clip's hub files
-                                                 ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin``
-                                                 renamed; not OpenAI's TorchScript archive)
-dino       DINO ViT-S/16                         ``dino_deitsmall16_pretrain.pth`` (the original release) |
-                                                 ``dino_vits16.safetensors`` (timm ``vit_small_patch16_224.dino``)
-dynamic    RAFT-large (raft-things)              ``raft_large_C_T_V1-22a6c225.pth`` (torchvision) |
-                                                 ``raft-things.pth`` (the original release, keys converted) |
-                                                 ``raft_large.safetensors``
-=========  ====================================  ==========================================================
-
-Another ``clip_model`` uses ``clip_<model>_<pretrained>.safetensors`` (lower case, ``-`` as ``_``).
+:func:`check_weights` resolves a list of specs and raises ONE :class:`MissingWeightsError` naming every missing
+model, its file names and where they go, before any model is built. ``videobench weights`` prints
+:func:`weights_table` for every registered metric and method.
 
 Loading goes through :func:`load_state_dict` only: safetensors, or ``torch.load(weights_only=True)``.
 """
@@ -35,33 +23,20 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mediaio.hashing import file_sha256
+from videobench.paths import cache_root
 
 #: The environment variable naming the weights folder.
 WEIGHTS_ENV = "VIDEOBENCH_WEIGHTS"
 #: Set to 1 to let missing weights be downloaded from the hubs.
 DOWNLOAD_ENV = "VIDEOBENCH_DOWNLOAD"
-
-DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
-DEFAULT_CLIP_PRETRAINED = "openai"
-
-#: The command-line flag that names each family's explicit file.
-FAMILY_FLAGS = {"clip": "--clip-weights", "dino": "--dino-weights", "dynamic": "--raft-weights"}
-
-_KNOWN_CLIP_STEMS = {
-    ("ViT-B-32-quickgelu", "openai"): "clip_vit_b32_openai",
-    ("ViT-B-32", "openai"): "clip_vit_b32_openai",
-}
-_DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
-_RAFT_URL = "https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -77,12 +52,11 @@ class WeightsLoadError(ValueError):
 
 
 def default_weights_dir() -> Path:
-    """``$VIDEOBENCH_WEIGHTS``, else ``$XDG_CACHE_HOME/videobench/weights`` (``~/.cache/...``)."""
+    """``$VIDEOBENCH_WEIGHTS``, else ``<cache root>/weights`` (``~/.cache/videobench/weights``)."""
     env = os.environ.get(WEIGHTS_ENV)
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "videobench" / "weights"
+    return cache_root() / "weights"
 
 
 def _env_flag(name: str) -> bool:
@@ -91,45 +65,58 @@ def _env_flag(name: str) -> bool:
 
 @dataclass(frozen=True)
 class WeightsConfig:
-    """Where the metric models come from (the ``--*-weights``, ``--weights-dir``, ``--clip-model`` options)."""
+    """Where to look for weights (``--weights-dir``) and whether missing ones may be downloaded (``--download``)."""
 
-    clip_weights: str | os.PathLike | None = None
-    dino_weights: str | os.PathLike | None = None
-    raft_weights: str | os.PathLike | None = None
     weights_dir: str | os.PathLike | None = None
-    clip_model: str = DEFAULT_CLIP_MODEL
-    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED
     download: bool = field(default_factory=lambda: _env_flag(DOWNLOAD_ENV))
 
     @property
     def resolved_weights_dir(self) -> Path:
         return Path(self.weights_dir).expanduser() if self.weights_dir else default_weights_dir()
 
-    def explicit(self, family: str) -> Path | None:
-        value = {"clip": self.clip_weights, "dino": self.dino_weights, "dynamic": self.raft_weights}[family]
-        return Path(value).expanduser() if value else None
-
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """What one family's model file is called and where the hubs keep it."""
+    """One model file or folder a plugin needs, and where it may be found.
 
-    family: str
-    model: str  # human-readable model name
-    file_names: tuple[str, ...]  # accepted names in the weights folder, preferred first
+    Attributes:
+        key: the plugin's name for it (``clip``, ``base``, ``adapter``); a factory receives the resolved paths
+            by key.
+        model: a human-readable model name (shown in messages and ``videobench weights``).
+        file_names: names accepted in the weights folder (files, or folders when ``folder``), preferred first.
+        folder: a model folder (diffusers/transformers layout) rather than one file.
+        layout: entries a folder must hold (``model_index.json``, ``unet/``: a trailing ``/`` is a subfolder).
+        hf_repo: the Hugging Face repository holding it (files or a whole snapshot).
+        hf_files: for a file, the candidate files in ``hf_repo`` (paths inside the repository); for a folder,
+            ``allow_patterns`` of the snapshot (empty: the whole repository).
+        url: a direct download for a file, cached in torch hub's checkpoints folder.
+        url_hash_prefix: torch hub's hash prefix check of that download.
+        explicit: a path (or hub id) the user gave for it; it wins over every other source.
+        option: how the user gives that path (``-M dino.weights=FILE``), for messages.
+        formats: the accepted formats, for messages (``safetensors or .pth``).
+    """
+
+    key: str
+    model: str
+    file_names: tuple[str, ...] = ()
+    folder: bool = False
+    layout: tuple[str, ...] = ()
     hf_repo: str | None = None
     hf_files: tuple[str, ...] = ()
-    url: str | None = None  # a direct download, cached in torch hub's checkpoints folder
+    url: str | None = None
     url_hash_prefix: str | None = None
+    explicit: str | os.PathLike | None = None
+    option: str = ""
+    formats: str = ""
 
-    @property
-    def flag(self) -> str:
-        return FAMILY_FLAGS[self.family]
+    def with_explicit(self, value: str | os.PathLike | None) -> WeightSpec:
+        """The same spec with the user's path (``None`` keeps it unset)."""
+        return replace(self, explicit=value) if value not in (None, "") else self
 
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """The outcome of resolving one family: a file and where it was found, or ``source == "missing"``."""
+    """The outcome of resolving one spec: a file/folder and where it was found, or ``source == "missing"``."""
 
     spec: WeightSpec
     path: Path | None
@@ -141,64 +128,22 @@ class ResolvedWeights:
         return self.path is not None
 
     def sha256(self) -> str | None:
-        return file_sha256(self.path) if self.path is not None else None
+        """The file's sha256 (folders have none)."""
+        return file_sha256(self.path) if self.path is not None and self.path.is_file() else None
 
 
-def clip_file_stem(model: str, pretrained: str) -> str:
-    """The weights-folder file stem for an open_clip model + pretrained tag."""
-    known = _KNOWN_CLIP_STEMS.get((model, pretrained))
-    if known:
-        return known
-    return "clip_" + re.sub(r"[^a-z0-9]+", "_", f"{model}_{pretrained}".lower()).strip("_")
+def _missing_layout(folder: Path, layout: Sequence[str]) -> list[str]:
+    return [entry for entry in layout
+            if not ((folder / entry.rstrip("/")).is_dir() if entry.endswith("/") else (folder / entry).is_file())]
 
 
-def _clip_hf_repo(model: str, pretrained: str) -> str | None:
-    try:
-        import open_clip
-
-        cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
-    except Exception:  # unknown model names have no hub entry
-        return None
-    hub = cfg.get("hf_hub") or ""
-    repo = hub.rstrip("/")
-    if not repo:
-        return None
-    # "org/name/" is a repo with open_clip's default file names; "org/name/file" names one file.
-    return repo if hub.endswith("/") or repo.count("/") == 1 else os.path.dirname(repo)
+def _looks_like_hub_id(value: str) -> bool:
+    parts = value.split("/")
+    return (len(parts) == 2 and all(parts) and not value.startswith((".", "~", "/"))
+            and not Path(value).expanduser().exists())
 
 
-def weight_spec(family: str, config: WeightsConfig) -> WeightSpec:
-    """The :class:`WeightSpec` for ``family`` (``clip``, ``dino`` or ``dynamic``)."""
-    if family == "clip":
-        stem = clip_file_stem(config.clip_model, config.clip_pretrained)
-        return WeightSpec(
-            family="clip",
-            model=f"CLIP {config.clip_model} ({config.clip_pretrained}), open_clip",
-            file_names=(f"{stem}.safetensors", f"{stem}.bin", f"{stem}.pt"),
-            hf_repo=_clip_hf_repo(config.clip_model, config.clip_pretrained),
-            hf_files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
-        )
-    if family == "dino":
-        return WeightSpec(
-            family="dino",
-            model="DINO ViT-S/16 (timm vit_small_patch16_224)",
-            file_names=("dino_deitsmall16_pretrain.pth", "dino_vits16.safetensors"),
-            hf_repo="timm/vit_small_patch16_224.dino",
-            hf_files=("model.safetensors", "pytorch_model.bin"),
-            url=_DINO_URL,
-        )
-    if family == "dynamic":
-        return WeightSpec(
-            family="dynamic",
-            model="RAFT-large raft-things (torchvision raft_large C_T_V1)",
-            file_names=("raft_large_C_T_V1-22a6c225.pth", "raft-things.pth", "raft_large.safetensors"),
-            url=_RAFT_URL,
-            url_hash_prefix="22a6c225",
-        )
-    raise ValueError(f"unknown metric family {family!r}; expected one of {sorted(FAMILY_FLAGS)}")
-
-
-def _hf_cached(repo: str, filename: str) -> Path | None:
+def _hf_cached_file(repo: str, filename: str) -> Path | None:
     try:
         from huggingface_hub import hf_hub_download
 
@@ -207,22 +152,36 @@ def _hf_cached(repo: str, filename: str) -> Path | None:
         return None
 
 
+def _hf_cached_folder(repo: str, patterns: Sequence[str]) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, local_files_only=True, allow_patterns=list(patterns) or None))
+    except Exception:  # not in the cache
+        return None
+
+
 def _torch_hub_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def _download(spec: WeightSpec) -> tuple[Path | None, str]:
+def _download(spec: WeightSpec, repo: str | None) -> tuple[Path | None, str]:
     """Fetch ``spec`` from its hub into the standard caches; ``(None, reason)`` when that fails."""
     errors = []
-    if spec.hf_repo:
-        from huggingface_hub import hf_hub_download
+    if repo:
+        from huggingface_hub import hf_hub_download, snapshot_download
 
-        for filename in spec.hf_files:
+        if spec.folder:
             try:
-                return Path(hf_hub_download(spec.hf_repo, filename)), ""
+                return Path(snapshot_download(repo, allow_patterns=list(spec.hf_files) or None)), ""
+            except Exception as error:
+                errors.append(f"{repo}: {type(error).__name__}")
+        for filename in () if spec.folder else spec.hf_files:
+            try:
+                return Path(hf_hub_download(repo, filename)), ""
             except Exception as error:  # try the next file name / source
-                errors.append(f"{spec.hf_repo}/{filename}: {type(error).__name__}")
-    if spec.url:
+                errors.append(f"{repo}/{filename}: {type(error).__name__}")
+    if spec.url and not spec.folder:
         target = _torch_hub_file(spec.url)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,85 +189,143 @@ def _download(spec: WeightSpec) -> tuple[Path | None, str]:
             return target, ""
         except Exception as error:
             errors.append(f"{spec.url}: {type(error).__name__}: {error}")
-    return None, "; ".join(errors)
+    return None, "; ".join(errors) or "no online source is known"
 
 
-def resolve_weights(family: str, config: WeightsConfig) -> ResolvedWeights:
-    """Find ``family``'s weight file (see the module docstring for the order); never raises for a missing file."""
-    spec = weight_spec(family, config)
-    explicit = config.explicit(family)
-    if explicit is not None:
-        if explicit.is_file():
-            return ResolvedWeights(spec, explicit, "explicit")
-        return ResolvedWeights(spec, None, "missing", note=f"{spec.flag} {explicit} does not exist")
-    folder = config.resolved_weights_dir
-    for name in spec.file_names:
-        if (folder / name).is_file():
-            return ResolvedWeights(spec, folder / name, "weights_dir")
-    if spec.hf_repo:
-        for filename in spec.hf_files:
-            cached = _hf_cached(spec.hf_repo, filename)
-            if cached is not None:
-                return ResolvedWeights(spec, cached, "hf_cache")
-    if spec.url and _torch_hub_file(spec.url).is_file():
+def _checked(spec: WeightSpec, path: Path, source: str) -> ResolvedWeights:
+    """A found folder must hold its layout; a missing entry makes it missing, saying which."""
+    if spec.folder:
+        if not path.is_dir():
+            return ResolvedWeights(spec, None, "missing", note=f"{path} is not a folder")
+        lacking = _missing_layout(path, spec.layout)
+        if lacking:
+            return ResolvedWeights(spec, None, "missing", note=f"{path} lacks {', '.join(lacking)}")
+    elif not path.is_file():
+        return ResolvedWeights(spec, None, "missing", note=f"{path} is not a file")
+    return ResolvedWeights(spec, path, source)
+
+
+def _from_hub(spec: WeightSpec, repo: str) -> Path | None:
+    if spec.folder:
+        return _hf_cached_folder(repo, spec.hf_files)
+    for filename in spec.hf_files:
+        cached = _hf_cached_file(repo, filename)
+        if cached is not None:
+            return cached
+    return None
+
+
+def resolve_weights(spec: WeightSpec, config: WeightsConfig | None = None) -> ResolvedWeights:
+    """Find ``spec``'s file or folder (see the module docstring for the order); never raises for a missing one."""
+    config = config or WeightsConfig()
+    repo = spec.hf_repo
+    if spec.explicit not in (None, ""):
+        explicit = str(spec.explicit)
+        if not _looks_like_hub_id(explicit):
+            path = Path(explicit).expanduser()
+            if path.exists():
+                return _checked(spec, path, "explicit")
+            return ResolvedWeights(spec, None, "missing", note=f"{spec.option or 'the path'} {path} does not exist")
+        repo = explicit  # a hub id given by the user replaces the default repository
+    else:
+        folder = config.resolved_weights_dir
+        for name in spec.file_names:
+            candidate = folder / name
+            if candidate.is_dir() if spec.folder else candidate.is_file():
+                return _checked(spec, candidate, "weights_dir")
+    if repo:
+        cached = _from_hub(spec, repo)
+        if cached is not None:
+            return _checked(spec, cached, "hf_cache")
+    if spec.url and not spec.folder and _torch_hub_file(spec.url).is_file():
         return ResolvedWeights(spec, _torch_hub_file(spec.url), "torch_hub_cache")
-    if config.download:
-        path, reason = _download(spec)
+    if config.download and (repo or spec.url):
+        path, reason = _download(spec, repo)
         if path is not None:
-            return ResolvedWeights(spec, path, "downloaded")
+            return _checked(spec, path, "downloaded")
         return ResolvedWeights(spec, None, "missing", note=f"download failed: {reason}")
-    return ResolvedWeights(spec, None, "missing")
+    note = f"{repo} is not in the Hugging Face cache" if spec.explicit and repo == str(spec.explicit) else ""
+    return ResolvedWeights(spec, None, "missing", note=note)
 
 
-def _where_to_put(resolved: ResolvedWeights, config: WeightsConfig) -> str:
+def _where_to_put(resolved: ResolvedWeights, config: WeightsConfig, owner: str = "") -> str:
     spec = resolved.spec
-    names = " or ".join(spec.file_names)
-    lines = [
-        f"  - {spec.model} [{spec.family}]" + (f": {resolved.note}" if resolved.note else ""),
-        f"      put {names} in {config.resolved_weights_dir} (--weights-dir / ${WEIGHTS_ENV}),",
-        f"      or pass {spec.flag} FILE",
-    ]
+    what = "folder" if spec.folder else "file"
+    names = " or ".join(spec.file_names) if spec.file_names else "(no local name)"
+    label = f"{spec.model} [{owner + ': ' if owner else ''}{spec.key}]"
+    lines = [f"  - {label}" + (f": {resolved.note}" if resolved.note else "")]
+    if spec.file_names:
+        lines.append(f"      put the {what} {names} in {config.resolved_weights_dir} (--weights-dir / ${WEIGHTS_ENV})"
+                     + (f", or pass {spec.option}" if spec.option else ""))
+    elif spec.option:
+        lines.append(f"      pass {spec.option}")
+    if spec.folder and spec.layout:
+        lines.append(f"      (a folder holding {', '.join(spec.layout)})")
+    elif spec.formats:
+        lines.append(f"      (format: {spec.formats})")
     online = []
     if spec.hf_repo:
-        online.append(f"huggingface.co/{spec.hf_repo}")
+        online.append(f"huggingface.co/{spec.hf_repo}" + (f" ({', '.join(spec.hf_files)})" if spec.hf_files else ""))
     if spec.url:
         online.append(spec.url)
     if online:
-        lines[-1] += f"; online: {' or '.join(online)} (--download / {DOWNLOAD_ENV}=1 fetches it)"
+        lines.append(f"      online: {' or '.join(online)} (--download / {DOWNLOAD_ENV}=1 fetches it into the cache)")
     return "\n".join(lines)
 
 
-def check_weights(families: Iterable[str], config: WeightsConfig) -> None:
-    """Fail before any work when a needed model file is missing.
+OwnedSpec = tuple[str, WeightSpec]
+
+
+def check_weights(specs: Iterable[WeightSpec | OwnedSpec], config: WeightsConfig | None = None,
+                  ) -> dict[str, ResolvedWeights]:
+    """Resolve every spec; ``key -> ResolvedWeights`` when all are found.
+
+    ``specs`` holds :class:`WeightSpec` objects or ``(owner, spec)`` pairs (the owner, a plugin name, is shown in
+    the message and keys the result as ``owner:key``).
 
     Raises:
-        MissingWeightsError: listing EVERY missing model, its expected file names and where to put them.
+        MissingWeightsError: listing EVERY missing model, its expected names and where to put them.
     """
-    missing = [r for r in (resolve_weights(f, config) for f in dict.fromkeys(families)) if not r.found]
+    config = config or WeightsConfig()
+    found: dict[str, ResolvedWeights] = {}
+    missing: list[tuple[str, ResolvedWeights]] = []
+    for item in specs:
+        owner, spec = item if isinstance(item, tuple) else ("", item)
+        resolved = resolve_weights(spec, config)
+        key = f"{owner}:{spec.key}" if owner else spec.key
+        if resolved.found:
+            found[key] = resolved
+        else:
+            missing.append((owner, resolved))
     if missing:
-        body = "\n".join(_where_to_put(r, config) for r in missing)
+        body = "\n".join(_where_to_put(resolved, config, owner) for owner, resolved in missing)
         raise MissingWeightsError(
             f"missing model weights for {len(missing)} model(s):\n{body}\n"
-            "(or pass --random-weights for a smoke run with random-initialised models; its scores are meaningless)",
-            missing,
+            "(or pass --random-weights for a smoke run with random-initialised models; its outputs are meaningless)",
+            [resolved for _, resolved in missing],
         )
+    return found
 
 
-def weights_table(config: WeightsConfig, families: Sequence[str] = ("clip", "dino", "dynamic")) -> list[dict[str, Any]]:
-    """One row per model for ``videobench weights``: model, family, file, found (where), path, sha256."""
+def weights_table(specs: Iterable[WeightSpec | OwnedSpec], config: WeightsConfig | None = None
+                  ) -> list[dict[str, Any]]:
+    """One row per spec for ``videobench weights``: owner, key, model, file, found (where), path, sha256."""
+    config = config or WeightsConfig()
     rows = []
-    for family in families:
-        resolved = resolve_weights(family, config)
-        rows.append(
-            {
-                "model": resolved.spec.model,
-                "family": family,
-                "file": resolved.path.name if resolved.path else " | ".join(resolved.spec.file_names),
-                "found": resolved.source,
-                "path": str(resolved.path) if resolved.path else str(config.resolved_weights_dir),
-                "sha256": resolved.sha256() or "",
-            }
-        )
+    for item in specs:
+        owner, spec = item if isinstance(item, tuple) else ("", item)
+        resolved = resolve_weights(spec, config)
+        rows.append({
+            "owner": owner,
+            "key": spec.key,
+            "model": spec.model,
+            "file": resolved.path.name if resolved.path else " | ".join(spec.file_names) or "-",
+            "found": resolved.source,
+            "path": str(resolved.path) if resolved.path else str(config.resolved_weights_dir),
+            "online": f"huggingface.co/{spec.hf_repo}" if spec.hf_repo else (spec.url or ""),
+            "sha256": resolved.sha256() or "",
+            "note": resolved.note,
+        })
     return rows
 
 

@@ -1,0 +1,53 @@
+"""``reference+i2v``: CogVideoX-5B-I2V animating the reference image itself (no stage 1).
+
+The control row of the two-stage baselines: what image-to-video alone does with the subject's photo. The gap
+between it and ``<method>+i2v`` is what that method's stage 1 (putting the subject into the prompt's scene)
+contributes. The reference is fitted inside the canvas with white padding by default (``-o canvas=contain``):
+reference photos are object shots that a centre crop would cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from PIL import Image
+
+from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.methods import MethodContext
+from videobench.options import option
+from videobench.weights import WeightSpec
+
+
+@dataclass(frozen=True)
+class ReferenceI2VOptions(TwoStageOptions):
+    canvas: Literal["cover", "contain"] = option(
+        "contain", "the reference on the video canvas: contain (white padding) or cover (scale + centre crop)")
+
+
+class ReferenceImage:
+    """Stage 1 that returns the case's first reference image unchanged."""
+
+    random_weights = False
+
+    def config(self) -> dict[str, Any]:
+        return {"stage1": "the first reference image"}
+
+    def personalize(self, references: Sequence[Image.Image], prompt: str, entity: str, seed: int) -> Image.Image:
+        return references[0]
+
+
+def _build(options: ReferenceI2VOptions, context: MethodContext) -> ReferenceImage:
+    return ReferenceImage()
+
+
+def _no_weights(options: ReferenceI2VOptions, context: MethodContext) -> list[WeightSpec]:
+    return []
+
+
+register_two_stage(
+    "reference+i2v",
+    description="CogVideoX-5B-I2V on the reference image itself (shows what a stage-1 model contributes)",
+    options=ReferenceI2VOptions, build_stage1=_build, stage1_weights=_no_weights,
+)

@@ -1,0 +1,298 @@
+"""Two-stage baselines of the paper's Table 1: an image personalisation model, then CogVideoX-5B-I2V.
+
+Stage 1 (:class:`ImagePersonalizer`) makes one image of the case's subject for the prompt from the reference
+image(s); stage 2 (:class:`CogVideoXI2V`, diffusers' ``CogVideoXImageToVideoPipeline`` on CogVideoX-5B-I2V: 49
+frames, 480x720, 50 steps, guidance 6) animates that image with the same prompt.
+
+A stage-1 method registers with :func:`register_two_stage`, giving its options dataclass (a subclass of
+:class:`TwoStageOptions`), a builder of its personaliser, and its weight specs. The generator is an
+:class:`~videobench.methods.ImageFirstGenerator`: the runner makes every stage-1 image first (kept as
+``RESULTS/<method>/images/<case_id>.png``), releases the stage-1 model, then loads CogVideoX-5B-I2V once for all
+videos, so two large models are never resident at once. ``-o stage=1`` / ``-o stage=2`` run the stages as separate
+commands (a small GPU, or stage 1 on another machine); ``stage`` is not part of the run's identity, so both
+commands write into the same method folder.
+
+The stage-1 image is put on the video canvas before stage 2: ``-o canvas=cover`` (default: scaled to cover
+480x720, centre-cropped; personalisation models draw whole scenes) or ``contain`` (fitted inside, white padding).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mediaio.images import fit_to_canvas, load_reference_image
+from videobench.cases import Case
+from videobench.methods import MethodContext, register_method, resolve_torch_dtype
+from videobench.options import option
+from videobench.weights import WeightSpec
+
+logger = logging.getLogger(__name__)
+
+COGVIDEOX_5B_I2V = "THUDM/CogVideoX-5b-I2V"
+#: The diffusers folder layout of CogVideoX-5B-I2V.
+I2V_LAYOUT = ("model_index.json", "transformer/", "vae/", "text_encoder/", "tokenizer/", "scheduler/")
+I2V_WEIGHT_KEY = "i2v"
+
+
+@runtime_checkable
+class ImagePersonalizer(Protocol):
+    """Stage 1: an image of the reference subject, as the prompt describes it.
+
+    ``personalize`` is deterministic for a given ``seed`` (its noise comes from a CPU ``torch.Generator``).
+    ``random_weights`` says that a component is random-initialised (tiny presets); ``config()`` names every
+    setting that changes the image (model, variant, scale, steps, guidance, resolution).
+    """
+
+    random_weights: bool
+
+    def config(self) -> dict[str, Any]: ...
+
+    def personalize(self, references: Sequence[Image.Image], prompt: str, entity: str, seed: int) -> Image.Image:
+        """One RGB image of the subject of ``references`` (8-bit RGB, upright) for ``prompt``."""
+
+
+@dataclass(frozen=True)
+class TwoStageOptions:
+    """Options every two-stage method has: stage 2 (CogVideoX-5B-I2V) and the run's stages."""
+
+    stage: Literal["1", "2", "both"] = option(
+        "both", "which stages this run does: 1 (images only), 2 (videos from the kept images) or both")
+    i2v_model: str | None = option(
+        None, f"CogVideoX-5B-I2V: a diffusers folder or hub id (default {COGVIDEOX_5B_I2V} from the HF cache)")
+    i2v_steps: int = option(50, "stage-2 denoising steps (paper: 50)", minimum=1)
+    i2v_guidance: float = option(6.0, "stage-2 classifier-free guidance (CogVideoX: 6)", minimum=0.0)
+    i2v_dynamic_cfg: bool = option(True, "CogVideoX's dynamic CFG schedule, as in diffusers' CogVideoX-5B-I2V example")
+    canvas: Literal["cover", "contain"] = option(
+        "cover", "the stage-1 image on the video canvas: cover (scale + centre crop) or contain (white padding)")
+    offload: bool = option(False, "enable_model_cpu_offload for stage 2 (GPUs with little memory)")
+
+
+# ------------------------------------------------------------------------------------------------ stage 2
+
+
+def image_on_canvas(image: Image.Image, height: int, width: int, mode: str) -> Image.Image:
+    """``image`` as a ``height x width`` picture: scaled to cover and centre-cropped, or fitted with white padding."""
+    if mode == "contain":
+        return fit_to_canvas(image, height, width)
+    if mode != "cover":
+        raise ValueError(f"canvas mode {mode!r}: cover or contain")
+    rgb = image.convert("RGB")
+    scale = max(width / rgb.width, height / rgb.height)
+    size = (max(width, round(rgb.width * scale)), max(height, round(rgb.height * scale)))
+    resized = rgb.resize(size, Image.Resampling.BICUBIC) if size != rgb.size else rgb
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def i2v_weight_spec(options: TwoStageOptions) -> WeightSpec:
+    return WeightSpec(
+        key=I2V_WEIGHT_KEY, model="CogVideoX-5B-I2V (diffusers)", folder=True, file_names=("CogVideoX-5b-I2V",),
+        layout=I2V_LAYOUT, hf_repo=COGVIDEOX_5B_I2V, explicit=options.i2v_model,
+        option="-o i2v_model=FOLDER|HUB_ID",
+    )
+
+
+def build_tiny_i2v_pipeline(seed: int = 0):
+    """A random-initialised ``CogVideoXImageToVideoPipeline`` at toy size (9 frames of 128x192, CPU-friendly).
+
+    The structure of CogVideoX-5B-I2V (image latents concatenated to the noise: twice the latent channels in,
+    learned positional embeddings, v-prediction DDIM) with the tiny preset's VAE, T5 and offline tokenizer.
+    """
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
+                           CogVideoXTransformer3DModel)
+    from transformers import T5Config, T5EncoderModel
+
+    from customvideox.presets import COGVIDEOX_5B_SCHEDULER, TINY_T5, TINY_TEXT_LENGTH, TINY_TRANSFORMER, TINY_VAE
+    from customvideox.tokenizer import build_tiny_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = build_tiny_tokenizer(model_max_length=TINY_TEXT_LENGTH)
+        text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TINY_T5)).eval()
+        vae = AutoencoderKLCogVideoX(**TINY_VAE).eval()
+        latent = TINY_VAE["latent_channels"]
+        transformer = CogVideoXTransformer3DModel(**{
+            **TINY_TRANSFORMER, "in_channels": 2 * latent, "out_channels": latent,
+            "use_learned_positional_embeddings": True,
+        }).eval()
+    scheduler = CogVideoXDDIMScheduler(**COGVIDEOX_5B_SCHEDULER)
+    return CogVideoXImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                                         transformer=transformer, scheduler=scheduler)
+
+
+TINY_TEXT_LENGTH = 32  # customvideox.presets.TINY_TEXT_LENGTH (kept in step by a test)
+#: Sampling defaults of the tiny stage 2 (the preset's transformer has learned positions for 9x128x192).
+TINY_I2V_CALL: dict[str, Any] = dict(num_frames=9, height=128, width=192, num_inference_steps=4,
+                                     max_sequence_length=TINY_TEXT_LENGTH)
+
+
+class CogVideoXI2V:
+    """Stage 2: CogVideoX-5B-I2V (or the tiny preset) through diffusers, loaded on first use."""
+
+    def __init__(self, options: TwoStageOptions, context: MethodContext) -> None:
+        self.options, self.context = options, context
+        self.tiny = context.preset == "tiny"
+        self.dtype = resolve_torch_dtype(context.dtype, context.device)
+        self._pipeline: Any = None
+        self.call = dict(TINY_I2V_CALL) if self.tiny else dict(num_frames=49, height=480, width=720,
+                                                                num_inference_steps=options.i2v_steps)
+        for key, value in (("num_frames", context.num_frames), ("height", context.height), ("width", context.width)):
+            if value and not self.tiny:
+                self.call[key] = value
+        if self.tiny:
+            self.call["num_inference_steps"] = min(options.i2v_steps, TINY_I2V_CALL["num_inference_steps"])
+
+    @property
+    def random_weights(self) -> bool:
+        return self.tiny
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "model": "tiny" if self.tiny else str(self.options.i2v_model or COGVIDEOX_5B_I2V),
+            "pipeline": "diffusers.CogVideoXImageToVideoPipeline", **self.call,
+            "guidance_scale": self.options.i2v_guidance, "use_dynamic_cfg": self.options.i2v_dynamic_cfg,
+            "canvas": self.options.canvas, "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    @property
+    def pipeline(self):
+        if self._pipeline is None:
+            self._pipeline = self._load()
+        return self._pipeline
+
+    def _load(self):
+        if self.tiny:
+            pipe = build_tiny_i2v_pipeline()
+            if self.dtype != torch.float32:
+                pipe = pipe.to(dtype=self.dtype)
+        else:
+            from diffusers import CogVideoXImageToVideoPipeline
+
+            folder = self.context.weight_path(I2V_WEIGHT_KEY)
+            if folder is None:
+                raise RuntimeError("CogVideoX-5B-I2V was not resolved (the harness resolves it before building)")
+            pipe = CogVideoXImageToVideoPipeline.from_pretrained(str(folder), torch_dtype=self.dtype)
+            pipe.vae.enable_tiling()
+        if self.options.offload and torch.device(self.context.device).type == "cuda":
+            pipe.enable_model_cpu_offload(device=self.context.device)
+        else:
+            pipe = pipe.to(self.context.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def animate(self, image: Image.Image, prompt: str, seed: int) -> np.ndarray:
+        """``(T, H, W, 3)`` uint8 frames of ``image`` (put on the canvas) animated as ``prompt`` says."""
+        canvas = image_on_canvas(image, self.call["height"], self.call["width"], self.options.canvas)
+        output = self.pipeline(
+            image=canvas, prompt=prompt, guidance_scale=self.options.i2v_guidance,
+            use_dynamic_cfg=self.options.i2v_dynamic_cfg, generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np", **self.call,
+        )
+        frames = np.asarray(output.frames[0], dtype=np.float32)
+        return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- the generator
+
+Stage1Builder = Callable[[Any, MethodContext], ImagePersonalizer]
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class TwoStageGenerator:
+    """An :class:`~videobench.methods.ImageFirstGenerator`: stage 1 for every case, then stage 2."""
+
+    def __init__(self, name: str, options: TwoStageOptions, context: MethodContext, build_stage1: Stage1Builder
+                 ) -> None:
+        self.name, self.options, self.context = name, options, context
+        self._build_stage1 = build_stage1
+        self._stage1: ImagePersonalizer | None = None
+        self.stage2 = CogVideoXI2V(options, context)
+        self.run_name = name + (f"-{context.preset}" if context.preset else "")
+        self.fps = context.fps
+        self.phases = {"1": ("image",), "2": ("video",), "both": ("image", "video")}[options.stage]
+
+    @property
+    def stage1(self) -> ImagePersonalizer:
+        if self._stage1 is None:
+            self._stage1 = self._build_stage1(self.options, self.context)
+        return self._stage1
+
+    @property
+    def random_weights(self) -> bool:
+        return self.context.preset is not None or self.stage2.random_weights
+
+    def config(self) -> dict[str, Any]:
+        """The run's identity: the options without ``stage`` (which stages a command runs changes no output)."""
+        options = {key: value for key, value in vars(self.options).items() if key != "stage"}
+        return {"method": self.name, "preset": self.context.preset, "options": _plain(options),
+                "stage2": self.stage2.config()}
+
+    def generate_image(self, case: Case, seed: int) -> Image.Image:
+        if not case.references:
+            raise ValueError(f"case {case.case_id}: no reference image")
+        references = [load_reference_image(path) for path in case.references]
+        image = self.stage1.personalize(references, case.prompt, case.entity, seed)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"stage 1 of {self.name} returned {type(image).__name__}, not a PIL image")
+        return image.convert("RGB")
+
+    def end_image_phase(self) -> None:
+        self._stage1 = None
+        release_memory()
+
+    def generate(self, case: Case, seed: int, image: Image.Image) -> np.ndarray:
+        return self.stage2.animate(image, case.prompt, seed)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def register_two_stage(
+    name: str,
+    *,
+    description: str,
+    options: type[TwoStageOptions],
+    build_stage1: Stage1Builder,
+    stage1_weights: Callable[[Any, MethodContext], list[WeightSpec]],
+    paper_row: str | None = None,
+    presets: tuple[str, ...] = ("tiny",),
+) -> None:
+    """Register ``name`` (``<stage-1 method>+i2v``) as a ``two-stage`` method.
+
+    ``build_stage1(options, context)`` builds the personaliser (called lazily, once, at the first image; with
+    ``context.preset == "tiny"`` it builds random tiny components). ``stage1_weights(options, context)`` lists its
+    files (none for the tiny preset). The weights a run needs follow ``stage``: stage 1's for ``1``, CogVideoX-5B-I2V
+    for ``2``, both for ``both``.
+    """
+    if not issubclass(options, TwoStageOptions):
+        raise TypeError(f"{name}: options must subclass TwoStageOptions")
+
+    def weights(opts: TwoStageOptions, context: MethodContext) -> list[WeightSpec]:
+        if context.preset is not None:
+            return []
+        specs = list(stage1_weights(opts, context)) if opts.stage in ("1", "both") else []
+        return specs + ([i2v_weight_spec(opts)] if opts.stage in ("2", "both") else [])
+
+    def factory(opts: TwoStageOptions, context: MethodContext) -> TwoStageGenerator:
+        return TwoStageGenerator(name, opts, context, build_stage1)
+
+    register_method(name, description=description, kind="two-stage", options=options, paper_row=paper_row,
+                    weights=weights, presets=presets)(factory)
