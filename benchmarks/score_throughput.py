@@ -138,7 +138,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
     metrics = build_metrics(COLUMNS, WeightsConfig(), device=args.device, dtype=args.dtype, random_weights=True,
-                            batch_size=args.batch_size, pair_batch_size=args.pair_batch)
+                            options={"clip": {"batch_size": args.batch_size}, "dino": {"batch_size": args.batch_size},
+                                     "dynamic": {"pair_batch_size": args.pair_batch}})
     frames = synthetic_video(args.frames, args.height, args.width)
     references = [Image.fromarray(synthetic_video(1, 512, 512, seed=s)[0]) for s in range(1, args.references + 1)]
     sample = MetricInput(frames, args.fps, references, PROMPT)

@@ -87,6 +87,7 @@ def data_build(videos_dir: Path, captions: Path, out: Path, video_column: str, c
         build_reference_extractor, build_entity_stage, build_quality_filter, check_models, load_captions,
     )
     from customvideox.curation.models import merge_missing
+    from customvideox.curation.quality import raft_weight_spec
     from customvideox.curation.pairs import CaptionTableError
     from videobench.weights import MissingWeightsError, WeightsConfig, check_weights
 
@@ -116,7 +117,7 @@ def data_build(videos_dir: Path, captions: Path, out: Path, video_column: str, c
         problems.append(error)
     if "quality" in chosen and not random_weights:
         try:
-            check_weights(["dynamic"], WeightsConfig(raft_weights=raft_weights, weights_dir=weights_dir))
+            check_weights([raft_weight_spec(raft_weights)], WeightsConfig(weights_dir=weights_dir))
         except MissingWeightsError as error:
             problems.append(error)
     if problems:

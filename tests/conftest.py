@@ -13,3 +13,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _private_score_cache(tmp_path_factory, monkeypatch):
+    """Each test scores into its own cache, never the user's (~/.cache/videobench/score_cache)."""
+    monkeypatch.setenv("VIDEOBENCH_SCORE_CACHE", str(tmp_path_factory.mktemp("score_cache")))

@@ -10,12 +10,23 @@ import PIL.Image
 import pytest
 
 from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
-from customvideox.weights import MODEL_LAYOUT, MissingWeightsError, check_model_folder, locate_base_model
-from videobench.cases import Case
+from customvideox.weights import MODEL_LAYOUT, check_model_folder, locate_base_model
 from mediaio.images import ImageError
-from videobench.methods import Generator, MethodConfig, get_method
+from videobench.cases import Case
+from videobench.generate import build_method
+from videobench.methods import Generator, MethodContext, get_method
+from videobench.options import OptionError
+from videobench.weights import MissingWeightsError, WeightsConfig
 
-TINY = dict(preset="tiny", num_frames=9, height=128, width=128)  # narrower than the smoke suite's 128x192: faster
+GEOMETRY = dict(num_frames=9, height=128, width=128)  # narrower than the smoke suite's 128x192: faster
+
+
+def build(preset: str | None = "tiny", random_weights: bool = False, weights_dir: Path | None = None, **options):
+    """The harness's path: options validated, weights resolved, factory called."""
+    context = MethodContext(preset=preset, random_weights=random_weights, **GEOMETRY,
+                            weights_config=WeightsConfig(weights_dir=weights_dir or "/nonexistent-weights"))
+    generator, _ = build_method(get_method("customvideox"), options, context)
+    return generator
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_generator():
-    return build_customvideox(MethodConfig(**TINY, extra={"steps": 4}))
+    return build(steps=4)
 
 
 def _case(reference: Path | str, prompt: str = "a dog on the beach", entity: str = "dog") -> Case:
@@ -39,9 +50,13 @@ def _case(reference: Path | str, prompt: str = "a dog on the beach", entity: str
                 references=(str(reference),))
 
 
-def test_registered():
+def test_registered_with_its_metadata():
     spec = get_method("customvideox")
-    assert spec.factory is build_customvideox and spec.needs_weights
+    assert spec.factory is build_customvideox and spec.kind == "ours" and spec.presets == ("tiny",)
+    assert spec.paper(spec.parse_options({})).table1_row == "CustomVideoX"
+    naive = spec.parse_options({"ablation": "naive"})
+    assert spec.paper(naive).table1_row is None and spec.paper(naive).table2_setting == "naive"
+    assert spec.metadata(naive)["options"]["ablation"] == "naive"
 
 
 def test_tiny_generator_contract_and_determinism(tiny_generator, reference_path):
@@ -50,25 +65,25 @@ def test_tiny_generator_contract_and_determinism(tiny_generator, reference_path)
     assert tiny_generator.fps == 8 and tiny_generator.random_weights is True
     config = tiny_generator.config()
     assert json.loads(json.dumps(config)) == config
-    assert config["random_weights"] is True and config["ablation"] == "3d-ra+tab+erae"
-    assert config["num_inference_steps"] == 4 and config["num_frames"] == 9 and config["reference_config"]["ablation"] == "3d-ra+tab+erae"
+    assert config["random_weights"] is True and config["reference_config"]["ablation"] == "3d-ra+tab+erae"
+    assert config["num_inference_steps"] == 4 and config["num_frames"] == 9
     case = _case(reference_path)
-    first = tiny_generator.generate(case, seed=7)
+    first = tiny_generator.generate(case, seed=7).frames
     assert first.shape == (9, 128, 128, 3) and first.dtype == np.uint8
-    np.testing.assert_array_equal(first, tiny_generator.generate(case, seed=7))
-    assert np.abs(first.astype(int) - tiny_generator.generate(case, seed=8).astype(int)).max() > 0
+    np.testing.assert_array_equal(first, tiny_generator.generate(case, seed=7).frames)
+    assert np.abs(first.astype(int) - tiny_generator.generate(case, seed=8).frames.astype(int)).max() > 0
 
 
 @pytest.mark.parametrize("mode", ["joint", "cached"])
 def test_compiled_generator_matches_eager(tiny_generator, reference_path, mode):
     """``compile``: the transformer runs through torch.compile (graph capture and AOT autograd with the
     ``aot_eager`` backend, which needs no C++ toolchain) and gives eager's video."""
-    eager = build_customvideox(MethodConfig(**TINY, extra={"steps": 2, "mode": mode}))
-    compiled = build_customvideox(MethodConfig(**TINY, extra={"steps": 2, "mode": mode, "compile": "aot_eager"}))
+    eager = build(steps=2, mode=mode)
+    compiled = build(steps=2, mode=mode, compile="true", compile_backend="aot_eager")
     assert compiled.config()["compile"] == "aot_eager" and eager.config()["compile"] is None
     assert compiled.pipeline.transformer._compiled_call_impl is not None
     case = _case(reference_path)
-    a, b = eager.generate(case, seed=3), compiled.generate(case, seed=3)
+    a, b = eager.generate(case, seed=3).frames, compiled.generate(case, seed=3).frames
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding of float-equal frames
 
 
@@ -91,29 +106,39 @@ def test_missing_reference_image_names_the_file(tiny_generator, tmp_path):
     ],
 )
 def test_factory_run_name_per_ablation(ablation, mode, expected):
-    extra = {"mode": mode} if mode else {}
-    generator = build_customvideox(MethodConfig(**TINY, ablation=ablation, extra=extra))
+    options = {key: value for key, value in (("ablation", ablation), ("mode", mode)) if value}
+    generator = build(**options)
     assert generator.run_name == expected
     assert generator.pipeline.reference_config.ablation == (ablation or "3d-ra+tab+erae")
-    assert generator.config()["mode"] == (mode or generator.pipeline.reference_config.mode)
+    assert generator.resolved_options.mode == (mode or "joint") == generator.pipeline.reference_config.mode
 
 
 def test_run_names_of_the_real_model():
-    assert run_name_for(None, "3d-ra+tab+erae", None, random_lora=False) == "customvideox"
-    assert run_name_for(None, "naive", None, random_lora=False) == "customvideox-naive"
-    assert run_name_for(None, "3d-ra+tab", None, random_lora=False) == "customvideox-3d-ra+tab"
-    assert run_name_for(None, "3d-ra+tab+erae", None, random_lora=True) == "customvideox-random"
+    assert run_name_for(None, "3d-ra+tab+erae", "joint", random_lora=False) == "customvideox"
+    assert run_name_for(None, "naive", "joint", random_lora=False) == "customvideox-naive"
+    assert run_name_for(None, "3d-ra+tab", "joint", random_lora=False) == "customvideox-3d-ra+tab"
+    assert run_name_for(None, "3d-ra+tab+erae", "joint", random_lora=True) == "customvideox-random"
 
 
-def test_bad_options_fail_before_any_work():
-    with pytest.raises(ValueError, match="--ablation 'full'"):
-        build_customvideox(MethodConfig(**TINY, ablation="full"))
-    with pytest.raises(ValueError, match="--mode"):
-        build_customvideox(MethodConfig(**TINY, extra={"mode": "fast"}))
-    with pytest.raises(ValueError, match="compile='nonsense'"):
-        build_customvideox(MethodConfig(**TINY, extra={"compile": "nonsense"}))
-    with pytest.raises(ValueError, match="--preset 'huge'"):
-        build_customvideox(MethodConfig(preset="huge"))
+@pytest.mark.parametrize("options, message", [
+    ({"ablation": "full"}, "method customvideox: option ablation='full': choose one of naive, 3d-ra, 3d-ra+tab, "
+                           "3d-ra+tab+erae"),
+    ({"mode": "fast"}, "option mode='fast': choose one of joint, cached"),
+    ({"steps": "many"}, "option steps='many': expected an integer"),
+    ({"steps": "0"}, "option steps='0': must be >= 1"),
+    ({"rope_shift": "1,2"}, "option rope_shift=1.0,2.0: give 3 numbers"),
+    ({"speed": "max"}, "unknown option(s) 'speed'; accepted: model, lora, ablation"),
+    ({"compile": "true", "compile_backend": "nonsense"}, "compile_backend='nonsense'"),
+])
+def test_bad_options_fail_before_any_work(options, message):
+    with pytest.raises(ValueError) as info:
+        build(**options)
+    assert message in str(info.value)
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(OptionError, match="unknown preset 'huge'; its presets: tiny"):
+        build(preset="huge")
 
 
 # ----------------------------------------------------------------------------------------- missing weights
@@ -138,16 +163,17 @@ def _fake_model_folder(root: Path) -> Path:
     return folder
 
 
-def test_no_model_and_empty_cache_names_model_layout_and_hub_id(empty_hf_cache):
+def test_no_model_and_empty_cache_names_model_layout_and_hub_id(empty_hf_cache, tmp_path):
     with pytest.raises(MissingWeightsError) as info:
-        build_customvideox(MethodConfig(lora=None))
+        build(preset=None, weights_dir=tmp_path / "weights")
     message = str(info.value)
     for expected in ("CogVideoX-5B", "THUDM/CogVideoX-5b", "model_index.json", "transformer/", "vae/",
-                     "text_encoder/", "tokenizer/", "scheduler/", str(empty_hf_cache), "--model", "--preset tiny"):
+                     "text_encoder/", "tokenizer/", "scheduler/", str(tmp_path / "weights"), "-o model=",
+                     "--preset tiny"):
         assert expected in message
-    assert "no CustomVideoX weights are published" in message  # both missing pieces in one message
+    assert "no weights are published" in message  # both missing pieces in one message
     with pytest.raises(MissingWeightsError) as info:
-        build_customvideox(MethodConfig(ablation="naive"))  # naive needs no LoRA: only the model is missing
+        build(preset=None, ablation="naive")  # naive needs no LoRA: only the model is missing
     assert "THUDM/CogVideoX-5b" in str(info.value) and "LoRA" not in str(info.value)
 
 
@@ -156,7 +182,7 @@ def test_incomplete_model_folder_lists_what_lacks(tmp_path):
     (folder / "transformer").mkdir(parents=True)
     (folder / "model_index.json").write_text("{}")
     with pytest.raises(MissingWeightsError, match=r"lacks vae/, text_encoder/, tokenizer/, scheduler/"):
-        build_customvideox(MethodConfig(model=str(folder)))
+        build(preset=None, model=str(folder), ablation="naive")
     with pytest.raises(MissingWeightsError, match="does not exist"):
         locate_base_model(tmp_path / "absent")
     assert check_model_folder(_fake_model_folder(tmp_path)) == tmp_path / "CogVideoX-5b"
@@ -165,18 +191,18 @@ def test_incomplete_model_folder_lists_what_lacks(tmp_path):
 def test_full_method_without_lora_fails_clearly(tmp_path):
     folder = _fake_model_folder(tmp_path)
     with pytest.raises(MissingWeightsError) as info:
-        build_customvideox(MethodConfig(model=str(folder)))
+        build(preset=None, model=str(folder))
     message = str(info.value)
-    assert "no CustomVideoX weights are published" in message
-    assert "customvideox train" in message and "--lora" in message and "--random-weights" in message
+    assert "no weights are published" in message and "model_index.json" not in message
+    assert "customvideox train" in message and "-o lora=" in message and "--random-weights" in message
 
 
 def test_missing_lora_file_is_named(tmp_path):
     folder = _fake_model_folder(tmp_path)
-    with pytest.raises(MissingWeightsError, match=r"--lora .*absent\.safetensors: no such file"):
-        build_customvideox(MethodConfig(model=str(folder), lora=str(tmp_path / "absent.safetensors")))
+    with pytest.raises(MissingWeightsError, match=r"-o lora=FILE.safetensors .*absent\.safetensors does not exist"):
+        build(preset=None, model=str(folder), lora=str(tmp_path / "absent.safetensors"))
     with pytest.raises(MissingWeightsError, match="absent.safetensors"):
-        build_customvideox(MethodConfig(**TINY, lora=str(tmp_path / "absent.safetensors")))
+        build(lora=str(tmp_path / "absent.safetensors"))
 
 
 def test_frames_to_uint8_rounds_and_clips():
@@ -194,7 +220,7 @@ def test_generate_run_records_failures_resumes_and_is_deterministic(tiny_generat
     good = _case(reference_path)
     bad = Case("dog-missing", "smoke", "dog", "a dog in the snow", "dog", (str(tmp_path / "missing.png"),))
     suite = Suite("smoke", "v1", "test", (good, bad), num_frames=9, height=128, width=128)
-    first = run_generation("customvideox", tiny_generator, suite, list(suite.cases), tmp_path / "a", seed=3,
+    first = run_generation(tiny_generator, suite, list(suite.cases), tmp_path / "a", seed=3,
                            progress=False)
     assert first.generated == ["dog-beach"] and list(first.failed) == ["dog-missing"]
     assert "missing.png" in first.failed["dog-missing"]
@@ -203,15 +229,15 @@ def test_generate_run_records_failures_resumes_and_is_deterministic(tiny_generat
     run = json.loads((first.method_dir / "run.json").read_text())
     assert run["run_name"] == "customvideox-tiny" and run["config"]["random_weights"] is True
 
-    again = run_generation("customvideox", tiny_generator, suite, list(suite.cases), tmp_path / "a", seed=3,
+    again = run_generation(tiny_generator, suite, list(suite.cases), tmp_path / "a", seed=3,
                            progress=False)
     assert again.skipped == ["dog-beach"] and list(again.failed) == ["dog-missing"]
     video = read_video(first.method_dir / "videos" / "dog-beach.mp4")
     assert video.frames.shape == (9, 128, 128, 3) and video.fps == 8
     # The file holds the seed's video, up to H.264 loss (large on random-weight noise textures): it is much
     # closer to a regeneration with the same seed than to one with another seed.
-    same = np.abs(video.frames.astype(int) - tiny_generator.generate(good, seed=3).astype(int)).mean()
-    other = np.abs(video.frames.astype(int) - tiny_generator.generate(good, seed=4).astype(int)).mean()
+    same = np.abs(video.frames.astype(int) - tiny_generator.generate(good, seed=3).frames.astype(int)).mean()
+    other = np.abs(video.frames.astype(int) - tiny_generator.generate(good, seed=4).frames.astype(int)).mean()
     assert same < 0.6 * other, (same, other)
 
 
@@ -225,15 +251,15 @@ def test_factory_loads_a_cogvideox_folder_and_a_lora(tiny_generator, reference_p
     plain = CogVideoXPipeline(**{**pipe.components, "transformer": CogVideoXTransformer3DModel(**TINY_TRANSFORMER)})
     plain.save_pretrained(tmp_path / "CogVideoX-5b")
     lora = pipe.save_reference_lora(tmp_path / "lora.safetensors")
-    common = dict(model=str(tmp_path / "CogVideoX-5b"), num_frames=9, height=128, width=128, extra={"steps": 2})
+    common = dict(preset=None, model=str(tmp_path / "CogVideoX-5b"), steps=2)
 
-    generator = build_customvideox(MethodConfig(lora=lora, ablation="3d-ra", **common))
+    generator = build(lora=lora, ablation="3d-ra", **common)
     assert generator.run_name == "customvideox-3d-ra" and generator.random_weights is False
     assert generator.config()["lora"] == lora and generator.pipeline.reference_config.ablation == "3d-ra"
-    frames = generator.generate(_case(reference_path), seed=0)
+    frames = generator.generate(_case(reference_path), seed=0).frames
     assert frames.shape == (9, 128, 128, 3) and frames.dtype == np.uint8
 
-    untrained = build_customvideox(MethodConfig(random_weights=True, **common))
+    untrained = build(random_weights=True, **common)
     assert untrained.run_name == "customvideox-random" and untrained.random_weights is True
 
 
@@ -244,13 +270,13 @@ def test_a_folder_saved_with_its_lora_needs_no_lora_flag(tiny_generator, referen
     pipe = tiny_generator.pipeline
     folder = tmp_path / "cvx"
     pipe.save_pretrained(folder)
-    common = dict(model=str(folder), num_frames=9, height=128, width=128, extra={"steps": 2})
-    generator = build_customvideox(MethodConfig(**common))
+    common = dict(preset=None, model=str(folder), steps=2)
+    generator = build(**common)
     assert generator.config()["lora"].endswith("transformer/pytorch_lora_weights.safetensors")
-    direct = build_customvideox(MethodConfig(lora=generator.config()["lora"], **common))
+    direct = build(lora=generator.config()["lora"], **common)
     case = _case(reference_path)
-    assert np.array_equal(generator.generate(case, seed=1), direct.generate(case, seed=1))
-    with pytest.raises(MissingWeightsError, match="needs its reference LoRA"):
+    assert np.array_equal(generator.generate(case, seed=1).frames, direct.generate(case, seed=1).frames)
+    with pytest.raises(MissingWeightsError, match="no weights are published"):
         (folder / "transformer" / "pytorch_lora_weights.safetensors").unlink()
-        build_customvideox(MethodConfig(**common))
+        build(**common)
     assert isinstance(CustomVideoXPipeline.from_pretrained(folder), CustomVideoXPipeline)

@@ -175,7 +175,7 @@ def test_original_raft_checkpoint_converts_and_round_trips(tmp_path, raft):
         assert torch.equal(raft_final_flow(loaded, image1, image2, 1), raft_final_flow(raft, image1, image2, 1))
     # the torchvision format (C_T_V1) loads too, through the weights folder
     torch.save(state, tmp_path / "raft_large_C_T_V1-22a6c225.pth")
-    metric = DynamicDegreeMetric.from_weights(WeightsConfig(weights_dir=tmp_path))
+    metric = DynamicDegreeMetric.create(weights=WeightsConfig(weights_dir=tmp_path))
     assert metric.config()["weights_sha256"] == file_sha256(tmp_path / "raft_large_C_T_V1-22a6c225.pth")
     assert all(torch.equal(metric.model.state_dict()[k], state[k]) for k in state)
 

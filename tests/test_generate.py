@@ -48,7 +48,7 @@ def make_suite(n: int = 4) -> Suite:
 
 def test_layout_and_records(tmp_path):
     suite = make_suite()
-    summary = run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path, seed=3, progress=False)
+    summary = run_generation(ColourGenerator(), suite, suite.cases, tmp_path, seed=3, progress=False)
     method_dir = tmp_path / "colour"
     assert summary.ok and summary.generated == [c.case_id for c in suite.cases]
     run = read_run_json(method_dir / "run.json")
@@ -67,7 +67,7 @@ def test_layout_and_records(tmp_path):
 
 def test_failure_is_recorded_and_others_run(tmp_path):
     suite = make_suite()
-    summary = run_generation("colour", ColourGenerator(fail={"s1-p0"}), suite, suite.cases, tmp_path, progress=False)
+    summary = run_generation(ColourGenerator(fail={"s1-p0"}), suite, suite.cases, tmp_path, progress=False)
     assert list(summary.failed) == ["s1-p0"] and "boom in s1-p0" in summary.failed["s1-p0"]
     records = {line.record["case_id"]: line.record for line in read_cases_jsonl(tmp_path / "colour" / "cases.jsonl")}
     assert records["s1-p0"]["status"] == "failed" and "RuntimeError: boom in s1-p0" == records["s1-p0"]["error"]
@@ -77,12 +77,12 @@ def test_failure_is_recorded_and_others_run(tmp_path):
 
 def test_resume_skips_valid_videos_and_redoes_broken_ones(tmp_path):
     suite = make_suite()
-    run_generation("colour", ColourGenerator(fail={"s1-p0"}), suite, suite.cases, tmp_path, progress=False)
+    run_generation(ColourGenerator(fail={"s1-p0"}), suite, suite.cases, tmp_path, progress=False)
     # Damage one good video: truncate it.
     broken = tmp_path / "colour" / "videos" / "s2-p0.mp4"
     broken.write_bytes(broken.read_bytes()[:100])
     generator = ColourGenerator()
-    summary = run_generation("colour", generator, suite, suite.cases, tmp_path, progress=False)
+    summary = run_generation(generator, suite, suite.cases, tmp_path, progress=False)
     assert sorted(generator.calls) == ["s1-p0", "s2-p0"]
     assert sorted(summary.skipped) == ["s0-p0", "s3-p0"] and summary.ok
     records = [line.record for line in read_cases_jsonl(tmp_path / "colour" / "cases.jsonl")]
@@ -91,23 +91,23 @@ def test_resume_skips_valid_videos_and_redoes_broken_ones(tmp_path):
 
 def test_same_seed_same_video_other_seed_differs(tmp_path):
     suite = make_suite(1)
-    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path / "a", seed=5, progress=False)
-    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path / "b", seed=5, progress=False)
-    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path / "c", seed=6, progress=False)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path / "a", seed=5, progress=False)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path / "b", seed=5, progress=False)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path / "c", seed=6, progress=False)
     a, b, c = (read_video(tmp_path / x / "colour/videos/s0-p0.mp4").frames for x in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_config_change_refuses_to_mix(tmp_path):
     suite = make_suite(2)
-    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
     with pytest.raises(RunConflictError, match="another configuration"):
-        run_generation("colour", ColourGenerator(steps=2), suite, suite.cases, tmp_path, progress=False)
+        run_generation(ColourGenerator(steps=2), suite, suite.cases, tmp_path, progress=False)
     other_suite = Suite("other", "v1", "", suite.cases)
     with pytest.raises(RunConflictError, match="holds suite toy"):
-        run_generation("colour", ColourGenerator(), other_suite, suite.cases, tmp_path, progress=False)
+        run_generation(ColourGenerator(), other_suite, suite.cases, tmp_path, progress=False)
     generator = ColourGenerator(steps=2)
-    run_generation("colour", generator, suite, suite.cases, tmp_path, overwrite=True, progress=False)
+    run_generation(generator, suite, suite.cases, tmp_path, overwrite=True, progress=False)
     assert len(generator.calls) == 2
 
 
@@ -116,7 +116,7 @@ def test_shards_cover_the_suite_once_and_merge(tmp_path):
     seen = []
     for index in range(2):
         generator = ColourGenerator()
-        run_generation("colour", generator, suite, suite.cases, tmp_path, shard=f"{index}/2", progress=False)
+        run_generation(generator, suite, suite.cases, tmp_path, shard=f"{index}/2", progress=False)
         seen += generator.calls
     assert sorted(seen) == sorted(c.case_id for c in suite.cases)
     records = [line.record["case_id"] for line in read_cases_jsonl(tmp_path / "colour" / "cases.jsonl")]
@@ -131,12 +131,12 @@ def test_parse_shard_rejects(bad):
 
 def test_malformed_cases_line_is_regenerated(tmp_path):
     suite = make_suite(2)
-    run_generation("colour", ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
     path = tmp_path / "colour" / "cases.jsonl"
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n{not json\n")
     generator = ColourGenerator()
-    run_generation("colour", generator, suite, suite.cases, tmp_path, progress=False)
+    run_generation(generator, suite, suite.cases, tmp_path, progress=False)
     assert generator.calls == ["s1-p0"]
     assert [json.loads(line)["case_id"] for line in path.read_text().splitlines()] == ["s0-p0", "s1-p0"]
 
@@ -147,5 +147,5 @@ def test_bad_frames_are_a_case_failure(tmp_path):
             return np.zeros((3, 32, 48), dtype=np.uint8)
 
     suite = make_suite(1)
-    summary = run_generation("colour", Bad(), suite, suite.cases, tmp_path, progress=False)
+    summary = run_generation(Bad(), suite, suite.cases, tmp_path, progress=False)
     assert "expected (T, H, W, 3)" in summary.failed["s0-p0"]

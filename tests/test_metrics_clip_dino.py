@@ -57,14 +57,14 @@ def _video(num_frames=4, height=96, width=144, seed=0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clip_metric() -> ClipMetric:
-    metric = ClipMetric.from_weights(WeightsConfig(clip_model=TINY_CLIP), random_weights=True, seed=3, batch_size=3)
+    metric = ClipMetric.create({"model": TINY_CLIP, "batch_size": 3}, random_weights=True, seed=3)
     assert isinstance(metric, Metric) and metric.random_weights
     return metric
 
 
 @pytest.fixture(scope="module")
 def dino_metric() -> DinoMetric:
-    return DinoMetric.from_weights(WeightsConfig(), random_weights=True, seed=3, model_kwargs=TINY_DINO, batch_size=3)
+    return DinoMetric.create({"model_kwargs": TINY_DINO, "batch_size": 3}, random_weights=True, seed=3)
 
 
 # --- preprocessing ------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_clip_loads_saved_weights_and_stamps_config(tmp_path, clip_metric):
         path = folder / f"{stem}{suffix}"
         state = {k: v.contiguous() for k, v in reference.state_dict().items()}
         save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
-        metric = ClipMetric.from_weights(WeightsConfig(weights_dir=folder, clip_model=TINY_CLIP))
+        metric = ClipMetric.create({"model": TINY_CLIP}, weights=WeightsConfig(weights_dir=folder))
         for name, tensor in reference.state_dict().items():
             assert torch.equal(metric.model.state_dict()[name], tensor), name
         config = metric.config()
@@ -161,7 +161,7 @@ def test_clip_loads_saved_weights_and_stamps_config(tmp_path, clip_metric):
     assert clip_metric.config()["weights_sha256"] == "random(seed=3)"
     (folder / f"{stem}.safetensors").write_bytes(b"garbage")
     with pytest.raises(WeightsLoadError, match=stem):
-        ClipMetric.from_weights(WeightsConfig(weights_dir=folder, clip_model=TINY_CLIP))
+        ClipMetric.create({"model": TINY_CLIP}, weights=WeightsConfig(weights_dir=folder))
 
 
 # --- DINO -----------------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_original_dino_checkpoint_loads_as_is(tmp_path):
         loaded = build_dino_model(path, seed=99)
         for name, tensor in state.items():
             assert torch.equal(loaded.state_dict()[name], tensor), (path.name, name)
-    config = DinoMetric.from_weights(WeightsConfig(dino_weights=original)).config()
+    config = DinoMetric.create({"weights": str(original)}).config()
     assert config["weights_sha256"] == file_sha256(original) and config["model"] == f"timm:{DINO_ARCH}"
     torch.save({"blocks.0.norm1.weight": torch.ones(384)}, tmp_path / "partial.pth")
     with pytest.raises(WeightsLoadError, match="partial.pth"):
@@ -213,9 +213,9 @@ def test_dino_i_equals_direct_pairwise_mean(dino_metric):
 
 
 def test_build_metrics_builds_each_family_once():
-    metrics = build_metrics(["t_cons", "clip_t", "clip_i", "dino_i"], WeightsConfig(clip_model=TINY_CLIP),
-                            random_weights=True, model_kwargs=TINY_DINO)
+    options = {"clip": {"model": TINY_CLIP}, "dino": {"model_kwargs": TINY_DINO}}
+    metrics = build_metrics(["t_cons", "clip_t", "clip_i", "dino_i"], random_weights=True, options=options)
     assert [m.family for m in metrics] == ["clip", "dino"]
     assert all(m.random_weights for m in metrics)
     with pytest.raises(ValueError, match="CUDA"):
-        build_metrics(["dino_i"], WeightsConfig(), random_weights=True, dtype="bf16", model_kwargs=TINY_DINO)
+        build_metrics(["dino_i"], random_weights=True, dtype="bf16", options=options)

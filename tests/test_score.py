@@ -18,7 +18,8 @@ from PIL import Image
 from videobench import results as layout
 from videobench.leaderboard import aggregate, bootstrap_ci
 from videobench.metrics.base import Metric, MetricInput
-from videobench.score import read_scores, score_results, select_columns
+from videobench.score import read_scores, score_results
+from videobench.scoring.compute import select_columns
 from mediaio.video import write_video
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
@@ -113,12 +114,18 @@ def solid(colours, h=H, w=W) -> np.ndarray:
     return np.stack([np.full((h, w, 3), colour, dtype=np.uint8) for colour in colours])
 
 
-def add_method(results: Path, name: str, cases: list[dict], suite: str = "smoke", raw_lines=(), run_json=True):
+#: run.json fields of the method kinds the tests use (what ``videobench generate`` records from the registry).
+REFERENCE_RUN = {"kind": "reference"}
+
+
+def add_method(results: Path, name: str, cases: list[dict], suite: str = "smoke", raw_lines=(), run_json=True,
+               run_info: dict | None = None):
     """Write RESULTS/<name>/ with run.json and cases.jsonl; each case dict may carry ``frames``."""
     folder = results / name
     (folder / "videos").mkdir(parents=True, exist_ok=True)
     if run_json:
-        layout.write_run_json(folder / "run.json", {"method": name, "suite": suite, "suite_version": "v-test"})
+        layout.write_run_json(folder / "run.json", {"method": name, "suite": suite, "suite_version": "v-test",
+                                                    **(run_info or {})})
     records = []
     for case in cases:
         case = dict(case)
@@ -166,7 +173,7 @@ def build_results(tmp_path: Path, refs: Path) -> Path:
     add_method(results, "reference-still", [
         {"case_id": "still", "frames": solid([RED] * 3), "references": [str(refs / "red_cmyk.jpg")]},
         {"case_id": "white", "frames": solid([(255, 255, 255)] * 3), "references": [str(refs / "white16.png")]},
-    ])
+    ], run_info=REFERENCE_RUN)
     return results
 
 
@@ -527,3 +534,60 @@ def test_metrics_subset_never_mixes_two_configurations_of_one_model(tmp_path, re
     assert other.loc["flash", "dino_i"] == first.loc["flash", "dino_i"] and other.loc["flash", "dynamic"] == 1
     assert other.loc["flash", "dino_config_sha256"] == first.loc["flash", "dino_config_sha256"]
     assert other.loc["flash", "clip_config_sha256"] != first.loc["flash", "clip_config_sha256"]
+
+
+# ------------------------------------------------------------------------------- trust and bad input
+def test_a_score_cache_shipped_inside_results_is_never_read(tmp_path, refs):
+    """The cache lives outside RESULTS: a forged `.score_cache` in a folder someone hands you changes nothing."""
+    results = build_results(tmp_path, refs)
+    cache = tmp_path / "cache"
+    honest, _ = run(results, cache_dir=cache)
+    clip_i = read_scores(results / "alpha" / "scores.csv").set_index("case_id").loc["still", "clip_i"]
+    # forge: copy the honest cache into RESULTS with clip_i = 0.999 everywhere, delete the scores
+    forged_root = results / ".score_cache"
+    for entry in cache.rglob("*.json"):
+        value = json.loads(entry.read_text())
+        if "clip_i" in value.get("values", {}):
+            value["values"]["clip_i"] = 0.999
+        target = forged_root / entry.relative_to(cache)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(value))
+    (results / "alpha" / "scores.csv").unlink()
+    again, _ = run(results)  # the default cache: VIDEOBENCH_SCORE_CACHE, never RESULTS/.score_cache
+    assert again.metric_calls == honest.metric_calls and again.cache_hits == 0
+    assert read_scores(results / "alpha" / "scores.csv").set_index("case_id").loc["still", "clip_i"] == clip_i != 0.999
+    assert not any("stray" in warning and ".score_cache" in warning for warning in again.warnings)
+
+
+def test_a_reference_that_is_not_a_regular_file_fails_its_case_only(tmp_path, refs):
+    import os
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    results = tmp_path / "RESULTS"
+    add_method(results, "alpha", [
+        {"case_id": "fifo", "frames": solid([RED] * 3), "references": [str(fifo)]},
+        {"case_id": "device", "frames": solid([RED] * 3), "references": ["/dev/zero"]},
+        {"case_id": "good", "frames": solid([RED] * 3), "references": [str(refs / "red.png")]},
+    ])
+    summary, lines = run(results)  # must return: hashing a FIFO or /dev/zero would never end
+    scores = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert "not a regular file" in scores.loc["fifo", "error"] and "fifo.png" in scores.loc["fifo", "error"]
+    assert "/dev/zero" in scores.loc["device", "error"] and scores.loc["good", "error"] == ""
+    assert summary.n_failed == 2 and summary.n_scored == 1
+
+
+def test_a_lone_surrogate_in_cases_jsonl_is_one_line_error(tmp_path, refs):
+    results = tmp_path / "RESULTS"
+    add_method(results, "alpha", [
+        {"case_id": "good", "frames": solid([RED] * 3), "references": [str(refs / "red.png")]},
+    ], raw_lines=['{"case_id": "bad", "subject": "x\\udcff", "prompt": "p", "entity": "e", "references": [], '
+                  '"video": "videos/bad.mp4", "status": "ok"}'])
+    summary, lines = run(results)
+    scores = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert "cases.jsonl:2" in scores.loc["line-2", "error"] and "lone surrogate" in scores.loc["line-2", "error"]
+    assert scores.loc["good", "error"] == "" and summary.n_scored == 1
+    from videobench.report import write_report
+
+    html = write_report(results, progress=False).read_text(encoding="utf-8")  # the report does not crash
+    assert "lone surrogate" in html

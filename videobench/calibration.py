@@ -79,13 +79,13 @@ def _calibration(context: MethodContext, name: str, pan: bool) -> ReferenceCalib
                                 width=context.width or 720, fps=context.fps, pan=pan)
 
 
-@register_method("reference-still", kind="reference",
+@register_method("reference-still", kind="reference", default_run=True,
                  description="reference image held still (copy-paste ceiling, zero motion)")
 def reference_still(options: NoOptions, context: MethodContext) -> ReferenceCalibration:
     return _calibration(context, "reference-still", pan=False)
 
 
-@register_method("reference-pan", kind="reference",
+@register_method("reference-pan", kind="reference", default_run=True,
                  description="reference image with a slow pan and zoom (pure camera motion)")
 def reference_pan(options: NoOptions, context: MethodContext) -> ReferenceCalibration:
     return _calibration(context, "reference-pan", pan=True)

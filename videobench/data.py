@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol, Sequence
 
 from mediaio.atomic import atomic_open, atomic_path
 from mediaio.hashing import file_sha256
@@ -43,7 +43,6 @@ from videobench.paths import cache_root
 
 DATA_ENV = "VIDEOBENCH_DATA"
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
-DOWNLOADABLE_SUITES = ("dreambench", "videobench")
 _CHUNK = 1 << 20
 
 
@@ -140,13 +139,6 @@ class ShippedFile:
 
     def read_bytes(self) -> bytes:
         return resources.files("videobench.suites").joinpath("data", self.resource).read_bytes()
-
-
-def suite_files(suite: str, subjects: Iterable[str] | None = None) -> list[DataFile]:
-    """Every downloadable file of ``suite`` (images + attribution files), optionally only for ``subjects``."""
-    from videobench.suites import registry
-
-    return registry.data_files(suite, subjects)
 
 
 def missing_files(root: Path, files: Iterable[DataFile]) -> list[str]:
@@ -253,8 +245,18 @@ def _write_shipped(root: Path, shipped: Iterable[ShippedFile]) -> None:
                 handle.write(data)
 
 
+class SuiteData(Protocol):
+    """What downloading needs of a suite (:class:`videobench.suites.registry.SuiteSpec` is one)."""
+
+    name: str
+
+    def data_files(self, subjects: Iterable[str] | None = None) -> list[DataFile]: ...
+
+    def shipped_files(self) -> list[ShippedFile]: ...
+
+
 def download(
-    suite: str,
+    suite: SuiteData,
     data_root: str | os.PathLike | None = None,
     base_urls: str | Mapping[str, str] | None = None,
     progress: bool = True,
@@ -269,7 +271,7 @@ def download(
     """Fetch every file of ``suite`` into the data root, verified against the spec's sha256.
 
     Args:
-        suite: ``dreambench`` or ``videobench`` (``smoke`` has nothing to download).
+        suite: the suite's spec (``get_suite("dreambench")``); suites drawn by code have nothing to download.
         data_root: see :func:`resolve_data_root`.
         base_urls: a mirror root laid out as ``<repo>/<commit>/<path>`` (one string for every repository, or
             a mapping ``repo -> base`` with ``"*"`` as fallback); default ``https://raw.githubusercontent.com``.
@@ -282,18 +284,17 @@ def download(
     Files that already verify are skipped (resume). A file with a wrong checksum is never written. When any
     file fails, :class:`DownloadError` lists every failure in one line each, after all other files are done.
     """
-    from videobench.suites import registry
-
     root = resolve_data_root(data_root)
-    files = suite_files(suite, subjects)
+    files = suite.data_files(subjects)
+    name = suite.name
     source = Path(source_dir).resolve() if source_dir is not None else None
-    report = DownloadReport(suite=suite, data_root=root)
+    report = DownloadReport(suite=name, data_root=root)
     root.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(files), desc=f"download {suite}", unit="file")
+        bar = tqdm(total=len(files), desc=f"download {name}", unit="file")
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = {
@@ -316,11 +317,11 @@ def download(
     order = {item.path: i for i, item in enumerate(files)}
     report.downloaded.sort(key=order.__getitem__)
     report.skipped.sort(key=order.__getitem__)
-    _write_shipped(root, registry.shipped_files(suite))
+    _write_shipped(root, suite.shipped_files())
     if report.failed:
         lines = "\n".join(f"  {report.failed[path]}" for path in sorted(report.failed, key=order.__getitem__))
         raise DownloadError(
-            f"videobench data download {suite}: {len(report.failed)} of {len(files)} file(s) failed "
+            f"videobench data download {name}: {len(report.failed)} of {len(files)} file(s) failed "
             f"(data root {root}):\n{lines}\n{len(report.downloaded) + len(report.skipped)} verified file(s) are "
             f"kept; run the same command again to resume.",
             dict(report.failed),
@@ -371,14 +372,13 @@ class VerifyReport:
         return out
 
 
-def verify(data_root: str | os.PathLike | None = None, suite: str | None = None) -> VerifyReport:
-    """Check presence and sha256 of every file of ``suite`` (default: every downloadable suite)."""
+def verify(data_root: str | os.PathLike | None, suites: Sequence[SuiteData]) -> VerifyReport:
+    """Check presence and sha256 of every file of ``suites``."""
     root = resolve_data_root(data_root)
-    suites = (suite,) if suite else DOWNLOADABLE_SUITES
-    report = VerifyReport(data_root=root, suites=suites)
+    report = VerifyReport(data_root=root, suites=tuple(suite.name for suite in suites))
     seen: set[str] = set()
-    for name in suites:
-        for item in suite_files(name):
+    for suite in suites:
+        for item in suite.data_files():
             if item.path in seen:
                 continue
             seen.add(item.path)

@@ -2,33 +2,52 @@
 
 The runner owns files, the generator owns pixels. It
 
-- builds the generator once (a factory that lacks weights fails here, before any case runs);
+- builds the generator once from its registered spec (:func:`build_method`): options validated, every weight file
+  resolved and each missing one reported in one message, before any model loads;
 - resumes: a case whose record says ``ok`` and whose video decodes is skipped;
-- writes each video and every update of ``cases.jsonl`` atomically, under a file lock, so that shards
-  (``--shard i/n`` on several GPUs or nodes sharing a folder) and interrupted runs never lose a record;
+- writes each video, intermediate image and every update of ``cases.jsonl`` atomically, under a file lock, so that
+  shards (``--shard i/n`` on several GPUs or nodes sharing a folder) and interrupted runs never lose a record;
 - records a failing case with its error and goes on with the others;
+- runs an :class:`~videobench.methods.ImageFirstGenerator` in two phases (every image, then every video);
+- removes temporary files that a killed run left behind;
 - shows progress with an ETA.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
+import os
+import re
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
+from filelock import FileLock
+from PIL import Image
 from tqdm.auto import tqdm
 
+from mediaio.atomic import atomic_path
+from mediaio.images import ImageError, load_reference_image
+from mediaio.video import is_valid_video, write_video
 from videobench.cases import Case
-from videobench.methods import Generator, validate_frames
+from videobench.methods import (
+    PHASES,
+    Generator,
+    ImageFirstGenerator,
+    MethodContext,
+    MethodSpec,
+    as_output,
+)
 from videobench.results import (
     CASES_FILE,
+    IMAGES_DIR,
     RUN_FILE,
+    RunFileError,
     check_case_id,
+    image_relpath,
     package_versions,
     read_cases_jsonl,
     read_run_json,
@@ -38,13 +57,18 @@ from videobench.results import (
     write_run_json,
 )
 from videobench.suites import Suite
-from mediaio.video import is_valid_video, write_video
+from videobench.weights import WeightsConfig, check_weights
 
 logger = logging.getLogger(__name__)
 
+#: A temporary file of :func:`mediaio.atomic.atomic_path` (``.<name>.<8 random chars><suffix>[.part]``).
+_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?(\.part)?$")
+#: A temporary file younger than this is never swept (another node may be writing it).
+STALE_AFTER_S = 600.0
+
 
 class RunConflictError(RuntimeError):
-    """The method folder already holds a run with another suite or configuration."""
+    """The method folder already holds a run with another suite or configuration, or cannot be used."""
 
 
 @dataclass
@@ -53,10 +77,35 @@ class GenerationSummary:
     generated: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def build_method(spec: MethodSpec, raw_options: Mapping[str, Any], context: MethodContext,
+                 ) -> tuple[Generator, Any]:
+    """Parse ``raw_options``, resolve the weights the run needs, build the generator.
+
+    Raises:
+        videobench.options.OptionError: an unknown option, a bad value or a preset the method lacks.
+        videobench.weights.MissingWeightsError: every missing weight file, in one message.
+    """
+    spec.check_preset(context.preset)
+    options = spec.parse_options(raw_options)
+    hint = f"for a smoke run without any weights: --preset {' / '.join(spec.presets)}" if spec.presets else ""
+    context.weights = check_weights(spec.weight_specs(options, context), context.weights_config or WeightsConfig(),
+                                    hint=hint)
+    generator = spec.factory(options, context)
+    return generator, getattr(generator, "resolved_options", options)
+
+
+# ------------------------------------------------------------------------------------------------ the folder
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -72,14 +121,61 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return index, count
 
 
-@contextlib.contextmanager
-def _locked(method_dir: Path) -> Iterator[None]:
-    with open(method_dir / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _lock(method_dir: Path) -> FileLock:
+    return FileLock(str(method_dir / ".lock"))
+
+
+def _open_files() -> set[str]:
+    """Paths held open by any process of this machine (Linux ``/proc``; empty elsewhere)."""
+    held: set[str] = set()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return held
+    for fd_dir in proc.glob("[0-9]*/fd"):
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            for fd in fd_dir.iterdir():
+                try:
+                    held.add(os.readlink(fd))
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return held
+
+
+def sweep_stale_temp_files(method_dir: Path, older_than: float, min_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files a killed run left in ``method_dir`` (and its videos/images folders).
+
+    A file is stale when it looks like :func:`mediaio.atomic.atomic_path`'s temporary file, was last modified
+    before ``older_than`` (the start of this run) and at least ``min_age_s`` ago (another node may be writing),
+    and no process of this machine holds it open. Returns the removed paths.
+    """
+    now = time.time()
+    candidates = [
+        path for folder in (method_dir, method_dir / "videos", method_dir / IMAGES_DIR) if folder.is_dir()
+        for path in folder.iterdir() if path.is_file() and _TEMP_FILE.match(path.name)
+    ]
+    stale = []
+    for path in candidates:
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            continue
+        if mtime < older_than and now - mtime >= min_age_s:
+            stale.append(path)
+    if not stale:
+        return []
+    held = _open_files()
+    removed = []
+    for path in stale:
+        if str(path.resolve()) in held:
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def _load_records(method_dir: Path) -> dict[str, dict[str, Any]]:
@@ -97,15 +193,19 @@ def _load_records(method_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _update_record(method_dir: Path, record: dict[str, Any], order: Sequence[str]) -> None:
     """Merge one case record into cases.jsonl (re-read under the lock: shards may have written)."""
-    with _locked(method_dir):
+    with _lock(method_dir):
         records = _load_records(method_dir)
+        previous = records.get(record["case_id"], {})
+        for key in ("image", "image_seconds"):  # an image made by an earlier phase stays listed
+            if key in previous and key not in record:
+                record[key] = previous[key]
         records[record["case_id"]] = record
         rank = {case_id: i for i, case_id in enumerate(order)}
         ordered = sorted(records.values(), key=lambda r: (rank.get(r["case_id"], len(rank)), r["case_id"]))
         write_cases_jsonl(method_dir / CASES_FILE, ordered)
 
 
-def _case_record(case: Case, seed: int, status: str, error: str | None = None, seconds: float | None = None) -> dict[str, Any]:
+def _case_record(case: Case, seed: int, status: str, **extra: Any) -> dict[str, Any]:
     record = {
         "case_id": case.case_id,
         "suite": case.suite,
@@ -119,20 +219,21 @@ def _case_record(case: Case, seed: int, status: str, error: str | None = None, s
         "seed": seed,
         "status": status,
     }
-    if error is not None:
-        record["error"] = error
-    if seconds is not None:
-        record["seconds"] = round(seconds, 3)
+    record.update({key: value for key, value in extra.items() if value is not None})
     return record
 
 
-def _write_run_info(method_dir: Path, method: str, generator: Generator, suite: Suite, seed: int, overwrite: bool) -> dict[str, Any]:
+def _write_run_info(method_dir: Path, generator: Generator, metadata: Mapping[str, Any], suite: Suite, seed: int,
+                    overwrite: bool) -> dict[str, Any]:
     """Write run.json; refuse to mix suites or configurations in one method folder."""
     config = generator.config()
     path = method_dir / RUN_FILE
     started = utc_now()
     if path.is_file() and not overwrite:
-        previous = read_run_json(path)
+        try:
+            previous = read_run_json(path)
+        except RunFileError as error:
+            raise RunConflictError(f"{error}; move it away or use --overwrite to start the folder again") from None
         if previous.get("suite") != suite.name or previous.get("suite_version") != suite.version:
             raise RunConflictError(
                 f"{path}: holds suite {previous.get('suite')} {previous.get('suite_version')}, "
@@ -145,7 +246,8 @@ def _write_run_info(method_dir: Path, method: str, generator: Generator, suite: 
             )
         started = previous.get("started", started)
     info = {
-        "method": method,
+        **dict(metadata),
+        "method": metadata.get("method", generator.run_name),
         "run_name": generator.run_name,
         "suite": suite.name,
         "suite_version": suite.version,
@@ -162,52 +264,149 @@ def _write_run_info(method_dir: Path, method: str, generator: Generator, suite: 
     return info
 
 
+def prepare_method_dir(out: str | os.PathLike, run_name: str) -> Path:
+    """``out/<run_name>`` with its videos folder; one clear error when ``out`` (or the folder) is a file."""
+    out = Path(out)
+    for path in (out, out / run_name, out / run_name / "videos"):
+        if path.exists() and not path.is_dir():
+            raise RunConflictError(f"--out {out}: {path} exists and is not a folder")
+    (out / run_name / "videos").mkdir(parents=True, exist_ok=True)
+    return out / run_name
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _write_image(path: Path, image: Image.Image) -> None:
+    with atomic_path(path) as tmp:
+        image.convert("RGB").save(tmp, format="PNG")
+
+
+def _valid_image(path: Path) -> bool:
+    try:
+        load_reference_image(path)
+    except ImageError:
+        return False
+    return True
+
+
+@dataclass
+class _Run:
+    generator: Any
+    method_dir: Path
+    seed: int
+    order: list[str]
+    existing: dict[str, dict[str, Any]]
+    summary: GenerationSummary
+    progress: bool
+
+    def fail(self, case: Case, message: str, **extra: Any) -> None:
+        logger.error("case %s failed: %s", case.case_id, message)
+        logger.debug("%s", traceback.format_exc())
+        self.summary.failed[case.case_id] = message
+        _update_record(self.method_dir, _case_record(case, self.seed, "failed", error=message, **extra), self.order)
+
+    def video_done(self, case: Case) -> bool:
+        previous = self.existing.get(case.case_id)
+        return bool(previous and previous.get("status") == "ok"
+                    and is_valid_video(self.method_dir / video_relpath(case.case_id)))
+
+    def image_phase(self, cases: Sequence[Case]) -> None:
+        """Make the intermediate image of every case that lacks a valid one (and has no finished video)."""
+        bar = tqdm(cases, desc=f"images {self.generator.run_name}", unit="image", disable=not self.progress)
+        for case in bar:
+            path = self.method_dir / image_relpath(case.case_id)
+            if self.video_done(case) or _valid_image(path):
+                continue
+            bar.set_postfix_str(case.case_id)
+            start = time.perf_counter()
+            try:
+                _write_image(path, self.generator.generate_image(case, self.seed))
+            except Exception as error:  # noqa: BLE001 - one failing case must not stop the run
+                self.fail(case, f"{type(error).__name__}: {error}")
+                continue
+            self.summary.images.append(case.case_id)
+            _update_record(self.method_dir, _case_record(
+                case, self.seed, "pending", image=image_relpath(case.case_id),
+                image_seconds=round(time.perf_counter() - start, 3),
+                error="image made; the video phase has not run yet"), self.order)
+
+    def video_phase(self, cases: Sequence[Case], needs_image: bool) -> None:
+        bar = tqdm(cases, desc=f"generate {self.generator.run_name}", unit="video", disable=not self.progress)
+        for case in bar:
+            if self.video_done(case):
+                self.summary.skipped.append(case.case_id)
+                continue
+            bar.set_postfix_str(case.case_id)
+            start = time.perf_counter()
+            try:
+                if needs_image:
+                    image_path = self.method_dir / image_relpath(case.case_id)
+                    if not _valid_image(image_path):
+                        raise FileNotFoundError(f"no intermediate image {image_path} (run the image phase first)")
+                    result = self.generator.generate(case, self.seed, load_reference_image(image_path))
+                else:
+                    result = self.generator.generate(case, self.seed)
+                output = as_output(result, case)
+                write_video(self.method_dir / video_relpath(case.case_id), output.frames, fps=self.generator.fps)
+                image = None
+                if output.image is not None:
+                    _write_image(self.method_dir / image_relpath(case.case_id), output.image)
+                    image = image_relpath(case.case_id)
+            except Exception as error:  # noqa: BLE001 - one failing case must not stop the run
+                self.fail(case, f"{type(error).__name__}: {error}")
+                continue
+            self.summary.generated.append(case.case_id)
+            _update_record(self.method_dir, _case_record(
+                case, self.seed, "ok", image=image, seconds=round(time.perf_counter() - start, 3),
+                diagnostics=output.diagnostics or None), self.order)
+
+
 def run_generation(
-    method: str,
-    generator: Generator,
+    generator: Generator | ImageFirstGenerator,
     suite: Suite,
     cases: Sequence[Case],
-    out: str | Path,
+    out: str | os.PathLike,
     seed: int = 0,
     shard: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    metadata: Mapping[str, Any] | None = None,
 ) -> GenerationSummary:
-    """Generate every case of ``cases`` (this shard's part) into ``out/<generator.run_name>/``."""
-    method_dir = Path(out) / generator.run_name
-    (method_dir / "videos").mkdir(parents=True, exist_ok=True)
+    """Generate every case of ``cases`` (this shard's part) into ``out/<generator.run_name>/``.
+
+    ``metadata`` is what run.json records about the method (:meth:`videobench.methods.MethodSpec.metadata`:
+    method, kind, paper row, Table 2 setting, resolved options).
+    """
+    started = time.time()
+    method_dir = prepare_method_dir(out, generator.run_name)
     for case in cases:
         check_case_id(case.case_id)
-    _write_run_info(method_dir, method, generator, suite, seed, overwrite)
+    _write_run_info(method_dir, generator, metadata or {}, suite, seed, overwrite)
+    summary = GenerationSummary(method_dir)
+    summary.swept = [str(path) for path in sweep_stale_temp_files(method_dir, older_than=started)]
+    for path in summary.swept:
+        logger.info("removed a temporary file left by an interrupted run: %s", path)
 
     shard_index, shard_count = parse_shard(shard)
-    order = [case.case_id for case in suite.cases]
     mine = [case for i, case in enumerate(cases) if i % shard_count == shard_index]
-    existing = {} if overwrite else _load_records(method_dir)
-    summary = GenerationSummary(method_dir)
-
-    bar = tqdm(mine, desc=f"generate {generator.run_name}", unit="video", disable=not progress)
-    for case in bar:
-        video_path = method_dir / video_relpath(case.case_id)
-        previous = existing.get(case.case_id)
-        if previous and previous.get("status") == "ok" and is_valid_video(video_path):
-            summary.skipped.append(case.case_id)
-            continue
-        bar.set_postfix_str(case.case_id)
-        start = time.perf_counter()
-        try:
-            frames = validate_frames(generator.generate(case, seed), case)
-            write_video(video_path, frames, fps=generator.fps)
-        except Exception as error:  # noqa: BLE001 - one failing case must not stop the run
-            message = f"{type(error).__name__}: {error}"
-            logger.error("case %s failed: %s", case.case_id, message)
-            logger.debug("%s", traceback.format_exc())
-            summary.failed[case.case_id] = message
-            _update_record(method_dir, _case_record(case, seed, "failed", error=message), order)
-            continue
-        summary.generated.append(case.case_id)
-        _update_record(method_dir, _case_record(case, seed, "ok", seconds=time.perf_counter() - start), order)
-    with _locked(method_dir):
+    run = _Run(generator, method_dir, seed, [case.case_id for case in suite.cases],
+               {} if overwrite else _load_records(method_dir), summary, progress)
+    phases = tuple(getattr(generator, "phases", ("video",)))
+    image_first = isinstance(generator, ImageFirstGenerator)
+    unknown = [phase for phase in phases if phase not in PHASES]
+    if unknown or (not image_first and phases != ("video",)):
+        raise ValueError(f"{generator.run_name}: unknown generation phase(s) {phases}")
+    if overwrite:
+        for case in mine:  # --overwrite redoes the images too
+            (method_dir / image_relpath(case.case_id)).unlink(missing_ok=True)
+    if "image" in phases:
+        (method_dir / IMAGES_DIR).mkdir(exist_ok=True)
+        run.image_phase(mine)
+        generator.end_image_phase()
+    if "video" in phases:
+        run.video_phase([case for case in mine if case.case_id not in summary.failed], needs_image=image_first)
+    with _lock(method_dir):
         info = read_run_json(method_dir / RUN_FILE)
         info["updated"] = utc_now()
         write_run_json(method_dir / RUN_FILE, {k: v for k, v in info.items() if k != "schema_version"})

@@ -1,8 +1,9 @@
 """From per-case scores to leaderboard rows: means x100 with 95% bootstrap confidence intervals.
 
 ``scores.csv`` holds raw per-case values (cosines in [-1, 1], ``dynamic`` in {0, 1}). A leaderboard
-mean is ``100 * mean(values)`` over the cases that were scored without error, so ``dynamic``
-becomes D.D, the percent of dynamic videos (VBench's dynamic degree). The confidence interval is the
+mean is ``scale * mean(values)`` over the cases that were scored without error, with each column's
+registered scale (:class:`~videobench.metrics.registry.ColumnSpec`; 100 for all built-in ones), so cosines
+read x100 and ``dynamic`` becomes D.D, the percent of dynamic videos (VBench's dynamic degree). The confidence interval is the
 percentile bootstrap over cases: resample the cases with replacement ``n_resamples`` times, take each
 resample's mean, and report the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles.
 """
@@ -14,14 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from videobench.metrics.base import METRIC_COLUMNS
+from videobench.metrics.registry import column_specs
 
-#: The score columns in leaderboard order (Table 1: CLIP-T, CLIP-I, DINO-I, T.Cons, D.D).
-SCORE_COLUMNS: tuple[str, ...] = tuple(METRIC_COLUMNS)
-#: How the paper labels each column.
-COLUMN_LABELS: dict[str, str] = {
-    "clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino_i": "DINO-I", "t_cons": "T.Cons", "dynamic": "D.D",
-}
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
 
@@ -55,11 +50,11 @@ def bootstrap_ci(
 
 
 def summarize_column(
-    raw: Iterable[float], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+    raw: Iterable[float], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, scale: float = 100.0
 ) -> tuple[float, float, float]:
-    """``(mean, ci_low, ci_high)`` of ``100 * raw`` (NaNs dropped)."""
+    """``(mean, ci_low, ci_high)`` of ``scale * raw`` (NaNs dropped)."""
     numbers = pd.to_numeric(pd.Series(list(raw), dtype=object), errors="coerce")
-    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan) * 100.0
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan) * scale
     values = values[~np.isnan(values)]
     if values.size == 0:
         return float("nan"), float("nan"), float("nan")
@@ -74,16 +69,17 @@ def _truthy(series: pd.Series) -> pd.Series:
 def aggregate(
     scores: pd.DataFrame,
     by: Sequence[str],
-    columns: Sequence[str] = SCORE_COLUMNS,
+    columns: Sequence[str],
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
 ) -> pd.DataFrame:
-    """One row per group of ``by``: for each column its mean x100 and 95% CI, plus counts.
+    """One row per group of ``by``: for each column its mean x scale and 95% CI, plus counts.
 
     Rows with a non-empty ``error`` count as failed and are left out of every mean. Output
     columns: ``by...``, then ``<col>``, ``<col>_ci_low``, ``<col>_ci_high`` per column, then
     ``n_cases``, ``n_scored``, ``n_failed``, ``random_weights`` (0/1).
     """
+    specs = column_specs()
     frame = scores.copy()
     error = frame["error"].fillna("").astype(str) if "error" in frame else pd.Series("", index=frame.index)
     frame["_failed"] = error.str.len() > 0
@@ -96,7 +92,8 @@ def aggregate(
         ok = group[~group["_failed"]]
         for column in columns:
             raw = pd.to_numeric(ok[column], errors="coerce") if column in ok else pd.Series(dtype=float)
-            mean, low, high = summarize_column(raw, n_resamples=n_resamples, seed=seed)
+            scale = specs[column].scale if column in specs else 100.0
+            mean, low, high = summarize_column(raw, n_resamples=n_resamples, seed=seed, scale=scale)
             row.update({column: mean, f"{column}_ci_low": low, f"{column}_ci_high": high})
         row.update(
             n_cases=int(len(group)),

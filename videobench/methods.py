@@ -16,6 +16,7 @@ A method is one module with one decorated factory::
 * ``kind``: ``ours``, ``two-stage``, ``video-model`` or ``reference`` (a weight-free calibration row).
 * ``paper_row`` / ``table2_setting``: the row of the paper's Table 1 / the setting of Table 2 this method
   reproduces, as text or as a function of the options (CustomVideoX's ablation picks its Table 2 row).
+* ``default_run``: part of ``videobench run`` when no ``--methods`` is given (the README's main job).
 * ``weights``: ``weights(options, context) -> [WeightSpec]``, the files the run needs; the harness resolves them
   all, reports every missing one in one message, and hands the resolved paths to the factory
   (``context.weights[key]``). ``videobench weights`` and ``videobench methods NAME`` list them.
@@ -163,6 +164,7 @@ class MethodSpec(Generic[OptionsT]):
     table2_setting: str | Callable[[Any], str | None] | None = None
     weights: WeightsFn | None = None
     presets: tuple[str, ...] = ()
+    default_run: bool = False
 
     def parse_options(self, raw: Mapping[str, Any] | None = None) -> Any:
         """The options dataclass from ``raw`` (texts or typed values). ``OptionError`` names method and key."""
@@ -212,6 +214,7 @@ def register_method(
     table2_setting: str | Callable[[Any], str | None] | None = None,
     weights: WeightsFn | None = None,
     presets: tuple[str, ...] = (),
+    default_run: bool = False,
 ) -> Callable[[MethodFactory], MethodFactory]:
     """Decorator registering ``factory(options, context) -> Generator`` under ``name`` (see the module docstring)."""
     if kind not in KINDS:
@@ -223,7 +226,7 @@ def register_method(
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"method {name!r} is already registered")
         _REGISTRY[name] = MethodSpec(name, description, kind, options, factory, paper_row, table2_setting, weights,
-                                     tuple(presets))
+                                     tuple(presets), default_run)
         return factory
 
     return decorator

@@ -5,6 +5,7 @@
                                     references (list of image paths), video (path relative to the
                                     method folder), seed, status ("ok" or "failed"), error (when failed)
     RESULTS/<method>/videos/<case_id>.mp4
+    RESULTS/<method>/images/<case_id>.png    an intermediate image (two-stage methods), named in the record
 
 Scoring adds ``RESULTS/<method>/scores.csv`` and ``RESULTS/leaderboard.csv``.
 """
@@ -25,6 +26,7 @@ from mediaio.atomic import atomic_open, atomic_write_json
 RUN_FILE = "run.json"
 CASES_FILE = "cases.jsonl"
 VIDEOS_DIR = "videos"
+IMAGES_DIR = "images"
 SCORES_FILE = "scores.csv"
 LEADERBOARD_FILE = "leaderboard.csv"
 SCHEMA_VERSION = 1
@@ -51,6 +53,14 @@ def package_versions() -> dict[str, str | None]:
 
 def video_relpath(case_id: str) -> str:
     return f"{VIDEOS_DIR}/{case_id}.mp4"
+
+
+def image_relpath(case_id: str) -> str:
+    return f"{IMAGES_DIR}/{case_id}.png"
+
+
+class RunFileError(ValueError):
+    """A run.json that cannot be read (not JSON, or not a JSON object); the message names the file."""
 
 
 def check_case_id(case_id: str) -> str:
@@ -89,6 +99,11 @@ def read_cases_jsonl(path: str | os.PathLike) -> list[CaseLine]:
             if missing:
                 lines.append(CaseLine(number, record, f"{path}:{number}: missing field(s) {', '.join(missing)}"))
                 continue
+            bad = _unencodable_field(record)
+            if bad:
+                lines.append(CaseLine(number, None, f"{path}:{number}: field {bad!r} holds text that is not valid "
+                                                    "Unicode (a lone surrogate); the line is ignored"))
+                continue
             try:
                 check_case_id(str(record["case_id"]))
             except ValueError as error:
@@ -96,6 +111,27 @@ def read_cases_jsonl(path: str | os.PathLike) -> list[CaseLine]:
                 continue
             lines.append(CaseLine(number, record))
     return lines
+
+
+def _unencodable_field(value: Any, name: str = "") -> str | None:
+    """The name of the first field (nested fields joined with '.') whose text cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return name or "(value)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            bad = _unencodable_field(str(key), name) or _unencodable_field(item, f"{name}.{key}" if name else str(key))
+            if bad:
+                return bad
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            bad = _unencodable_field(item, f"{name}[{index}]")
+            if bad:
+                return bad
+    return None
 
 
 def write_cases_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
@@ -110,8 +146,15 @@ def write_run_json(path: str | os.PathLike, info: dict[str, Any]) -> None:
 
 
 def read_run_json(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """run.json as a dict. Raises :class:`RunFileError` naming the file when it is not one JSON object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            info = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFileError(f"{path}: corrupt run.json ({error})") from None
+    if not isinstance(info, dict):
+        raise RunFileError(f"{path}: run.json holds a JSON {type(info).__name__}, not an object")
+    return info
 
 
 def method_dirs(results: str | os.PathLike) -> list[Path]:

@@ -277,11 +277,11 @@ OwnedSpec = tuple[str, WeightSpec]
 
 
 def check_weights(specs: Iterable[WeightSpec | OwnedSpec], config: WeightsConfig | None = None,
-                  ) -> dict[str, ResolvedWeights]:
+                  hint: str = "") -> dict[str, ResolvedWeights]:
     """Resolve every spec; ``key -> ResolvedWeights`` when all are found.
 
     ``specs`` holds :class:`WeightSpec` objects or ``(owner, spec)`` pairs (the owner, a plugin name, is shown in
-    the message and keys the result as ``owner:key``).
+    the message and keys the result as ``owner:key``). ``hint`` ends the message (e.g. a preset to try).
 
     Raises:
         MissingWeightsError: listing EVERY missing model, its expected names and where to put them.
@@ -301,7 +301,8 @@ def check_weights(specs: Iterable[WeightSpec | OwnedSpec], config: WeightsConfig
         body = "\n".join(_where_to_put(resolved, config, owner) for owner, resolved in missing)
         raise MissingWeightsError(
             f"missing model weights for {len(missing)} model(s):\n{body}\n"
-            "(or pass --random-weights for a smoke run with random-initialised models; its outputs are meaningless)",
+            "(or pass --random-weights for a smoke run with random-initialised models; its outputs are meaningless)"
+            + (f"\n{hint}" if hint else ""),
             [resolved for _, resolved in missing],
         )
     return found

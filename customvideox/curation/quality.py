@@ -367,12 +367,17 @@ def build_quality_filter(weights_dir: str | os.PathLike | None = None, *, clip_w
     return QualityFilter(embedder, aesthetic, motion, config, window)
 
 
+def raft_weight_spec(raft_weights: str | os.PathLike | None = None):
+    """RAFT-large as videobench's dynamic-degree metric declares it, with ``--raft-weights`` as the explicit file."""
+    from videobench.metrics.dynamic import DynamicDegreeMetric, DynamicOptions
+
+    (spec,) = DynamicDegreeMetric.weight_specs(DynamicOptions(weights=Path(raft_weights) if raft_weights else None))
+    return spec
+
+
 def _resolve_raft(weights_dir: str | os.PathLike | None, raft_weights: str | os.PathLike | None) -> Path:
     """RAFT-large resolved exactly like videobench's dynamic-degree metric (``--raft-weights`` / weights folder)."""
-    from videobench.weights import WeightsConfig, check_weights, resolve_weights
+    from videobench.weights import WeightsConfig, check_weights
 
-    config = WeightsConfig(raft_weights=raft_weights, weights_dir=weights_dir)
-    check_weights(["dynamic"], config)
-    path = resolve_weights("dynamic", config).path
-    assert path is not None
-    return path
+    resolved = check_weights([raft_weight_spec(raft_weights)], WeightsConfig(weights_dir=weights_dir))
+    return next(iter(resolved.values())).path

@@ -11,16 +11,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-#: Every score column, in leaderboard order, and the metric family that computes it.
-METRIC_COLUMNS: dict[str, str] = {
-    "clip_t": "clip",
-    "clip_i": "clip",
-    "dino_i": "dino",
-    "t_cons": "clip",
-    "dynamic": "dynamic",
-}
-
-
 @dataclass
 class MetricInput:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
@@ -32,7 +22,7 @@ class MetricInput:
 
 @runtime_checkable
 class Metric(Protocol):
-    family: str  # "clip", "dino" or "dynamic"
+    family: str  # the registered family name ("clip", "dino", ...)
     columns: tuple[str, ...]  # the score columns this family can produce
     random_weights: bool
 

@@ -7,8 +7,10 @@ Definitions, as in the subject-driven video literature (the paper, section 6; Dr
 * T.Cons  = 1/(T-1) * sum_t cos(E_img(f_t), E_img(f_{t+1}))            -- temporal consistency.
 
 The default model is ViT-B/32 with OpenAI's weights, built as open_clip ``ViT-B-32-quickgelu`` (OpenAI's towers use
-QuickGELU). Images are preprocessed as open_clip does (short side to 224 bicubic, center crop 224, CLIP mean/std),
-batched on the device (:mod:`videobench.metrics.preprocess`). Values are raw cosines in [-1, 1].
+QuickGELU). Images are preprocessed as open_clip does for the chosen model and pretrained tag (its image size, resize mode,
+interpolation, mean/std: :meth:`~videobench.metrics.preprocess.Preprocess.from_open_clip`; for ViT-B/32 OpenAI:
+short side to 224 bicubic, centre crop 224, CLIP mean/std), batched on the device. Values are raw cosines in
+[-1, 1].
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -24,9 +29,8 @@ import open_clip
 import torch
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp
+from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
-    CLIP_PREPROCESS,
     Preprocess,
     embed_images,
     frames_to_tensor,
@@ -34,15 +38,50 @@ from videobench.metrics.preprocess import (
     precision_context,
     seeded,
 )
-from videobench.weights import (
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_CLIP_PRETRAINED,
-    WeightsConfig,
-    WeightsLoadError,
-    describe_load_error,
-)
+from videobench.metrics.registry import ColumnSpec, register_metric
+from videobench.options import option
+from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 
-CLIP_COLUMNS = ("clip_t", "clip_i", "t_cons")
+DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
+DEFAULT_CLIP_PRETRAINED = "openai"
+#: Weights-folder file stems of the usual models (others: ``clip_<model>_<pretrained>``).
+_KNOWN_CLIP_STEMS = {
+    ("ViT-B-32-quickgelu", "openai"): "clip_vit_b32_openai",
+    ("ViT-B-32", "openai"): "clip_vit_b32_openai",
+}
+
+
+def clip_file_stem(model: str, pretrained: str) -> str:
+    """The weights-folder file stem for an open_clip model + pretrained tag."""
+    known = _KNOWN_CLIP_STEMS.get((model, pretrained))
+    if known:
+        return known
+    return "clip_" + re.sub(r"[^a-z0-9]+", "_", f"{model}_{pretrained}".lower()).strip("_")
+
+
+def clip_hf_repo(model: str, pretrained: str) -> str | None:
+    """The Hugging Face repository open_clip downloads ``model``/``pretrained`` from, if any."""
+    try:
+        cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
+    except Exception:  # unknown model names have no hub entry
+        return None
+    hub = cfg.get("hf_hub") or ""
+    repo = hub.rstrip("/")
+    if not repo:
+        return None
+    # "org/name/" is a repo with open_clip's default file names; "org/name/file" names one file.
+    return repo if hub.endswith("/") or repo.count("/") == 1 else os.path.dirname(repo)
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """Options of the ``clip`` family (``-M clip.model=ViT-L-14 -M clip.pretrained=openai``)."""
+
+    model: str = option(DEFAULT_CLIP_MODEL, "open_clip architecture (preprocessing follows the model)")
+    pretrained: str = option(DEFAULT_CLIP_PRETRAINED, "open_clip pretrained tag (names the weights and their "
+                                                      "normalisation)")
+    weights: Path | None = option(None, "an open_clip / OpenAI state dict file (else the weights folder or caches)")
+    batch_size: int = option(64, "images per forward pass", minimum=1)
 
 
 @contextlib.contextmanager
@@ -80,11 +119,18 @@ def build_clip_model(
     return model.eval()
 
 
+@register_metric
 class ClipMetric(ModelMetric):
     """The ``clip`` family: ``clip_t``, ``clip_i`` and ``t_cons`` from one image-embedding pass."""
 
     family = "clip"
-    columns = CLIP_COLUMNS
+    description = "CLIP-T, CLIP-I and T.Cons from one open_clip image pass (default ViT-B/32, OpenAI weights)"
+    column_specs = (
+        ColumnSpec("clip_t", "CLIP-T", "mean cosine of each frame's CLIP embedding with the prompt's", order=10),
+        ColumnSpec("clip_i", "CLIP-I", "mean CLIP cosine over (reference image, frame) pairs", order=20),
+        ColumnSpec("t_cons", "T.Cons", "mean CLIP cosine of consecutive frames", order=40),
+    )
+    Options = ClipOptions
 
     def __init__(
         self,
@@ -94,28 +140,38 @@ class ClipMetric(ModelMetric):
         model_name: str = DEFAULT_CLIP_MODEL,
         pretrained: str = DEFAULT_CLIP_PRETRAINED,
         batch_size: int = 64,
-        preprocess: Preprocess = CLIP_PREPROCESS,
+        preprocess: Preprocess | None = None,
         **stamp: Unpack[WeightsStamp],
     ) -> None:
         super().__init__(model, **stamp)
         self.tokenizer = tokenizer
         self.model_name, self.pretrained = model_name, pretrained
-        self.batch_size, self.preprocess = batch_size, preprocess
+        self.batch_size = batch_size
+        self.preprocess = preprocess or Preprocess.from_open_clip(model, model_name, pretrained)
 
     @classmethod
-    def _model_builder(cls, weights: WeightsConfig, kwargs: dict[str, Any]) -> ModelBuilder:
-        return functools.partial(build_clip_model, weights.clip_model)
-
-    @classmethod
-    def _from_model(
-        cls, model: torch.nn.Module, weights: WeightsConfig, stamp: WeightsStamp, **kwargs: Any
-    ) -> ClipMetric:
-        """Add the model's tokenizer and names; ``pretrained`` reads ``random`` for random weights."""
-        pretrained = "random" if stamp["random_weights"] else weights.clip_pretrained
-        return cls(
-            model, open_clip.get_tokenizer(weights.clip_model),
-            model_name=weights.clip_model, pretrained=pretrained, **stamp, **kwargs,
+    def weight_specs(cls, options: ClipOptions) -> list[WeightSpec]:
+        stem = clip_file_stem(options.model, options.pretrained)
+        spec = WeightSpec(
+            key=cls.weight_key, model=f"CLIP {options.model} ({options.pretrained}), open_clip",
+            file_names=(f"{stem}.safetensors", f"{stem}.bin", f"{stem}.pt"),
+            hf_repo=clip_hf_repo(options.model, options.pretrained),
+            hf_files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+            formats="an open_clip or OpenAI state dict (safetensors, .bin, .pt); not OpenAI's TorchScript archive",
         )
+        return [with_weights_option(spec, options, cls.family)]
+
+    @classmethod
+    def _model_builder(cls, options: ClipOptions) -> ModelBuilder:
+        return functools.partial(build_clip_model, options.model)
+
+    @classmethod
+    def _from_model(cls, model: torch.nn.Module, options: ClipOptions, stamp: WeightsStamp) -> ClipMetric:
+        """Add the model's tokenizer and names; ``pretrained`` reads ``random`` for random weights."""
+        pretrained = "random" if stamp["random_weights"] else options.pretrained
+        return cls(model, open_clip.get_tokenizer(options.model), model_name=options.model, pretrained=pretrained,
+                   batch_size=options.batch_size,
+                   preprocess=Preprocess.from_open_clip(model, options.model, options.pretrained), **stamp)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -2,7 +2,9 @@
 
 DINO-I = 1/(R*T) * sum_r sum_t cos(phi(ref_r), phi(f_t)), where phi is the CLS token of DINO ViT-S/16 after the
 final norm (timm ``vit_small_patch16_224`` with ``num_classes=0``: exactly DINO's ``VisionTransformer`` output).
-Preprocessing as in DreamBooth's evaluation: Resize(256, bicubic), CenterCrop(224), ImageNet mean/std.
+Preprocessing is timm's evaluation transform of the model (its size, interpolation and ImageNet mean/std from
+``timm.data.resolve_model_data_config``) with DreamBooth's crop fraction 224/256 instead of timm's 0.9: Resize(256,
+bicubic), CenterCrop(224), ImageNet mean/std, as in DreamBooth's evaluation.
 
 The original ``dino_deitsmall16_pretrain.pth`` loads as is: DINO's backbone uses timm's parameter names
 (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``,
@@ -13,6 +15,7 @@ and a projection ``head.``) are reduced to the backbone; timm's ``vit_small_patc
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -20,23 +23,36 @@ import timm
 import torch
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp
+from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
-    DINO_PREPROCESS,
     Preprocess,
     embed_images,
     frames_to_tensor,
     image_to_tensor,
     seeded,
 )
-from videobench.weights import (
-    WeightsConfig,
-    build_loaded,
-    load_state_dict,
-    strip_prefixes,
-)
+from videobench.metrics.registry import ColumnSpec, register_metric
+from videobench.options import option
+from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
 
 DINO_ARCH = "vit_small_patch16_224"
+#: timm's name of DINO ViT-S/16 (architecture + pretrained tag: its data config is the model's own).
+DINO_TIMM_NAME = f"{DINO_ARCH}.dino"
+#: DreamBooth's DINO evaluation: Resize(256) + CenterCrop(224), i.e. timm's transform with crop_pct 224/256.
+DREAMBOOTH_CROP_PCT = 0.875
+_DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
+
+
+@dataclass(frozen=True)
+class DinoOptions:
+    """Options of the ``dino`` family."""
+
+    weights: Path | None = option(None, "dino_deitsmall16_pretrain.pth or timm's safetensors (else the weights "
+                                        "folder or caches)")
+    batch_size: int = option(64, "images per forward pass", minimum=1)
+    crop_pct: float = option(DREAMBOOTH_CROP_PCT, "centre-crop fraction of the resize (DreamBooth: 224/256)",
+                             minimum=0.1, maximum=1.0)
+    model_kwargs: dict = option(default_factory=dict, help="timm architecture overrides (tests: a shallow model)")
 
 
 def dino_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,14 +62,16 @@ def dino_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def build_dino_model(
-    weights: str | Path | None = None, seed: int = 0, **model_kwargs: Any
+    weights: str | Path | None = None, seed: int = 0, arch: str = DINO_TIMM_NAME, **model_kwargs: Any
 ) -> torch.nn.Module:
-    """timm ViT-S/16 without classifier; loaded from ``weights`` (strictly) when given, else seeded random init.
+    """A timm DINO ViT without classifier; loaded from ``weights`` (strictly) when given, else seeded random init.
 
-    ``model_kwargs`` override timm's architecture (tests use a shallow model); they are part of the config.
+    ``arch`` is timm's name (``vit_small_patch16_224.dino`` for DINO-I); ``model_kwargs`` override timm's
+    architecture (tests use a shallow model; ``dynamic_img_size=True`` for any input size); they are part of the
+    config.
     """
     def factory() -> torch.nn.Module:
-        return timm.create_model(DINO_ARCH, pretrained=False, num_classes=0, **model_kwargs)
+        return timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
 
     if weights is not None:
         return build_loaded(factory, dino_state_dict(load_state_dict(weights)), weights).eval()
@@ -61,29 +79,50 @@ def build_dino_model(
         return factory().eval()
 
 
+@register_metric
 class DinoMetric(ModelMetric):
     """The ``dino`` family: ``dino_i``."""
 
     family = "dino"
-    columns = ("dino_i",)
+    description = "DINO-I: subject fidelity with DINO ViT-S/16 CLS features (DreamBooth's DINO metric)"
+    column_specs = (
+        ColumnSpec("dino_i", "DINO-I", "mean DINO ViT-S/16 cosine over (reference image, frame) pairs", order=30),
+    )
+    Options = DinoOptions
 
     def __init__(
         self,
         model: torch.nn.Module,
         *,
         batch_size: int = 64,
-        preprocess: Preprocess = DINO_PREPROCESS,
+        preprocess: Preprocess | None = None,
         model_kwargs: dict[str, Any] | None = None,
         **stamp: Unpack[WeightsStamp],
     ) -> None:
         super().__init__(model, **stamp)
-        self.batch_size, self.preprocess = batch_size, preprocess
+        self.batch_size = batch_size
+        self.preprocess = preprocess or Preprocess.from_timm(model, crop_pct=DREAMBOOTH_CROP_PCT)
         self.model_kwargs = dict(model_kwargs or {})
 
     @classmethod
-    def _model_builder(cls, weights: WeightsConfig, kwargs: dict[str, Any]) -> ModelBuilder:
-        """``kwargs["model_kwargs"]`` (timm architecture overrides) shape the network and stay in the config."""
-        return functools.partial(build_dino_model, **(kwargs.get("model_kwargs") or {}))
+    def weight_specs(cls, options: DinoOptions) -> list[WeightSpec]:
+        spec = WeightSpec(
+            key=cls.weight_key, model="DINO ViT-S/16 (timm vit_small_patch16_224)",
+            file_names=("dino_deitsmall16_pretrain.pth", "dino_vits16.safetensors"),
+            hf_repo="timm/vit_small_patch16_224.dino", hf_files=("model.safetensors", "pytorch_model.bin"),
+            url=_DINO_URL, formats="the original DINO release (.pth) or timm's safetensors",
+        )
+        return [with_weights_option(spec, options, cls.family)]
+
+    @classmethod
+    def _model_builder(cls, options: DinoOptions) -> ModelBuilder:
+        """``model_kwargs`` (timm architecture overrides) shape the network and stay in the config."""
+        return functools.partial(build_dino_model, **options.model_kwargs)
+
+    @classmethod
+    def _from_model(cls, model: torch.nn.Module, options: DinoOptions, stamp: WeightsStamp) -> DinoMetric:
+        return cls(model, batch_size=options.batch_size, model_kwargs=options.model_kwargs,
+                   preprocess=Preprocess.from_timm(model, crop_pct=options.crop_pct), **stamp)
 
     def config(self) -> dict[str, Any]:
         config = {**self._base_config(f"timm:{DINO_ARCH}"), "preprocess": self.preprocess.config()}

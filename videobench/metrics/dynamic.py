@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -32,15 +33,13 @@ from torchvision.models.optical_flow import raft_large
 from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp
+from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import frames_to_tensor, precision_context, seeded
-from videobench.weights import (
-    WeightsConfig,
-    build_loaded,
-    load_state_dict,
-    strip_prefixes,
-)
+from videobench.metrics.registry import ColumnSpec, register_metric
+from videobench.options import option
+from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
 
+_RAFT_URL = "https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
 NUM_FLOW_UPDATES = 20
 TOP_FRACTION = 0.05
 BASE_THRESHOLD = 6.0
@@ -192,11 +191,27 @@ def pad_for_raft(images: torch.Tensor, multiple: int = 8, min_size: int = MIN_RA
 
 
 # --- the metric ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DynamicOptions:
+    """Options of the ``dynamic`` family."""
+
+    weights: Path | None = option(None, "raft_large_C_T_V1-22a6c225.pth (torchvision) or raft-things.pth (else the "
+                                        "weights folder or caches)")
+    pair_batch_size: int = option(16, "RAFT frame pairs per batch", minimum=1)
+    num_flow_updates: int = option(NUM_FLOW_UPDATES, "RAFT refinement iterations (VBench: 20)", minimum=1)
+
+
+@register_metric
 class DynamicDegreeMetric(ModelMetric):
     """The ``dynamic`` family: ``dynamic`` in {0, 1} plus the rule's diagnostics."""
 
     family = "dynamic"
-    columns = ("dynamic",)
+    description = "D.D: VBench's dynamic degree with RAFT-large optical flow (percent of dynamic videos)"
+    column_specs = (
+        ColumnSpec("dynamic", "D.D", "VBench dynamic degree: 1 when enough frame pairs move more than the "
+                   "threshold", order=50, unit="%", binary=True),
+    )
+    Options = DynamicOptions
 
     def __init__(
         self,
@@ -210,8 +225,24 @@ class DynamicDegreeMetric(ModelMetric):
         self.pair_batch_size, self.num_flow_updates = pair_batch_size, num_flow_updates
 
     @classmethod
-    def _model_builder(cls, weights: WeightsConfig, kwargs: dict[str, Any]) -> ModelBuilder:
+    def weight_specs(cls, options: DynamicOptions) -> list[WeightSpec]:
+        spec = WeightSpec(
+            key=cls.weight_key, model="RAFT-large raft-things (torchvision raft_large C_T_V1)",
+            file_names=("raft_large_C_T_V1-22a6c225.pth", "raft-things.pth", "raft_large.safetensors"),
+            url=_RAFT_URL, url_hash_prefix="22a6c225",
+            formats="torchvision's checkpoint, the original raft-things.pth (keys converted) or safetensors",
+        )
+        return [with_weights_option(spec, options, cls.family)]
+
+    @classmethod
+    def _model_builder(cls, options: DynamicOptions) -> ModelBuilder:
         return build_raft_model
+
+    @classmethod
+    def _from_model(cls, model: torch.nn.Module, options: DynamicOptions, stamp: WeightsStamp
+                    ) -> DynamicDegreeMetric:
+        return cls(model, pair_batch_size=options.pair_batch_size, num_flow_updates=options.num_flow_updates,
+                   **stamp)
 
     def config(self) -> dict[str, Any]:
         return {

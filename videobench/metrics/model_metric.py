@@ -1,29 +1,33 @@
-"""The plumbing the three model-based metric families share (``clip``, ``dino``, ``dynamic``).
+"""The plumbing the model-based metric families share (``clip``, ``dino``, ``dynamic``, ``subject_consistency``).
 
-Each family wraps one network (open_clip CLIP, timm DINO ViT-S/16, torchvision RAFT-large). They share:
+Each family wraps one network. They share:
 
-* the weights contract: a metric is built from a weights file whose sha256 it records, or from seeded random
-  weights behind an explicit ``random_weights=True``, never silently (:meth:`ModelMetric.from_weights`);
+* the weights contract: a metric is built from one weights file (resolved by the harness, its sha256 recorded), or
+  from seeded random weights behind an explicit ``random_weights=True``, never silently (:meth:`ModelMetric.build`);
 * the precision contract: fp32 anywhere, fp16/bf16 autocast only on CUDA (:func:`check_precision`);
 * the cache key: :meth:`ModelMetric.config` names everything that changes the numbers, and
   :func:`videobench.score.metric_config_hash` hashes it; :meth:`ModelMetric._base_config` is the common part
   (family, model, weights sha256 or ``random(seed=N)``, dtype).
 
-The metric definitions themselves live in the families' modules (:mod:`videobench.metrics.clip`,
-:mod:`videobench.metrics.dino`, :mod:`videobench.metrics.dynamic`).
+A family subclasses :class:`ModelMetric`, declares its registry description (``family``, ``description``,
+``column_specs``, ``Options``, ``default``; see :mod:`videobench.metrics.registry`), its weight file
+(:meth:`weight_specs`) and how its network is built (:meth:`_model_builder`) and wrapped (:meth:`_from_model`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from dataclasses import replace
 from typing import Any, ClassVar, Self, TypedDict
 
 import torch
 
-from videobench.metrics.preprocess import check_precision
 from mediaio.hashing import file_sha256
-from videobench.weights import WeightsConfig, check_weights, resolve_weights
+from videobench.metrics.preprocess import check_precision
+from videobench.metrics.registry import ColumnSpec, MetricContext
+from videobench.options import parse_options
+from videobench.weights import WeightsConfig, WeightSpec, check_weights
 
 #: ``build_fn(weights_path_or_None, seed)``: a model loaded (strictly) from the file, or seeded random when None.
 ModelBuilder = Callable[[Path | None, int], torch.nn.Module]
@@ -40,14 +44,21 @@ class WeightsStamp(TypedDict, total=False):
 
 
 class ModelMetric:
-    """Base of the model-based metric families: holds the model, its weights stamp, device and precision.
-
-    Subclasses set :attr:`family` and :attr:`columns`, implement ``score``, extend :meth:`_base_config` in
-    ``config``, and say how their network is built (:meth:`_model_builder`) and wrapped (:meth:`_from_model`).
-    """
+    """Base of the model-based metric families: holds the model, its weights stamp, device and precision."""
 
     family: ClassVar[str]
+    description: ClassVar[str]
+    column_specs: ClassVar[tuple[ColumnSpec, ...]]
     columns: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type]
+    default: ClassVar[bool] = True
+    #: The key of the family's one weight file in :meth:`weight_specs`.
+    weight_key: ClassVar[str] = "model"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "column_specs" in cls.__dict__:
+            cls.columns = tuple(column.name for column in cls.column_specs)
 
     def __init__(
         self,
@@ -66,44 +77,60 @@ class ModelMetric:
         self.weights_sha256, self.random_weights, self.seed = weights_sha256, random_weights, seed
         self.device, self.dtype = device, dtype
 
-    # -- construction from a weights config ------------------------------------------------------------------
+    # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def from_weights(
+    def weight_specs(cls, options: Any) -> list[WeightSpec]:
+        """The family's weight file for ``options`` (its ``weights`` option, if set, is the explicit path)."""
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, options: Any, context: MetricContext) -> Self:
+        """Build from the resolved weight file in ``context`` (sha256 recorded), or seeded random weights."""
+        build_fn = cls._model_builder(options)
+        if context.random_weights:
+            model, sha = build_fn(None, context.seed), None
+        else:
+            path = context.weight_path(cls.weight_key)
+            if path is None:
+                raise ValueError(f"the {cls.family} metric's weights were not resolved (key {cls.weight_key!r})")
+            model, sha = build_fn(path, context.seed), file_sha256(path)
+        stamp = WeightsStamp(weights_sha256=sha, random_weights=context.random_weights, device=context.device,
+                             dtype=context.dtype, seed=context.seed)
+        return cls._from_model(model, options, stamp)
+
+    @classmethod
+    def create(
         cls,
-        weights: WeightsConfig,
+        options: Any | Mapping[str, Any] | None = None,
+        *,
+        weights: WeightsConfig | None = None,
         device: str = "cpu",
         dtype: str = "fp32",
         random_weights: bool = False,
         seed: int = 0,
-        **kwargs: Any,
     ) -> Self:
-        """Build from :class:`~videobench.weights.WeightsConfig` (resolving the file), or randomly when asked.
+        """Scripts' and tests' shortcut: parse ``options`` (a mapping or the Options), resolve the weights, build.
 
-        ``random_weights=True`` builds the network from ``seed`` (stamped ``random(seed=N)`` in :meth:`config`);
-        otherwise the family's weights file must exist (:func:`~videobench.weights.check_weights`), is loaded
-        strictly and its sha256 recorded. ``kwargs`` go to the family's constructor.
+        Raises:
+            videobench.weights.MissingWeightsError: the weight file is missing (with where to put it).
+            videobench.options.OptionError: a bad option.
         """
-        build_fn = cls._model_builder(weights, kwargs)
-        if random_weights:
-            model, sha = build_fn(None, seed), None
-        else:
-            check_weights([cls.family], weights)
-            path = resolve_weights(cls.family, weights).path
-            model, sha = build_fn(path, seed), file_sha256(path)
-        stamp = WeightsStamp(weights_sha256=sha, random_weights=random_weights, device=device, dtype=dtype, seed=seed)
-        return cls._from_model(model, weights, stamp, **kwargs)
+        if not isinstance(options, cls.Options):
+            options = parse_options(cls.Options, dict(options or {}), owner=f"metric {cls.family}")
+        check_precision(device, dtype)
+        resolved = {} if random_weights else check_weights(cls.weight_specs(options), weights)
+        context = MetricContext(device=device, dtype=dtype, random_weights=random_weights, seed=seed, weights=resolved)
+        return cls.build(options, context)
 
     @classmethod
-    def _model_builder(cls, weights: WeightsConfig, kwargs: dict[str, Any]) -> ModelBuilder:
-        """The family's ``build_fn(path_or_None, seed)`` for ``weights`` and the ``from_weights`` keywords."""
+    def _model_builder(cls, options: Any) -> ModelBuilder:
+        """The family's ``build_fn(path_or_None, seed)`` for ``options``."""
         raise NotImplementedError
 
     @classmethod
-    def _from_model(
-        cls, model: torch.nn.Module, weights: WeightsConfig, stamp: WeightsStamp, **kwargs: Any
-    ) -> Self:
+    def _from_model(cls, model: torch.nn.Module, options: Any, stamp: WeightsStamp) -> Self:
         """Wrap a built ``model``; families whose constructor needs more (a tokenizer, names) override this."""
-        return cls(model, **stamp, **kwargs)
+        raise NotImplementedError
 
     # -- the cache key ---------------------------------------------------------------------------------------
     def _base_config(self, model: str) -> dict[str, Any]:
@@ -129,4 +156,9 @@ class ModelMetric:
         return columns
 
 
-__all__ = ["ModelBuilder", "ModelMetric", "WeightsStamp"]
+def with_weights_option(spec: WeightSpec, options: Any, family: str) -> WeightSpec:
+    """``spec`` with the family's ``weights`` option as its explicit path (``-M family.weights=FILE``)."""
+    return replace(spec, explicit=getattr(options, "weights", None), option=f"-M {family}.weights=FILE")
+
+
+__all__ = ["ModelBuilder", "ModelMetric", "WeightsStamp", "with_weights_option"]

@@ -14,6 +14,7 @@ frame equal to the reference gets exactly the reference's embedding.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,15 +31,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: How an image reaches the model's input size: open_clip's ``resize_mode`` names.
+RESIZE_MODES = ("shortest", "squash", "longest")
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the short side to ``resize`` (bicubic, antialiased), center-crop ``crop``, normalise."""
+    """Resize (``resize_mode``), centre-crop ``crop`` (None: no crop), scale to [0, 1], normalise.
+
+    * ``shortest``: the short side to ``resize`` (aspect kept), then the centre ``crop x crop``;
+    * ``squash``: straight to ``resize x resize`` (aspect not kept; SigLIP);
+    * ``longest``: the long side to ``resize``, then centre-padded to a square with ``fill``.
+
+    ``antialias`` matches PIL's (True) or torchvision's tensor resize without it (VBench's DINO transform).
+    """
 
     resize: int
-    crop: int
+    crop: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    antialias: bool = True
+    fill: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode {self.resize_mode!r}: one of {', '.join(RESIZE_MODES)}")
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,17 +65,54 @@ class Preprocess:
     def __call__(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return preprocess(images, self, dtype)
 
+    @classmethod
+    def from_open_clip(cls, model: torch.nn.Module, model_name: str, pretrained: str | None) -> Preprocess:
+        """The transform open_clip itself would build for ``model`` with its ``pretrained`` tag's settings."""
+        import open_clip
+
+        cfg = dict(open_clip.get_model_preprocess_cfg(model))
+        tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
+        cfg.update({key: tag_cfg[key] for key in ("mean", "std", "interpolation", "resize_mode") if key in tag_cfg})
+        size = cfg["size"]
+        size = int(size if isinstance(size, int) else size[0])
+        mode = cfg.get("resize_mode", "shortest")
+        return cls(resize=size, crop=size if mode == "shortest" else None, mean=tuple(cfg["mean"]),
+                   std=tuple(cfg["std"]), interpolation=cfg.get("interpolation", "bicubic"), resize_mode=mode,
+                   fill=int(cfg.get("fill_color", 0)))
+
+    @classmethod
+    def from_timm(cls, model: torch.nn.Module, crop_pct: float | None = None) -> Preprocess:
+        """timm's evaluation transform of ``model`` (``resolve_model_data_config``), ``crop_pct`` overridable."""
+        import timm
+
+        cfg = timm.data.resolve_model_data_config(model)
+        size = int(cfg["input_size"][-1])
+        pct = crop_pct if crop_pct is not None else float(cfg.get("crop_pct", 1.0))
+        return cls(resize=math.floor(size / pct), crop=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                   interpolation=cfg.get("interpolation", "bicubic"))
+
 
 CLIP_PREPROCESS = Preprocess(224, 224, CLIP_MEAN, CLIP_STD)
 DINO_PREPROCESS = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def preprocess(images: torch.Tensor, cfg: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(N, 3, H, W)`` uint8 -> ``(N, 3, crop, crop)`` normalised ``dtype`` on the same device."""
+    """``(N, 3, H, W)`` uint8 -> ``(N, 3, h, w)`` normalised ``dtype`` on the same device (see :class:`Preprocess`)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
-    resized = TF.resize(images, [cfg.resize], interpolation=InterpolationMode(cfg.interpolation), antialias=True)
-    cropped = TF.center_crop(resized, [cfg.crop, cfg.crop])
+    mode = InterpolationMode(cfg.interpolation)
+    if cfg.resize_mode == "squash":
+        resized = TF.resize(images, [cfg.resize, cfg.resize], interpolation=mode, antialias=cfg.antialias)
+    elif cfg.resize_mode == "longest":
+        h, w = images.shape[-2:]
+        scale = cfg.resize / max(h, w)
+        size = [max(1, round(h * scale)), max(1, round(w * scale))]
+        resized = TF.resize(images, size, interpolation=mode, antialias=cfg.antialias)
+        pad_h, pad_w = cfg.resize - size[0], cfg.resize - size[1]
+        resized = TF.pad(resized, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=cfg.fill)
+    else:
+        resized = TF.resize(images, [cfg.resize], interpolation=mode, antialias=cfg.antialias)
+    cropped = TF.center_crop(resized, [cfg.crop, cfg.crop]) if cfg.crop else resized
     scaled = cropped.to(dtype) / 255.0
     return TF.normalize(scaled, list(cfg.mean), list(cfg.std))
 

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 from videobench.cases import Case
 from videobench.data import DataError, DataFile, ShippedFile, join_inside, require_files, safe_relpath
+from videobench.suites.registry import Suite, register_suite
 
 NAME = "dreambench"
 SPEC_FILE = "dreambench.json"
@@ -104,10 +105,15 @@ def make_cases(root: Path, spec: dict[str, Any] | None = None) -> tuple[Case, ..
     return tuple(cases)
 
 
-def build(root: Path):
-    """The DreamBench suite over ``root``; raises :class:`~videobench.data.MissingDataError` without the images."""
-    from videobench.suites import Suite
+def _subject_ids() -> list[str]:
+    return [subject["id"] for subject in load_spec()["subjects"]]
 
+
+@register_suite(NAME, label="DreamBench", version=load_spec()["version"], description=load_spec()["description"],
+                order=10, files=lambda subjects: data_files(subjects=subjects), shipped=shipped_files,
+                subjects=_subject_ids)
+def build(root: Path) -> Suite:
+    """The DreamBench suite over ``root``; raises :class:`~videobench.data.MissingDataError` without the images."""
     spec = load_spec()
     require_files(NAME, root, [f for s in spec["subjects"] for f in subject_files(spec, s["id"])])
     return Suite(name=NAME, version=spec["version"], description=spec["description"], cases=make_cases(root, spec))

@@ -18,6 +18,7 @@ from PIL import Image
 from mediaio.atomic import atomic_path
 from videobench.cases import Case
 from videobench.data import join_inside
+from videobench.suites.registry import Suite, register_suite
 
 NAME = "smoke"
 VERSION = "v1"
@@ -91,10 +92,9 @@ def ensure_images(root: Path) -> dict[str, Path]:
     return paths
 
 
-def build(root: Path):
+@register_suite(NAME, label="smoke", version=VERSION, description=DESCRIPTION, order=0)
+def build(root: Path) -> Suite:
     """The smoke suite; its images are drawn into ``root/smoke`` first."""
-    from videobench.suites import Suite
-
     paths = ensure_images(root)
     cases = tuple(
         Case(

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from videobench.cases import Case
 from videobench.data import DataError, DataFile, ShippedFile, join_inside, require_files, safe_relpath
+from videobench.suites.registry import Suite, register_suite
 from videobench.suites import dreambench
 
 NAME = "videobench"
@@ -127,10 +128,15 @@ def make_cases(root: Path, spec: dict[str, Any] | None = None) -> tuple[Case, ..
     return tuple(cases)
 
 
-def build(root: Path):
-    """The VideoBench suite over ``root``; raises :class:`~videobench.data.MissingDataError` without the images."""
-    from videobench.suites import Suite
+def _subject_ids() -> list[str]:
+    return [subject["id"] for subject in load_spec()["subjects"]]
 
+
+@register_suite(NAME, label="VideoBench", version=load_spec()["version"], description=load_spec()["description"],
+                order=20, files=lambda subjects: data_files(subjects=subjects), shipped=shipped_files,
+                subjects=_subject_ids)
+def build(root: Path) -> Suite:
+    """The VideoBench suite over ``root``; raises :class:`~videobench.data.MissingDataError` without the images."""
     spec = load_spec()
     require_files(NAME, root, [f for s in spec["subjects"] for f in subject_files(spec, s)])
     version = spec["version"]

@@ -1,0 +1,217 @@
+"""The report's tables: cells with intervals and best/second marks, our leaderboard, the per-subject breakdown.
+
+Every table has one group of score columns per suite (Table 1's layout). Which columns, how they are labelled and
+which way is better come from the metric registry (:mod:`videobench.metrics.registry`); suite labels and order
+from the suite registry.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from videobench.leaderboard import aggregate
+from videobench.metrics.registry import column_specs, ordered_columns
+from videobench.suites import suite_label, suite_order
+
+
+def number(value: Any) -> float | None:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(result) else result
+
+
+def flag(value: Any) -> bool:
+    """A 0/1 leaderboard flag; missing or NaN (a column one of several leaderboards lacks) is 0."""
+    return bool(int(number(value) or 0))
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower().replace("λ", "lambda"))
+
+
+def rank_marks(values: Sequence[float | None], decimals: int = 2, higher_is_better: bool = True) -> list[str]:
+    """``"best"`` for the best value (ties all best), ``"second"`` for the next distinct value, else ``""``.
+
+    Values are compared as displayed (rounded to ``decimals``), as the paper marks its tables; "best" is the
+    highest value, or the lowest for a column where lower is better. A column with fewer than two values gets
+    no marks.
+    """
+    rounded = [None if value is None else round(value, decimals) for value in values]
+    if sum(value is not None for value in rounded) < 2:  # nothing to compare against
+        return [""] * len(rounded)
+    distinct = sorted({value for value in rounded if value is not None}, reverse=higher_is_better)
+    best = distinct[0] if distinct else None
+    second = distinct[1] if len(distinct) > 1 else None
+    return ["best" if v is not None and v == best else "second" if v is not None and v == second else ""
+            for v in rounded]
+
+
+@dataclass
+class Cell:
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    mark: str = ""
+    n: int | None = None
+
+    @property
+    def text(self) -> str:
+        return "—" if self.value is None else f"{self.value:.2f}"
+
+    @property
+    def ci_text(self) -> str:
+        if self.low is None or self.high is None:
+            return ""
+        return f"[{self.low:.2f}, {self.high:.2f}]"
+
+
+@dataclass
+class Row:
+    label: str
+    cells: list[Cell]
+    kind: str = "ours"  # "ours", "reference", "paper", "ours-side", "missing"
+    note: str = ""
+    random: bool = False
+    counts: str = ""
+
+
+@dataclass
+class Table:
+    title: str
+    groups: list[tuple[str, int]]  # (group label, number of columns)
+    columns: list[str]  # column labels, all groups
+    rows: list[Row]
+    table_id: str = ""
+    caption: str = ""
+    first_header: str = "Method"
+    column_names: tuple[str, ...] = ()  # the score columns of one group, in order
+
+
+def column_label(name: str) -> str:
+    spec = column_specs().get(name)
+    return spec.label if spec is not None else name
+
+
+def suite_table(title: str, suites: Sequence[str], columns: Sequence[str], rows: list[Row], table_id: str,
+                caption: str, first_header: str = "Method") -> Table:
+    """A table with one group of ``columns`` per suite (Table 1's layout)."""
+    return Table(title, [(suite_label(s), len(columns)) for s in suites],
+                 [column_label(c) for _ in suites for c in columns], rows, table_id=table_id, caption=caption,
+                 first_header=first_header, column_names=tuple(columns))
+
+
+def mark_rows(rows: list[Row], columns: Sequence[str], ranked: Iterable[str] = ("ours", "paper")) -> None:
+    """Best/second marks per cell column among the rows whose kind is in ``ranked`` (when 2 or more).
+
+    ``columns`` are the score columns of one suite group (the cells repeat them per group).
+    """
+    ranked = set(ranked)
+    eligible = [row for row in rows if row.kind in ranked]
+    if len(eligible) < 2 or not columns:  # a single row has nothing to be best against
+        return
+    specs = column_specs()
+    for index in range(len(eligible[0].cells)):
+        name = columns[index % len(columns)]
+        higher = specs[name].higher_is_better if name in specs else True
+        marks = rank_marks([row.cells[index].value for row in eligible], higher_is_better=higher)
+        for row, mark in zip(eligible, marks):
+            row.cells[index].mark = mark
+
+
+def cell_from(record: dict[str, Any] | None, column: str, with_ci: bool = True) -> Cell:
+    if record is None:
+        return Cell(None)
+    return Cell(
+        number(record.get(column)),
+        number(record.get(f"{column}_ci_low")) if with_ci else None,
+        number(record.get(f"{column}_ci_high")) if with_ci else None,
+        n=int(record["n_scored"]) if number(record.get("n_scored")) is not None else None,
+    )
+
+
+def board_columns(board: pd.DataFrame) -> list[str]:
+    """The registered score columns a leaderboard has values for, in leaderboard order."""
+    known = column_specs()
+    return [c for c in ordered_columns(board.columns) if c in known and board[c].notna().any()]
+
+
+def scale_caption() -> str:
+    """How the numbers read, from the registered columns (e.g. "CLIP-T ... x100; D.D in %")."""
+    specs = column_specs().values()
+    scaled = [f"{spec.label}" for spec in specs if not spec.unit and spec.scale == 100]
+    units = [f"{spec.label} in {spec.unit}" for spec in specs if spec.unit]
+    return (f"{', '.join(scaled)} x100" if scaled else "") + (f"; {', '.join(units)}" if units else "")
+
+
+def leaderboard_table(board: pd.DataFrame) -> Table:
+    """Our leaderboard in Table 1's layout: rows = methods, column groups = suites.
+
+    Rows are keyed by method folder name, so the rows of several RESULTS folders' leaderboards (one per
+    suite) for the same folder name fill one row's column groups.
+    """
+    suites = suite_order(board["suite"].astype(str)) if len(board) else []
+    columns = board_columns(board) if len(board) else []
+    by_key = {(str(r["method"]), str(r["suite"])): r for r in board.to_dict("records")}
+    methods: dict[str, dict[str, Any]] = {}
+    for record in board.to_dict("records"):
+        methods.setdefault(str(record["method"]), record)
+    order = sorted(methods, key=lambda m: (flag(methods[m].get("reference")), m))
+    rows = []
+    for method in order:
+        first = methods[method]
+        cells = [cell_from(by_key.get((method, suite)), column) for suite in suites for column in columns]
+        counts = "; ".join(
+            f"{suite_label(suite)}: {int(by_key[(method, suite)]['n_scored'])}/{int(by_key[(method, suite)]['n_cases'])}"
+            for suite in suites if (method, suite) in by_key
+        )
+        random = any(flag(by_key[(method, s)].get(name)) for s in suites if (method, s) in by_key
+                     for name in ("random_weights", "method_random_weights"))
+        rows.append(Row(method, cells, kind="reference" if flag(first.get("reference")) else "ours",
+                        random=random, counts=counts))
+    mark_rows(rows, columns, ranked=("ours",))
+    return suite_table(
+        "Our leaderboard", suites, columns, rows, table_id="ours",
+        caption=f"Means over scored cases ({scale_caption()}) with 95% bootstrap intervals. Bold: best, "
+                "underlined: second best per column among the evaluated methods (reference rows excluded).",
+    )
+
+
+def subject_tables(methods: Sequence[Any], n_resamples: int, seed: int) -> list[Table]:
+    """Per suite: one row per (subject, method) with the means and 95% intervals.
+
+    Rows name the method by its label (the folder name, plus its results folder where two folders share
+    the name); each table's caption names the results folders it draws from.
+    """
+    by_label = {data.label: data for data in methods}
+    parts = [data.scores.assign(method=data.label) for data in methods if data.scores is not None and len(data.scores)]
+    if not parts:
+        return []
+    scores = pd.concat(parts, ignore_index=True)
+    scores["subject"] = scores["subject"].fillna("").astype(str)
+    scores["suite"] = scores["suite"].fillna("unknown").astype(str)
+    columns = [c for c in ordered_columns(scores.columns) if c in column_specs()]
+    table = aggregate(scores, by=["suite", "subject", "method"], columns=columns, n_resamples=n_resamples, seed=seed)
+    tables = []
+    for suite in suite_order(table["suite"]):
+        rows = []
+        part = table[table["suite"] == suite]
+        for record in part.to_dict("records"):
+            label = str(record["method"])
+            kind = "reference" if by_label[label].reference else "ours"
+            cells = [cell_from(record, c) for c in columns]
+            rows.append(Row(f"{record['subject'] or '(no subject)'} — {label}", cells, kind=kind,
+                            counts=f"{int(record['n_scored'])}/{int(record['n_cases'])}"))
+        folders = list(dict.fromkeys(by_label[str(m)].results_dir for m in part["method"]))
+        tables.append(suite_table(
+            f"Per subject: {suite_label(suite)}", [suite], columns, rows, table_id=f"subjects-{slug(suite) or 'suite'}",
+            caption=f"Suite {suite_label(suite)}, from {', '.join(folders)}.", first_header="Subject — method",
+        ))
+    return tables
