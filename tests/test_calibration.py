@@ -8,7 +8,7 @@ from PIL import Image
 from mediaio.images import fit_to_canvas
 from videobench.calibration import pan_zoom_frames
 from videobench.cases import Case
-from videobench.methods import MethodConfig, build_generator
+from videobench.methods import MethodContext, build_generator
 
 
 def _case(tmp_path, size=(100, 50), mode="RGB") -> Case:
@@ -29,7 +29,7 @@ def test_fit_keeps_aspect_and_pads_white():
 
 def test_reference_still_holds_the_fitted_reference(tmp_path):
     case = _case(tmp_path)
-    generator = build_generator("reference-still", MethodConfig(num_frames=5, height=48, width=72))
+    generator = build_generator("reference-still", {}, MethodContext(num_frames=5, height=48, width=72))[0]
     frames = generator.generate(case, seed=0)
     assert frames.shape == (5, 48, 72, 3) and frames.dtype == np.uint8
     assert all(np.array_equal(frames[0], frame) for frame in frames)
@@ -40,8 +40,8 @@ def test_reference_still_holds_the_fitted_reference(tmp_path):
 
 def test_reference_pan_moves_from_the_still_frame(tmp_path):
     case = _case(tmp_path, mode="RGBA")
-    still = build_generator("reference-still", MethodConfig(num_frames=9, height=48, width=72)).generate(case, 0)
-    pan = build_generator("reference-pan", MethodConfig(num_frames=9, height=48, width=72)).generate(case, 0)
+    still = build_generator("reference-still", {}, MethodContext(num_frames=9, height=48, width=72))[0].generate(case, 0)
+    pan = build_generator("reference-pan", {}, MethodContext(num_frames=9, height=48, width=72))[0].generate(case, 0)
     assert pan.shape == still.shape
     assert np.abs(pan[0].astype(int) - still[0].astype(int)).max() <= 2  # zoom 1, no offset at the start
     differences = [np.abs(pan[i + 1].astype(int) - pan[i].astype(int)).mean() for i in range(8)]

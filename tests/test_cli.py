@@ -123,13 +123,13 @@ def test_download_flag_named_by_the_missing_weights_message_exists(env, monkeypa
 
     monkeypatch.delenv("VIDEOBENCH_DOWNLOAD", raising=False)
     asked = []
-    monkeypatch.setattr(weights_module, "_download", lambda spec: asked.append(spec.family) or (None, "offline test"))
+    monkeypatch.setattr(weights_module, "_download", lambda spec, repo: asked.append(spec.model) or (None, "offline test"))
     (env / "r").mkdir()
     without = invoke("score", str(env / "r"))
     assert without.exit_code == EXIT_SETUP_ERROR and "--download" in without.output and not asked
     out = invoke("score", str(env / "r"), "--download")
     assert out.exit_code == EXIT_SETUP_ERROR, out.output
-    assert sorted(asked) == ["clip", "dino", "dynamic"] and out.output.count("download failed: offline test") == 3
+    assert len(asked) == 3 and out.output.count("download failed: offline test") == 3
 
 
 def test_scoring_a_method_folder_instead_of_results_is_refused(env):
@@ -155,8 +155,8 @@ def test_unusable_device_dtype_or_weights_file_is_one_line_before_any_work(env, 
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     torch.save({"a": torch.zeros(2)}, tmp_path / "other.pth")
     cases += [
-        (("--metrics", "dynamic", "--raft-weights", str(tmp_path / "junk.pth")), "junk.pth: cannot read weights"),
-        (("--metrics", "dino_i", "--dino-weights", str(tmp_path / "other.pth")),
+        (("--metrics", "dynamic", "-M", f"dynamic.weights={tmp_path / 'junk.pth'}"), "junk.pth: cannot read weights"),
+        (("--metrics", "dino_i", "-M", f"dino.weights={tmp_path / 'other.pth'}"),
          "other.pth: does not fit VisionTransformer: 150 missing key(s) (e.g. "),
     ]
     for args, expected in cases:
@@ -171,7 +171,7 @@ def test_run_checks_the_metric_weights_before_generating_anything(env):
     assert out.exit_code == EXIT_SETUP_ERROR and "missing model weights for 3 model(s)" in out.output
     assert not (env / "r").exists()  # nothing generated
     out = invoke("run", "--suite", "smoke", "--methods", "reference-still", "--out", str(env / "r"), "--metrics", "zz")
-    assert out.exit_code == EXIT_SETUP_ERROR and "unknown metric(s) zz" in out.output and not (env / "r").exists()
+    assert out.exit_code == EXIT_SETUP_ERROR and "unknown metric(s) 'zz'" in out.output and not (env / "r").exists()
 
 
 def test_ctrl_c_exits_130_not_the_case_failure_code(env, monkeypatch):
@@ -184,3 +184,85 @@ def test_ctrl_c_exits_130_not_the_case_failure_code(env, monkeypatch):
     monkeypatch.setattr(generate_module, "run_generation", interrupted)
     out = CliRunner().invoke(main, ["generate", "--method", "reference-still", "--suite", "smoke", "--out", str(env / "r")])
     assert out.exit_code == EXIT_INTERRUPTED and "resume" in out.output
+
+
+# ------------------------------------------------------------------------------ method options and guards
+def test_method_options_from_o_and_config_are_validated_before_any_work(env):
+    out_dir = env / "r"
+    args = ("generate", "--method", "customvideox", "--preset", "tiny", "--suite", "smoke", "--out", str(out_dir))
+    out = invoke(*args, "-o", "speed=max")
+    assert out.exit_code == EXIT_SETUP_ERROR and out.output.count("\n") == 1
+    assert "method customvideox: unknown option(s) 'speed'; accepted: model, lora, ablation" in out.output
+    out = invoke(*args, "-o", "mode=fast")
+    assert "method customvideox: option mode='fast': choose one of joint, cached" in out.output
+    out = invoke(*args, "-o", "steps")
+    assert out.exit_code == EXIT_SETUP_ERROR and "-o 'steps': expected key=value" in out.output
+    bad_yaml = env / "bad.yaml"
+    bad_yaml.write_text("steps: [1, 2\n")
+    out = invoke(*args, "--config", str(bad_yaml))
+    assert out.exit_code == EXIT_SETUP_ERROR and f"--config {bad_yaml}: not valid YAML" in out.output
+    listed = env / "list.json"
+    listed.write_text("[1, 2]")
+    out = invoke(*args, "--config", str(listed))
+    assert "expected a mapping of option names to values, got list" in out.output
+    assert not out_dir.exists()  # nothing was created by any of these
+
+
+def test_config_file_options_reach_the_method_and_o_wins(env):
+    config = env / "cvx.yaml"
+    config.write_text("steps: 3\nablation: 3d-ra\n")
+    out = invoke("generate", "--method", "customvideox", "--preset", "tiny", "--suite", "smoke", "--limit", "1",
+                 "--out", str(env / "r"), "--config", str(config), "-o", "steps=2", "--random-weights")
+    assert out.exit_code == 0, out.output
+    run = json.loads((env / "r" / "customvideox-tiny-3d-ra" / "run.json").read_text())
+    assert run["options"]["steps"] == 2 and run["options"]["ablation"] == "3d-ra"
+    assert run["kind"] == "ours" and run["table2_setting"] == "3D-RA" and run["paper_row"] is None
+    assert run["config"]["num_inference_steps"] == 2
+
+
+@pytest.mark.parametrize("flag", ["--frames", "--height", "--width"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_zero_or_negative_sizes_are_refused(env, flag, value):
+    out = invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(env / "r"), flag, value)
+    assert out.exit_code == EXIT_SETUP_ERROR and flag in out.output and not (env / "r").exists()
+
+
+def test_out_pointing_at_a_file_and_corrupt_run_json_are_one_line(env):
+    target = env / "file.txt"
+    target.write_text("x")
+    args = ("generate", "--method", "reference-still", "--suite", "smoke", "--limit", "1")
+    out = invoke(*args, "--out", str(target))
+    assert out.exit_code == EXIT_SETUP_ERROR and out.output.count("\n") == 1
+    assert f"--out {target}: {target} exists and is not a folder" in out.output
+    results = env / "r"
+    assert invoke(*args, "--out", str(results)).exit_code == 0
+    run_json = results / "reference-still" / "run.json"
+    for content, expected in (("{not json", "corrupt run.json"), ("[1, 2]", "run.json holds a JSON list")):
+        run_json.write_text(content)
+        out = invoke(*args, "--out", str(results))
+        assert out.exit_code == EXIT_SETUP_ERROR and out.output.count("\n") == 1, out.output
+        assert str(run_json) in out.output and expected in out.output
+
+
+def test_methods_describe_themselves(env):
+    listing = invoke("methods").output
+    assert "reference-still" in listing and "reference" in listing and "[paper: CustomVideoX]" in listing
+    detail = invoke("methods", "customvideox").output
+    for expected in ("customvideox (ours)", "paper row: CustomVideoX", "presets: tiny", "ablation", "rope_shift",
+                     "default 50" if False else "steps", "THUDM/CogVideoX-5b"):
+        assert expected in detail, detail
+    out = invoke("methods", "nope")
+    assert out.exit_code == EXIT_SETUP_ERROR and "unknown method 'nope'" in out.output
+    metrics = invoke("metrics").output
+    assert "subject_consistency" in metrics and "opt-in" in metrics and "dino_i (DINO-I)" in metrics
+    assert "-M clip.model=" in invoke("metrics", "clip").output
+
+
+def test_weights_listing_covers_methods_and_metrics(env):
+    out = invoke("weights")
+    assert out.exit_code == 0
+    for expected in ("clip: CLIP ViT-B-32-quickgelu", "dino: DINO ViT-S/16", "dynamic: RAFT-large",
+                     "subject_consistency: DINO ViT-B/16", "customvideox: CogVideoX-5B", "missing"):
+        assert expected in out.output, out.output
+    only = invoke("weights", "--method", "customvideox", "-o", "ablation=naive")
+    assert "CogVideoX-5B" in only.output and "LoRA" not in only.output and "RAFT" not in only.output

@@ -13,8 +13,7 @@ from customvideox.method import build_customvideox, frames_to_uint8, run_name_fo
 from customvideox.weights import MODEL_LAYOUT, check_model_folder, locate_base_model
 from mediaio.images import ImageError
 from videobench.cases import Case
-from videobench.generate import build_method
-from videobench.methods import Generator, MethodContext, get_method
+from videobench.methods import Generator, MethodContext, build_generator, get_method
 from videobench.options import OptionError
 from videobench.weights import MissingWeightsError, WeightsConfig
 
@@ -25,7 +24,7 @@ def build(preset: str | None = "tiny", random_weights: bool = False, weights_dir
     """The harness's path: options validated, weights resolved, factory called."""
     context = MethodContext(preset=preset, random_weights=random_weights, **GEOMETRY,
                             weights_config=WeightsConfig(weights_dir=weights_dir or "/nonexistent-weights"))
-    generator, _ = build_method(get_method("customvideox"), options, context)
+    generator, _ = build_generator("customvideox", options, context)
     return generator
 
 

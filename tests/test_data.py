@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from videobench import data
+from videobench.suites import get_suite
 from videobench.data import DataError, DataFile, DownloadError, MissingDataError
 from videobench.suites import dreambench, load_suite, videobench
 
@@ -72,7 +73,7 @@ class Mirror:
 
 
 def _all_files() -> list[DataFile]:
-    return data.suite_files("dreambench") + data.suite_files("videobench")
+    return get_suite("dreambench").data_files() + get_suite("videobench").data_files()
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,8 @@ def mirror(tmp_path_factory):
 def full_root(mirror, tmp_path_factory):
     """A data root filled over HTTP with both suites (videobench first, then dreambench resumes over it)."""
     root = tmp_path_factory.mktemp("data")
-    first = data.download("videobench", root, base_urls=mirror.url, progress=False, backoff=0)
-    second = data.download("dreambench", root, base_urls=mirror.url, progress=False, backoff=0)
+    first = data.download(get_suite("videobench"), root, base_urls=mirror.url, progress=False, backoff=0)
+    second = data.download(get_suite("dreambench"), root, base_urls=mirror.url, progress=False, backoff=0)
     return root, first, second
 
 
@@ -170,13 +171,13 @@ def test_manifest_checksums_match_the_shared_copies():
 @needs_shared
 def test_full_download_verify_and_load(full_root):
     root, first, second = full_root
-    n_vb = len(data.suite_files("videobench"))
+    n_vb = len(get_suite("videobench").data_files())
     assert len(first.downloaded) == n_vb and not first.skipped and not first.failed
     # dreambench resumes over the files videobench already fetched
-    shared = {f.path for f in data.suite_files("dreambench")} & {f.path for f in data.suite_files("videobench")}
+    shared = {f.path for f in get_suite("dreambench").data_files()} & {f.path for f in get_suite("videobench").data_files()}
     assert len(shared) == 160 - 5 - 6 and set(second.skipped) == shared  # all but dog6 (5) and shiny_sneaker (6)
     assert len(second.downloaded) + len(second.skipped) == 160
-    report = data.verify(root)
+    report = data.verify(root, [get_suite("dreambench"), get_suite("videobench")])
     assert report.passed and report.checked == 182 and report.lines()[-1].startswith("OK")
     for name in ("dreambench/LICENSE.txt", "dreambench/references_and_licenses.txt", "videobench/LICENSES.txt"):
         assert (root / name).stat().st_size > 1000
@@ -198,30 +199,30 @@ def test_verify_reports_damage_and_download_repairs_only_it(full_root, mirror):
     corrupt, gone = root / "dreambench/dog2/01.jpg", root / "videobench/objects/cake/00.jpg"
     corrupt.write_bytes(corrupt.read_bytes()[:-100])
     gone.unlink()
-    report = data.verify(root, "videobench")
+    report = data.verify(root, [get_suite("videobench")])
     assert not report.passed
     assert report.missing == ["videobench/objects/cake/00.jpg"]
     assert [c.path for c in report.corrupt] == ["dreambench/dog2/01.jpg"]
     assert any(line.startswith("corrupt: dreambench/dog2/01.jpg") for line in report.lines())
     assert "videobench data download videobench" in report.lines()[-1]
     before = sum(mirror.state["hits"].values())
-    again = data.download("videobench", root, base_urls=mirror.url, progress=False, backoff=0)
+    again = data.download(get_suite("videobench"), root, base_urls=mirror.url, progress=False, backoff=0)
     assert sorted(again.downloaded) == ["dreambench/dog2/01.jpg", "videobench/objects/cake/00.jpg"]
     assert sum(mirror.state["hits"].values()) - before == 2  # resume: verified files are not fetched again
-    assert data.verify(root).passed
+    assert data.verify(root, [get_suite("dreambench"), get_suite("videobench")]).passed
 
 
 @needs_shared
 def test_checksum_mismatch_leaves_nothing_and_resume_finishes(mirror, tmp_path):
     root = tmp_path / "root"
-    biplane = next(f for f in data.suite_files("videobench") if f.path.endswith("biplane/00.png"))
+    biplane = next(f for f in get_suite("videobench").data_files() if f.path.endswith("biplane/00.png"))
     served = mirror.path_of(biplane)
     target = served.resolve()
     served.unlink()
     served.write_bytes(b"\x89PNG not really the biplane")
     try:
         with pytest.raises(DownloadError) as err:
-            data.download("videobench", root, base_urls=mirror.url, progress=False,
+            data.download(get_suite("videobench"), root, base_urls=mirror.url, progress=False,
                           subjects=["biplane", "horse"], backoff=0)
         message = str(err.value)
         assert "videobench/objects/biplane/00.png: sha256 mismatch" in message
@@ -230,7 +231,7 @@ def test_checksum_mismatch_leaves_nothing_and_resume_finishes(mirror, tmp_path):
         assert not (root / "videobench/objects/biplane").exists() or not any(
             (root / "videobench/objects/biplane").iterdir())  # no half-written or temp file
         assert data.file_sha256(root / "videobench/objects/horse/00.png") == next(
-            f.sha256 for f in data.suite_files("videobench", ["horse"]) if "horse" in f.path)
+            f.sha256 for f in get_suite("videobench").data_files(["horse"]) if "horse" in f.path)
     finally:
         served.unlink()
         served.symlink_to(target)
@@ -238,7 +239,7 @@ def test_checksum_mismatch_leaves_nothing_and_resume_finishes(mirror, tmp_path):
     horse_url = "/" + "/".join(("VAST-AI-Research/TripoSR", "d26e33181947bbbc4c6fc0f5734e1ec6c080956e",
                                 "examples/horse.png"))
     horse_hits = hits[horse_url]
-    report = data.download("videobench", root, base_urls=mirror.url, progress=False,
+    report = data.download(get_suite("videobench"), root, base_urls=mirror.url, progress=False,
                            subjects=["biplane", "horse"], backoff=0)
     assert report.downloaded == ["videobench/objects/biplane/00.png"]
     assert "videobench/objects/horse/00.png" in report.skipped
@@ -247,36 +248,36 @@ def test_checksum_mismatch_leaves_nothing_and_resume_finishes(mirror, tmp_path):
 
 @needs_shared
 def test_transient_errors_are_retried_and_404_is_reported(mirror, tmp_path):
-    fox = next(f for f in data.suite_files("videobench", ["fox"]) if "fox" in f.path)
+    fox = next(f for f in get_suite("videobench").data_files(["fox"]) if "fox" in f.path)
     path = mirror.url_path(fox)
     mirror.state["faults"][path] = [503, 500]
     before = mirror.state["hits"][path]
-    report = data.download("videobench", tmp_path, base_urls={"*": mirror.url}, progress=False,
+    report = data.download(get_suite("videobench"), tmp_path, base_urls={"*": mirror.url}, progress=False,
                            subjects=["fox"], backoff=0, retries=3)
     assert "videobench/objects/fox/00.jpg" in report.downloaded
     assert mirror.state["hits"][path] - before == 3
 
     mirror.state["faults"][path] = [404]
     with pytest.raises(DownloadError, match=r"videobench/objects/fox/00.jpg: HTTP 404 for http://127\.0\.0\.1"):
-        data.download("videobench", tmp_path / "other", base_urls=mirror.url, progress=False,
+        data.download(get_suite("videobench"), tmp_path / "other", base_urls=mirror.url, progress=False,
                       subjects=["fox"], backoff=0)
 
     mirror.state["faults"][path] = [503, 503]
     with pytest.raises(DownloadError, match="failed after 2 attempt"):
-        data.download("videobench", tmp_path / "third", base_urls=mirror.url, progress=False,
+        data.download(get_suite("videobench"), tmp_path / "third", base_urls=mirror.url, progress=False,
                       subjects=["fox"], backoff=0, retries=2)
 
 
 @needs_shared
 def test_install_from_local_copy(tmp_path):
-    report = data.download("videobench", tmp_path, progress=False, source_dir=SHARED, subjects=["tortoise", "cat"])
+    report = data.download(get_suite("videobench"), tmp_path, progress=False, source_dir=SHARED, subjects=["tortoise", "cat"])
     assert "videobench/objects/tortoise/00.png" in report.downloaded
     assert sum(p.startswith("dreambench/cat/") for p in report.downloaded) == 5
     with pytest.raises(DownloadError, match="not found in local source folder"):
-        data.download("videobench", tmp_path / "x", progress=False, source_dir=tmp_path / "empty",
+        data.download(get_suite("videobench"), tmp_path / "x", progress=False, source_dir=tmp_path / "empty",
                       subjects=["fox"])
     with pytest.raises(KeyError, match="no subject"):
-        data.suite_files("videobench", ["unicorn"])
+        get_suite("videobench").data_files(["unicorn"])
 
 
 def test_missing_data_names_files_and_command(tmp_path):

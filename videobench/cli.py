@@ -131,8 +131,8 @@ def _method_options(raw_items: Sequence[str], config_file: Path | None) -> dict[
 
 def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, Any], random_weights: bool,
               preset: str | None, progress: bool = True) -> bool:
-    from videobench.generate import RunConflictError, build_method, run_generation
-    from videobench.methods import MethodContext, get_method
+    from videobench.generate import RunConflictError, run_generation
+    from videobench.methods import MethodContext, build_generator, get_method
     from videobench.metrics.preprocess import check_device
     from videobench.suites import load_suite
     from videobench.weights import MissingWeightsError
@@ -148,7 +148,7 @@ def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, An
             height=opts["height"] or suite.height, width=opts["width"] or suite.width, fps=suite.fps,
             weights_config=_weights_config(opts),
         )
-        generator, options = build_method(spec, raw_options, context)
+        generator, options = build_generator(spec, raw_options, context)
     except (KeyError, FileNotFoundError, OSError, ValueError, MissingWeightsError) as error:
         _fail(_first_line(error))
     if generator.random_weights:

@@ -2,8 +2,8 @@
 
 The runner owns files, the generator owns pixels. It
 
-- builds the generator once from its registered spec (:func:`build_method`): options validated, every weight file
-  resolved and each missing one reported in one message, before any model loads;
+- gets a generator built once (:func:`videobench.methods.build_generator`: options validated, every weight file
+  resolved and each missing one reported in one message, before any model loads);
 - resumes: a case whose record says ``ok`` and whose video decodes is skipped;
 - writes each video, intermediate image and every update of ``cases.jsonl`` atomically, under a file lock, so that
   shards (``--shard i/n`` on several GPUs or nodes sharing a folder) and interrupted runs never lose a record;
@@ -33,14 +33,7 @@ from mediaio.atomic import atomic_path
 from mediaio.images import ImageError, load_reference_image
 from mediaio.video import is_valid_video, write_video
 from videobench.cases import Case
-from videobench.methods import (
-    PHASES,
-    Generator,
-    ImageFirstGenerator,
-    MethodContext,
-    MethodSpec,
-    as_output,
-)
+from videobench.methods import PHASES, Generator, ImageFirstGenerator, as_output
 from videobench.results import (
     CASES_FILE,
     IMAGES_DIR,
@@ -57,7 +50,6 @@ from videobench.results import (
     write_run_json,
 )
 from videobench.suites import Suite
-from videobench.weights import WeightsConfig, check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -83,26 +75,6 @@ class GenerationSummary:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-# ------------------------------------------------------------------------------------------------ building
-
-
-def build_method(spec: MethodSpec, raw_options: Mapping[str, Any], context: MethodContext,
-                 ) -> tuple[Generator, Any]:
-    """Parse ``raw_options``, resolve the weights the run needs, build the generator.
-
-    Raises:
-        videobench.options.OptionError: an unknown option, a bad value or a preset the method lacks.
-        videobench.weights.MissingWeightsError: every missing weight file, in one message.
-    """
-    spec.check_preset(context.preset)
-    options = spec.parse_options(raw_options)
-    hint = f"for a smoke run without any weights: --preset {' / '.join(spec.presets)}" if spec.presets else ""
-    context.weights = check_weights(spec.weight_specs(options, context), context.weights_config or WeightsConfig(),
-                                    hint=hint)
-    generator = spec.factory(options, context)
-    return generator, getattr(generator, "resolved_options", options)
 
 
 # ------------------------------------------------------------------------------------------------ the folder

@@ -41,7 +41,7 @@ from PIL import Image
 from videobench.cases import Case
 from videobench.options import NoOptions, OptionError, describe_options, options_to_dict, parse_options
 from videobench.plugins import METHODS_GROUP, load_plugins
-from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec
+from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, check_weights
 
 #: What a method is, for the leaderboard: our model, an image model + image-to-video, a video model, or a
 #: weight-free reference (calibration) row.
@@ -257,6 +257,29 @@ def resolve_torch_dtype(dtype: str, device: str):
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose auto, fp32, fp16 or bf16")
     return getattr(torch, _TORCH_DTYPES[dtype])
+
+
+def build_generator(method: str | MethodSpec, raw_options: Mapping[str, Any] | None = None,
+                    context: MethodContext | None = None) -> tuple[Generator, Any]:
+    """Build a registered method's generator: ``(generator, resolved options)``.
+
+    The options are parsed and validated, the preset checked, every weight file the run needs resolved (all missing
+    ones reported in one :class:`~videobench.weights.MissingWeightsError`), then the factory runs with the resolved
+    paths in ``context.weights``. The resolved options are the generator's ``resolved_options`` when it has them
+    (values filled in from files, e.g. a LoRA's training settings), else the parsed ones.
+
+    Raises:
+        KeyError: an unknown method. videobench.options.OptionError: a bad option or preset.
+        videobench.weights.MissingWeightsError: missing weights.
+    """
+    spec = get_method(method) if isinstance(method, str) else method
+    context = context or MethodContext()
+    spec.check_preset(context.preset)
+    options = spec.parse_options(raw_options)
+    hint = f"for a smoke run without any weights: --preset {' / '.join(spec.presets)}" if spec.presets else ""
+    context.weights = check_weights(spec.weight_specs(options, context), context.weights_config, hint=hint)
+    generator = spec.factory(options, context)
+    return generator, getattr(generator, "resolved_options", options)
 
 
 def validate_frames(frames: np.ndarray, case: Case) -> np.ndarray:

@@ -244,7 +244,7 @@ def carry_over(row: dict[str, Any], old: dict[str, Any] | None, selected: set[st
     if not carried:
         return
     for column, value in old.items():  # diagnostics of the metrics not run now
-        if column not in row and not own_columns(column) and _is_number(value):
+        if column not in row and column not in owner and not own_columns(column) and _is_number(value):
             row[column] = value
     if _is_true(old.get("random_weights")):
         row["random_weights"] = 1
