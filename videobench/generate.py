@@ -38,7 +38,7 @@ from videobench.results import (
     write_run_json,
 )
 from videobench.suites import Suite
-from mediaio.video import is_valid_video, write_video
+from mediaio.video import encoder_settings, is_valid_video, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def _write_run_info(method_dir: Path, method: str, generator: Generator, suite: 
         "fps": generator.fps,
         "random_weights": bool(generator.random_weights),
         "packages": package_versions(),
+        "video_encoder": encoder_settings(),
         "started": started,
         "updated": utc_now(),
     }
