@@ -112,7 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     contents = {"synthetic pan 49x480x720": synthetic_pan(), "smoke pan 9x128x192": smoke_pan()}
     contents |= {Path(p).name: np.load(p) for p in args.npy}
-    print(f"crf {args.crf}; CPUs in affinity mask: {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    print(f"crf {args.crf}; CPUs in affinity mask: {cpus}")
     print("| content | options | bytes | PSNR dB | max abs | mean abs | encode s | distinct files |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

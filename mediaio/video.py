@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterator, Mapping
 
 import av
 import numpy as np
 
 from mediaio.atomic import atomic_path
-
 
 DEFAULT_CRF = 17
 

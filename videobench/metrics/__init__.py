@@ -42,7 +42,8 @@ def build_metrics(
     (:class:`~videobench.weights.MissingWeightsError`); an unusable ``device``/``dtype`` raises ``ValueError`` first.
     ``random_weights=True`` builds seeded random models instead;
     those metrics carry ``random_weights = True`` and say so in ``config()``. ``options`` go to every family's
-    ``from_weights`` (e.g. ``seed``, ``batch_size`` for clip/dino, ``pair_batch_size`` for dynamic) when it takes them.
+    ``from_weights`` (e.g. ``seed``, ``batch_size`` for clip/dino, ``pair_batch_size`` and ``rule`` for dynamic)
+    when it takes them.
     """
     from videobench.metrics.clip import ClipMetric
     from videobench.metrics.dino import DinoMetric
@@ -57,7 +58,7 @@ def build_metrics(
     accepted = {
         "clip": {"seed", "batch_size"},
         "dino": {"seed", "batch_size", "model_kwargs"},
-        "dynamic": {"seed", "pair_batch_size", "num_flow_updates"},
+        "dynamic": {"seed", "pair_batch_size", "num_flow_updates", "rule"},
     }
     return [
         builders[family].from_weights(
