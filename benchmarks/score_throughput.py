@@ -91,7 +91,7 @@ def naive_dynamic(metric, sample: MetricInput) -> dict[str, float]:
     frames = [torch.from_numpy(sample.frames[i]).permute(2, 0, 1)[None].float().to(metric.device)
               for i in kept_frame_indices(len(sample.frames), sample.fps)]
     height, width = frames[0].shape[-2:]
-    threshold, needed = dynamic_threshold(height, width, sample.fps), dynamic_count_needed(len(frames))
+    threshold, needed = dynamic_threshold(height, width, sample.fps, metric.rule), dynamic_count_needed(len(frames))
     scores, count, moving = [], 0, False
     with torch.inference_mode():
         for image1, image2 in zip(frames[:-1], frames[1:]):

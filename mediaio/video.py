@@ -1,21 +1,64 @@
 """Reading and writing mp4 videos with PyAV (which bundles ffmpeg).
 
 Frames are ``(T, H, W, 3)`` uint8 RGB numpy arrays everywhere in the project.
+
+Every mp4 is written with :data:`X264_OPTIONS`, which make libx264's output a function of the frames, the crf
+and the library versions only (docs/reproducibility.md): the same frames give the same bytes in any process and
+on any x86 CPU with the same PyAV wheel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from types import MappingProxyType
 
 import av
 import numpy as np
 
 from mediaio.atomic import atomic_path
+
+DEFAULT_CRF = 17
+
+#: libx264 options of every video :func:`write_video` writes (the crf is added per call). Without the last two,
+#: the same frames gave different files, and decoded frames differing by up to ~28/255 at crf 17, depending on
+#: the machine the process ran on:
+#:
+#: * ``threads=1``: PyAV opens encoders with ``thread_count=0`` (one thread per CPU in the process's affinity
+#:   mask) and sliced threads, so x264 cut every frame into ``min(CPUs, macroblock rows / 4)`` slices (2 for the
+#:   128x192 smoke videos, up to 7 at 480x720); slices change the bitstream (no prediction across them).
+#:   One thread, one slice, whatever the process may run on.
+#: * ``x264-params=cpu-independent=1``: x264 picks CPU-specific algorithms at run time: the macroblock-tree
+#:   propagation uses SIMD code with an approximate reciprocal (``rcpps``, whose precision is CPU-model specific;
+#:   FMA and AVX-512 variants round differently) and SSSE3+ CPUs use a different 4x4/8x8 intra mode search
+#:   (``intra_*_x9``). x264's own option switches both to its canonical C code (x264 ``common/mc.c``
+#:   ``x264_mc_init``, ``encoder/encoder.c``); mbtree itself, and so the quality, is kept.
+#:
+#: x264 has no random state, and the mp4 muxer writes zero creation/modification times and the libavformat
+#: version string (constant for one PyAV version), so nothing else varies.
+X264_OPTIONS: Mapping[str, str] = MappingProxyType(
+    {"preset": "medium", "threads": "1", "x264-params": "cpu-independent=1"}
+)
+
+
+def x264_options(crf: int = DEFAULT_CRF) -> dict[str, str]:
+    """The libx264 options :func:`write_video` uses: :data:`X264_OPTIONS` plus ``crf``."""
+    return {"crf": str(crf), **X264_OPTIONS}
+
+
+def encoder_settings(crf: int = DEFAULT_CRF) -> dict[str, str]:
+    """What determines the bytes of a written video besides the frames (recorded in run.json)."""
+    return {
+        "codec": "libx264",
+        "pix_fmt": "yuv420p",
+        **x264_options(crf),
+        "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+        "pyav": av.__version__,
+    }
 
 
 class VideoError(ValueError):
@@ -37,9 +80,10 @@ class Video:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = 17) -> Path:
-    """Encode ``frames`` as H.264 (yuv420p) mp4 at ``fps``, atomically.
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = DEFAULT_CRF) -> Path:
+    """Encode ``frames`` as H.264 (yuv420p) mp4 at ``fps`` with :func:`x264_options`, atomically.
 
+    The same frames, fps and crf give the same bytes in any process (see :data:`X264_OPTIONS`).
     Odd heights or widths are padded by one edge row/column (yuv420p needs even sizes).
     """
     frames = np.asarray(frames)
@@ -52,17 +96,25 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: 
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
     with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-            stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        encode_mp4(tmp, frames, fps, x264_options(crf))
     return path
+
+
+def encode_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, options: Mapping[str, str]) -> None:
+    """Encode even-sized ``(T, H, W, 3)`` uint8 ``frames`` to ``path`` with libx264 ``options`` (no checks).
+
+    :func:`write_video` is the API; this is its encoder with the options open, for tests and benchmarks.
+    """
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
+        stream.pix_fmt = "yuv420p"
+        stream.options = dict(options)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 @dataclass(frozen=True)

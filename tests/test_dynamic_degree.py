@@ -9,8 +9,10 @@ import pytest
 import torch
 from torchvision.models.optical_flow import raft_large
 
-from videobench.metrics import MetricInput
+from mediaio.hashing import file_sha256
+from videobench.metrics import MetricInput, build_metrics
 from videobench.metrics.dynamic import (
+    DYNAMIC_RULES,
     DynamicDegreeMetric,
     build_raft_model,
     convert_original_raft_state_dict,
@@ -23,14 +25,18 @@ from videobench.metrics.dynamic import (
     pad_for_raft,
     raft_final_flow,
 )
+from videobench.score import metric_config_hash
 from videobench.weights import WeightsConfig
-from mediaio.hashing import file_sha256
 
 
 # --- the rule -------------------------------------------------------------------------------------------------
-def _vbench_check_move(scores, count, height, width, fps=8.0):
-    """VBench's set_params + check_move, transcribed literally as the reference."""
-    factor = max(1.0, 8.0 / fps)
+def _vbench_check_move(scores, count, height, width, fps=8.0, fps_scaled=False):
+    """VBench's set_params + check_move, transcribed literally as the reference.
+
+    v0.1.5 (vbench/dynamic_degree.py lines 59-61, 84-93): ``thres = 6.0*(scale/256.0)``; with ``fps_scaled``, the
+    unreleased commit 11abda9 (2024-07-03): ``factor = max(1.0, 8.0/fps)``, ``thres = factor*6.0*(scale/256.0)``.
+    """
+    factor = max(1.0, 8.0 / fps) if fps_scaled else 1.0
     thres, count_num = factor * 6.0 * (min(height, width) / 256.0), round(4 * (count / 16.0))
     hits = 0
     for score in scores:
@@ -71,8 +77,10 @@ def test_flow_pair_score_known_answers():
 def test_threshold_and_count():
     assert dynamic_threshold(480, 720) == pytest.approx(11.25)  # 6 * 480 / 256, the unpadded short side
     assert dynamic_threshold(720, 480) == pytest.approx(11.25)
-    assert dynamic_threshold(480, 720, fps=4.0) == pytest.approx(22.5)  # VBench's low-fps factor max(1, 8/fps)
+    assert dynamic_threshold(480, 720, fps=4.0) == pytest.approx(11.25)  # VBench v0.1.5: no fps in the threshold
+    assert dynamic_threshold(480, 720, fps=4.0, rule="vbench-2024-fps-scaled") == pytest.approx(22.5)
     assert dynamic_threshold(480, 720, fps=24.0) == pytest.approx(11.25)
+    assert dynamic_threshold(480, 720, fps=24.0, rule="vbench-2024-fps-scaled") == pytest.approx(11.25)
     # round(4 n / 16) with half-to-even rounding
     assert [dynamic_count_needed(n) for n in (1, 2, 6, 10, 14, 16, 49)] == [0, 0, 2, 2, 4, 4, 12]
 
@@ -96,14 +104,46 @@ def test_is_dynamic_counts(num_frames, over, expected):
 
 def test_is_dynamic_edge_cases_match_vbench():
     assert is_dynamic([], 1, 480, 720) is False  # no pair: never dynamic
-    assert is_dynamic([11.26], 2, 480, 720, fps=4.0) is True  # needed 0 pairs
-    assert is_dynamic([22.4] * 4, 5, 480, 720, fps=4.0) is False
+    assert is_dynamic([0.0], 2, 480, 720, fps=4.0) is True  # needed 0 pairs
+    assert is_dynamic([22.4] * 4, 5, 480, 720, fps=4.0) is True  # 22.4 > 11.25
+    assert is_dynamic([22.4] * 4, 5, 480, 720, fps=4.0, rule="vbench-2024-fps-scaled") is False  # 22.4 < 22.5
     rng = np.random.default_rng(1)
     for _ in range(300):
         n = int(rng.integers(1, 40))
-        h, w, fps = int(rng.integers(128, 800)), int(rng.integers(128, 800)), float(rng.choice([4, 8, 16, 24]))
-        scores = list(rng.uniform(0, 2 * dynamic_threshold(h, w, fps), n - 1))
+        h, w, fps = int(rng.integers(128, 800)), int(rng.integers(128, 800)), float(rng.choice([4, 6, 8, 16, 24]))
+        scores = list(rng.uniform(0, 3 * dynamic_threshold(h, w), n - 1))
         assert is_dynamic(scores, n, h, w, fps) is _vbench_check_move(scores, n, h, w, fps)
+        assert is_dynamic(scores, n, h, w, fps, "vbench-2024-fps-scaled") is _vbench_check_move(
+            scores, n, h, w, fps, fps_scaled=True)
+
+
+def test_under_8_fps_the_rules_differ_known_answers():
+    # 6 fps, 240x320 (VBench's low-resolution size): 6 * 240 / 256 = 5.625; x 8/6 = 7.5 under the 2024 variant
+    assert dynamic_threshold(240, 320, fps=6.0) == 5.625
+    assert dynamic_threshold(240, 320, fps=6.0, rule="vbench-2024-fps-scaled") == pytest.approx(7.5)
+    # 6 fps keeps every frame (round(6/8) = 1): 16 frames, 15 pairs, round(4*16/16) = 4 pairs needed
+    assert kept_frame_indices(16, 6.0) == list(range(16)) and dynamic_count_needed(16) == 4
+    between = [6.5] * 4 + [1.0] * 11  # 4 pairs between the thresholds
+    assert is_dynamic(between, 16, 240, 320, fps=6.0) is True
+    assert is_dynamic(between, 16, 240, 320, fps=6.0, rule="vbench-2024-fps-scaled") is False
+    assert _vbench_check_move(between, 16, 240, 320, 6.0) is True
+    assert _vbench_check_move(between, 16, 240, 320, 6.0, fps_scaled=True) is False
+    above = [7.6] * 4 + [1.0] * 11  # above both: dynamic under both
+    assert is_dynamic(above, 16, 240, 320, 6.0) and is_dynamic(above, 16, 240, 320, 6.0, "vbench-2024-fps-scaled")
+    for fps in (8.0, 12.0, 24.0):  # at 8 fps and above the rules agree
+        assert dynamic_threshold(240, 320, fps) == dynamic_threshold(240, 320, fps, "vbench-2024-fps-scaled")
+
+
+def test_unknown_rule_is_refused_with_the_accepted_names():
+    assert DYNAMIC_RULES == ("vbench", "vbench-2024-fps-scaled")
+    message = "unknown dynamic degree rule 'vbench-2023'; expected one of vbench, vbench-2024-fps-scaled"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dynamic_threshold(240, 320, 6.0, rule="vbench-2023")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DynamicDegreeMetric(torch.nn.Identity(), random_weights=True, rule="vbench-2023")
+    with pytest.raises(ValueError, match=re.escape("metric dynamic: option rule='vbench-2023': choose one of vbench, "
+                                                   "vbench-2024-fps-scaled")):
+        DynamicDegreeMetric.create({"rule": "vbench-2023"}, random_weights=True)
 
 
 def test_kept_frames():
@@ -112,6 +152,20 @@ def test_kept_frames():
     assert kept_frame_indices(5, 12.0) == [0, 2, 4]  # round(1.5) = 2
     assert kept_frame_indices(5, 20.0) == [0, 2, 4]  # round(2.5) = 2
     assert kept_frame_indices(3, 4.0) == [0, 1, 2]
+
+
+def _vbench_input_padder(height: int, width: int) -> list[int]:
+    """RAFT's ``InputPadder(dims, mode='sintel')._pad`` (VBench third_party/RAFT/core/utils_core/utils.py)."""
+    pad_ht = (((height // 8) + 1) * 8 - height) % 8
+    pad_wd = (((width // 8) + 1) * 8 - width) % 8
+    return [pad_wd // 2, pad_wd - pad_wd // 2, pad_ht // 2, pad_ht - pad_ht // 2]
+
+
+def test_padding_equals_raft_input_padder_from_128_px():
+    for height, width in [(128, 128), (130, 197), (240, 320), (257, 263), (480, 720), (481, 721)]:
+        images = torch.rand(1, 3, height, width)
+        expected = torch.nn.functional.pad(images, _vbench_input_padder(height, width), mode="replicate")
+        assert torch.equal(pad_for_raft(images), expected)
 
 
 def test_padding():
@@ -202,6 +256,30 @@ def test_metric_batches_pairs_like_one_pair_at_a_time(raft):
     assert out["dd_pairs_over_threshold"] == sum(s > out["dd_threshold"] for s in scores)
     assert out["dynamic"] == float(is_dynamic(scores, 3, 120, 128))
     assert batched.config()["num_flow_updates"] == 1 and batched.config()["weights_sha256"] == "random(seed=0)"
+
+
+def test_metric_rule_is_in_the_config_and_the_cache_key(raft):
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
+    default = DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=1)
+    scaled = DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=1, rule="vbench-2024-fps-scaled")
+    assert default.rule == "vbench" and default.config()["rule"] == "vbench"
+    assert "VBench v0.1.5" in default.config()["rule_definition"]
+    assert scaled.config()["rule"] == "vbench-2024-fps-scaled"
+    assert metric_config_hash(default) != metric_config_hash(scaled)
+    low, high = default.score(MetricInput(frames, 4.0, [], "")), scaled.score(MetricInput(frames, 4.0, [], ""))
+    assert low["dd_threshold"] == 6.0 * 128 / 256 and high["dd_threshold"] == 2 * low["dd_threshold"]
+    assert low["dd_max_pair_score"] == high["dd_max_pair_score"]  # same flow, only the threshold differs
+    # from_weights and build_metrics take the rule too
+    built = build_metrics(["dynamic"], random_weights=True, options={"dynamic": {"rule": "vbench-2024-fps-scaled"}})
+    assert built[0].rule == "vbench-2024-fps-scaled"
+    assert build_metrics(["dynamic"], random_weights=True)[0].rule == "vbench"
+    # the option's accepted values are exactly the rules the module knows
+    import typing
+
+    from videobench.metrics.dynamic import DYNAMIC_RULES, DynamicOptions
+
+    assert typing.get_args(typing.get_type_hints(DynamicOptions)["rule"]) == DYNAMIC_RULES
 
 
 def test_metric_full_flow_updates_and_frame_sampling(raft):

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from mediaio.atomic import atomic_path
 from mediaio.images import ImageError, load_reference_image
-from mediaio.video import is_valid_video, write_video
+from mediaio.video import encoder_settings, is_valid_video, write_video
 from videobench.cases import Case
 from videobench.methods import PHASES, Generator, ImageFirstGenerator, as_output
 from videobench.results import (
@@ -229,6 +229,7 @@ def _write_run_info(method_dir: Path, generator: Generator, metadata: Mapping[st
         "fps": generator.fps,
         "random_weights": bool(generator.random_weights),
         "packages": package_versions(),
+        "video_encoder": encoder_settings(),
         "started": started,
         "updated": utc_now(),
     }

@@ -33,7 +33,7 @@ SCHEMA_VERSION = 1
 REQUIRED_CASE_FIELDS = ("case_id", "subject", "prompt", "entity", "references", "video", "status")
 _TRACKED_PACKAGES = (
     "videobench-customvideox", "torch", "torchvision", "diffusers", "transformers", "peft",
-    "open_clip_torch", "timm", "av", "numpy",
+    "open_clip_torch", "timm", "av", "numpy", "pillow",
 )
 
 

@@ -1,18 +1,30 @@
 """Dynamic degree (D.D), as VBench computes it (``vbench/dynamic_degree.py``), with batched RAFT-large flow.
 
-For one video with frame rate ``fps``:
+Follows VBench v0.1.5 (tag ``v0.1.5``, commit 1039fe66; the file is the same on ``master`` as read at 45e79ec,
+2026-03, last changed by f9d345a, 2024-12-31). For one video with frame rate ``fps``:
 
-1. keep every ``max(1, round(fps / 8))``-th frame (Python ``round``: half to even); ``n`` = kept frames;
+1. keep every ``max(1, round(fps / 8))``-th frame (Python ``round``: half to even); ``n`` = kept frames
+   (VBench ``get_frames``/``extract_frame``; v0.1.1-v0.1.4 had ``round(fps / 8)``: 0, and a crash, at 4 fps and
+   below). VBench decodes with OpenCV, this project with PyAV: on the project's mp4s both give the same RGB frames
+   (checked with opencv-python-headless 5.0.0 and PyAV 18.1.0);
 2. for each consecutive pair of kept frames, RAFT-large optical flow with 20 flow updates (torchvision
-   ``raft_large``; its ``C_T_V1`` weights are the original ``raft-things.pth``), on frames padded (replicate,
-   centred, as RAFT's ``InputPadder``) to a multiple of 8 and here also to at least 128 px (RAFT's minimum);
+   ``raft_large``; its ``C_T_V1`` weights are the original ``raft-things.pth`` VBench loads), on frames padded
+   (replicate, centred, as RAFT's ``InputPadder`` in its default ``sintel`` mode) to a multiple of 8; no resize.
+   Deviation: frames under 128 px are also padded to 128 px, torchvision's RAFT minimum (VBench's RAFT runs on
+   them unpadded); 128 px and larger are padded exactly as VBench;
 3. a pair's score is the mean of the largest ``int(0.05 * h * w)`` flow magnitudes ``sqrt(u^2 + v^2)`` over the
-   padded ``h x w`` flow field (:func:`flow_pair_score`; VBench does not unpad);
-4. the video is dynamic when at least ``round(4 * n / 16)`` pair scores exceed
-   ``max(1, 8 / fps) * 6.0 * min(H, W) / 256`` where ``H x W`` is the *unpadded* frame size
-   (:func:`is_dynamic`). The ``max(1, 8 / fps)`` factor is current VBench's correction for videos under 8 fps;
-   it is 1 at 8 fps and above, giving the paper-era rule ``6.0 * min(H, W) / 256``.
-   A video with no pair is not dynamic (VBench's loop never returns True).
+   padded ``h x w`` flow field (:func:`flow_pair_score`; VBench ``get_score`` does not unpad);
+4. the video is dynamic when at least ``round(4 * n / 16)`` pair scores strictly exceed the threshold
+   ``6.0 * min(H, W) / 256``, ``H x W`` the *unpadded* frame size (VBench ``set_params`` and ``check_move``,
+   :func:`is_dynamic`). A video with no pair is not dynamic (VBench's loop never returns True).
+
+The threshold rule is selectable (:data:`DYNAMIC_RULES`, the ``rule`` keyword of :class:`DynamicDegreeMetric`):
+
+* ``"vbench"`` (default): ``6.0 * min(H, W) / 256`` at every frame rate, as in every VBench release
+  (v0.1.1 to v0.1.5) and on ``master``;
+* ``"vbench-2024-fps-scaled"``: ``max(1, 8 / fps)`` times that, which VBench had on ``master`` for ten days only
+  (commit 11abda9 "[fix] fps<8 bug", 2024-07-03, removed by fc4620b, 2024-07-13, never released). Under 8 fps
+  it raises the threshold (6 fps, 240x320: 7.5 instead of 5.625); at 8 fps and above both rules agree.
 
 A method's D.D is the percentage of its videos that are dynamic.
 """
@@ -24,7 +36,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack
 
 import numpy as np
 import torch
@@ -44,6 +56,22 @@ NUM_FLOW_UPDATES = 20
 TOP_FRACTION = 0.05
 BASE_THRESHOLD = 6.0
 MIN_RAFT_SIZE = 128
+
+#: The threshold rules :func:`dynamic_threshold` knows; the first is the default (see the module docstring).
+DYNAMIC_RULES: tuple[str, ...] = ("vbench", "vbench-2024-fps-scaled")
+DEFAULT_RULE = DYNAMIC_RULES[0]
+#: Where each rule comes from (recorded in :meth:`DynamicDegreeMetric.config`).
+RULE_SOURCES: dict[str, str] = {
+    "vbench": "VBench v0.1.5 vbench/dynamic_degree.py: thres = 6.0*min(H,W)/256",
+    "vbench-2024-fps-scaled": "VBench commit 11abda9 (2024-07, unreleased): thres = max(1,8/fps)*6.0*min(H,W)/256",
+}
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` if it is one of :data:`DYNAMIC_RULES`, else a ``ValueError`` naming the accepted ones."""
+    if rule not in DYNAMIC_RULES:
+        raise ValueError(f"unknown dynamic degree rule {rule!r}; expected one of {', '.join(DYNAMIC_RULES)}")
+    return rule
 
 
 # --- the VBench rule: pure functions ----------------------------------------------------------------------
@@ -77,9 +105,13 @@ def flow_pair_score(flow: torch.Tensor | np.ndarray) -> float:
     return float(flow_pair_scores(flow[None])[0])
 
 
-def dynamic_threshold(height: int, width: int, fps: float = 8.0) -> float:
-    """``max(1, 8 / fps) * 6.0 * min(H, W) / 256`` for the unpadded ``H x W`` frames."""
-    return max(1.0, 8.0 / fps) * BASE_THRESHOLD * min(height, width) / 256.0
+def dynamic_threshold(height: int, width: int, fps: float = 8.0, rule: str = DEFAULT_RULE) -> float:
+    """The flow threshold for unpadded ``H x W`` frames: ``6.0 * min(H, W) / 256`` (VBench ``set_params``).
+
+    ``rule="vbench-2024-fps-scaled"`` multiplies it by ``max(1, 8 / fps)``; ``fps`` matters for no other rule.
+    """
+    factor = max(1.0, 8.0 / fps) if check_rule(rule) == "vbench-2024-fps-scaled" else 1.0
+    return factor * BASE_THRESHOLD * min(height, width) / 256.0
 
 
 def dynamic_count_needed(num_frames: int) -> int:
@@ -88,10 +120,11 @@ def dynamic_count_needed(num_frames: int) -> int:
 
 
 def is_dynamic(
-    pair_scores: Sequence[float], num_frames: int, height: int, width: int, fps: float = 8.0
+    pair_scores: Sequence[float], num_frames: int, height: int, width: int, fps: float = 8.0,
+    rule: str = DEFAULT_RULE,
 ) -> bool:
     """VBench's ``check_move``: at least ``round(4n/16)`` scores strictly above the threshold (and >= 1 pair)."""
-    threshold = dynamic_threshold(height, width, fps)
+    threshold = dynamic_threshold(height, width, fps, rule)
     over = sum(1 for score in pair_scores if score > threshold)
     return len(pair_scores) > 0 and over >= dynamic_count_needed(num_frames)
 
@@ -199,11 +232,17 @@ class DynamicOptions:
                                         "weights folder or caches)")
     pair_batch_size: int = option(16, "RAFT frame pairs per batch", minimum=1)
     num_flow_updates: int = option(NUM_FLOW_UPDATES, "RAFT refinement iterations (VBench: 20)", minimum=1)
+    rule: Literal["vbench", "vbench-2024-fps-scaled"] = option(
+        DEFAULT_RULE, "threshold rule: vbench (VBench v0.1.5, the default) or the mid-2024 fps-scaled variant")
 
 
 @register_metric
 class DynamicDegreeMetric(ModelMetric):
-    """The ``dynamic`` family: ``dynamic`` in {0, 1} plus the rule's diagnostics."""
+    """The ``dynamic`` family: ``dynamic`` in {0, 1} plus the rule's diagnostics.
+
+    ``rule`` picks the threshold rule (one of :data:`DYNAMIC_RULES`, default ``"vbench"``: VBench v0.1.5); it is
+    part of :meth:`config`, so scores under another rule are cached apart.
+    """
 
     family = "dynamic"
     description = "D.D: VBench's dynamic degree with RAFT-large optical flow (percent of dynamic videos)"
@@ -219,8 +258,10 @@ class DynamicDegreeMetric(ModelMetric):
         *,
         pair_batch_size: int = 16,
         num_flow_updates: int = NUM_FLOW_UPDATES,
+        rule: str = DEFAULT_RULE,
         **stamp: Unpack[WeightsStamp],
     ) -> None:
+        self.rule = check_rule(rule)
         super().__init__(model, **stamp)
         self.pair_batch_size, self.num_flow_updates = pair_batch_size, num_flow_updates
 
@@ -242,14 +283,15 @@ class DynamicDegreeMetric(ModelMetric):
     def _from_model(cls, model: torch.nn.Module, options: DynamicOptions, stamp: WeightsStamp
                     ) -> DynamicDegreeMetric:
         return cls(model, pair_batch_size=options.pair_batch_size, num_flow_updates=options.num_flow_updates,
-                   **stamp)
+                   rule=options.rule, **stamp)
 
     def config(self) -> dict[str, Any]:
         return {
             **self._base_config("torchvision:raft_large"),
             "num_flow_updates": self.num_flow_updates,
-            "rule": "vbench: every max(1,round(fps/8))-th frame; top 5% flow magnitude; "
-            "count >= round(4n/16) over max(1,8/fps)*6*min(H,W)/256",
+            "rule": self.rule,
+            "rule_definition": f"every max(1,round(fps/8))-th frame; top 5% flow magnitude; count >= round(4n/16) "
+            f"pairs over the threshold; {RULE_SOURCES[self.rule]}",
             "padding": f"replicate to multiple of 8, min {MIN_RAFT_SIZE}",
         }
 
@@ -273,9 +315,9 @@ class DynamicDegreeMetric(ModelMetric):
         kept = frames_to_tensor(np.asarray(sample.frames)[kept_frame_indices(len(sample.frames), sample.fps)])
         height, width = int(kept.shape[-2]), int(kept.shape[-1])
         scores = self.pair_scores(kept).tolist()
-        threshold = dynamic_threshold(height, width, sample.fps)
+        threshold = dynamic_threshold(height, width, sample.fps, self.rule)
         return {
-            "dynamic": float(is_dynamic(scores, len(kept), height, width, sample.fps)),
+            "dynamic": float(is_dynamic(scores, len(kept), height, width, sample.fps, self.rule)),
             "dd_num_frames": float(len(kept)),
             "dd_num_pairs": float(len(scores)),
             "dd_pairs_over_threshold": float(sum(s > threshold for s in scores)),
