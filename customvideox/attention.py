@@ -110,7 +110,9 @@ def normalize_entity_map(attn_map: torch.Tensor, normalization: str = "per-frame
     return _NORMALIZERS[normalization](attn_map)
 
 
-def entity_region_mask(attn_map: torch.Tensor, threshold: float = 0.1, normalization: str = "per-frame") -> torch.Tensor:
+def entity_region_mask(
+    attn_map: torch.Tensor, threshold: float = 0.1, normalization: str = "per-frame"
+) -> torch.Tensor:
     """ERAE region ``R_e = 1[A_e > lambda]`` (Eq. 8) on the map normalized by ``normalization``.
 
     Returns a bool tensor of ``attn_map``'s shape ``(..., F, H, W)``.

@@ -139,7 +139,7 @@ def _tensor_shapes(handle) -> dict[str, tuple[int, ...]]:
 
 
 def _strip_prefix(key: str) -> str:
-    return key[len(KEY_PREFIX) :] if key.startswith(KEY_PREFIX) else key
+    return key.removeprefix(KEY_PREFIX)
 
 
 def _check_lora_keys(file: Path, keys: list[str]) -> None:

@@ -47,7 +47,7 @@ def test_the_naive_backend_at_5b_size_is_refused_before_allocating():
 def test_the_limit_is_the_available_memory(monkeypatch):
     needed = dense_attention_bytes(2, 3, 37, 64)
     monkeypatch.setattr(A, "available_memory", lambda device: needed - 1)
-    with pytest.raises(AttentionMemoryError, match=f"needs 0.0 GB, 0.0 GB available"):
+    with pytest.raises(AttentionMemoryError, match="needs 0.0 GB, 0.0 GB available"):
         check_dense_attention_memory(2, 3, 37, 64, "cpu")
     monkeypatch.setattr(A, "available_memory", lambda device: needed)
     check_dense_attention_memory(2, 3, 37, 64, "cpu")

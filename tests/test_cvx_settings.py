@@ -55,8 +55,9 @@ def test_a_contradicting_override_wins_and_is_reported_with_file_key_and_both_va
     # equal values in another spelling (int vs float, list vs tuple) are no conflict
     assert conflicts == ["ref.safetensors: mode='cached' in the file, overridden by mode='joint'"]
     _, conflicts = resolve_reference_config(recorded, {"rope_shift": "-1,0,0"}, source="ref.safetensors")
-    assert conflicts == ["ref.safetensors: rope_shift=(0.0, 1.0, 12.0) in the file, overridden by "
-                         "rope_shift=(-1.0, 0.0, 0.0)"]
+    assert conflicts == [
+        "ref.safetensors: rope_shift=(0.0, 1.0, 12.0) in the file, overridden by rope_shift=(-1.0, 0.0, 0.0)"
+    ]
     # a key the file does not record is no conflict either
     _, conflicts = resolve_reference_config({"lora_rank": 4}, {"mode": "cached"})
     assert conflicts == []
