@@ -67,26 +67,57 @@ def time_aware_bias(
 # ---------------------------------------------------------------------------------------------------
 
 
-def normalize_per_frame(attn_map: torch.Tensor) -> torch.Tensor:
-    """Min-max normalize an attention map ``(..., F, H, W)`` to [0, 1] per frame.
-
-    ERAE's threshold lambda = 0.1 is applied on this scale (raw attention probabilities of one text token
-    are tiny and shrink with the token count, so a fixed threshold needs a normalized map). A flat frame
-    (max == min, e.g. all zeros) maps to all zeros, i.e. an empty region.
-    """
-    flat = attn_map.float().flatten(-2)
+def _min_max(flat: torch.Tensor) -> torch.Tensor:
+    """Min-max scale the last dimension to [0, 1]; a constant row (max == min) maps to zeros."""
     low = flat.amin(-1, keepdim=True)
     span = flat.amax(-1, keepdim=True) - low
-    norm = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(flat))
-    return norm.view_as(attn_map)
+    return torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(flat))
 
 
-def entity_region_mask(attn_map: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """ERAE region ``R_e = 1[A_e > lambda]`` (Eq. 8) on the per-frame normalized map.
+def normalize_per_frame(attn_map: torch.Tensor) -> torch.Tensor:
+    """Min-max normalize an attention map ``(..., F, H, W)`` to [0, 1] per frame (ERAE's default, Eq. 8).
+
+    ``A'[f, h, w] = (A[f, h, w] - min_f A) / (max_f A - min_f A)`` over the frame's ``H x W`` tokens. Raw
+    attention probabilities of one text token are tiny and shrink with the token count, so a fixed threshold
+    lambda = 0.1 needs a rescaled map. Every frame that is not exactly flat gets a region (its maximum is 1),
+    with or without the subject; a flat frame (max == min, e.g. all zeros) maps to zeros, an empty region.
+    """
+    return _min_max(attn_map.float().flatten(-2)).view(attn_map.shape)
+
+
+def normalize_per_clip(attn_map: torch.Tensor) -> torch.Tensor:
+    """Min-max normalize ``(..., F, H, W)`` over the whole clip (all ``F x H x W`` video tokens) for Eq. 8.
+
+    ``A'[f, h, w] = (A[f, h, w] - min A) / (max A - min A)``: frames compete, so a frame whose entity attention
+    stays near the clip's minimum (no subject there) gets no region. A flat clip maps to zeros.
+    """
+    return _min_max(attn_map.float().flatten(-3)).view(attn_map.shape)
+
+
+#: ERAE's map normalizations (:data:`customvideox.config.ERAE_NORMALIZATIONS`): ``"probability"`` keeps the raw
+#: attention probability, so ``R_e = 1[A_e > lambda]`` thresholds it directly.
+_NORMALIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "per-frame": normalize_per_frame,
+    "per-clip": normalize_per_clip,
+    "probability": lambda attn_map: attn_map.float(),
+}
+
+
+def normalize_entity_map(attn_map: torch.Tensor, normalization: str = "per-frame") -> torch.Tensor:
+    """ERAE's ``A_e`` (``(..., F, H, W)``) on the scale the threshold lambda of Eq. 8 applies to."""
+    if normalization not in _NORMALIZERS:
+        raise ValueError(f"erae_normalization={normalization!r}; expected one of {tuple(_NORMALIZERS)}")
+    return _NORMALIZERS[normalization](attn_map)
+
+
+def entity_region_mask(
+    attn_map: torch.Tensor, threshold: float = 0.1, normalization: str = "per-frame"
+) -> torch.Tensor:
+    """ERAE region ``R_e = 1[A_e > lambda]`` (Eq. 8) on the map normalized by ``normalization``.
 
     Returns a bool tensor of ``attn_map``'s shape ``(..., F, H, W)``.
     """
-    return normalize_per_frame(attn_map) > threshold
+    return normalize_entity_map(attn_map, normalization) > threshold
 
 
 def gather_entity_tokens(entity_token_mask: torch.Tensor) -> EntityTokens:
@@ -335,6 +366,64 @@ def _needs_lse(bias: BiasLike) -> bool:
     return bias is not None and not isinstance(bias, torch.Tensor) and bool(getattr(bias, "needs_lse", True))
 
 
+class AttentionMemoryError(MemoryError):
+    """An attention backend would build a dense matrix larger than the memory available (raised before allocating)."""
+
+
+#: (queries x keys) float32 matrices :func:`naive_reference_attention` holds at once at its peak (the logits and
+#: their softmax; or the two logit blocks and their concatenation).
+NAIVE_DENSE_COPIES = 2
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes that can still be allocated on ``device``: CUDA: free device memory plus the caching allocator's
+    reserved-but-unused bytes; CPU: ``psutil.virtual_memory().available``; other devices: None (unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    return None
+
+
+def dense_attention_bytes(
+    batch: int, heads: int, num_queries: int, num_keys: int, dtype: torch.dtype = torch.float32,
+    copies: int = NAIVE_DENSE_COPIES,
+) -> int:
+    """Bytes of ``copies`` dense ``(batch, heads, num_queries, num_keys)`` matrices of ``dtype``."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return copies * batch * heads * num_queries * num_keys * element
+
+
+def _gigabytes(num_bytes: float) -> str:
+    return f"{num_bytes / 1e9:.1f} GB"
+
+
+def check_dense_attention_memory(
+    batch: int, heads: int, num_queries: int, num_keys: int, device: torch.device | str,
+    backend: str = "naive", dtype: torch.dtype = torch.float32, copies: int = NAIVE_DENSE_COPIES,
+) -> None:
+    """Refuse, before anything is allocated, an attention that would materialize more than the free memory.
+
+    Raises:
+        AttentionMemoryError: one line naming the backend, the matrix shape, the bytes needed and available,
+            and what to use instead.
+    """
+    needed = dense_attention_bytes(batch, heads, num_queries, num_keys, dtype, copies)
+    available = available_memory(device)
+    if available is None or needed <= available:
+        return
+    raise AttentionMemoryError(
+        f"attention_backend={backend!r} would build {copies} dense {str(dtype).removeprefix('torch.')} "
+        f"(batch {batch} x heads {heads} x queries {num_queries} x keys {num_keys}) matrices: needs "
+        f"{_gigabytes(needed)}, {_gigabytes(available)} available on {torch.device(device)}; use "
+        "attention_backend='fused' (the default: fused kernels, no dense matrix)"
+    )
+
+
 def naive_reference_attention(
     q: torch.Tensor,
     k_main: torch.Tensor,
@@ -344,18 +433,25 @@ def naive_reference_attention(
     bias: BiasLike = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Dense reference: ``softmax([q K_main^T, q K_ref^T + b] * scale) [V_main; V_ref]`` in float32.
+    """Dense reference: ``softmax([q K_main^T, q K_ref^T + b] * scale) [V_main; V_ref]`` in float32 (Eq. 4, 6, 8).
 
-    Materializes every logit; for tests and debugging only.
+    Materializes every logit; for tests and debugging only. Refuses (:class:`AttentionMemoryError`) before
+    allocating when its :data:`NAIVE_DENSE_COPIES` float32 logit matrices exceed the free memory.
     """
+    if not torch.compiler.is_compiling():
+        batch, heads, num_q = q.shape[:3]
+        check_dense_attention_memory(batch, heads, num_q, k_main.shape[-2] + k_ref.shape[-2], q.device)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qf = q.float()
     s_main = torch.matmul(qf, k_main.float().transpose(-1, -2)) * scale
     s_ref = torch.matmul(qf, k_ref.float().transpose(-1, -2)) * scale
     b = _resolve_bias(bias, torch.logsumexp(s_main, dim=-1) if _needs_lse(bias) else None)
     if b is not None:
-        s_ref = s_ref + b.float()[:, None, :, None]
-    probs = torch.softmax(torch.cat([s_main, s_ref], dim=-1), dim=-1)
+        s_ref += b.float()[:, None, :, None]
+    scores = torch.cat([s_main, s_ref], dim=-1)
+    del s_main, s_ref  # at most two logit-sized matrices alive at once
+    probs = torch.softmax(scores, dim=-1)
+    del scores
     return torch.matmul(probs, torch.cat([v_main, v_ref], dim=-2).float()).to(q.dtype)
 
 
@@ -434,8 +530,12 @@ class ReferenceBias:
         tab: ``(B,)`` float32 ``tanh(M(t))`` per sample, or None (TAB off).
         entity_index, entity_valid: from :func:`gather_entity_tokens`, or None (ERAE off).
         erae_lambda, erae_b1: Eq. 8 constants.
+        erae_normalization: how ``A_e`` is scaled before the threshold (:func:`normalize_entity_map`).
         video_grid: ``(F, H', W')`` token grid of the video (ERAE's per-frame maps).
         entity_maps: if a list, every layer appends its ``(B, F, H', W')`` raw entity map (inspection).
+        coverage: if a ``(B,)`` float32 tensor, every layer adds (in place, on its device: no host sync) the
+            fraction of each sample's video tokens inside ``R_e`` (a diagnostic; see
+            :func:`region_coverage`).
     """
 
     tab: torch.Tensor | None = None
@@ -443,8 +543,10 @@ class ReferenceBias:
     entity_valid: torch.Tensor | None = None
     erae_lambda: float = 0.1
     erae_b1: float = 0.1
+    erae_normalization: str = "per-frame"
     video_grid: tuple[int, int, int] | None = None
     entity_maps: list | None = field(default=None, repr=False)
+    coverage: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def active(self) -> bool:
@@ -479,9 +581,17 @@ class _LayerBias:
             a_e = a_e.view(batch, frames, height, width)
             if spec.entity_maps is not None:
                 spec.entity_maps.append(a_e.detach())
-            region = entity_region_mask(a_e, spec.erae_lambda) & spec.entity_valid.any(-1)[:, None, None, None]
-            bias[:, video] += spec.erae_b1 * region.flatten(1).float()
+            region = entity_region_mask(a_e, spec.erae_lambda, spec.erae_normalization)
+            region = (region & valid.any(-1)[:, None, None, None]).flatten(1).float()
+            bias[:, video] += spec.erae_b1 * region
+            if spec.coverage is not None:
+                spec.coverage.add_(region_coverage(region))
         return bias
+
+
+def region_coverage(region: torch.Tensor) -> torch.Tensor:
+    """The fraction of video tokens inside ``R_e`` per sample: ``(B, N_video)`` (or ``(B, F, H', W')``) -> ``(B,)``."""
+    return region.flatten(1).float().mean(1)
 
 
 def _base(layer: torch.nn.Module) -> torch.nn.Module:

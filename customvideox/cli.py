@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from customvideox.config import ERAE_NORMALIZATIONS, parse_rope_shift
 from videobench.cli_common import EXIT_CASE_FAILURES as EXIT_FAILURES  # some clip had an ``error`` row
 from videobench.cli_common import EXIT_INTERRUPTED, EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
 from videobench.cli_common import fail as _fail
@@ -154,6 +155,13 @@ def data_build(videos_dir: Path, captions: Path, out: Path, video_column: str, c
         sys.exit(EXIT_FAILURES)
 
 
+def _rope_shift_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float, float]:
+    try:
+        return parse_rope_shift(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+
+
 @main.command("train")
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Pair dataset folder from `customvideox data build` (holds pairs.parquet).")
@@ -169,6 +177,11 @@ def data_build(videos_dir: Path, captions: Path, out: Path, video_column: str, c
 @click.option("--ablation", type=click.Choice(["3d-ra", "3d-ra+tab", "3d-ra+tab+erae"]), default="3d-ra+tab+erae",
               show_default=True, help="Table 2 row the LoRA is trained for (TAB/ERAE active as at inference).")
 @click.option("--mode", type=click.Choice(["joint", "cached"]), default="joint", show_default=True)
+@click.option("--rope-shift", default="-1,0,0", show_default=True, callback=_rope_shift_option,
+              help="Eq. 5's position shift delta of the reference tokens: temporal,height,width in RoPE grid units.")
+@click.option("--erae-normalization", type=click.Choice(ERAE_NORMALIZATIONS),
+              default="per-frame", show_default=True,
+              help="How ERAE's entity attention map is scaled before its threshold (docs/customvideox.md).")
 @click.option("--lora-rank", type=int, default=None, help="LoRA rank (default 128; tiny preset: 8).")
 @click.option("--lora-alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
 @click.option("--height", type=int, default=480, show_default=True)

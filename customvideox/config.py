@@ -5,11 +5,15 @@ reads at run time: which Table 2 row runs (``ablation``), how the reference stre
 (``mode``), the position shift of Eq. 5, the constants of TAB (Eq. 6-7) and ERAE (Eq. 8) and the
 shape of the reference LoRA. It is plain data: it can be hashed into run records and round-tripped
 through JSON (:meth:`ReferenceConfig.to_dict` / :meth:`ReferenceConfig.from_dict`).
+
+A reference LoRA file records the ReferenceConfig it was trained with; :func:`resolve_reference_config` merges
+that record with the settings a caller set explicitly (the file wins for every key the caller left unset).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +23,8 @@ ABLATIONS: tuple[str, ...] = ("naive", "3d-ra", "3d-ra+tab", "3d-ra+tab+erae")
 MODES: tuple[str, ...] = ("joint", "cached")
 #: Which keys the reference *queries* attend to (joint mode only; cached mode is always "self").
 REFERENCE_SCOPES: tuple[str, ...] = ("all", "self")
+#: How ERAE's entity map A_e is scaled before the threshold lambda of Eq. 8 (see :class:`ReferenceConfig`).
+ERAE_NORMALIZATIONS: tuple[str, ...] = ("per-frame", "per-clip", "probability")
 #: Attention implementations: "fused" (two fused kernels merged by log-sum-exp, the default) or
 #: "naive" (a dense softmax with the bias materialized; slow, for tests and debugging only).
 ATTENTION_BACKENDS: tuple[str, ...] = ("fused", "naive")
@@ -61,8 +67,14 @@ class ReferenceConfig:
             CogVideoX was trained on (|dt| <= 13, same spatial grid); a spatial shift such as ``(0, 0, W)``
             (OminiControl-style, no overlap with any video position) is one argument away.
         tab_gamma, tab_eps: gamma and epsilon of Eq. 7, ``M(t) = -gamma (2t/T - 1)^2 + eps``.
-        erae_lambda: threshold lambda of Eq. 8 on the per-frame min-max normalized entity map.
+        erae_lambda: threshold lambda of Eq. 8, applied to the entity map after ``erae_normalization``.
         erae_b1: enhancement b1 of Eq. 8 added to the reference-key logits inside the entity region.
+        erae_normalization: how the entity map ``A_e`` (the base attention probability of a video query on the
+            entity tokens, mean over entity tokens and heads) is scaled before ``R_e = 1[A_e > lambda]`` (Eq. 8):
+            ``"per-frame"`` (default): min-max over each latent frame's ``H' x W'`` tokens,
+            ``(A - min_f) / (max_f - min_f)``; ``"per-clip"``: min-max over all ``F x H' x W'`` video tokens of the
+            sample; ``"probability"``: the raw probability, no rescaling. A flat frame (per-frame) or clip
+            (per-clip) gives an empty region. See docs/customvideox.md, "ERAE's region".
         num_train_timesteps: T of Eq. 7 (CogVideoX's DDIM scheduler: 1000; t in [0, T]).
         lora_rank: rank of the reference LoRA (paper: 128).
         lora_alpha: LoRA alpha; the LoRA update is scaled by ``lora_alpha / lora_rank``. The paper does not
@@ -81,6 +93,7 @@ class ReferenceConfig:
     tab_eps: float = 0.1
     erae_lambda: float = 0.1
     erae_b1: float = 0.1
+    erae_normalization: str = "per-frame"
     num_train_timesteps: int = 1000
     lora_rank: int = 128
     lora_alpha: float = 128.0
@@ -101,14 +114,15 @@ class ReferenceConfig:
                 "ReferenceConfig: mode='cached' needs reference_scope='self' (a cached reference cannot attend "
                 "to the noisy video, which changes at every step); use mode='joint' for scope 'all'"
             )
+        if self.erae_normalization not in ERAE_NORMALIZATIONS:
+            raise ValueError(
+                f"ReferenceConfig.erae_normalization={self.erae_normalization!r}; expected one of {ERAE_NORMALIZATIONS}"
+            )
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"ReferenceConfig.attention_backend={self.attention_backend!r}; expected one of {ATTENTION_BACKENDS}"
             )
-        shift = tuple(float(x) for x in self.rope_shift)
-        if len(shift) != 3:
-            raise ValueError(f"ReferenceConfig.rope_shift must be (temporal, height, width), got {self.rope_shift!r}")
-        object.__setattr__(self, "rope_shift", shift)
+        object.__setattr__(self, "rope_shift", parse_rope_shift(self.rope_shift))
         targets = tuple(self.lora_targets)
         bad = [t for t in targets if t not in LORA_TARGETS_SUPPORTED]
         if bad or not targets:
@@ -158,9 +172,113 @@ class ReferenceConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"ReferenceConfig.from_dict: unknown keys {unknown}")
-        data = dict(data)
-        if "rope_shift" in data:
-            data["rope_shift"] = tuple(data["rope_shift"])
+        data = dict(data)  # rope_shift: any form parse_rope_shift takes (a list from JSON, "F,H,W")
         if "lora_targets" in data:
             data["lora_targets"] = tuple(data["lora_targets"])
         return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings of a LoRA file vs explicit overrides
+# ---------------------------------------------------------------------------------------------------
+
+#: The LoRA's shape: always the file's (its tensors have that shape); an override that differs is refused.
+LORA_SHAPE_KEYS: tuple[str, ...] = ("lora_rank", "lora_alpha", "lora_targets")
+#: Implementation choices rather than model settings: never taken from a LoRA file (its record of them is
+#: ignored), only from the overrides; every backend computes the same attention.
+RUNTIME_KEYS: tuple[str, ...] = ("attention_backend",)
+
+
+def reference_config_keys() -> tuple[str, ...]:
+    """The field names of :class:`ReferenceConfig` (the keys an overrides mapping may hold)."""
+    return tuple(f.name for f in dataclasses.fields(ReferenceConfig))
+
+
+def parse_rope_shift(value: str | Sequence[float]) -> tuple[float, float, float]:
+    """Eq. 5's delta as ``(dt, dh, dw)`` floats from ``"F,H,W"`` (e.g. ``"-1,0,0"``) or a 3-sequence."""
+    parts = value.replace(" ", "").split(",") if isinstance(value, str) else list(value)
+    try:
+        shift = tuple(float(x) for x in parts)
+    except (TypeError, ValueError):
+        shift = ()
+    if len(shift) != 3:
+        raise ValueError(
+            f"rope_shift={value!r}: expected three numbers (temporal, height, width) in RoPE grid units, e.g. '-1,0,0'"
+        )
+    return shift  # type: ignore[return-value]
+
+
+def explicit_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys of ``overrides`` that are set (value not None); unknown keys raise a ValueError naming them."""
+    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(chosen) - set(reference_config_keys()))
+    if unknown:
+        raise ValueError(f"unknown reference settings {unknown}; known: {list(reference_config_keys())}")
+    return chosen
+
+
+def legacy_overrides(config: ReferenceConfig | None, with_lora_shape: bool) -> dict[str, Any]:
+    """A full :class:`ReferenceConfig` passed where overrides are expected (the API before overrides existed).
+
+    Its fields that differ from the paper defaults count as explicitly set; a field equal to its default
+    counts as unset (so the LoRA file's value is taken for it). ``with_lora_shape=False`` also leaves out
+    the LoRA shape, which a file always sets (the behaviour of that older API).
+    """
+    if config is None:
+        return {}
+    default = ReferenceConfig()
+    skip = () if with_lora_shape else LORA_SHAPE_KEYS
+    return {
+        k: getattr(config, k)
+        for k in reference_config_keys()
+        if k not in skip and getattr(config, k) != getattr(default, k)
+    }
+
+
+def _config_or_error(values: Mapping[str, Any], source: str) -> ReferenceConfig:
+    try:
+        return ReferenceConfig.from_dict(dict(values))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {error}") from error
+
+
+def resolve_reference_config(
+    file_config: Mapping[str, Any] | ReferenceConfig | None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str = "reference LoRA file",
+) -> tuple[ReferenceConfig, list[str]]:
+    """The ReferenceConfig a run uses: a LoRA file's training settings with the caller's explicit overrides.
+
+    Every key comes from, in order: ``overrides`` (when present and not None), the file's record
+    (``file_config``: the dict stored in the LoRA's metadata, possibly partial, e.g. only the LoRA shape for a
+    file written by another tool), the paper defaults of :class:`ReferenceConfig`. Two exceptions: the LoRA
+    shape (:data:`LORA_SHAPE_KEYS`) is always the file's, an override that differs raises a ValueError; and the
+    runtime keys (:data:`RUNTIME_KEYS`) are never taken from the file.
+
+    Args:
+        file_config: the file's recorded settings, or None when there is no file.
+        overrides: only the settings the user set explicitly (None values count as unset). ``rope_shift`` may be
+            ``"F,H,W"``.
+        source: names the file in messages.
+
+    Returns:
+        ``(config, conflicts)``: the resolved config and one message per override that contradicts a value the
+        file records (naming the file, the key, the file's value and the override); the caller logs them.
+    """
+    chosen = explicit_overrides(overrides)
+    recorded = file_config.to_dict() if isinstance(file_config, ReferenceConfig) else dict(file_config or {})
+    recorded = {k: v for k, v in recorded.items() if k not in RUNTIME_KEYS}
+    from_file = _config_or_error(recorded, source)
+    config = _config_or_error({**recorded, **chosen}, f"{source} with overrides {chosen}")
+    conflicts: list[str] = []
+    for key in chosen:
+        if key not in recorded or getattr(config, key) == getattr(from_file, key):
+            continue
+        file_value, wanted = getattr(from_file, key), getattr(config, key)
+        if key in LORA_SHAPE_KEYS:
+            raise ValueError(
+                f"{source}: {key}={file_value!r} in the file, {wanted!r} requested; the LoRA's tensors have the "
+                f"file's shape (leave {key} unset)"
+            )
+        conflicts.append(f"{source}: {key}={file_value!r} in the file, overridden by {key}={wanted!r}")
+    return config, conflicts

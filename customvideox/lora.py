@@ -6,15 +6,20 @@ tokens through it (:mod:`customvideox.attention`), so the base model is untouche
 
 Files use diffusers' LoRA layout: ``transformer.transformer_blocks.0.attn1.to_q.lora_A.weight`` and so on,
 with the peft config in the ``lora_adapter_metadata`` safetensors metadata entry, so
-``CogVideoXPipeline.load_lora_weights(path, adapter_name="reference")`` reads them too.
+``CogVideoXPipeline.load_lora_weights(path, adapter_name="reference")`` reads them too. The full
+:class:`~customvideox.config.ReferenceConfig` the LoRA was trained with is recorded in the
+``customvideox_reference_config`` entry; loading resolves it against the caller's explicit overrides
+(:func:`resolve_file_config`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig
@@ -24,10 +29,12 @@ from safetensors.torch import save_file
 
 from mediaio.atomic import atomic_path
 
-from .config import REFERENCE_ADAPTER_NAME, ReferenceConfig
+from .config import REFERENCE_ADAPTER_NAME, ReferenceConfig, legacy_overrides, resolve_reference_config
 
 if TYPE_CHECKING:
     from diffusers import ModelMixin
+
+logger = logging.getLogger(__name__)
 
 #: diffusers' default LoRA file name (``LORA_WEIGHT_NAME_SAFE``).
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -127,12 +134,32 @@ def save_reference_lora(
     return file
 
 
-def read_reference_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ReferenceConfig]:
-    """Read a reference LoRA file: its tensors (keys without the ``transformer.`` prefix) and its config.
+def _tensor_shapes(handle) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
 
-    The config comes from the file's metadata when present, else from the tensor shapes (rank) and
-    diffusers' ``lora_adapter_metadata`` (alpha), with all other fields at their defaults.
-    """
+
+def _strip_prefix(key: str) -> str:
+    return key.removeprefix(KEY_PREFIX)
+
+
+def _check_lora_keys(file: Path, keys: list[str]) -> None:
+    if not keys or not all(".lora_A." in k or ".lora_B." in k for k in keys):
+        raise ValueError(f"{file}: not a LoRA file (expected only '*.lora_A.weight' / '*.lora_B.weight' tensors)")
+
+
+def _settings_from_metadata(metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The recorded ReferenceConfig, or (a file without our record) the LoRA shape from its tensors and diffusers'
+    ``lora_adapter_metadata`` (alpha; default the rank)."""
+    if REFERENCE_CONFIG_METADATA_KEY in metadata:
+        return dict(json.loads(metadata[REFERENCE_CONFIG_METADATA_KEY]))
+    rank = next(shape[0] for k, shape in shapes.items() if ".lora_A." in k)
+    packed = json.loads(metadata.get(LORA_METADATA_KEY, "{}"))
+    alpha = packed.get(KEY_PREFIX + "lora_alpha", rank)
+    targets = sorted({k.split(".attn1.", 1)[1].rsplit(".lora_", 1)[0] for k in shapes if ".attn1." in k})
+    return {"lora_rank": rank, "lora_alpha": alpha, "lora_targets": targets}
+
+
+def _open_lora(path: str | os.PathLike, load_tensors: bool) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
     file = lora_file_path(path)
     if not file.is_file():
         raise FileNotFoundError(
@@ -140,30 +167,62 @@ def read_reference_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor
         )
     with safe_open(str(file), framework="pt") as handle:
         metadata = handle.metadata() or {}
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    state = {k[len(KEY_PREFIX) :] if k.startswith(KEY_PREFIX) else k: v for k, v in tensors.items()}
-    if not state or not all(".lora_A." in k or ".lora_B." in k for k in state):
-        raise ValueError(f"{file}: not a LoRA file (expected only '*.lora_A.weight' / '*.lora_B.weight' tensors)")
-    if REFERENCE_CONFIG_METADATA_KEY in metadata:
-        config = ReferenceConfig.from_dict(json.loads(metadata[REFERENCE_CONFIG_METADATA_KEY]))
-    else:
-        rank = next(v.shape[0] for k, v in state.items() if ".lora_A." in k)
-        packed = json.loads(metadata.get(LORA_METADATA_KEY, "{}"))
-        alpha = packed.get(KEY_PREFIX + "lora_alpha", rank)
-        targets = sorted({k.split(".attn1.", 1)[1].rsplit(".lora_", 1)[0] for k in state if ".attn1." in k})
-        config = ReferenceConfig(lora_rank=rank, lora_alpha=alpha, lora_targets=tuple(targets))
-    return state, config
+        shapes = {_strip_prefix(k): v for k, v in _tensor_shapes(handle).items()}
+        tensors = {_strip_prefix(k): handle.get_tensor(k) for k in handle.keys()} if load_tensors else {}
+    _check_lora_keys(file, list(shapes))
+    return file, _settings_from_metadata(metadata, shapes), tensors
+
+
+def read_reference_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The :class:`ReferenceConfig` fields a LoRA file records (no tensor is read).
+
+    A file written by :func:`save_reference_lora` (``customvideox train``) records every field it was trained
+    with; a file from another tool gives only its shape (``lora_rank``, ``lora_alpha``, ``lora_targets``).
+    """
+    return _open_lora(path, load_tensors=False)[1]
+
+
+def read_reference_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a reference LoRA file: its tensors (keys without the ``transformer.`` prefix) and its recorded
+    settings (:func:`read_reference_settings`)."""
+    _, settings, state = _open_lora(path, load_tensors=True)
+    return state, settings
+
+
+def resolve_file_config(
+    path: str | os.PathLike, overrides: Mapping[str, Any] | ReferenceConfig | None = None
+) -> ReferenceConfig:
+    """The configuration a run with this LoRA uses: the file's settings unless ``overrides`` sets a key
+    (:func:`~customvideox.config.resolve_reference_config`). Each override that contradicts the file is logged
+    once (``logging.warning``) with the file, the key, the file's value and the override.
+
+    ``overrides`` is a mapping of only the explicitly set keys; a full :class:`ReferenceConfig` (the older API)
+    counts its non-default fields as set (:func:`~customvideox.config.legacy_overrides`).
+    """
+    return _resolve(lora_file_path(path), read_reference_settings(path), overrides)
+
+
+def _resolve(
+    file: Path, settings: dict[str, Any], overrides: Mapping[str, Any] | ReferenceConfig | None
+) -> ReferenceConfig:
+    if isinstance(overrides, ReferenceConfig):
+        overrides = legacy_overrides(overrides, with_lora_shape=False)
+    config, conflicts = resolve_reference_config(settings, overrides, source=f"reference LoRA {file}")
+    for message in conflicts:
+        logger.warning("%s", message)
+    return config
 
 
 def load_reference_lora(
-    model: "ModelMixin", path: str | os.PathLike, config: ReferenceConfig | None = None
+    model: "ModelMixin", path: str | os.PathLike, overrides: Mapping[str, Any] | ReferenceConfig | None = None
 ) -> ReferenceConfig:
-    """Load a reference LoRA file into ``model`` (injecting the adapter if needed); returns its config.
+    """Load a reference LoRA file into ``model`` (injecting the adapter if needed); returns the resolved config
+    (the file's settings with ``overrides``, see :func:`resolve_file_config`; the caller applies it).
 
     Raises a ValueError naming the file when its keys or shapes do not match the model's adapter.
     """
-    state, file_config = read_reference_lora(path)
-    config = config or file_config
+    state, settings = read_reference_lora(path)
+    config = _resolve(lora_file_path(path), settings, overrides)
     if not has_reference_lora(model):
         add_reference_lora(model, config)
     expected = get_peft_model_state_dict(model, adapter_name=REFERENCE_ADAPTER_NAME)
@@ -173,7 +232,7 @@ def load_reference_lora(
         raise ValueError(
             f"{lora_file_path(path)} does not fit the model's reference LoRA: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, shape mismatch {sorted(mismatched)[:3]} "
-            f"(file rank {file_config.lora_rank}, targets {file_config.lora_targets})"
+            f"(file rank {config.lora_rank}, targets {config.lora_targets})"
         )
     set_peft_model_state_dict(model, state, adapter_name=REFERENCE_ADAPTER_NAME)
     return config

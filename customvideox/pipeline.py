@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,7 +44,13 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
 from customvideox.attention import entity_token_indices
-from customvideox.config import REFERENCE_ADAPTER_NAME, ReferenceConfig
+from customvideox.config import (
+    REFERENCE_ADAPTER_NAME,
+    ReferenceConfig,
+    explicit_overrides,
+    legacy_overrides,
+    resolve_reference_config,
+)
 from customvideox.lora import LORA_WEIGHT_NAME, has_reference_lora, lora_file_path
 from customvideox.transformer import CustomVideoXTransformer3DModel
 from mediaio.images import fit_to_canvas, to_rgb8
@@ -71,11 +79,45 @@ class CustomVideoXPipelineOutput(BaseOutput):
         random_weights: True when any component of the pipeline is random-initialised (tiny preset, or a
             reference LoRA that was never loaded); every output says so.
         entity_found: per prompt, whether the entity's tokens were found (False: ERAE was off for it).
+        diagnostics: per prompt (video), a dict of measurements of the run (:func:`erae_diagnostics`):
+            ``erae_region_coverage``, the fraction of video tokens inside ERAE's region ``R_e`` (Eq. 8) averaged
+            over layers and denoising steps (None where ERAE did not run), ``erae_region_coverage_per_step`` (the
+            per-step means over layers) and ``erae_normalization``.
     """
 
     frames: Any
     random_weights: bool = False
     entity_found: list[bool] | None = None
+    diagnostics: list[dict[str, Any]] | None = None
+
+
+def erae_diagnostics(
+    coverage_sums: Sequence[torch.Tensor], num_layers: int, found: Sequence[bool], config: ReferenceConfig
+) -> list[dict[str, Any]]:
+    """Per prompt, ERAE's region coverage (Eq. 8) of one generation, read from the device once.
+
+    Args:
+        coverage_sums: per denoising step, the transformer's ``erae_coverage`` tensor: per sample of the model
+            batch (``[unconditional, conditional]`` under CFG, the prompts last), the sum over layers of the
+            fraction of video tokens inside ``R_e``.
+        num_layers: the transformer's block count (ERAE runs in every block).
+        found: per prompt, whether its entity tokens were found (ERAE ran for it).
+
+    Returns one dict per prompt: ``erae_region_coverage`` (mean over layers and steps; None when ERAE did not
+    run for the prompt), ``erae_region_coverage_per_step`` (list, mean over layers) and ``erae_normalization``.
+    """
+    per_step = None
+    if coverage_sums:
+        per_step = (torch.stack(list(coverage_sums)).float().cpu() / num_layers)[:, -len(found):]
+    diagnostics = []
+    for index, ran in enumerate(found):
+        steps = per_step[:, index].tolist() if per_step is not None and ran else None
+        diagnostics.append({
+            "erae_region_coverage": sum(steps) / len(steps) if steps else None,
+            "erae_region_coverage_per_step": steps,
+            "erae_normalization": config.erae_normalization if config.uses_erae else None,
+        })
+    return diagnostics
 
 
 # ----------------------------------------------------------------------------------------- entity tokens
@@ -180,6 +222,51 @@ def prepare_reference_image(
 # ----------------------------------------------------------------------------------------- the pipeline
 
 
+def _overrides_argument(
+    config: ReferenceConfig | None, overrides: Mapping[str, Any] | None, with_lora_shape: bool
+) -> dict[str, Any]:
+    """``from_pretrained``'s explicit settings: ``reference_overrides``, or the older full ``reference_config``
+    read as overrides (:func:`~customvideox.config.legacy_overrides`)."""
+    if config is not None and overrides is not None:
+        raise ValueError("give reference_overrides (the explicitly set keys) or reference_config, not both")
+    if config is not None:
+        return legacy_overrides(config, with_lora_shape)
+    return explicit_overrides(overrides)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def video_geometry_problems(
+    height: Any, width: Any, num_frames: Any, spatial: int = 8, temporal: int = 4, patch: int = 2
+) -> list[str]:
+    """What is wrong with a requested video size (empty when nothing is), one message per value.
+
+    Rules: ``height`` and ``width`` are positive multiples of ``spatial * patch`` pixels (CogVideoX: the VAE
+    downsamples 8x and the transformer patches 2x2 latent pixels, so 16 px: at least one token per side);
+    ``num_frames`` is ``2 * temporal * k + 1`` (CogVideoX: 8k + 1 = 1, 9, 17, ...): the VAE compresses time 4x
+    (``4k + 1`` frames) and decodes ``n`` latent frames to ``4(n - 1) + 1`` frames only when ``n`` is odd (its
+    temporal upsampling keeps the first frame of odd-length inputs).
+    """
+    problems = []
+    multiple = spatial * patch
+    for name, value in (("height", height), ("width", width)):
+        if not _is_positive_int(value) or value % multiple:
+            problems.append(
+                f"{name}={value!r}: must be a positive multiple of {multiple} px (the VAE downsamples {spatial}x and "
+                f"the transformer's patches are {patch}x{patch} latent pixels; minimum {multiple})"
+            )
+    step = 2 * temporal
+    if not _is_positive_int(num_frames) or (num_frames - 1) % step:
+        valid = ", ".join(str(step * k + 1) for k in range(7))
+        problems.append(
+            f"num_frames={num_frames!r}: the CogVideoX VAE gives exactly that many frames only for "
+            f"num_frames = {step}k + 1 ({valid}, ...)"
+        )
+    return problems
+
+
 def _onload(module: torch.nn.Module) -> None:
     """Under ``enable_model_cpu_offload`` run the offload hook as a forward would (a non-forward call such
     as ``build_reference_cache`` would otherwise find the module's weights on the CPU)."""
@@ -209,10 +296,20 @@ class CustomVideoXPipeline(CogVideoXPipeline):
     ):
         super().__init__(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                          scheduler=scheduler)
-        self.reference_config = ReferenceConfig()
         # ``random_weights`` is read back from ``model_index.json`` of a folder written by save_pretrained.
         self.random_base_weights = bool(random_weights)
         self.reference_lora_path: str | None = None
+
+    @property
+    def reference_config(self) -> ReferenceConfig:
+        """The resolved settings :meth:`__call__` uses: the transformer's :attr:`reference_config` (one object, so
+        the pipeline and the transformer never disagree). After :meth:`load_reference_lora` these are the LoRA
+        file's settings with the caller's explicit overrides; record ``reference_config.to_dict()`` with a run."""
+        return self.transformer.reference_config
+
+    @reference_config.setter
+    def reference_config(self, config: ReferenceConfig) -> None:
+        self.transformer.reference_config = config
 
     @property
     def random_weights(self) -> bool:
@@ -228,18 +325,30 @@ class CustomVideoXPipeline(CogVideoXPipeline):
         pretrained_model_name_or_path: str | os.PathLike = COGVIDEOX_5B,
         lora: str | os.PathLike | None = None,
         reference_config: ReferenceConfig | None = None,
+        reference_overrides: Mapping[str, Any] | None = None,
         **kwargs,
     ) -> "CustomVideoXPipeline":
         """Load CogVideoX-5B (a folder or a hub id) with the transformer as ``CustomVideoXTransformer3DModel``.
 
         The folder layout is diffusers' (``model_index.json``, ``transformer/``, ``vae/``,
-        ``text_encoder/``, ``tokenizer/``, ``scheduler/``). With ``lora`` the reference LoRA is loaded from
-        that safetensors file (its rank/alpha/targets from the file); without it the LoRA is added with
-        ``reference_config``'s shape and PEFT's initialisation (B = 0: the reference branch equals the base
-        weights, untrained), and :attr:`random_weights` says so. Other keyword
-        arguments (``torch_dtype``, ``cache_dir``, ``local_files_only``, ...) go to diffusers.
+        ``text_encoder/``, ``tokenizer/``, ``scheduler/``). With ``lora`` (or a folder written by
+        :meth:`save_pretrained`, which holds its LoRA) the reference LoRA and its recorded settings are loaded
+        (:meth:`load_reference_lora`): every setting is the file's unless ``reference_overrides`` sets it. Without a
+        LoRA file the settings are the paper defaults with ``reference_overrides``, and the LoRA is added with
+        that shape and PEFT's initialisation (B = 0: the reference branch equals the base weights, untrained);
+        :attr:`random_weights` says so. Other keyword arguments (``torch_dtype``, ``cache_dir``,
+        ``local_files_only``, ...) go to diffusers.
+
+        Args:
+            reference_overrides: only the settings the user set explicitly (``{"mode": "joint"}``; None values
+                count as unset); keys are :class:`ReferenceConfig` fields, ``rope_shift`` may be ``"F,H,W"``.
+            reference_config: the older API, kept working: a full config whose fields that differ from the paper
+                defaults count as explicit overrides (the LoRA shape still comes from the file). Give one of the two.
         """
-        reference_config = reference_config or ReferenceConfig()
+        saved_lora = Path(pretrained_model_name_or_path) / "transformer" / LORA_WEIGHT_NAME  # from save_pretrained
+        if lora is None and saved_lora.is_file():
+            lora = saved_lora
+        overrides = _overrides_argument(reference_config, reference_overrides, with_lora_shape=lora is None)
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
         if dtype is not None:  # diffusers >= 0.36 calls it `dtype`, older versions `torch_dtype`
             kwargs[_DTYPE_KWARG] = dtype
@@ -250,14 +359,11 @@ class CustomVideoXPipeline(CogVideoXPipeline):
                 pretrained_model_name_or_path, subfolder="transformer", **passthrough
             )
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        pipe.reference_config = reference_config
-        saved_lora = Path(pretrained_model_name_or_path) / "transformer" / LORA_WEIGHT_NAME  # from save_pretrained
         if lora is not None:
-            pipe.load_reference_lora(lora)
-        elif saved_lora.is_file():
-            pipe.load_reference_lora(saved_lora)
+            pipe.load_reference_lora(lora, overrides=overrides)
         else:
-            pipe.transformer.add_reference_lora(reference_config)
+            pipe.reference_config = resolve_reference_config(None, overrides)[0]
+            pipe.transformer.add_reference_lora(pipe.reference_config)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
@@ -267,24 +373,29 @@ class CustomVideoXPipeline(CogVideoXPipeline):
         self.register_to_config(random_weights=self.random_weights)
         super().save_pretrained(save_directory, *args, **kwargs)
 
-    def load_reference_lora(self, path: str | os.PathLike) -> ReferenceConfig:
-        """Load the reference LoRA from a safetensors file (or a folder with ``pytorch_lora_weights.safetensors``).
+    def load_reference_lora(
+        self, path: str | os.PathLike, overrides: Mapping[str, Any] | ReferenceConfig | None = None
+    ) -> ReferenceConfig:
+        """Load the reference LoRA and its training settings from a safetensors file (or a folder with
+        ``pytorch_lora_weights.safetensors``).
 
-        The LoRA's shape (rank, alpha, targets) comes from the file; the adapter is injected if the
-        transformer has none yet, and a file that does not fit an existing adapter raises a ValueError
-        naming it. An adapter that was never loaded from a file (the untrained one of :meth:`from_pretrained`
-        without ``lora``, or the tiny preset's random one) is a placeholder: it is replaced, whatever its shape.
-        Returns the updated :attr:`reference_config` (ablation, mode, TAB/ERAE unchanged).
+        Every setting (ablation, mode, RoPE shift of Eq. 5, TAB/ERAE constants of Eq. 6-8, ERAE normalization,
+        ...) is the file's unless ``overrides`` (a mapping of only the explicitly set keys) sets it; an override
+        that contradicts the file is logged once. Settings the pipeline had before (a preset's, or
+        :meth:`from_pretrained`'s defaults) are replaced: pass them as ``overrides`` to keep them. The LoRA's
+        shape (rank, alpha, targets) always comes from the file; the adapter is injected if the transformer has
+        none yet, and a file that does not fit an existing adapter raises a ValueError naming it. An adapter
+        that was never loaded from a file (the untrained one of :meth:`from_pretrained` without ``lora``, or the
+        tiny preset's random one) is a placeholder: it is replaced, whatever its shape.
+
+        Returns the resolved :attr:`reference_config` (also the transformer's).
         """
         file = lora_file_path(path)
         if not file.is_file():
             raise FileNotFoundError(f"reference LoRA not found: {file}")
         if self.reference_lora_path is None and has_reference_lora(self.transformer):
             self.transformer.delete_adapters(REFERENCE_ADAPTER_NAME)
-        file_config = self.transformer.load_reference_lora(str(path))
-        self.reference_config = self.reference_config.replace(
-            lora_rank=file_config.lora_rank, lora_alpha=file_config.lora_alpha, lora_targets=file_config.lora_targets
-        )
+        self.transformer.load_reference_lora(str(path), overrides)  # sets the transformer's reference_config
         self.reference_lora_path = str(path)
         return self.reference_config
 
@@ -348,15 +459,15 @@ class CustomVideoXPipeline(CogVideoXPipeline):
         context = getattr(self.transformer, "cache_context", None)
         return context("cond_uncond") if context is not None else contextlib.nullcontext()
 
-    def _check_num_frames(self, num_frames: int) -> None:
-        """CogVideoX's VAE decodes ``n`` latent frames to ``4(n - 1) + 1`` frames only when ``n`` is odd (its
-        temporal upsampling keeps the first frame of odd-length inputs); refuse counts it would change."""
-        step = self.vae_scale_factor_temporal
-        latent_frames = (num_frames - 1) // step + 1
-        if num_frames < 1 or (num_frames - 1) % step or (latent_frames > 1 and latent_frames % 2 == 0):
-            valid = ", ".join(str(2 * step * k + 1) for k in range(7))
-            raise ValueError(f"num_frames={num_frames}: the CogVideoX VAE gives exactly that many frames only for "
-                             f"num_frames = {2 * step}k + 1 ({valid}, ...)")
+    def check_video_geometry(self, height: Any, width: Any, num_frames: Any) -> None:
+        """Refuse a video size this model cannot produce exactly (:func:`video_geometry_problems`), with one
+        ValueError naming every bad value and its rule."""
+        problems = video_geometry_problems(
+            height, width, num_frames, self.vae_scale_factor_spatial, self.vae_scale_factor_temporal,
+            self.transformer.config.patch_size,
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
 
     # ------------------------------------------------------------------------------------------ sampling
 
@@ -405,12 +516,13 @@ class CustomVideoXPipeline(CogVideoXPipeline):
             reference_background: the padding colour around the fitted reference image.
         """
         config = reference_config or self.reference_config
-        height = height or self.transformer.config.sample_height * self.vae_scale_factor_spatial
-        width = width or self.transformer.config.sample_width * self.vae_scale_factor_spatial
-        num_frames = num_frames or self.transformer.config.sample_frames
-        max_sequence_length = max_sequence_length or self.transformer.config.max_text_seq_length
+        model = self.transformer.config
+        height = model.sample_height * self.vae_scale_factor_spatial if height is None else height
+        width = model.sample_width * self.vae_scale_factor_spatial if width is None else width
+        num_frames = model.sample_frames if num_frames is None else num_frames
+        max_sequence_length = max_sequence_length or model.max_text_seq_length
+        self.check_video_geometry(height, width, num_frames)
         self.check_inputs(prompt, height, width, negative_prompt, None)
-        self._check_num_frames(num_frames)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         entities = [entity] * len(prompts) if entity is None or isinstance(entity, str) else list(entity)
         if len(entities) != len(prompts):
@@ -469,6 +581,8 @@ class CustomVideoXPipeline(CogVideoXPipeline):
             )
 
         # 4. Algorithm 1, lines 4-8: denoising with reference attention, TAB and ERAE
+        track_erae = entity_tokens is not None and config.uses_reference_branch
+        coverage_sums: list[torch.Tensor] = []
         old_pred_original_sample = None
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -477,6 +591,9 @@ class CustomVideoXPipeline(CogVideoXPipeline):
                 self._current_timestep = t
                 model_input = torch.cat([latents] * 2) if do_cfg else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
+                if track_erae:  # summed over layers on the device; read back once, after the loop
+                    reference["erae_coverage"] = torch.zeros(model_input.shape[0], device=device)
+                    coverage_sums.append(reference["erae_coverage"])
                 with self._cache_context():
                     noise_pred = self.transformer(
                         hidden_states=model_input,
@@ -513,5 +630,8 @@ class CustomVideoXPipeline(CogVideoXPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return (video,)
-        return CustomVideoXPipelineOutput(frames=video, random_weights=self.random_weights, entity_found=found)
+        diagnostics = erae_diagnostics(coverage_sums, len(self.transformer.transformer_blocks), found, config)
+        return CustomVideoXPipelineOutput(
+            frames=video, random_weights=self.random_weights, entity_found=found, diagnostics=diagnostics
+        )
 

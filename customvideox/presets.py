@@ -11,13 +11,14 @@ so the videos are noise-like textures; the pipeline and everything it writes car
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler
 from transformers import T5Config, T5EncoderModel
 
-from customvideox.config import ReferenceConfig
+from customvideox.config import ReferenceConfig, explicit_overrides, resolve_reference_config
 from customvideox.pipeline import CustomVideoXPipeline
 from customvideox.tokenizer import build_tiny_tokenizer
 from customvideox.transformer import CustomVideoXTransformer3DModel
@@ -74,15 +75,28 @@ def randomize_reference_lora(transformer: torch.nn.Module, generator: torch.Gene
     return changed
 
 
+def tiny_reference_config(overrides: Mapping[str, Any] | None = None) -> ReferenceConfig:
+    """The tiny preset's settings: the paper defaults, LoRA rank :data:`TINY_LORA_RANK`, then ``overrides``
+    (only the explicitly set keys, as in :func:`~customvideox.config.resolve_reference_config`)."""
+    tiny = {"lora_rank": TINY_LORA_RANK, "lora_alpha": float(TINY_LORA_RANK)}
+    return resolve_reference_config(None, {**tiny, **explicit_overrides(overrides)})[0]
+
+
 def build_tiny_pipeline(
-    seed: int = 0, device: str | torch.device = "cpu", reference_config: ReferenceConfig | None = None
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    reference_config: ReferenceConfig | None = None,
+    reference_overrides: Mapping[str, Any] | None = None,
 ) -> CustomVideoXPipeline:
     """The tiny random-initialised CustomVideoX pipeline (see the module docstring).
 
-    The same ``seed`` gives bit-identical weights. ``reference_config`` defaults to the full method
-    (``3d-ra+tab+erae``) with LoRA rank :data:`TINY_LORA_RANK`.
+    The same ``seed`` gives bit-identical weights. The settings are ``reference_config`` if given, else
+    :func:`tiny_reference_config` of ``reference_overrides`` (default: the full method, ``3d-ra+tab+erae``, with
+    LoRA rank :data:`TINY_LORA_RANK`). A LoRA file loaded later (``load_reference_lora``) brings its own settings.
     """
-    reference_config = reference_config or ReferenceConfig(lora_rank=TINY_LORA_RANK, lora_alpha=float(TINY_LORA_RANK))
+    if reference_config is not None and reference_overrides is not None:
+        raise ValueError("give reference_overrides (the explicitly set keys) or reference_config, not both")
+    reference_config = reference_config or tiny_reference_config(reference_overrides)
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer(model_max_length=TINY_TEXT_LENGTH)
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **TINY_T5)).eval()

@@ -46,7 +46,7 @@ import torch
 
 from mediaio.atomic import atomic_path, atomic_write_json
 
-from .config import ABLATIONS, MODES, ReferenceConfig
+from .config import ABLATIONS, ERAE_NORMALIZATIONS, MODES, ReferenceConfig, parse_rope_shift
 from .lora import LORA_WEIGHT_NAME, lora_parameters, mark_only_reference_lora_trainable
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ class TrainConfig:
         cache_dir: precomputed VAE posteriors, reference latents, T5 embeddings and entity masks; filled on the
             first run (each process its share), read afterwards; the T5 encoder and the VAE are then never loaded.
         ablation, mode: the Table 2 row and reference mode trained (the LoRA serves 3D-RA rows only).
+        rope_shift: delta of Eq. 5, ``(dt, dh, dw)`` in RoPE grid units (or ``"F,H,W"``); default ``(-1, 0, 0)``.
+        erae_normalization: how ERAE's entity map is scaled before the threshold of Eq. 8 (``"per-frame"``,
+            ``"per-clip"`` or ``"probability"``; see :class:`~customvideox.config.ReferenceConfig`).
+            These settings are recorded in the LoRA file and used by default when it is loaded for generation.
         lora_rank, lora_alpha: the LoRA shape (paper: rank 128; alpha defaults to the rank; the tiny preset's
             defaults are :data:`~customvideox.presets.TINY_LORA_RANK`).
         height, width, num_frames: the training clip (section 6.1: 480x720, 25 frames).
@@ -101,6 +105,8 @@ class TrainConfig:
     cache_dir: str | None = None
     ablation: str = "3d-ra+tab+erae"
     mode: str = "joint"
+    rope_shift: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    erae_normalization: str = "per-frame"
     lora_rank: int | None = None
     lora_alpha: float | None = None
     height: int = 480
@@ -143,6 +149,9 @@ class TrainConfig:
             )
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}; expected one of {MODES}")
+        self.rope_shift = parse_rope_shift(self.rope_shift)
+        if self.erae_normalization not in ERAE_NORMALIZATIONS:
+            raise ValueError(f"erae_normalization={self.erae_normalization!r}; expected one of {ERAE_NORMALIZATIONS}")
         if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision={self.mixed_precision!r}; expected one of {MIXED_PRECISION}")
         if (self.num_frames - 1) % 4 or ((self.num_frames - 1) // 4 + 1) % 2 == 0:
@@ -164,7 +173,8 @@ class TrainConfig:
         from .presets import TINY_LORA_RANK
 
         rank = self.lora_rank or (TINY_LORA_RANK if self.preset == "tiny" else 128)
-        return ReferenceConfig(ablation=self.ablation, mode=self.mode, lora_rank=rank,
+        return ReferenceConfig(ablation=self.ablation, mode=self.mode, rope_shift=self.rope_shift,
+                               erae_normalization=self.erae_normalization, lora_rank=rank,
                                lora_alpha=float(self.lora_alpha if self.lora_alpha is not None else rank))
 
     def to_dict(self) -> dict[str, Any]:

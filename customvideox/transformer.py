@@ -24,6 +24,7 @@ frame of the base model (no LoRA) and drops that frame from the output.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,10 +229,15 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         """Save the reference LoRA as diffusers-style safetensors (see :mod:`customvideox.lora`)."""
         return lora_utils.save_reference_lora(self, path, config or self.reference_config)
 
-    def load_reference_lora(self, path: str, config: ReferenceConfig | None = None) -> ReferenceConfig:
-        """Load a reference LoRA file (injecting the adapter if needed); its config becomes the default."""
+    def load_reference_lora(
+        self, path: str, overrides: Mapping[str, Any] | ReferenceConfig | None = None
+    ) -> ReferenceConfig:
+        """Load a reference LoRA file (injecting the adapter if needed). The file's recorded settings (mode,
+        ablation, RoPE shift of Eq. 5, TAB/ERAE constants of Eq. 6-8, ...) with ``overrides`` (a mapping of only
+        the explicitly set keys; see :func:`customvideox.lora.resolve_file_config`) become :attr:`reference_config`,
+        which is returned."""
         self._install_processors()
-        self.reference_config = lora_utils.load_reference_lora(self, path, config)
+        self.reference_config = lora_utils.load_reference_lora(self, path, overrides)
         return self.reference_config
 
     # -- serialization ----------------------------------------------------------------------------
@@ -368,6 +374,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
         reference_rotary_emb: RotaryEmbedding | None = None,
         entity_maps: list | None = None,
         entity_tokens: EntityTokens | None = None,
+        erae_coverage: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor] | Transformer2DModelOutput:
         """CogVideoX forward with an optional reference.
 
@@ -384,6 +391,10 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
             entity_tokens: ``entity_token_indices(entity_token_mask)`` computed once (e.g. per video, before the
                 denoising loop): used instead of ``entity_token_mask``, it spares each step a host sync and, under
                 ``torch.compile``, a graph break.
+            erae_coverage: a ``(B,)`` float32 tensor on the model's device; every layer where ERAE runs adds, in
+                place, the fraction of each sample's video tokens inside its entity region ``R_e`` (Eq. 8), so after
+                the call it holds the sum over layers (divide by ``len(transformer_blocks)`` for the mean). Nothing
+                is read back to the host.
 
         Returns the denoiser output for the video frames only.
         """
@@ -407,7 +418,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
                 output = self._forward_reference(
                     hidden_states, encoder_hidden_states, timestep, timestep_cond, ofs, image_rotary_emb,
                     reference_latents, entity_token_mask, reference_cache, config, reference_rotary_emb, entity_maps,
-                    entity_tokens,
+                    entity_tokens, erae_coverage,
                 )
             finally:
                 if USE_PEFT_BACKEND and lora_scale != 1.0:
@@ -437,7 +448,7 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
     def _forward_reference(
         self, hidden_states, encoder_hidden_states, timestep, timestep_cond, ofs, image_rotary_emb,
         reference_latents, entity_token_mask, reference_cache, config: ReferenceConfig, reference_rotary_emb,
-        entity_maps, entity_tokens,
+        entity_maps, entity_tokens, erae_coverage,
     ) -> torch.Tensor:
         batch, frames, _, height, width = hidden_states.shape
         device, dtype = hidden_states.device, hidden_states.dtype
@@ -455,8 +466,8 @@ class CustomVideoXTransformer3DModel(CogVideoXTransformer3DModel):
 
         p = self.config.patch_size
         bias = ReferenceBias(
-            erae_lambda=config.erae_lambda, erae_b1=config.erae_b1,
-            video_grid=(frames, height // p, width // p), entity_maps=entity_maps,
+            erae_lambda=config.erae_lambda, erae_b1=config.erae_b1, erae_normalization=config.erae_normalization,
+            video_grid=(frames, height // p, width // p), entity_maps=entity_maps, coverage=erae_coverage,
         )
         if config.uses_tab:
             bias.tab = time_aware_bias(t.float(), config.num_train_timesteps, config.tab_gamma, config.tab_eps)

@@ -25,7 +25,7 @@ from videobench.metrics.dynamic import (
     pad_for_raft,
     raft_final_flow,
 )
-from videobench.score import metric_config_hash
+from videobench.scoring.compute import metric_config_hash
 from videobench.weights import WeightsConfig
 
 
