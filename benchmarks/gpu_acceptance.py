@@ -32,7 +32,8 @@ sections done so far on disk; on SIGTERM/SIGINT the report says so (``"interrupt
 transformer via ``ctx.transformer()``, the earlier sections' numbers in ``ctx.results`` and the time left), and
 register it with ``register_section(Section("baselines", "title", my_rows, budget_s=..., min_s=...,
 targets=(...)))``, either here or in a module named on the command line with ``--extra-sections MODULE`` (it is
-imported before the run, so its ``register_section`` calls count). New targets go into :data:`TARGETS`.
+imported before the run, so its ``register_section`` calls count; it does ``from gpu_acceptance import Row,
+Section, register_section``, which gets this running module). New targets go into :data:`TARGETS`.
 
 Usage::
 
@@ -223,7 +224,8 @@ def run_pytest(test_path: str, timeout: float) -> tuple[dict[str, str], int | No
     every reported test id (``PASSED``, ``FAILED``, ...), the exit code (``None``: killed at ``timeout``) and the
     output (what came before the kill, on a timeout)."""
     command = [sys.executable, "-m", "pytest", test_path, "-v", "-p", "no:cacheprovider", "--color=no"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",  # a killed run still shows the tests it finished
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(timeout, 1.0))
         output, code = done.stdout + done.stderr, done.returncode
@@ -464,7 +466,7 @@ class SectionResult:
 
     name: str
     title: str
-    targets: tuple[str, ...] = ()
+    targets: list[str] = field(default_factory=list)
     status: str = "pending"
     reason: str = ""
     budget_s: float | None = None
@@ -643,8 +645,9 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def _release_memory(device: torch.device) -> None:
-    gc.collect()
+    """Give a finished section's GPU memory back (nothing to do on the CPU: a full gc costs seconds there)."""
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -785,7 +788,7 @@ def main(argv: list[str] | None = None, started: float = _STARTED) -> dict[str, 
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "budget_s": args.budget_s, "elapsed_s": 0.0, "finished": False, "interrupted": None,
     }
-    report = Report(meta, [SectionResult(s.name, s.title, s.targets) for s in sections],
+    report = Report(meta, [SectionResult(s.name, s.title, list(s.targets)) for s in sections],
                     args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md", started)
     report.write()
     report.log(f"{meta['device_name']}, {meta['dtype']}, random weights; {len(sections)} sections, budget "
@@ -803,4 +806,5 @@ def exit_code(report: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("gpu_acceptance", sys.modules[__name__])  # extra sections' `import gpu_acceptance`
     sys.exit(exit_code(main()))
