@@ -254,6 +254,7 @@ def cuda_tests_section(ctx: Context, test_path: str = "tests/test_cuda.py") -> I
     if code not in (0, 1, 5, None):  # 5: nothing collected
         status = FAIL
     note = "killed at the time cap" if code is None else f"exit code {code}"
+    note += "; all skipped" if outcomes and counts["skipped"] == len(outcomes) else ""
     note += f"; failing: {', '.join(failing)}" if failing else ""
     if code not in (0, 1, None) and not outcomes:
         note += "; " + " / ".join(output.strip().splitlines()[-3:])
@@ -512,7 +513,7 @@ class Report:
                 else "partial"
             measured = [f"{s.name}: {r.name} {target.show(r.checked) if r.checked is not None else r.shown_value()} "
                         f"{r.status}" for s, r in rows]
-            if not statuses:
+            if not rows:
                 measured += [f"{s.name}: {s.status}{' (' + s.reason + ')' if s.reason else ''}" for s in declared]
             summary.append({"target": key, "text": target.text, "status": status, "measured": measured})
         return summary
@@ -644,6 +645,18 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``count`` for the block (0: left alone), restored afterwards."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _release_memory(device: torch.device) -> None:
     """Give a finished section's GPU memory back (nothing to do on the CPU: a full gc costs seconds there)."""
     if device.type == "cuda":
@@ -741,7 +754,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch.compile backend (default: inductor on CUDA; eager, i.e. dynamo capture "
                         "only, elsewhere)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 with --tiny, whose ops are too small to share)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "reports",
                         help="where gpu_acceptance.json/.md go (gpu_acceptance_tiny.* with --tiny)")
     return parser.parse_args(argv)
@@ -772,8 +786,6 @@ def main(argv: list[str] | None = None, started: float = _STARTED) -> dict[str, 
         raise SystemExit("no CUDA device here: run with --tiny --device cpu for a check of the command")
     if device.type != "cuda" and not args.tiny:
         raise SystemExit("the real 5B shapes need a CUDA device; use --tiny --device cpu on a CPU")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sections = select_sections(args)
     ctx = Context(
         device=device, dtype=getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32")),
@@ -792,8 +804,9 @@ def main(argv: list[str] | None = None, started: float = _STARTED) -> dict[str, 
                     args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md", started)
     report.write()
     report.log(f"{meta['device_name']}, {meta['dtype']}, random weights; {len(sections)} sections, budget "
-         f"{args.budget_s:.0f} s; writing {report.json_path} and {report.markdown_path}")
-    run_sections(sections, ctx, report)
+               f"{args.budget_s:.0f} s; writing {report.json_path} and {report.markdown_path}")
+    with cpu_threads(args.threads if args.threads is not None else (1 if args.tiny else 0)):
+        run_sections(sections, ctx, report)
     print("\n" + report.to_markdown(), flush=True)
     return report.to_dict()
 
