@@ -76,9 +76,10 @@ def make_reference_lora_trainable(model: CustomVideoXTransformer3DModel,
 def reference_lora_training(model: CustomVideoXTransformer3DModel,
                             checkpointing: bool = True) -> Iterator[list[torch.nn.Parameter]]:
     """:func:`make_reference_lora_trainable` for the block, on a model already in use for inference (the 5B base is
-    shared, not rebuilt); afterwards the model is frozen again, its LoRA back in its dtype (the optimizer's updates
-    kept), gradients dropped, checkpointing and train/eval mode as before."""
+    shared, not rebuilt); afterwards the LoRA is back in its dtype (the optimizer's updates kept), gradients are
+    dropped, and ``requires_grad``, checkpointing and train/eval mode are as before."""
     lora_dtypes = {name: parameter.dtype for name, parameter in lora_parameters(model)}
+    requires_grad = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
     was_training, was_checkpointing = model.training, model.gradient_checkpointing
     trainable = make_reference_lora_trainable(model, checkpointing)
     try:
@@ -87,7 +88,8 @@ def reference_lora_training(model: CustomVideoXTransformer3DModel,
         for name, parameter in lora_parameters(model):
             parameter.grad = None
             parameter.data = parameter.data.to(lora_dtypes[name])
-        model.requires_grad_(False)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(requires_grad[name])
         if not was_checkpointing:
             model.disable_gradient_checkpointing()
         model.train(was_training)

@@ -231,6 +231,8 @@ def test_training_in_place_restores_the_inference_model(acceptance, one_thread):
     model, _, lora_cfg, _ = step_latency.build(torch.device("cpu"), torch.bfloat16, tiny=True)
     step_latency.ensure_reference_lora(model, lora_cfg)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert any(requires_grad.values()) and not all(requires_grad.values())  # peft's LoRA only
     with train_step.reference_lora_training(model) as trainable:
         assert trainable and all(p.dtype == torch.float32 and p.requires_grad for p in trainable)
         assert model.training and model.gradient_checkpointing
@@ -240,7 +242,44 @@ def test_training_in_place_restores_the_inference_model(acceptance, one_thread):
     assert before.keys() == after.keys()
     assert all(after[n].dtype == tensor.dtype and torch.equal(after[n], tensor) for n, tensor in before.items())
     assert not model.training and not model.gradient_checkpointing
-    assert not any(p.requires_grad for p in model.parameters())
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == requires_grad
+
+
+# --- the reused scripts keep their own command lines ---------------------------------------------------------------
+def test_step_latency_cli_runs_the_tiny_preset(acceptance, tmp_path, one_thread):
+    import step_latency
+
+    out = tmp_path / "step_latency.json"
+    result = step_latency.main(["--tiny", "--device", "cpu", "--dtype", "float32", "--steps", "1", "--warmup", "0",
+                                "--e2e-steps", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["per_step"] == result["per_step"]
+    assert [row["variant"] for row in result["per_step"]] == [name for name, _ in step_latency.VARIANTS]
+    assert result["per_step"][0]["vs_vanilla"] == 1.0 and not result["targets_meaningful"]
+    assert set(result["targets"]) == {"joint <= 1.12x vanilla", "cached <= 1.05x vanilla", "TAB+ERAE adds <= 3%"}
+    e2e = result["end_to_end"]
+    assert e2e["total_s"] == pytest.approx(e2e["reference_s"] + e2e["denoise_s"] + e2e["decode_s"])
+
+
+def test_train_step_cli_runs_the_tiny_preset(acceptance, tmp_path, monkeypatch, one_thread):
+    import train_step
+
+    out = tmp_path / "train_step.json"
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--tiny", "--steps", "1", "--warmup", "0", "--out", str(out)])
+    train_step.main()
+    result = json.loads(out.read_text())
+    assert result["preset"] == "tiny" and result["latent_shape"] == [1, 3, 4, 16, 24]
+    assert result["seconds_per_micro_step"] == pytest.approx(result["seconds_per_optimizer_step"] / 2)
+    assert result["lora_parameters"] > 0 and 0 < result["last_loss"] < 10
+
+
+def test_score_throughput_table_sums_families_and_the_speed_up(acceptance, capsys):
+    import score_throughput
+
+    rows = {"batched": {"clip": 0.1, "dino": 0.1, "dynamic": 0.2}, "naive": {"clip": 1.0, "dino": 0.5, "dynamic": 0.5}}
+    score_throughput.print_table(rows, ["clip", "dino", "dynamic"])
+    printed = capsys.readouterr().out
+    assert "| batched |    0.100 |    0.100 |    0.200 |   0.400 |    5.00x |" in printed
+    assert "| naive   |    1.000 |    0.500 |    0.500 |   2.000 |    1.00x |" in printed
 
 
 # --- the tiny CPU path --------------------------------------------------------------------------------------------
