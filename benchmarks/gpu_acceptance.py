@@ -262,9 +262,9 @@ def cuda_tests_section(ctx: Context, test_path: str = "tests/test_cuda.py") -> I
               f"{counts['skipped']} skipped", target="cuda_tests", status=status, note=note,
               data={"counts": counts, "failing": failing, "exit_code": code, "outcomes": outcomes})
     drift = {test: outcome for test, outcome in outcomes.items() if DRIFT_TEST in test}
-    yield Row(f"{DRIFT_TEST} (fp16, bf16)", ", ".join(f"{t.split('[')[-1].rstrip(']')}: {o}" for t, o in drift.items())
-              or None, target="metric_drift", status=tests_status(list(drift.values()), complete and bool(drift)),
-              data={"outcomes": drift})
+    by_dtype = ", ".join(f"{test.split('[')[-1].rstrip(']')}: {outcome}" for test, outcome in drift.items())
+    yield Row(f"{DRIFT_TEST} (fp16, bf16)", by_dtype or None, target="metric_drift",
+              status=tests_status(list(drift.values()), complete and bool(drift)), data={"outcomes": drift})
 
 
 # --- 2. per-step latency ------------------------------------------------------------------------------------------
@@ -475,6 +475,15 @@ class SectionResult:
     rows: list[Row] = field(default_factory=list)
 
 
+def overall_status(statuses: list[str]) -> str:
+    """A target's status from its rows': ``pass`` if every measured row passes, ``fail`` if none does, ``partial``
+    in between, ``unmeasured`` without a measured row."""
+    measured = [status for status in statuses if status in (PASS, FAIL)]
+    if not measured:
+        return UNMEASURED
+    return PASS if FAIL not in measured else FAIL if PASS not in measured else "partial"
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -500,21 +509,19 @@ class Report:
         print(f"[{time.monotonic() - self.started:6.1f} s] {message}", flush=True)
 
     def target_summary(self) -> list[dict[str, Any]]:
-        """Per target: ``pass`` if every measured row passes, ``fail`` if none does, ``partial`` in between,
-        ``unmeasured`` (with why) if no row measured it."""
+        """Per target: its :func:`overall_status`, and what measured it (or, without a row, the status and reason
+        of the sections that should have)."""
         summary = []
         for key, target in TARGETS.items():
             rows = [(section, row) for section in self.sections for row in section.rows if row.target == key]
             declared = [section for section in self.sections if key in section.targets]
             if not rows and not declared:
                 continue
-            statuses = [row.status for _, row in rows if row.status in (PASS, FAIL)]
-            status = UNMEASURED if not statuses else PASS if FAIL not in statuses else FAIL if PASS not in statuses \
-                else "partial"
             measured = [f"{s.name}: {r.name} {target.show(r.checked) if r.checked is not None else r.shown_value()} "
                         f"{r.status}" for s, r in rows]
             if not rows:
                 measured += [f"{s.name}: {s.status}{' (' + s.reason + ')' if s.reason else ''}" for s in declared]
+            status = overall_status([row.status for _, row in rows])
             summary.append({"target": key, "text": target.text, "status": status, "measured": measured})
         return summary
 
@@ -530,8 +537,9 @@ class Report:
 
     def to_markdown(self) -> str:
         meta = self.meta
-        state = f"INTERRUPTED by {meta['interrupted']}" if meta["interrupted"] else \
-            "finished" if meta["finished"] else "running"
+        state = "finished" if meta["finished"] else "running"
+        if meta["interrupted"]:
+            state = f"INTERRUPTED by {meta['interrupted']}"
         commit = (meta["git_commit"] or "unknown")[:12] + (" (uncommitted changes)" if meta["git_dirty"] else "")
         lines = [
             "# GPU acceptance (issue 8, section 6)", "",
