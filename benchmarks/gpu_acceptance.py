@@ -63,9 +63,10 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
+from collections.abc import Callable, Iterable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Iterable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -475,6 +476,10 @@ class SectionResult:
     rows: list[Row] = field(default_factory=list)
 
 
+#: The Markdown report's warning when the run was not the real 5B shapes on a GPU.
+NOT_MEANINGFUL = "**Not the real 5B shapes on a GPU: these numbers and their pass/fail mean nothing.**"
+
+
 def overall_status(statuses: list[str]) -> str:
     """A target's status from its rows': ``pass`` if every measured row passes, ``fail`` if none does, ``partial``
     in between, ``unmeasured`` without a measured row."""
@@ -541,15 +546,14 @@ class Report:
         if meta["interrupted"]:
             state = f"INTERRUPTED by {meta['interrupted']}"
         commit = (meta["git_commit"] or "unknown")[:12] + (" (uncommitted changes)" if meta["git_dirty"] else "")
-        lines = [
-            "# GPU acceptance (issue 8, section 6)", "",
+        header = (
             f"{meta['device_name']} ({meta['device']}), {meta['dtype']}, torch {meta['torch']}, diffusers "
             f"{meta['diffusers']}, commit {commit}; **random weights** (seeded: timings only); started "
-            f"{meta['started_at']}; {meta['elapsed_s']:.0f} s of the {meta['budget_s']:.0f} s budget; {state}.",
-        ]
+            f"{meta['started_at']}; {meta['elapsed_s']:.0f} s of the {meta['budget_s']:.0f} s budget; {state}."
+        )
+        lines = ["# GPU acceptance (issue 8, section 6)", "", header]
         if not meta["targets_meaningful"]:
-            lines += ["", "**Not the real 5B shape on a GPU: the numbers and their pass/fail mean nothing "
-                      "(a check of the command).**"]
+            lines += ["", NOT_MEANINGFUL]
         lines += ["", "## Targets", "", markdown_table(
             ["target", "status", "measured"],
             [[t["text"], t["status"], "; ".join(t["measured"]) or "-"] for t in self.target_summary()],
