@@ -366,10 +366,12 @@ def cudnn_benchmark() -> Iterator[None]:
 def scoring_section(ctx: Context) -> Iterator[Row]:
     """All five metrics (random weights, fp32): the batched scorer against the naive per-frame/per-pair loop."""
     frames, height, width = TINY_SCORING_VIDEO if ctx.tiny else SCORING_VIDEO
-    options = {"num_flow_updates": TINY_FLOW_UPDATES} if ctx.tiny else {}
     device = str(ctx.device)
     with cudnn_benchmark():
-        metrics = score_throughput.random_metrics(device, pair_batch=2 if ctx.tiny else 16, **options)
+        if ctx.tiny:
+            metrics = score_throughput.random_metrics(device, pair_batch=2, num_flow_updates=TINY_FLOW_UPDATES)
+        else:
+            metrics = score_throughput.random_metrics(device)
         sample = score_throughput.build_sample(frames, height, width, references=1 if ctx.tiny else 3)
         if ctx.device.type == "cuda":
             score_throughput.warm_up(metrics, sample, naive=True)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from videobench.metrics import MetricInput, build_metrics
 from videobench.metrics.dynamic import (
+    NUM_FLOW_UPDATES,
     dynamic_count_needed,
     dynamic_threshold,
     flow_pair_score,
@@ -124,11 +125,11 @@ def build_sample(num_frames: int, height: int, width: int, fps: float = 8.0, ref
 
 
 def random_metrics(device: str, dtype: str = "fp32", batch_size: int = 64, pair_batch: int = 16,
-                   **options) -> list:
-    """All five metrics with seeded random weights (the real architectures; ``options`` go to
-    :func:`~videobench.metrics.build_metrics`, e.g. ``num_flow_updates``)."""
+                   num_flow_updates: int = NUM_FLOW_UPDATES) -> list:
+    """All five metrics with seeded random weights (the real architectures): ``batch_size`` frames per CLIP/DINO
+    batch, ``pair_batch`` RAFT pairs per batch, ``num_flow_updates`` RAFT refinements (VBench: 20)."""
     return build_metrics(COLUMNS, WeightsConfig(), device=device, dtype=dtype, random_weights=True,
-                         batch_size=batch_size, pair_batch_size=pair_batch, **options)
+                         batch_size=batch_size, pair_batch_size=pair_batch, num_flow_updates=num_flow_updates)
 
 
 def warm_up(metrics, sample: MetricInput, naive: bool = False) -> None:
