@@ -26,6 +26,7 @@ from PIL import Image
 
 from videobench.metrics import MetricInput, build_metrics
 from videobench.metrics.dynamic import (
+    NUM_FLOW_UPDATES,
     dynamic_count_needed,
     dynamic_threshold,
     flow_pair_score,
@@ -116,6 +117,62 @@ def check_equal(batched: dict[str, float], naive: dict[str, float]) -> None:
             assert abs(batched[key] - value) <= 1e-4, (key, batched[key], value)
 
 
+def build_sample(num_frames: int, height: int, width: int, fps: float = 8.0, references: int = 3) -> MetricInput:
+    """The scored input: :func:`synthetic_video` plus ``references`` 512x512 reference images and :data:`PROMPT`."""
+    frames = synthetic_video(num_frames, height, width)
+    images = [Image.fromarray(synthetic_video(1, 512, 512, seed=s)[0]) for s in range(1, references + 1)]
+    return MetricInput(frames, fps, images, PROMPT)
+
+
+def random_metrics(device: str, dtype: str = "fp32", batch_size: int = 64, pair_batch: int = 16,
+                   num_flow_updates: int = NUM_FLOW_UPDATES) -> list:
+    """All five metrics with seeded random weights (the real architectures): ``batch_size`` frames per CLIP/DINO
+    batch, ``pair_batch`` RAFT pairs per batch, ``num_flow_updates`` RAFT refinements (VBench: 20)."""
+    options = {"clip": {"batch_size": batch_size}, "dino": {"batch_size": batch_size},
+               "dynamic": {"pair_batch_size": pair_batch, "num_flow_updates": num_flow_updates}}
+    return build_metrics(COLUMNS, WeightsConfig(), device=device, dtype=dtype, random_weights=True, options=options)
+
+
+def warm_up(metrics, sample: MetricInput, naive: bool = False) -> None:
+    """Score once per metric (cuDNN autotuning, the allocator), and once through the naive loop if ``naive``."""
+    for metric in metrics:
+        metric.score(sample)
+        if naive:
+            NAIVE[metric.family](metric, sample)
+
+
+def time_paths(metrics, sample: MetricInput, device: str, repeats: int = 1,
+               naive: bool = True) -> dict[str, dict[str, float]]:
+    """Best-of-``repeats`` seconds per metric family of the batched scorer (``"batched"``) and of the naive loop
+    (``"naive"``, empty unless ``naive``); asserts both give the same scores (:func:`check_equal`)."""
+    rows: dict[str, dict[str, float]] = {"batched": {}, "naive": {}}
+    for _ in range(repeats):
+        for metric in metrics:
+            out, seconds = timed(lambda m=metric: m.score(sample), device)
+            rows["batched"][metric.family] = min(rows["batched"].get(metric.family, np.inf), seconds)
+            if not naive:
+                continue
+            reference, seconds = timed(lambda m=metric: NAIVE[m.family](m, sample), device)
+            rows["naive"][metric.family] = min(rows["naive"].get(metric.family, np.inf), seconds)
+            check_equal(out, reference)
+    return rows
+
+
+def print_table(rows: dict[str, dict[str, float]], families: list[str]) -> None:
+    """The seconds per family and per video of each path, and the speed-up over the naive loop."""
+    print(f"\n| path    | {' | '.join(f'{f:>8}' for f in families)} | s/video | speed-up |")
+    print(f"|---------|{'|'.join('-' * 10 for _ in families)}|---------|----------|")
+    total_naive = sum(rows["naive"].values()) if rows["naive"] else None
+    for path, row in rows.items():
+        if not row:
+            continue
+        total = sum(row.values())
+        speedup = f"{total_naive / total:7.2f}x" if total_naive else "       -"
+        print(f"| {path:7} | {' | '.join(f'{row[f]:8.3f}' for f in families)} | {total:7.3f} | {speedup} |")
+    if rows["naive"]:
+        print("\nscores identical between the two paths (cosines within 1e-4, dynamic equal): OK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -137,43 +194,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
-    metrics = build_metrics(COLUMNS, WeightsConfig(), device=args.device, dtype=args.dtype, random_weights=True,
-                            options={"clip": {"batch_size": args.batch_size}, "dino": {"batch_size": args.batch_size},
-                                     "dynamic": {"pair_batch_size": args.pair_batch}})
-    frames = synthetic_video(args.frames, args.height, args.width)
-    references = [Image.fromarray(synthetic_video(1, 512, 512, seed=s)[0]) for s in range(1, args.references + 1)]
-    sample = MetricInput(frames, args.fps, references, PROMPT)
+    metrics = random_metrics(args.device, args.dtype, args.batch_size, args.pair_batch)
+    sample = build_sample(args.frames, args.height, args.width, args.fps, args.references)
     device_name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "cpu"
     print(f"RANDOM WEIGHTS (timings only) | device {args.device} ({device_name}), {args.dtype}, torch threads "
           f"{torch.get_num_threads()} | {args.frames} frames {args.height}x{args.width} @ {args.fps:g} fps, "
           f"{args.references} references, RAFT pair batch {args.pair_batch}")
 
     if torch.device(args.device).type == "cuda":  # warm-up: cuDNN autotuning, allocator
-        for metric in metrics:
-            metric.score(sample)
-
-    rows: dict[str, dict[str, float]] = {"batched": {}, "naive": {}}
-    for repeat in range(args.repeats):
-        for metric in metrics:
-            out, seconds = timed(lambda m=metric: m.score(sample), args.device)
-            rows["batched"][metric.family] = min(rows["batched"].get(metric.family, np.inf), seconds)
-            if args.no_naive:
-                continue
-            reference, seconds = timed(lambda m=metric: NAIVE[m.family](m, sample), args.device)
-            rows["naive"][metric.family] = min(rows["naive"].get(metric.family, np.inf), seconds)
-            check_equal(out, reference)
-    families = [metric.family for metric in metrics]
-    print(f"\n| path    | {' | '.join(f'{f:>8}' for f in families)} | s/video | speed-up |")
-    print(f"|---------|{'|'.join('-' * 10 for _ in families)}|---------|----------|")
-    total_naive = sum(rows["naive"].values()) if rows["naive"] else None
-    for path, row in rows.items():
-        if not row:
-            continue
-        total = sum(row.values())
-        speedup = f"{total_naive / total:7.2f}x" if total_naive else "       -"
-        print(f"| {path:7} | {' | '.join(f'{row[f]:8.3f}' for f in families)} | {total:7.3f} | {speedup} |")
-    if rows["naive"]:
-        print("\nscores identical between the two paths (cosines within 1e-4, dynamic equal): OK")
+        warm_up(metrics, sample)
+    rows = time_paths(metrics, sample, args.device, args.repeats, naive=not args.no_naive)
+    print_table(rows, [metric.family for metric in metrics])
     if args.compare_dtype:
         compare_precision(metrics, sample, args.device, args.compare_dtype)
 
@@ -188,7 +219,8 @@ def compare_precision(metrics, sample: MetricInput, device: str, dtype: str) -> 
         reduced.dtype = dtype
         full, (low, seconds) = metric.score(sample), timed(lambda m=reduced: m.score(sample), device)
         for column in metric.columns:
-            print(f"| {column:7} | {full[column]:8.5f} | {low[column]:8.5f} | {abs(full[column] - low[column]) * 100:11.4f} |")
+            drift = abs(full[column] - low[column]) * 100
+            print(f"| {column:7} | {full[column]:8.5f} | {low[column]:8.5f} | {drift:11.4f} |")
         print(f"| ({metric.family} in {dtype}: {seconds:.3f} s)")
 
 

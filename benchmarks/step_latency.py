@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -43,6 +43,7 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0  # no
 from customvideox import attention  # noqa: E402
 from customvideox.attention import lse_backend_status  # noqa: E402
 from customvideox.config import ReferenceConfig  # noqa: E402
+from customvideox.lora import has_reference_lora  # noqa: E402
 from customvideox.positions import video_rotary_pos_embed  # noqa: E402
 from customvideox.transformer import CustomVideoXTransformer3DModel  # noqa: E402
 
@@ -62,6 +63,15 @@ COGVIDEOX_5B_SCHEDULER: dict[str, Any] = dict(
 )
 #: (latent frames, latent height, latent width, text tokens) of 49 frames at 480x720.
 REAL_SHAPE = (13, 60, 90, 226)
+
+#: Targets of issue 3, section 6 (meaningful at the real config on an H100/H200): step time over vanilla's, ...
+JOINT_MAX_RATIO = 1.12
+CACHED_MAX_RATIO = 1.05
+#: ... TAB+ERAE's step time over the same mode without them, and one 50-step video end to end (seconds).
+TAB_ERAE_MAX_RATIO = 1.03
+VIDEO_MAX_SECONDS = 90.0
+#: The variant whose steps make the end-to-end video (the full method in cached mode).
+FULL_CACHED = "cached, TAB+ERAE on"
 
 VARIANTS: list[tuple[str, ReferenceConfig | None]] = [
     ("vanilla", None),
@@ -113,18 +123,20 @@ def construct(cls: type, config: dict, device: torch.device, dtype: torch.dtype)
         torch.set_default_dtype(previous)
 
 
-def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    """Random-weight transformer, VAE, scheduler and the inputs of one CFG step."""
-    if args.tiny:
-        from customvideox.presets import TINY_TRANSFORMER, TINY_VAE, TINY_TEXT_LENGTH
+def build(device: torch.device, dtype: torch.dtype, tiny: bool = False,
+          shape: tuple[int, int, int, int] | None = None):
+    """Random-weight transformer (diffusers' attention processor, no LoRA yet), the VAE config, the LoRA settings
+    and the inputs of one CFG step: the 5B config at ``shape`` (default :data:`REAL_SHAPE`), or the tiny preset."""
+    if tiny:
+        from customvideox.presets import TINY_LORA_RANK, TINY_TEXT_LENGTH, TINY_TRANSFORMER, TINY_VAE
 
         transformer_cfg, vae_cfg = dict(TINY_TRANSFORMER), dict(TINY_VAE)
         frames = (TINY_TRANSFORMER["sample_frames"] - 1) // 4 + 1
         shape = (frames, TINY_TRANSFORMER["sample_height"], TINY_TRANSFORMER["sample_width"], TINY_TEXT_LENGTH)
-        reference_config = dict(lora_rank=8, lora_alpha=8.0)
+        reference_config = dict(lora_rank=TINY_LORA_RANK, lora_alpha=float(TINY_LORA_RANK))
     else:
         transformer_cfg, vae_cfg, reference_config = COGVIDEOX_5B_TRANSFORMER, COGVIDEOX_5B_VAE, {}
-        shape = args.shape or REAL_SHAPE
+        shape = shape or REAL_SHAPE
     torch.manual_seed(0)
     model = construct(CustomVideoXTransformer3DModel, transformer_cfg, device, dtype)
     model.set_attn_processor(CogVideoXAttnProcessor2_0())  # vanilla runs diffusers' own processor
@@ -183,33 +195,137 @@ def step_fn(model: CustomVideoXTransformer3DModel, inputs: dict, config: Referen
     return run
 
 
+def variant_config(name: str, lora_cfg: dict) -> ReferenceConfig | None:
+    """The :class:`ReferenceConfig` of the :data:`VARIANTS` row ``name`` with the LoRA settings (``None``: vanilla)."""
+    config = dict(VARIANTS)[name]
+    return config.replace(**lora_cfg) if config is not None else None
+
+
+def ensure_reference_lora(model: CustomVideoXTransformer3DModel, lora_cfg: dict) -> None:
+    """Inject the reference LoRA unless it is there (peft gives the LoRA the base layers' dtype)."""
+    if not has_reference_lora(model):
+        model.add_reference_lora(ReferenceConfig(**lora_cfg))
+
+
+def time_variant(model: CustomVideoXTransformer3DModel, inputs: dict, name: str, lora_cfg: dict, warmup: int,
+                 steps: int) -> dict[str, Any]:
+    """One row of the per-step table: the :data:`VARIANTS` row ``name`` (its reference cache built first, untimed).
+
+    Vanilla runs diffusers' own attention processor only while the LoRA is not injected (see :func:`build`).
+    """
+    config = variant_config(name, lora_cfg)
+    if config is not None:
+        ensure_reference_lora(model, lora_cfg)
+    cache = None
+    if config is not None and config.mode == "cached":
+        cache = model.build_reference_cache(inputs["reference"], reference_config=config)
+    timing = time_call(step_fn(model, inputs, config, cache), warmup, steps, inputs["latents"].device)
+    return {"variant": name, **timing}
+
+
+def variant_rows(model: CustomVideoXTransformer3DModel, inputs: dict, lora_cfg: dict, warmup: int,
+                 steps: int) -> Iterator[dict[str, Any]]:
+    """Time every :data:`VARIANTS` row in order, one at a time: vanilla first, before the LoRA is injected."""
+    for name, _ in VARIANTS:
+        yield time_variant(model, inputs, name, lora_cfg, warmup, steps)
+
+
+def time_reference_cache(model: CustomVideoXTransformer3DModel, inputs: dict, config: ReferenceConfig,
+                         warmup: int = 1, steps: int = 3) -> dict[str, float | None]:
+    """Seconds of the cached mode's one-off reference extraction (:meth:`build_reference_cache`)."""
+    build_cache = functools.partial(model.build_reference_cache, inputs["reference"], reference_config=config)
+    return time_call(build_cache, warmup, steps, inputs["latents"].device)
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``vs_vanilla`` (and ``vs_compiled_vanilla`` to compiled rows) to the per-step rows, in place."""
+    base = next(row["median_s"] for row in rows if row["variant"] == "vanilla")
+    compiled_base = next((row["median_s"] for row in rows if row["variant"] == "vanilla, compiled"), None)
+    for row in rows:
+        row["vs_vanilla"] = row["median_s"] / base
+        if compiled_base and row["variant"].endswith(", compiled"):
+            row["vs_compiled_vanilla"] = row["median_s"] / compiled_base
+    return rows
+
+
+def step_targets(by_name: dict[str, float]) -> dict[str, bool]:
+    """Issue 3's per-step targets from the median seconds of the :data:`VARIANTS` rows."""
+    base = by_name["vanilla"]
+    return {
+        f"joint <= {JOINT_MAX_RATIO}x vanilla": max(by_name[f"joint, TAB+ERAE {s}"] for s in ("off", "on")) / base
+        <= JOINT_MAX_RATIO,
+        f"cached <= {CACHED_MAX_RATIO}x vanilla": max(by_name[f"cached, TAB+ERAE {s}"] for s in ("off", "on")) / base
+        <= CACHED_MAX_RATIO,
+        f"TAB+ERAE adds <= {round(100 * (TAB_ERAE_MAX_RATIO - 1))}%": all(
+            by_name[f"{m}, TAB+ERAE on"] <= TAB_ERAE_MAX_RATIO * by_name[f"{m}, TAB+ERAE off"]
+            for m in ("joint", "cached")
+        ),
+    }
+
+
+def targets_meaningful(inputs: dict, tiny: bool) -> bool:
+    """Whether the timings can be held against the targets: the 5B config at :data:`REAL_SHAPE` on a GPU."""
+    frames, height, width, text_len = REAL_SHAPE
+    real = tuple(inputs["latents"].shape[1:]) == (frames, COGVIDEOX_5B_TRANSFORMER["in_channels"], height, width)
+    real = real and inputs["prompt_embeds"].shape[1] == text_len
+    return inputs["latents"].device.type == "cuda" and not tiny and real
+
+
 #: Rows timed again after ``model.compile()`` (``--compile``): the baseline and the two full-method modes.
-COMPILED_VARIANTS = ["vanilla", "cached, TAB+ERAE on", "joint, TAB+ERAE on"]
+COMPILED_VARIANTS = ["vanilla", FULL_CACHED, "joint, TAB+ERAE on"]
 
 
-def compiled_rows(model: CustomVideoXTransformer3DModel, inputs: dict, lora_cfg: dict, args) -> list[dict]:
-    """Compile the transformer in place (``nn.Module.compile``; it stays compiled for the end-to-end video) and time
-    :data:`COMPILED_VARIANTS`; each variant's first call compiles (a recompilation per reference config), untimed.
+def compile_transformer(model: CustomVideoXTransformer3DModel, backend: str = "inductor",
+                        mode: str | None = None) -> None:
+    """Compile the transformer in place (``nn.Module.compile``, static shapes); it stays compiled afterwards."""
+    model.compile(backend=backend, mode=mode, dynamic=False)
+
+
+def time_compiled_variant(model: CustomVideoXTransformer3DModel, inputs: dict, name: str, lora_cfg: dict,
+                          warmup: int, steps: int) -> dict[str, Any]:
+    """One compiled row: ``name``'s first call compiles (a recompilation per reference config), untimed but reported
+    as ``first_call_s``; then ``steps`` timed calls after ``warmup``.
 
     The compiled vanilla row calls the model without a reference: CustomVideoX's processor then computes exactly
     diffusers' CogVideoX attention (tested bit-identical), so both sides of the ratio are compiled alike.
     """
-    model.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
-    configs = dict(VARIANTS)
-    rows = []
-    for name in COMPILED_VARIANTS:
-        config = configs[name].replace(**lora_cfg) if configs[name] is not None else None
-        cache = None
-        if config is not None and config.mode == "cached":
-            cache = model.build_reference_cache(inputs["reference"], reference_config=config)
-        run = step_fn(model, inputs, config, cache, through_call=True)
-        compile_start = time.perf_counter()
-        run()
-        _sync(inputs["latents"].device)
-        compile_s = time.perf_counter() - compile_start
-        timing = time_call(run, args.warmup, args.steps, inputs["latents"].device)
-        rows.append({"variant": f"{name}, compiled", **timing, "first_call_s": compile_s})
-    return rows
+    config = variant_config(name, lora_cfg)
+    cache = None
+    if config is not None and config.mode == "cached":
+        cache = model.build_reference_cache(inputs["reference"], reference_config=config)
+    run = step_fn(model, inputs, config, cache, through_call=True)
+    compile_start = time.perf_counter()
+    run()
+    _sync(inputs["latents"].device)
+    compile_s = time.perf_counter() - compile_start
+    timing = time_call(run, warmup, steps, inputs["latents"].device)
+    return {"variant": f"{name}, compiled", **timing, "first_call_s": compile_s}
+
+
+def compiled_rows(model: CustomVideoXTransformer3DModel, inputs: dict, lora_cfg: dict, args) -> list[dict]:
+    """Compile the transformer in place (it stays compiled for the end-to-end video) and time
+    :data:`COMPILED_VARIANTS` (see :func:`time_compiled_variant`)."""
+    compile_transformer(model, args.compile_backend, args.compile_mode)
+    return [time_compiled_variant(model, inputs, name, lora_cfg, args.warmup, args.steps) for name in COMPILED_VARIANTS]
+
+
+def encode_reference(vae: AutoencoderKLCogVideoX, pixels: tuple[int, int], generator: torch.Generator,
+                     device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A random reference image of ``pixels`` = (height, width) through the VAE encoder (untiled): its scaled latent
+    ``(1, 1, C, h, w)``."""
+    height, width = pixels
+    image = torch.rand(1, 3, 1, height, width, generator=generator, device=device, dtype=dtype) * 2 - 1
+    latent = vae.encode(image).latent_dist.sample(generator)
+    return latent.permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
+
+
+def decode_latents(vae: AutoencoderKLCogVideoX, latents: torch.Tensor, tiling: bool = True) -> torch.Tensor:
+    """Scaled ``(B, F, C, h, w)`` latents -> ``(B, 3, 4(F-1)+1, 8h, 8w)`` frames; ``tiling``: the CogVideoX demo's
+    memory settings (VAE tiling and slicing, switched on for good)."""
+    if tiling:
+        vae.enable_tiling()
+        vae.enable_slicing()
+    return vae.decode(latents.permute(0, 2, 1, 3, 4) / vae.config.scaling_factor).sample
 
 
 @torch.no_grad()
@@ -220,10 +336,8 @@ def generate_video(
     """One CFG video: encode the reference, extract it once (cached mode), denoise, decode. Returns timings."""
     _sync(device)
     start = time.perf_counter()
-    height, width = inputs["pixels"]
     g = torch.Generator(device).manual_seed(2)
-    image = torch.rand(1, 3, 1, height, width, generator=g, device=device, dtype=dtype) * 2 - 1
-    reference = vae.encode(image).latent_dist.sample(g).permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
+    reference = encode_reference(vae, inputs["pixels"], g, device, dtype)
     cache = model.build_reference_cache(reference, reference_config=config) if config.mode == "cached" else None
     _sync(device)
     t_reference = time.perf_counter() - start
@@ -243,10 +357,7 @@ def generate_video(
     _sync(device)
     t_denoise = time.perf_counter() - start - t_reference
 
-    if tiling:  # the CogVideoX demo's memory settings; the reference image was encoded untiled
-        vae.enable_tiling()
-        vae.enable_slicing()
-    frames = vae.decode(latents.permute(0, 2, 1, 3, 4) / vae.config.scaling_factor).sample
+    frames = decode_latents(vae, latents, tiling)  # the reference image was encoded untiled
     _sync(device)
     total = time.perf_counter() - start
     assert frames.shape[2] == (latents.shape[1] - 1) * 4 + 1
@@ -295,40 +406,15 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type != "cuda" and not (args.tiny or args.allow_cpu):
         parser.error("the real-config benchmark needs a CUDA device; use --tiny (or --allow-cpu --shape) on a CPU")
     dtype = getattr(torch, args.dtype)
-    model, vae_cfg, lora_cfg, inputs = build(args, device, dtype)
+    model, vae_cfg, lora_cfg, inputs = build(device, dtype, args.tiny, args.shape)
 
-    rows: list[dict[str, Any]] = []
     with torch.no_grad():
-        vanilla = time_call(step_fn(model, inputs, None), args.warmup, args.steps, device)
-        rows.append({"variant": "vanilla", **vanilla})
-        model.add_reference_lora(ReferenceConfig(**lora_cfg))  # peft gives the LoRA the base layers' dtype
-        cache_timing = None
-        for name, config in VARIANTS[1:]:
-            config = config.replace(**lora_cfg)
-            cache = None
-            if config.mode == "cached":
-                build_cache = lambda: model.build_reference_cache(inputs["reference"], reference_config=config)
-                cache_timing = cache_timing or time_call(build_cache, 1, 3, device)
-                cache = build_cache()
-            timing = time_call(step_fn(model, inputs, config, cache), args.warmup, args.steps, device)
-            rows.append({"variant": name, **timing})
-            del cache
+        rows = list(variant_rows(model, inputs, lora_cfg, args.warmup, args.steps))
+        cache_timing = time_reference_cache(model, inputs, variant_config("cached, TAB+ERAE off", lora_cfg))
         if args.compile:
             rows += compiled_rows(model, inputs, lora_cfg, args)
-    base = rows[0]["median_s"]
-    compiled_base = next((row["median_s"] for row in rows if row["variant"] == "vanilla, compiled"), None)
-    for row in rows:
-        row["vs_vanilla"] = row["median_s"] / base
-        if compiled_base and row["variant"].endswith(", compiled"):
-            row["vs_compiled_vanilla"] = row["median_s"] / compiled_base
-    by_name = {row["variant"]: row["median_s"] for row in rows}
-    targets = {  # issue 3, section 6 (meaningful at the real config on an H100)
-        "joint <= 1.12x vanilla": max(by_name[f"joint, TAB+ERAE {s}"] for s in ("off", "on")) / base <= 1.12,
-        "cached <= 1.05x vanilla": max(by_name[f"cached, TAB+ERAE {s}"] for s in ("off", "on")) / base <= 1.05,
-        "TAB+ERAE adds <= 3%": all(
-            by_name[f"{m}, TAB+ERAE on"] <= 1.03 * by_name[f"{m}, TAB+ERAE off"] for m in ("joint", "cached")
-        ),
-    }
+    with_ratios(rows)
+    targets = step_targets({row["variant"]: row["median_s"] for row in rows})
 
     e2e = None
     if args.e2e_steps > 0:
@@ -340,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
         e2e = generate_video(model, vae, scheduler, inputs, config, args.e2e_steps, 6.0, device, dtype, tiling)
         e2e.update(mode=args.e2e_mode, steps=args.e2e_steps, peak_gib=_peak_gib(device), compiled=args.compile)
         if args.e2e_steps == 50:
-            targets["50-step video < 90 s"] = e2e["total_s"] < 90.0
+            targets[f"50-step video < {VIDEO_MAX_SECONDS:g} s"] = e2e["total_s"] < VIDEO_MAX_SECONDS
 
     _, frames, _, height, width = inputs["latents"].shape
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -350,9 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
             ("latent_frames", "latent_height", "latent_width", "text_tokens"),
             (frames, height, width, inputs["prompt_embeds"].shape[1]),
         )),
-        "targets_meaningful": device.type == "cuda" and not args.tiny and tuple(inputs["latents"].shape[1:]) == (
-            REAL_SHAPE[0], COGVIDEOX_5B_TRANSFORMER["in_channels"], *REAL_SHAPE[1:3]
-        ) and inputs["prompt_embeds"].shape[1] == REAL_SHAPE[3],
+        "targets_meaningful": targets_meaningful(inputs, args.tiny),
         "steps": args.steps, "warmup": args.warmup, "per_step": rows, "reference_cache_build": cache_timing,
         "end_to_end": e2e, "targets": targets, "random_weights": True, "torch": torch.__version__,
         "lse_kernels": lse_backend_status(),

@@ -23,11 +23,12 @@ Usage (on a GPU)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -42,6 +43,11 @@ from customvideox.positions import video_rotary_pos_embed  # noqa: E402
 from customvideox.train import v_prediction_loss  # noqa: E402
 from customvideox.transformer import CustomVideoXTransformer3DModel  # noqa: E402
 
+#: The paper's reference LoRA rank (section 6.1); the training clip: 25 frames at 480x720.
+LORA_RANK = 128
+#: ``--tiny``'s clip (frames, height, width): the tiny preset's 9 frames of 128x192.
+TINY_VIDEO = (9, 128, 192)
+
 
 def count_parameters(transformer_config: dict[str, Any], reference_config: ReferenceConfig) -> dict[str, int]:
     """Base and LoRA parameter counts, built on the meta device (no memory, no init)."""
@@ -52,8 +58,46 @@ def count_parameters(transformer_config: dict[str, Any], reference_config: Refer
     return {"base_parameters": base, "lora_parameters": lora}
 
 
+def make_reference_lora_trainable(model: CustomVideoXTransformer3DModel,
+                                  checkpointing: bool) -> list[torch.nn.Parameter]:
+    """Freeze the base (it keeps its dtype), train the reference LoRA in float32, optionally with gradient
+    checkpointing; the model goes to train mode. Returns the trainable parameters."""
+    mark_only_reference_lora_trainable(model)
+    trainable = [parameter for _, parameter in lora_parameters(model)]
+    for parameter in trainable:
+        parameter.data = parameter.data.float()
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+    return trainable
+
+
+@contextlib.contextmanager
+def reference_lora_training(model: CustomVideoXTransformer3DModel,
+                            checkpointing: bool = True) -> Iterator[list[torch.nn.Parameter]]:
+    """:func:`make_reference_lora_trainable` for the block, on a model already in use for inference (the 5B base is
+    shared, not rebuilt); afterwards the LoRA is back in its dtype (the optimizer's updates kept), gradients are
+    dropped, and ``requires_grad``, checkpointing and train/eval mode are as before."""
+    lora_dtypes = {name: parameter.dtype for name, parameter in lora_parameters(model)}
+    requires_grad = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+    was_training, was_checkpointing = model.training, model.gradient_checkpointing
+    trainable = make_reference_lora_trainable(model, checkpointing)
+    try:
+        yield trainable
+    finally:
+        for name, parameter in lora_parameters(model):
+            parameter.grad = None
+            parameter.data = parameter.data.to(lora_dtypes[name])
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(requires_grad[name])
+        if not was_checkpointing:
+            model.disable_gradient_checkpointing()
+        model.train(was_training)
+
+
 def build(transformer_config: dict[str, Any], reference_config: ReferenceConfig, device: torch.device,
           dtype: torch.dtype, checkpointing: bool) -> CustomVideoXTransformer3DModel:
+    """Random-initialise the base directly on ``device`` in ``dtype``, inject the LoRA and make it trainable."""
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # random-initialise the 5B base directly in bf16
@@ -63,12 +107,86 @@ def build(transformer_config: dict[str, Any], reference_config: ReferenceConfig,
     finally:
         torch.set_default_dtype(previous)
     model.add_reference_lora(reference_config)
-    mark_only_reference_lora_trainable(model)
-    for _, parameter in model.named_parameters():
-        parameter.data = parameter.data.to(device=device, dtype=torch.float32 if parameter.requires_grad else dtype)
-    if checkpointing:
-        model.enable_gradient_checkpointing()
-    return model.train()
+    make_reference_lora_trainable(model, checkpointing)
+    return model
+
+
+def training_inputs(model_config: Any, frames: int, height: int, width: int, text_tokens: int | None,
+                    device: torch.device, dtype: torch.dtype, generator: torch.Generator) -> dict[str, Any]:
+    """Random conditions of one batch-1 clip of ``frames`` x ``height`` x ``width`` (as the precomputed cache holds
+    them): latents, T5 embeddings, the reference latent, an entity mask and the rotary tables."""
+    latent_frames = (frames - 1) // 4 + 1
+    channels, h, w = model_config.in_channels, height // 8, width // 8
+    text_len = text_tokens or model_config.max_text_seq_length
+
+    def tensor(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+
+    entity_mask = torch.zeros(1, text_len, dtype=torch.bool, device=device)
+    entity_mask[0, 3:5] = True
+    return dict(
+        latents=tensor(1, latent_frames, channels, h, w),
+        prompt_embeds=tensor(1, text_len, model_config.text_embed_dim),
+        reference=tensor(1, 1, channels, h, w),
+        entity_mask=entity_mask,
+        rotary=video_rotary_pos_embed(model_config, latent_frames, h, w, device=device),
+    )
+
+
+def optimizer_step_fn(model: CustomVideoXTransformer3DModel, trainable: list[torch.nn.Parameter],
+                      inputs: dict[str, Any], reference_config: ReferenceConfig, accumulation: int,
+                      dtype: torch.dtype, generator: torch.Generator) -> Callable[[], float]:
+    """One optimizer step as a function: ``accumulation`` micro-steps (forward + backward of
+    :func:`v_prediction_loss` under ``dtype`` autocast), gradient clipping, AdamW. It returns the mean loss."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    scheduler = CogVideoXDDIMScheduler(**COGVIDEOX_5B_SCHEDULER)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
+    latents = inputs["latents"]
+    device = latents.device
+
+    def optimizer_step() -> float:
+        losses = []
+        for _ in range(accumulation):
+            timesteps = torch.randint(0, 1000, (1,), generator=generator)
+            noise = torch.randn(latents.shape, generator=generator).to(latents)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = v_prediction_loss(model, scheduler, latents, inputs["prompt_embeds"], inputs["reference"],
+                                         inputs["entity_mask"], timesteps, noise, reference_config, inputs["rotary"])
+            (loss / accumulation).backward()
+            losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses)
+
+    return optimizer_step
+
+
+def time_optimizer_steps(optimizer_step: Callable[[], float], warmup: int, steps: int,
+                         device: torch.device) -> dict[str, Any]:
+    """Median seconds of ``steps`` optimizer steps after ``warmup`` untimed ones, the last loss, and the peak memory
+    of the timed steps (CUDA; ``None`` elsewhere)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        optimizer_step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, loss = [], None
+    for _ in range(steps):
+        started = time.perf_counter()
+        loss = optimizer_step()
+        sync()
+        times.append(time.perf_counter() - started)
+    return {
+        "seconds_per_optimizer_step": sorted(times)[len(times) // 2], "timed_steps": len(times), "last_loss": loss,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -88,17 +206,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Write the numbers as JSON here.")
     args = parser.parse_args()
 
-    from diffusers import CogVideoXDDIMScheduler
-
     if args.tiny:
         from customvideox.presets import TINY_LORA_RANK, TINY_TRANSFORMER
 
         transformer_config, rank = dict(TINY_TRANSFORMER), TINY_LORA_RANK
         device = torch.device(args.device or "cpu")
-        frames, height, width = 9, 128, 192
+        frames, height, width = TINY_VIDEO
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     else:
-        transformer_config, rank = dict(COGVIDEOX_5B_TRANSFORMER), 128
+        transformer_config, rank = dict(COGVIDEOX_5B_TRANSFORMER), LORA_RANK
         device = torch.device(args.device or ("cpu" if args.allow_cpu else "cuda"))
         if device.type != "cuda" and not args.allow_cpu:
             sys.exit("the 5B benchmark needs a CUDA GPU (use --tiny, or --allow-cpu with a tiny clip, on a CPU)")
@@ -110,62 +226,20 @@ def main() -> None:
           f"({100 * counts['lora_parameters'] / counts['base_parameters']:.2f}% of the base)")
 
     model = build(transformer_config, reference_config, device, dtype, not args.no_checkpointing)
-    scheduler = CogVideoXDDIMScheduler(**COGVIDEOX_5B_SCHEDULER)
     trainable = [p for _, p in lora_parameters(model)]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=1e-2)
-    latent_frames = (frames - 1) // 4 + 1
-    channels, h, w = transformer_config["in_channels"], height // 8, width // 8
-    text_len = args.text_tokens or transformer_config["max_text_seq_length"]
-    text_dim = transformer_config["text_embed_dim"]
     generator = torch.Generator().manual_seed(0)
-
-    def tensor(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
-
-    latents, prompt_embeds, reference = tensor(1, latent_frames, channels, h, w), tensor(1, text_len, text_dim), \
-        tensor(1, 1, channels, h, w)
-    entity_mask = torch.zeros(1, text_len, dtype=torch.bool, device=device)
-    entity_mask[0, 3:5] = True
-    rotary = video_rotary_pos_embed(model.config, latent_frames, h, w, device=device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def optimizer_step() -> float:
-        losses = []
-        for _ in range(args.accumulation):
-            timesteps = torch.randint(0, 1000, (1,), generator=generator)
-            noise = torch.randn(latents.shape, generator=generator).to(latents)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = v_prediction_loss(model, scheduler, latents, prompt_embeds, reference, entity_mask, timesteps,
-                                         noise, reference_config, rotary)
-            (loss / args.accumulation).backward()
-            losses.append(loss.item())
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return sum(losses) / len(losses)
-
-    for _ in range(args.warmup):
-        optimizer_step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        loss = optimizer_step()
-        sync()
-        times.append(time.perf_counter() - started)
-    per_step = sorted(times)[len(times) // 2]
+    inputs = training_inputs(model.config, frames, height, width, args.text_tokens, device, dtype, generator)
+    step = optimizer_step_fn(model, trainable, inputs, reference_config, args.accumulation, dtype, generator)
+    timing = time_optimizer_steps(step, args.warmup, args.steps, device)
+    per_step = timing["seconds_per_optimizer_step"]
     result = {
         **counts, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "preset": "tiny" if args.tiny else "cogvideox-5b", "frames": frames, "height": height, "width": width,
-        "latent_shape": list(latents.shape), "mode": args.mode, "gradient_checkpointing": not args.no_checkpointing,
-        "dtype": str(dtype), "accumulation": args.accumulation, "seconds_per_optimizer_step": per_step,
-        "seconds_per_micro_step": per_step / args.accumulation, "timed_steps": len(times), "last_loss": loss,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "latent_shape": list(inputs["latents"].shape), "mode": args.mode,
+        "gradient_checkpointing": not args.no_checkpointing, "dtype": str(dtype), "accumulation": args.accumulation,
+        "seconds_per_optimizer_step": per_step, "seconds_per_micro_step": per_step / args.accumulation,
+        "timed_steps": timing["timed_steps"], "last_loss": timing["last_loss"],
+        "peak_memory_gib": timing["peak_memory_gib"],
         # the paper: 10,000 optimizer steps, batch 1 per GPU, accumulation 2, 16 GPUs (data parallel: same
         # per-GPU step time, 16x the samples)
         "hours_for_10k_steps": per_step * 10_000 / 3600,
