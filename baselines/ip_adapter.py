@@ -253,9 +253,11 @@ def cross_attention_layers(unet) -> list[tuple[int, str, tuple[int, int]]]:
     ``index`` is the processor's position in ``unet.attn_processors``: upstream trains the adapter as
     ``torch.nn.ModuleList(unet.attn_processors.values())``, so its keys are ``{index}.to_k_ip.weight`` for the
     cross-attentions (``attn2``; self-attentions hold no weights), i.e. 1, 3, 5, ... in a Stable Diffusion UNet.
+    The attentions inside a loaded Plus adapter's Resampler (``encoder_hid_proj.*``) are not UNet layers.
     """
+    names = [name for name in unet.attn_processors if not name.startswith("encoder_hid_proj.")]
     layers = []
-    for index, name in enumerate(unet.attn_processors):
+    for index, name in enumerate(names):
         if name.endswith("attn1.processor"):
             continue
         attention = unet.get_submodule(name.removesuffix(".processor"))
@@ -474,9 +476,9 @@ def load_pipeline(options: IPAdapterOptions, context: MethodContext, dtype: torc
     variant = VARIANTS[options.variant]
     encoder = load_image_encoder(image_encoder_folder(options, _required(context, ENCODER_KEY)), dtype)
     kwargs: dict[str, Any] = {"image_encoder": encoder, "feature_extractor": clip_image_processor(
-        encoder.config.image_size), "torch_dtype": dtype, "local_files_only": True}
+        encoder.config.image_size), "dtype": dtype, "local_files_only": True}
     if options.vae:
-        kwargs["vae"] = AutoencoderKL.from_pretrained(str(_required(context, VAE_KEY)), torch_dtype=dtype,
+        kwargs["vae"] = AutoencoderKL.from_pretrained(str(_required(context, VAE_KEY)), dtype=dtype,
                                                       local_files_only=True)
     if variant.family == "sdxl":
         pipeline_class = StableDiffusionXLPipeline
@@ -580,9 +582,10 @@ def build_tiny_pipeline(family: str = "sd15", seed: int = 0):
     return StableDiffusionPipeline(safety_checker=None, requires_safety_checker=False, **common)
 
 
-def random_adapter_state_dict(unet, image_encoder_config, plus: bool, seed: int = 0, std: float = 0.2,
+def random_adapter_state_dict(unet, image_encoder_config, plus: bool, seed: int = 0, std: float = 1.0,
                               ) -> dict[str, dict[str, torch.Tensor]]:
-    """A random adapter for ``unet`` in the official nested layout (norm weights near 1, the rest N(0, std))."""
+    """A random adapter for ``unet`` in the official nested layout (LayerNorm gains 1 + N(0, std), the rest
+    N(0, std); a large ``std`` so that the tiny image encoder's small differences between images show)."""
     shapes = expected_adapter_shapes(unet, int(image_encoder_config.projection_dim),
                                      int(image_encoder_config.hidden_size), plus, **(TINY_PLUS if plus else {}))
     generator = torch.Generator("cpu").manual_seed(seed)
