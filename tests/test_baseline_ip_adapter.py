@@ -432,7 +432,18 @@ def _save_weights_folder(weights: Path, variant: str) -> object:
     extra = {"safety_checker": None, "requires_safety_checker": False} if spec.family == "sd15" else {
         "add_watermarker": False}
     base = type(pipe)(**parts, image_encoder=None, feature_extractor=None, **extra)
-    base.save_pretrained(weights / ipa.BASE_MODELS[spec.family].split("/")[-1])
+    folder = weights / ipa.BASE_MODELS[spec.family].split("/")[-1]
+    base.save_pretrained(folder)
+    # model_index.json as published: SD 1.5 names a safety checker and a feature extractor whose folders a
+    # --download does not fetch (the loader passes its own), SDXL names neither nor an image encoder
+    index = json.loads((folder / "model_index.json").read_text())
+    index.pop("image_encoder")
+    if spec.family == "sd15":
+        index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                     feature_extractor=["transformers", "CLIPImageProcessor"])
+    else:
+        index.pop("feature_extractor")
+    (folder / "model_index.json").write_text(json.dumps(index))
     root = weights / ipa.IP_ADAPTER_FOLDER_NAME
     pipe.image_encoder.save_pretrained(root / spec.image_encoder)
     state = ipa.random_adapter_state_dict(pipe.unet, pipe.image_encoder.config, spec.plus, seed=7)
