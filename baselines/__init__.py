@@ -4,5 +4,5 @@ Importing this package registers every baseline with :mod:`videobench.methods`; 
 builds a generator.
 """
 
-from baselines import reference_i2v  # noqa: F401  (registers reference+i2v)
 from baselines import ms_diffusion  # noqa: F401  (registers ms-diffusion+i2v)
+from baselines import reference_i2v  # noqa: F401  (registers reference+i2v)

@@ -124,15 +124,24 @@ def stage1_dtype(context: MethodContext) -> torch.dtype:
 # ---------------------------------------------------------------------------------------------- official weights
 
 
+#: The sizes of the released ``ms_adapter.bin`` (``inference.py``'s ``Resampler``/``MSAdapter`` arguments).
+OFFICIAL_ADAPTER = MSAdapterConfig()
+
+
 def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str | Path, device: str = "cpu",
-                      dtype: torch.dtype = torch.float32) -> MSDiffusionPipeline:
-    """MS-Diffusion from the SDXL base folder, the CLIP-G folder and ``ms_adapter.bin`` (all local)."""
+                      dtype: torch.dtype = torch.float32, config: MSAdapterConfig | None = None
+                      ) -> MSDiffusionPipeline:
+    """MS-Diffusion from the SDXL base folder, the CLIP-G folder and ``ms_adapter.bin`` (all local).
+
+    ``config`` (default :data:`OFFICIAL_ADAPTER`) gives the adapter's sizes that the components do not; the
+    encoder / text / UNet widths are read from the loaded components.
+    """
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPVisionModelWithProjection
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl), torch_dtype=dtype, add_watermarker=False)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl), dtype=dtype, add_watermarker=False)
     encoder = CLIPVisionModelWithProjection.from_pretrained(str(image_encoder), dtype=dtype).eval()
-    pipeline = MSDiffusionPipeline.from_components(pipe, encoder, MSAdapterConfig())
+    pipeline = MSDiffusionPipeline.from_components(pipe, encoder, config or OFFICIAL_ADAPTER)
     pipeline.load_adapter(adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipeline.to(device)
@@ -167,7 +176,9 @@ TINY_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncod
             "norm_num_groups": 8, "layers_per_block": 1, "sample_size": TINY_RESOLUTION}
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
                "image_size": 32, "patch_size": 8, "projection_dim": 16, "hidden_act": "gelu"}
-TINY_ADAPTER = MSAdapterConfig(num_tokens=4, num_dummy_tokens=4, dim=32, depth=2, dim_head=8, heads=4, ff_mult=2)
+TINY_ADAPTER = MSAdapterConfig(num_tokens=4, num_dummy_tokens=4, dim=32, depth=2, dim_head=8, heads=4, ff_mult=2,
+                               embedding_dim=TINY_VISION["hidden_size"], output_dim=TINY_UNET["cross_attention_dim"],
+                               phrase_dim=TINY_TEXT["hidden_size"])
 #: SDXL base 1.0's scheduler (scheduler/scheduler_config.json).
 SDXL_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                   "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "interpolation_type": "linear",

@@ -22,16 +22,18 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from PIL import Image
 from torch import nn
 
 from videobench.weights import WeightsLoadError, describe_load_error, load_into
+
+if TYPE_CHECKING:  # diffusers is imported where a model is built, not when the method registers
+    from diffusers.models.attention_processor import Attention
 
 #: The top-level entries of ``ms_adapter.bin`` (``MSAdapter.save_to_checkpoint`` / ``load_from_checkpoint``).
 CHECKPOINT_PARTS = ("image_proj", "ms_adapter", "dummy_image_tokens")
@@ -234,14 +236,19 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, L, H * d) -> (B, H, L, d)
 
 
-class MSSelfAttnProcessor(AttnProcessor2_0):
-    """diffusers' SDPA processor for the UNet's self-attention layers; takes (and ignores) the MS-Diffusion
-    ``cross_attention_kwargs`` so that diffusers neither filters them with a warning nor fails."""
+class MSSelfAttnProcessor:
+    """diffusers' ``AttnProcessor2_0`` for the UNet's self-attention layers, taking (and ignoring) the MS-Diffusion
+    ``cross_attention_kwargs`` so that diffusers does not drop them with a warning at every layer."""
+
+    def __init__(self) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.sdpa = AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  boxes: torch.Tensor | None = None, phrase_idxes: torch.Tensor | None = None) -> torch.Tensor:
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return self.sdpa(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 class MSCrossAttnProcessor(nn.Module):
@@ -260,10 +267,11 @@ class MSCrossAttnProcessor(nn.Module):
     """
 
     def __init__(self, hidden_size: int, cross_attention_dim: int, num_tokens: int = 16, num_dummy_tokens: int = 4,
-                 text_tokens: int = 77, scale: float = 1.0) -> None:
+                 text_tokens: int = 77, scale: float = 1.0, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
-        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.to_k_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
+        self.to_v_ip = nn.Linear(cross_attention_dim, hidden_size, bias=False, device=device, dtype=dtype)
         self.num_tokens, self.num_dummy_tokens, self.text_tokens = num_tokens, num_dummy_tokens, text_tokens
         self.scale = scale
         self.mask_threshold: float | None = None
@@ -376,9 +384,11 @@ def install_ms_attention(unet: nn.Module, config: MSAdapterConfig, text_tokens: 
     for name in unet.attn_processors:
         layer = unet.get_submodule(name.removesuffix(".processor"))
         if layer.is_cross_attention:
+            weight = layer.to_q.weight
             processors[name] = MSCrossAttnProcessor(
                 layer.inner_dim, layer.cross_attention_dim, config.num_tokens, config.num_dummy_tokens, text_tokens,
-            ).to(device=layer.to_q.weight.device, dtype=layer.to_q.weight.dtype)
+                device=weight.device, dtype=weight.dtype,
+            )
         else:
             processors[name] = MSSelfAttnProcessor()
     unet.set_attn_processor(processors)
