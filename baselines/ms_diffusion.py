@@ -128,6 +128,25 @@ def stage1_dtype(context: MethodContext) -> torch.dtype:
 OFFICIAL_ADAPTER = MSAdapterConfig()
 
 
+def clip_vision_config(folder: str | Path):
+    """The vision config of a CLIP folder: a ``CLIPVisionModelWithProjection`` folder's own, or for a full
+    ``CLIPModel`` folder (laion's CLIP-G) its ``vision_config`` with the model's top-level ``projection_dim``, the
+    width of the ``visual_projection`` stored there (transformers 5 would otherwise use the vision config's
+    default, 512, and refuse the 1280-wide projection)."""
+    import json
+
+    from transformers import CLIPVisionConfig
+
+    raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    if raw.get("model_type") != "clip":
+        return CLIPVisionConfig.from_pretrained(str(folder))
+    vision = dict(raw.get("vision_config") or {})
+    vision.pop("model_type", None)
+    if "projection_dim" in raw:
+        vision["projection_dim"] = raw["projection_dim"]
+    return CLIPVisionConfig(**vision)
+
+
 def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str | Path, device: str = "cpu",
                       dtype: torch.dtype = torch.float32, config: MSAdapterConfig | None = None
                       ) -> MSDiffusionPipeline:
@@ -140,7 +159,8 @@ def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str 
     from transformers import CLIPVisionModelWithProjection
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl), dtype=dtype, add_watermarker=False)
-    encoder = CLIPVisionModelWithProjection.from_pretrained(str(image_encoder), dtype=dtype).eval()
+    encoder = CLIPVisionModelWithProjection.from_pretrained(
+        str(image_encoder), config=clip_vision_config(image_encoder), dtype=dtype).eval()
     pipeline = MSDiffusionPipeline.from_components(pipe, encoder, config or OFFICIAL_ADAPTER)
     pipeline.load_adapter(adapter)
     pipe.set_progress_bar_config(disable=True)

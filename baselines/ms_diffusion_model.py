@@ -625,10 +625,15 @@ class MSDiffusionPipeline:
         return self.pipe.unet.dtype
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> MSDiffusionPipeline:
-        self.pipe.to(device, dtype) if dtype is not None else self.pipe.to(device)
-        self.image_encoder.to(device=device, dtype=dtype or self.image_encoder.dtype)
-        self.resampler.to(device=device, dtype=dtype or self.dtype)
-        self.dummy_tokens = self.dummy_tokens.to(device=device, dtype=dtype or self.dtype)
+        """Move (and with ``dtype``, cast) every component: SDXL, the image encoder, the adapter."""
+        if dtype is None or dtype == self.dtype:
+            self.pipe.to(device)
+        else:
+            self.pipe.to(device, dtype)
+        dtype = dtype or self.dtype
+        self.image_encoder.to(device=device, dtype=dtype)
+        self.resampler.to(device=device, dtype=dtype)
+        self.dummy_tokens = self.dummy_tokens.to(device=device, dtype=dtype)
         return self
 
     # -- conditioning

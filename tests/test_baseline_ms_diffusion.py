@@ -130,13 +130,13 @@ def test_resampler_grounding_and_drop():
 
 
 def test_box_region_masks_known_answer():
-    boxes = torch.tensor([[[0.25, 0.25, 0.75, 0.75], [0.1, 0.0, 0.3, 0.5]]])
+    boxes = torch.tensor([[[0.25, 0.25, 0.75, 0.75], [0.1, 0.0, 0.3, 0.8]]])
     region = msm.box_region_masks(boxes, grid=4)  # (1, 16, 2)
     first = region[0, :, 0].view(4, 4).int()
     second = region[0, :, 1].view(4, 4).int()
     assert first.tolist() == [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
-    # columns floor(0.4)=0 .. ceil(1.2)=2 (exclusive), rows 0 .. ceil(2.0)=2 (exclusive)
-    assert second.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    # x: columns floor(0.4)=0 .. ceil(1.2)=2 (exclusive); y: rows 0 .. ceil(3.2)=4 (exclusive); row-major positions
+    assert second.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
 
 
 def naive_ms_attention(attn, processor, hidden, encoder, boxes, grid):
@@ -179,8 +179,8 @@ def attention_layer():
     grid = 4
     hidden = torch.randn(2, grid * grid, 16)
     encoder = torch.randn(2, 5 + 2 + 2 * 3, 24)  # text, dummy, two subjects
-    boxes = torch.tensor([[[0.25, 0.25, 0.75, 0.75], [0.5, 0.5, 1.0, 1.0]],  # overlapping boxes
-                          [[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]])  # an empty box
+    boxes = torch.tensor([[[0.25, 0.25, 0.75, 0.75], [0.5, 0.0, 1.0, 0.6]],  # overlapping boxes
+                          [[0.0, 0.2, 0.3, 1.0], [0.0, 0.0, 0.0, 0.0]]])  # a tall box and an empty one
     return attn, processor, hidden, encoder, boxes, grid
 
 
@@ -464,10 +464,10 @@ def test_personalizer_is_deterministic_and_conditioned_by_the_reference():
     assert config["scale"] == 0.6 and config["guidance"] == 7.5 and personalizer.random_weights
 
 
-def test_personalizer_auto_layout_and_dropped_grounding_change_the_image():
+def test_personalizer_auto_layout_dropped_grounding_and_no_cfg_change_the_image():
     dog = [random_image(1)]
     base = tiny_personalizer().personalize(dog, "a dog on the beach", "dog", seed=0)
-    for options in ({"mask_threshold": 0.3, "start_step": 1}, {"drop_grounding_tokens": True}):
+    for options in ({"mask_threshold": 0.3, "start_step": 1}, {"drop_grounding_tokens": True}, {"guidance": 1.0}):
         image = tiny_personalizer(**options).personalize(dog, "a dog on the beach", "dog", seed=0)
         assert np.abs(as_array(image) - as_array(base)).mean() > 0.5, options
 
@@ -489,9 +489,18 @@ def test_two_stage_tiny_generator_makes_image_and_video(tmp_path: Path):
 
 def test_official_loading_path_from_folders(tmp_path: Path, monkeypatch):
     """The non-preset builder: harness-resolved SDXL folder, CLIP-G folder and ms_adapter.bin (tiny stand-ins)."""
+    from transformers import CLIPConfig, CLIPModel
+
     source = msd.build_tiny_ms_diffusion(seed=2)
     source.pipe.save_pretrained(tmp_path / "sdxl")
-    source.image_encoder.save_pretrained(tmp_path / "clip-g")
+    # CLIP-G ships as a full CLIPModel folder (laion's): text tower, vision tower, both projections, the
+    # projection width given at the top level only
+    vision = {key: value for key, value in msd.TINY_VISION.items() if key != "projection_dim"}
+    clip = CLIPModel(CLIPConfig(text_config=msd.TINY_TEXT | {"vocab_size": 1000}, vision_config=vision,
+                                projection_dim=msd.TINY_VISION["projection_dim"]))
+    clip.vision_model.load_state_dict(source.image_encoder.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(source.image_encoder.visual_projection.state_dict())
+    clip.save_pretrained(tmp_path / "clip-g")
     checkpoint = official_checkpoint(source, seed=9)
     torch.save(checkpoint, tmp_path / "ms_adapter.bin")
     monkeypatch.setattr(msd, "OFFICIAL_ADAPTER", msd.TINY_ADAPTER)  # the tiny stand-in's sizes
@@ -507,6 +516,9 @@ def test_official_loading_path_from_folders(tmp_path: Path, monkeypatch):
     assert not personalizer.random_weights
     assert_loaded(personalizer.pipeline, checkpoint)
     torch.testing.assert_close(personalizer.pipeline.pipe.unet.conv_in.weight, source.pipe.unet.conv_in.weight)
+    loaded_encoder = personalizer.pipeline.image_encoder.state_dict()
+    for key, value in source.image_encoder.state_dict().items():
+        torch.testing.assert_close(loaded_encoder[key], value, msg=key)
     image = personalizer.personalize([random_image(4)], "a dog on the beach", "dog", seed=0)
     assert image.size == (64, 64)
     assert personalizer.config()["adapter"] == str(tmp_path / "ms_adapter.bin")
