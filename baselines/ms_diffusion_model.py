@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -601,9 +601,8 @@ class MSDiffusionPipeline:
         """Install the processors into ``pipe.unet`` and build a resampler sized from the components."""
         unet = pipe.unet
         config = config or MSAdapterConfig()
-        config = MSAdapterConfig(**{**config.__dict__, "embedding_dim": image_encoder.config.hidden_size,
-                                    "output_dim": unet.config.cross_attention_dim,
-                                    "phrase_dim": pipe.text_encoder.config.hidden_size})
+        config = replace(config, embedding_dim=image_encoder.config.hidden_size,
+                         output_dim=unet.config.cross_attention_dim, phrase_dim=pipe.text_encoder.config.hidden_size)
         processors = install_ms_attention(unet, config, text_tokens=pipe.tokenizer.model_max_length)
         resampler = GroundingResampler(config).to(device=unet.device, dtype=unet.dtype).eval()
         dummy = torch.randn(1, config.num_dummy_tokens, config.output_dim).to(device=unet.device, dtype=unet.dtype)
