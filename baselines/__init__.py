@@ -4,7 +4,15 @@ Importing this package registers every baseline with :mod:`videobench.methods`; 
 builds a generator.
 """
 
-from baselines import (
-    ip_adapter,  # registers ip-adapter+i2v
-    reference_i2v,  # registers reference+i2v
+from baselines import (  # importing a module registers its method
+    adapter,
+    i2v,
+    ip,
+    ip_adapter,
+    ms_diffusion,
+    reference,
+    reference_i2v,
+    registers,
 )
+
+__all__ = ["adapter", "i2v", "ip", "ip_adapter", "ms_diffusion", "reference", "reference_i2v", "registers"]
