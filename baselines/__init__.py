@@ -4,4 +4,7 @@ Importing this package registers every baseline with :mod:`videobench.methods`; 
 builds a generator.
 """
 
-from baselines import reference_i2v  # noqa: F401  (registers reference+i2v)
+from baselines import (
+    blip_diffusion,  # registers blip-diffusion+i2v
+    reference_i2v,  # registers reference+i2v
+)
