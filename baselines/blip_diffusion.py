@@ -242,13 +242,13 @@ TINY_TEXT: dict[str, Any] = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
     "max_position_embeddings": TINY_TEXT_POSITIONS, "hidden_act": "quick_gelu"}
 TINY_UNET: dict[str, Any] = {
-    "sample_size": 32, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": (32, 64),
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": (32, 64),
     "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
     "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8}
 TINY_VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (16, 32), "layers_per_block": 1,
-    "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2, "norm_num_groups": 8,
-    "sample_size": 64}
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (16, 16, 32),
+    "layers_per_block": 1, "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3, "norm_num_groups": 8, "sample_size": 64}
 #: LAVIS's ``BlipDiffusion.pndm_scheduler`` (= the blipdiffusion ``scheduler/scheduler_config.json``).
 PNDM_CONFIG: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                                "set_alpha_to_one": False, "skip_prk_steps": True}

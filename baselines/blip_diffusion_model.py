@@ -500,7 +500,10 @@ class BlipDiffusionSampler:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> BlipDiffusionSampler:
         for module in (self.subject_encoder, self.text_encoder, self.unet, self.vae):
-            module.to(device=device, dtype=dtype)
+            if dtype is not None and dtype != next(module.parameters()).dtype:
+                module.to(device=device, dtype=dtype)
+            else:  # diffusers warns about any dtype argument, even an unchanged one
+                module.to(device=device)
         return self
 
     @property

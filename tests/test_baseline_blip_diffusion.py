@@ -236,7 +236,8 @@ def test_subject_encoder_matches_reference(tiny):
     for row in range(2):
         length = int(text.attention_mask[row].sum())
         ids = text.input_ids[row: row + 1, :length]
-        words = state["embeddings.word_embeddings.weight"][ids] + state["embeddings.position_embeddings.weight"][:length]
+        words = state["embeddings.word_embeddings.weight"][ids] \
+            + state["embeddings.position_embeddings.weight"][:length]
         embeds = torch.cat([state["query_tokens"], words], 1)
         out = reference(query_embeds=embeds, query_length=config.num_query_tokens,
                         encoder_hidden_states=image_features[row: row + 1]).last_hidden_state
@@ -296,7 +297,8 @@ def test_reference_preprocess_matches_lavis_and_diffusers():
 
     image = _image((200, 40, 40), size=(97, 61))
     lavis = transforms.Compose([transforms.Resize(28, interpolation=InterpolationMode.BICUBIC),
-                                transforms.CenterCrop(28), transforms.ToTensor(), transforms.Normalize(CLIP_MEAN, CLIP_STD)])
+                                transforms.CenterCrop(28), transforms.ToTensor(),
+                                transforms.Normalize(CLIP_MEAN, CLIP_STD)])
     torch.testing.assert_close(ReferencePreprocess(size=28)(image), lavis(image), atol=1e-6, rtol=0)
     squashed = np.asarray(image.resize((28, 28), Image.Resampling.BICUBIC), dtype=np.float32) / 255
     expected = (torch.from_numpy(squashed).permute(2, 0, 1) - torch.tensor(CLIP_MEAN)[:, None, None]) \
@@ -410,8 +412,8 @@ def test_sampler_is_deterministic_and_conditioned(tiny):
     assert not np.array_equal(first, _sample(tiny, red, prompt="a dog in the snow"))
     unguided = _sample(tiny, red, guidance=1.0)
     assert unguided.shape == (64, 64, 3) and not np.array_equal(first, unguided)
-    mean = tiny.subject_embeddings([red, blue], "dog")
-    torch.testing.assert_close(mean, (tiny.subject_embeddings([red], "dog") + tiny.subject_embeddings([blue], "dog")) / 2)
+    each = [tiny.subject_embeddings([image], "dog") for image in (red, blue)]
+    torch.testing.assert_close(tiny.subject_embeddings([red, blue], "dog"), (each[0] + each[1]) / 2)
 
 
 def test_personalizer_reference_choice():
