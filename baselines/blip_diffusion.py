@@ -205,22 +205,24 @@ def reference_preprocess(folder: Path, index: dict[str, Any], crop: str) -> Refe
     return ReferencePreprocess(size=int(size), mean=tuple(mean), std=tuple(std), crop=crop)
 
 
-def load_sampler(folder: Path, tokenizer_folder: Path, *, crop: str = "center") -> BlipDiffusionSampler:
-    """BLIP-Diffusion from its diffusers folder (on the CPU, float32 as stored); nothing is downloaded."""
+def load_sampler(folder: Path, tokenizer_folder: Path, *, crop: str = "center",
+                 dtype: torch.dtype = torch.float32) -> BlipDiffusionSampler:
+    """BLIP-Diffusion from its diffusers folder, on the CPU in ``dtype``; nothing is downloaded."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     folder, tokenizer_folder = Path(folder), Path(tokenizer_folder)
     index = _read_json(folder / "model_index.json")
-    subject_encoder = load_subject_encoder(folder / "qformer")
+    subject_encoder = load_subject_encoder(folder / "qformer").to(dtype)
     vocab_size = subject_encoder.embeddings.word_embeddings.num_embeddings
     return BlipDiffusionSampler(
         subject_encoder=subject_encoder,
-        text_encoder=load_text_encoder(folder / "text_encoder"),
+        text_encoder=load_text_encoder(folder / "text_encoder").to(dtype),
         tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
         qformer_tokenizer=load_qformer_tokenizer(tokenizer_folder, vocab_size),
-        unet=UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", local_files_only=True),
-        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True),
+        unet=UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype,
+                                                  local_files_only=True),
+        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype, local_files_only=True),
         scheduler=PNDMScheduler.from_pretrained(str(folder), subfolder="scheduler", local_files_only=True),
         preprocess=reference_preprocess(folder, index, crop),
         ctx_begin_pos=int(index.get("ctx_begin_pos", 2)),
@@ -387,7 +389,7 @@ class BlipDiffusionPersonalizer:
             folder, tokenizer_folder = context.weight_path(WEIGHT_KEY), context.weight_path(TOKENIZER_KEY)
             if folder is None or tokenizer_folder is None:
                 raise RuntimeError("BLIP-Diffusion's weights were not resolved (the harness resolves them first)")
-            sampler = load_sampler(folder, tokenizer_folder, crop=options.reference_crop)
+            sampler = load_sampler(folder, tokenizer_folder, crop=options.reference_crop, dtype=self.dtype)
         self.sampler = sampler.to(context.device, self.dtype)
 
     @property

@@ -171,6 +171,25 @@ def test_key_layout_is_diffusers_blip_diffusion(official, tiny):
         assert {key: tuple(value.shape) for key, value in ours[name].items()} == expected, name
 
 
+def test_full_size_parameter_counts_match_published_files():
+    """At the published configs (diffusers' convert_blipdiffusion_to_diffusers.py; SD 1.5's CLIP-L text encoder),
+    on the meta device: float32 sizes of qformer/pytorch_model.bin (1.98 GB) and text_encoder/ (492 MB)."""
+    from transformers import Blip2Config, CLIPTextConfig
+
+    blip2 = Blip2Config(
+        vision_config={"hidden_size": 1024, "num_hidden_layers": 23, "num_attention_heads": 16, "image_size": 224,
+                       "patch_size": 14, "intermediate_size": 4096, "hidden_act": "quick_gelu"},
+        qformer_config={"cross_attention_frequency": 1, "encoder_hidden_size": 1024, "vocab_size": 30523},
+        num_query_tokens=16)
+    text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                          num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
+    with torch.device("meta"):
+        qformer, text_encoder = BlipSubjectEncoder(blip2), ContextCLIPTextModel(text)
+    assert sum(p.numel() for p in qformer.parameters()) * 4 / 1e9 == pytest.approx(1.98, abs=0.005)
+    assert sum(p.numel() for p in text_encoder.parameters()) * 4 / 1e6 == pytest.approx(492, abs=0.5)
+    assert qformer.query_tokens.shape == (1, 16, 768) and len(qformer.visual_encoder.encoder.layers) == 23
+
+
 def _layer_norm(x, state, prefix, eps):
     return F.layer_norm(x, x.shape[-1:], state[prefix + ".weight"], state[prefix + ".bias"], eps)
 
@@ -349,6 +368,17 @@ def test_loads_official_layout_offline(official, no_network):
                     subject="dog", negative_prompt=NEGATIVE_PROMPT, num_inference_steps=2, height=64, width=64,
                     generator=torch.Generator().manual_seed(0))
     assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_loads_in_bfloat16(official, no_network):
+    """The dtype CUDA runs use (``--dtype auto``): every network in bf16, sampling still gives an 8-bit image."""
+    root, _ = official
+    sampler = load_sampler(root / "blipdiffusion", root / "bert-base-uncased", dtype=torch.bfloat16)
+    for module in (sampler.subject_encoder, sampler.text_encoder, sampler.unet, sampler.vae):
+        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    image = sampler(prompt="a dog", references=[_image((40, 40, 200))], subject="dog", num_inference_steps=1,
+                    height=64, width=64, generator=torch.Generator().manual_seed(0))
+    assert image.size == (64, 64) and np.asarray(image).std() > 0
 
 
 def test_weights_resolve_from_weights_dir(official, no_network):
