@@ -92,8 +92,9 @@ class BlipDiffusionOptions(TwoStageOptions):
     reference: Literal["first", "mean"] = option(
         "first", "several reference images: the first, or the mean of their subject embeddings (LAVIS's blending)")
     prompt_format: Literal["auto", "prefix"] = option(
-        "auto", "auto: a case prompt reading 'a/an <entity> ...' is used as it is (what upstream builds from "
-                "'a {subject} {prompt}'), others get 'a <entity> ' in front; prefix: always 'a <entity> <prompt>'")
+        "auto", "auto: a case prompt opening with the subject ('a dog ...', 'a red dog ...') is used as it is "
+                "(upstream builds 'a {subject} {prompt}'), others get 'a <entity> ' in front; prefix: always "
+                "'a <entity> <prompt>'")
     reference_crop: Literal["center", "squash"] = option(
         "center", "reference preprocessing: center (LAVIS: shorter side to 224, centre crop) or squash "
                   "(diffusers' BlipImageProcessor: resize to 224x224)")
@@ -356,21 +357,31 @@ def build_tiny_sampler(seed: int = 0, crop: str = "center") -> BlipDiffusionSamp
 # ------------------------------------------------------------------------------------------- stage 1
 
 
+#: How many words may stand between the article and the entity for a prompt to be used as it is ("a red dog").
+MAX_MODIFIERS = 2
+
+
 def subject_prompt(prompt: str, entity: str, prompt_format: str = "auto") -> tuple[str, str | None]:
     """``(prompt, subject)`` for :func:`~baselines.blip_diffusion_model.build_prompt`.
 
     Upstream builds ``"a {subject} {prompt}"`` from a prompt that does not name the subject ("swimming
-    underwater"), and splices the subject embeddings in after "a". Benchmark prompts already read
-    "a dog swimming underwater": with ``auto`` such a prompt (``a``/``an`` then the entity) is used as it is (the
-    same text and token positions upstream builds); any other prompt gets upstream's ``a <entity>`` in front.
+    underwater") and splices the subject embeddings in after "a". Benchmark prompts already name it ("a dog
+    swimming underwater", "a red backpack on the beach"). With ``auto``, a prompt whose first noun phrase is the
+    subject (``a``/``an``, at most :data:`MAX_MODIFIERS` words, the entity) is used as it is: for "a dog ..." that
+    is the very text and token positions upstream builds, and the embeddings still land in the subject's phrase
+    ("a [subject] red backpack"). Any other prompt ("a drone shot circling a dog", "the dog ...") gets upstream's
+    ``a <entity>`` in front. ``prefix`` always prepends it.
     """
-    if not entity.strip():
+    entity = entity.strip()
+    if not entity:
         raise ValueError("BLIP-Diffusion needs the subject's category word (the case's entity), got ''")
     if prompt_format not in ("auto", "prefix"):
         raise ValueError(f"prompt_format {prompt_format!r}: auto or prefix")
-    if prompt_format == "auto" and re.match(rf"\s*an?\s+{re.escape(entity.strip())}\b", prompt, re.IGNORECASE):
+    modifier = r"(?!(?:a|an|the)\s)\S+\s+"  # a word that is not an article (which would start another phrase)
+    leading = rf"\s*an?\s+(?:{modifier}){{0,{MAX_MODIFIERS}}}{re.escape(entity)}\b"
+    if prompt_format == "auto" and re.match(leading, prompt, re.IGNORECASE):
         return prompt.strip(), None
-    return prompt.strip(), entity.strip()
+    return prompt.strip(), entity
 
 
 class BlipDiffusionPersonalizer:

@@ -334,7 +334,12 @@ def test_prompt_building():
     assert subject_prompt("A dog in the jungle", "dog") == ("A dog in the jungle", None)
     assert subject_prompt("an apple rolling", "apple") == ("an apple rolling", None)
     assert subject_prompt("a drone shot circling a dog", "dog") == ("a drone shot circling a dog", "dog")
-    assert subject_prompt("a red circle bouncing", "circle") == ("a red circle bouncing", "circle")
+    assert subject_prompt("a red circle bouncing", "circle") == ("a red circle bouncing", None)
+    assert subject_prompt("a cube shaped stuffed animal", "stuffed animal")[1] is None
+    assert subject_prompt("a very big red ball", "ball") == ("a very big red ball", "ball")  # > 2 modifiers
+    assert subject_prompt("a dog carrying a ball", "ball") == ("a dog carrying a ball", "ball")
+    assert subject_prompt("a dog a ball", "ball")[1] == "ball"  # an article starts another phrase
+    assert subject_prompt("the dog runs", "dog")[1] == "dog"
     assert subject_prompt("a dogged man", "dog") == ("a dogged man", "dog")
     assert subject_prompt("a dog in the snow", "dog", "prefix") == ("a dog in the snow", "dog")
     with pytest.raises(ValueError, match="entity"):
