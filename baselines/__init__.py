@@ -5,14 +5,22 @@ builds a generator.
 """
 
 from baselines import (  # importing a module registers its method
+    a,
     adapter,
+    blip,
+    blip_diffusion,
+    diffusion,
     i2v,
+    importing,
     ip,
     ip_adapter,
+    its,
+    method,
+    module,
     ms_diffusion,
     reference,
     reference_i2v,
     registers,
 )
 
-__all__ = ["adapter", "i2v", "ip", "ip_adapter", "ms_diffusion", "reference", "reference_i2v", "registers"]
+__all__ = ["a", "adapter", "blip", "blip_diffusion", "diffusion", "i2v", "importing", "ip", "ip_adapter", "its", "method", "module", "ms_diffusion", "reference", "reference_i2v", "registers"]
