@@ -4,5 +4,4 @@ Importing this package registers every baseline with :mod:`videobench.methods`; 
 builds a generator.
 """
 
-from baselines import reference_i2v  # noqa: F401  (registers reference+i2v)
-from baselines import lambda_eclipse  # noqa: F401  (registers lambda-eclipse+i2v)
+from baselines import lambda_eclipse, reference_i2v  # registers lambda-eclipse+i2v, reference+i2v

@@ -48,7 +48,7 @@ from baselines.lambda_eclipse_model import (
 from baselines.two_stage import TwoStageOptions, register_two_stage
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
-from videobench.weights import WeightSpec, WeightsLoadError, describe_load_error
+from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +216,12 @@ def load_clip_encoders(folder: str | os.PathLike, source: str, dtype: torch.dtyp
     The image processor is transformers' PIL backend (``CLIPImageProcessorPil``): the resize/crop of the
     ``CLIPImageProcessor`` upstream ran with (transformers 4), not transformers 5's torchvision default.
     """
-    from transformers import (CLIPImageProcessorPil, CLIPTextModelWithProjection, CLIPTokenizer,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
 
     layout = ENCODER_SOURCES[source]
     folder = Path(folder)
@@ -257,34 +261,39 @@ TINY_EMBED_DIM = 32
 TINY_IMAGE_SIZE = 64
 TINY_DECODER_STEPS = 4
 #: CLIP towers of the tiny preset (ViT-bigG-14: width 1280/1664, 32/48 layers, projection 1280).
-TINY_CLIP_TEXT: dict[str, Any] = dict(hidden_size=TINY_EMBED_DIM, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=TINY_TEXT_LENGTH,
-                                      projection_dim=TINY_EMBED_DIM, hidden_act="gelu")
-TINY_CLIP_VISION: dict[str, Any] = dict(image_size=32, patch_size=8, hidden_size=TINY_EMBED_DIM, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, projection_dim=TINY_EMBED_DIM,
-                                        hidden_act="gelu")
+TINY_CLIP_TEXT: dict[str, Any] = {
+    "hidden_size": TINY_EMBED_DIM, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "max_position_embeddings": TINY_TEXT_LENGTH, "projection_dim": TINY_EMBED_DIM, "hidden_act": "gelu",
+}
+TINY_CLIP_VISION: dict[str, Any] = {
+    "image_size": 32, "patch_size": 8, "hidden_size": TINY_EMBED_DIM, "intermediate_size": 64,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "projection_dim": TINY_EMBED_DIM, "hidden_act": "gelu",
+}
 TINY_PRIOR = LambdaPriorConfig(num_attention_heads=2, attention_head_dim=8, num_layers=2,
                                embedding_dim=TINY_EMBED_DIM, num_embeddings=TINY_TEXT_LENGTH)
 #: The decoder UNet's structure (image-embedding addition + image_proj cross-attention tokens, simple
 #: cross-attention blocks, scale-shift resnets, learned variance) at toy size; the real one is 384..1536 wide.
-TINY_UNET: dict[str, Any] = dict(
-    in_channels=4, out_channels=8, sample_size=32, layers_per_block=1, block_out_channels=(32, 64),
-    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-    up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-    mid_block_type="UNetMidBlock2DSimpleCrossAttn", addition_embed_type="image", addition_embed_type_num_heads=4,
-    encoder_hid_dim=TINY_EMBED_DIM, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=8,
-    resnet_time_scale_shift="scale_shift", class_embed_type=None, norm_num_groups=8,
-)
-TINY_MOVQ: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, vq_embed_dim=4, num_vq_embeddings=12, layers_per_block=1,
-    block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
-    up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=8, norm_type="spatial",
-)
+TINY_UNET: dict[str, Any] = {
+    "in_channels": 4, "out_channels": 8, "sample_size": 32, "layers_per_block": 1, "block_out_channels": (32, 64),
+    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+    "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+    "addition_embed_type": "image", "addition_embed_type_num_heads": 4,
+    "encoder_hid_dim": TINY_EMBED_DIM, "encoder_hid_dim_type": "image_proj",
+    "cross_attention_dim": 32, "attention_head_dim": 8,
+    "resnet_time_scale_shift": "scale_shift", "class_embed_type": None, "norm_num_groups": 8,
+}
+TINY_MOVQ: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "vq_embed_dim": 4, "num_vq_embeddings": 12,
+    "layers_per_block": 1, "block_out_channels": (32, 64),
+    "down_block_types": ("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    "up_block_types": ("AttnUpDecoderBlock2D", "UpDecoderBlock2D"), "norm_num_groups": 8, "norm_type": "spatial",
+}
 #: ``kandinsky-2-2-decoder/scheduler/scheduler_config.json`` (DDPM, linear betas, epsilon).
-KANDINSKY_DECODER_SCHEDULER: dict[str, Any] = dict(
-    num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-    steps_offset=1, prediction_type="epsilon", thresholding=False,
-)
+KANDINSKY_DECODER_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012,
+    "clip_sample": False, "steps_offset": 1, "prediction_type": "epsilon", "thresholding": False,
+}
 
 
 @dataclass
@@ -298,8 +307,13 @@ class LambdaEclipseComponents:
 
 def build_tiny_encoders() -> ClipEncoders:
     """Random tiny CLIP towers over the offline tiny tokenizer (caller seeds the RNG)."""
-    from transformers import (CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModelWithProjection,
-                              CLIPVisionConfig, CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     tokenizer = build_tiny_clip_tokenizer(model_max_length=TINY_TEXT_LENGTH)
     text_config = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -462,7 +476,7 @@ class LambdaEclipse:
 def build_personalizer(options: LambdaEclipseOptions, context: MethodContext) -> LambdaEclipse:
     """Stage 1 from the resolved weight folders, or the random tiny preset."""
     dtype = resolve_torch_dtype(context.dtype, context.device)
-    common = dict(guidance=options.guidance, references=options.references, device=context.device, dtype=dtype)
+    common = {"guidance": options.guidance, "references": options.references, "device": context.device, "dtype": dtype}
     if context.preset == "tiny":
         return LambdaEclipse(build_tiny_components(), steps=min(options.steps, TINY_DECODER_STEPS),
                              height=TINY_IMAGE_SIZE, width=TINY_IMAGE_SIZE, random_weights=True,

@@ -24,6 +24,7 @@ This module also builds the tiny preset's offline CLIP tokenizer (:func:`build_t
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -161,9 +162,6 @@ class LambdaEclipsePrior(nn.Module):
         self.proj_to_clip_embeddings = nn.Linear(inner, clip_dim)
         self.clip_mean = nn.Parameter(torch.zeros(1, clip_dim))
         self.clip_std = nn.Parameter(torch.zeros(1, clip_dim))
-        length = config.sequence_length
-        causal = torch.full((length, length), MASK_VALUE).triu_(1)[None]
-        self.register_buffer("causal_attention_mask", causal, persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -173,7 +171,9 @@ class LambdaEclipsePrior(nn.Module):
         """``(batch * heads, L, L)`` additive mask: padded text keys and future positions get ``-10000``."""
         padding = (1.0 - text_mask.to(dtype)) * MASK_VALUE
         padding = nn.functional.pad(padding, (0, self.config.additional_embeddings), value=0.0)
-        bias = padding[:, None, :] + self.causal_attention_mask.to(dtype)
+        length = self.config.sequence_length
+        causal = torch.full((length, length), MASK_VALUE, dtype=dtype, device=text_mask.device).triu_(1)
+        bias = padding[:, None, :] + causal
         return bias.repeat_interleave(self.config.num_attention_heads, dim=0)
 
     def forward(
@@ -303,7 +303,7 @@ def _learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
 
     def account(index: int, sign: int) -> None:
         symbols = sequences[index]
-        for pair in zip(symbols, symbols[1:]):
+        for pair in itertools.pairwise(symbols):
             counts[pair] += sign
             if sign > 0:
                 where[pair].add(index)

@@ -73,7 +73,7 @@ RED, BLUE = shape_image((220, 30, 30)), shape_image((30, 60, 220))
 
 
 def personaliser(components, **kwargs) -> LambdaEclipse:
-    settings = dict(steps=2, height=64, width=64, random_weights=True) | kwargs
+    settings = {"steps": 2, "height": 64, "width": 64, "random_weights": True} | kwargs
     return LambdaEclipse(components, **settings)
 
 
