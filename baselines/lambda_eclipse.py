@@ -24,6 +24,7 @@ for every deviation from upstream.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -185,14 +186,14 @@ def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
         raise WeightsLoadError(f"{path}: does not fit the model: {', '.join(problems)} (e.g. {', '.join(example)})")
 
 
-def load_transformers_model(cls: type, path: Path, dtype: torch.dtype):
+def load_transformers_model(cls: type, path: Path, dtype: torch.dtype, **config_overrides: Any):
     """``cls.from_pretrained`` from a local folder, safetensors only; a missing or mis-shaped tensor is an error.
 
     A ``CLIPModel`` folder holds both towers: loading one tower leaves the other's tensors unexpected (ignored).
     """
     try:
         model, info = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True,
-                                          output_loading_info=True)
+                                          output_loading_info=True, **config_overrides)
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsLoadError(f"{path}: cannot load {cls.__name__} ({describe_load_error(error)})") from error
     _check_loading_info(path, info)
@@ -208,6 +209,20 @@ def load_diffusers_model(cls: type, path: Path, dtype: torch.dtype):
         raise WeightsLoadError(f"{path}: cannot load {cls.__name__} ({describe_load_error(error)})") from error
     _check_loading_info(path, info)
     return model.eval().requires_grad_(False)
+
+
+def clip_model_projection(folder: Path) -> dict[str, int]:
+    """``{"projection_dim": d}`` from a ``CLIPModel`` folder's top-level config (upstream passes
+    ``projection_dim=1280`` when it loads one tower of the laion ``CLIPModel``: a tower's sub-config may carry
+    transformers' default 512 instead)."""
+    config_path = folder / "config.json"
+    try:
+        raw = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise WeightsLoadError(f"{config_path}: cannot read the CLIP config ({error})") from error
+    if raw.get("model_type") == "clip" and isinstance(raw.get("projection_dim"), int):
+        return {"projection_dim": raw["projection_dim"]}
+    return {}
 
 
 def load_clip_encoders(folder: str | os.PathLike, source: str, dtype: torch.dtype) -> ClipEncoders:
@@ -229,6 +244,8 @@ def load_clip_encoders(folder: str | os.PathLike, source: str, dtype: torch.dtyp
     def part(name: str) -> Path:
         return folder / name if name else folder
 
+    overrides = clip_model_projection(folder) if not layout.text_encoder else {}
+
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(part(layout.tokenizer)), local_files_only=True)
         processor = CLIPImageProcessorPil.from_pretrained(str(part(layout.image_processor)), local_files_only=True)
@@ -237,8 +254,10 @@ def load_clip_encoders(folder: str | os.PathLike, source: str, dtype: torch.dtyp
                                f"({describe_load_error(error)})") from error
     return ClipEncoders(
         tokenizer=tokenizer,
-        text_encoder=load_transformers_model(CLIPTextModelWithProjection, part(layout.text_encoder), dtype),
-        image_encoder=load_transformers_model(CLIPVisionModelWithProjection, part(layout.image_encoder), dtype),
+        text_encoder=load_transformers_model(CLIPTextModelWithProjection, part(layout.text_encoder), dtype,
+                                             **overrides),
+        image_encoder=load_transformers_model(CLIPVisionModelWithProjection, part(layout.image_encoder), dtype,
+                                              **overrides),
         image_processor=processor,
     )
 

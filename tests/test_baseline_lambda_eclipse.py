@@ -296,6 +296,12 @@ def save_official_layouts(root: Path, components, encoders: str) -> dict[str, Pa
                  "logit_scale": model.logit_scale.detach()}
         model.load_state_dict(state, strict=True)
         model.save_pretrained(clip)
+        # as in exports whose tower sub-configs carry transformers' default projection_dim (upstream passes
+        # projection_dim=1280 for that reason): the top-level value must win
+        saved = json.loads((clip / "config.json").read_text())
+        for tower in ("text_config", "vision_config"):
+            saved[tower]["projection_dim"] = 512
+        (clip / "config.json").write_text(json.dumps(saved))
         enc.tokenizer.save_pretrained(clip)
         processor.save_pretrained(clip)
     else:
