@@ -94,7 +94,7 @@ ENCODER_SOURCES: dict[str, EncoderSource] = {
         hf_files=("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
                   "special_tokens_map.json", "vocab.json", "merges.txt", "*.safetensors.index.json",
                   "pytorch_model-*.safetensors", "model*.safetensors"),
-        layout=("config.json", "preprocessor_config.json", "tokenizer_config.json"),
+        layout=("config.json", "preprocessor_config.json"),
         upstream="test.py (both towers); test_quick.py (text tower)",
     ),
     "kandinsky-prior": EncoderSource(
@@ -187,12 +187,14 @@ def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
 
 
 def load_transformers_model(cls: type, path: Path, dtype: torch.dtype, **config_overrides: Any):
-    """``cls.from_pretrained`` from a local folder, safetensors only; a missing or mis-shaped tensor is an error.
+    """``cls.from_pretrained`` from a local folder; a missing or mis-shaped tensor is an error.
 
-    A ``CLIPModel`` folder holds both towers: loading one tower leaves the other's tensors unexpected (ignored).
+    Safetensors are preferred; a folder with only ``.bin`` shards is read by transformers with
+    ``torch.load(weights_only=True)``. A ``CLIPModel`` folder holds both towers: loading one tower leaves the
+    other's tensors unexpected (ignored).
     """
     try:
-        model, info = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=True, local_files_only=True,
+        model, info = cls.from_pretrained(str(path), dtype=dtype, use_safetensors=None, local_files_only=True,
                                           output_loading_info=True, **config_overrides)
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsLoadError(f"{path}: cannot load {cls.__name__} ({describe_load_error(error)})") from error
@@ -201,9 +203,10 @@ def load_transformers_model(cls: type, path: Path, dtype: torch.dtype, **config_
 
 
 def load_diffusers_model(cls: type, path: Path, dtype: torch.dtype):
-    """``cls.from_pretrained`` (diffusers) from a local folder, safetensors only, every tensor required."""
+    """``cls.from_pretrained`` (diffusers) from a local folder, every tensor required (safetensors preferred; a
+    ``.bin`` is read with ``torch.load(weights_only=True)``)."""
     try:
-        model, info = cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=True, local_files_only=True,
+        model, info = cls.from_pretrained(str(path), torch_dtype=dtype, use_safetensors=None, local_files_only=True,
                                           output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsLoadError(f"{path}: cannot load {cls.__name__} ({describe_load_error(error)})") from error
