@@ -422,8 +422,11 @@ class LambdaEclipse:
 
     @torch.no_grad()
     def encode_text(self, prompt: str) -> TextFeatures:
-        """Tokenise to the tokenizer's length (77 for bigG) and encode with the attention mask, as upstream."""
-        tokens = self.encoders.tokenizer(prompt, padding="max_length", truncation=True, return_tensors="pt")
+        """Pad/truncate to the prior's text length (77: bigG's ``model_max_length``, which upstream pads to) and
+        encode with the attention mask, as upstream."""
+        length = self.prior.config.num_embeddings
+        tokens = self.encoders.tokenizer(prompt, padding="max_length", max_length=length, truncation=True,
+                                         return_tensors="pt")
         input_ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
         output = self.encoders.text_encoder(input_ids=input_ids, attention_mask=mask)
         return TextFeatures(input_ids, mask, output.text_embeds, output.last_hidden_state)
