@@ -15,6 +15,7 @@ from baselines import (  # importing a module registers its method
     ip,
     ip_adapter,
     its,
+    lambda_eclipse,
     method,
     module,
     ms_diffusion,
@@ -23,4 +24,4 @@ from baselines import (  # importing a module registers its method
     registers,
 )
 
-__all__ = ["a", "adapter", "blip", "blip_diffusion", "diffusion", "i2v", "importing", "ip", "ip_adapter", "its", "method", "module", "ms_diffusion", "reference", "reference_i2v", "registers"]
+__all__ = ["a", "adapter", "blip", "blip_diffusion", "diffusion", "i2v", "importing", "ip", "ip_adapter", "its", "lambda_eclipse", "method", "module", "ms_diffusion", "reference", "reference_i2v", "registers"]
