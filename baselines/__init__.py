@@ -5,3 +5,4 @@ builds a generator.
 """
 
 from baselines import reference_i2v  # noqa: F401  (registers reference+i2v)
+from baselines import ssr_encoder  # registers ssr-encoder+i2v
