@@ -210,7 +210,9 @@ class SSREncoderPersonalizer:
 
         self.options, self.tiny = options, tiny
         self.device = torch.device(device)
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+        # upstream: UniPC from SD 1.5's scheduler config, in diffusers 0.23.1, whose last step goes to sigma_min
+        # (diffusers >= 0.27 defaults to final_sigmas_type="zero")
+        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, final_sigmas_type="sigma_min")
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
         self.encoder = encoder.to(self.device)
@@ -228,7 +230,7 @@ class SSREncoderPersonalizer:
         options = self.options
         return {
             "stage1": "SSR-Encoder (SD 1.5 + CLIP ViT-L/14 token-to-patch aligner, text query = entity word)",
-            **self._describe, "scheduler": "UniPCMultistepScheduler", "steps": self.steps,
+            **self._describe, "scheduler": "UniPCMultistepScheduler (final sigma: sigma_min)", "steps": self.steps,
             "guidance_scale": options.guidance, "scale": options.scale, "negative_prompt": options.negative_prompt,
             "uncond_query": options.uncond_query, "height": self.height, "width": self.width,
             "num_references": options.num_references, "dtype": str(self.dtype).removeprefix("torch."),

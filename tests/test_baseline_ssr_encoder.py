@@ -312,6 +312,12 @@ def test_official_checkpoints_load_through_the_real_loader(tmp_path):
     vision = dict(clip.named_parameters())
     for key, value in personalizer.encoder.image_encoder.named_parameters():
         assert torch.equal(value, vision[f"vision_model.{key}"]), key
+    pixels = clip_pixels([_image(0)], personalizer.encoder.image_size)
+    with torch.no_grad():  # the last scale (upstream's key) is the vision tower's last hidden state
+        assert torch.allclose(personalizer.encoder.scale_features(pixels)[-1],
+                              clip.vision_model(pixel_values=pixels).last_hidden_state, atol=1e-5)
+    scheduler = personalizer.pipe.scheduler
+    assert type(scheduler).__name__ == "UniPCMultistepScheduler" and scheduler.config.final_sigmas_type == "sigma_min"
 
     config = personalizer.config()
     assert config["aligner"].endswith("pytorch_model.bin") and config["steps"] == 2
