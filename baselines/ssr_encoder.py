@@ -211,7 +211,7 @@ class SSREncoderPersonalizer:
         self.options, self.tiny = options, tiny
         self.device = torch.device(device)
         # upstream: UniPC from SD 1.5's scheduler config, in diffusers 0.23.1, whose last step goes to sigma_min
-        # (diffusers >= 0.27 defaults to final_sigmas_type="zero")
+        # (diffusers 0.42.1 defaults to final_sigmas_type="zero": the last step goes to sigma 0)
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, final_sigmas_type="sigma_min")
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
