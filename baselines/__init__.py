@@ -22,6 +22,7 @@ from baselines import (  # importing a module registers its method
     reference,
     reference_i2v,
     registers,
+    ssr_encoder,
 )
 
-__all__ = ["a", "adapter", "blip", "blip_diffusion", "diffusion", "i2v", "importing", "ip", "ip_adapter", "its", "lambda_eclipse", "method", "module", "ms_diffusion", "reference", "reference_i2v", "registers"]
+__all__ = ["a", "adapter", "blip", "blip_diffusion", "diffusion", "i2v", "importing", "ip", "ip_adapter", "its", "lambda_eclipse", "method", "module", "ms_diffusion", "reference", "reference_i2v", "registers", "ssr_encoder"]
