@@ -5,24 +5,12 @@ builds a generator.
 """
 
 from baselines import (  # importing a module registers its method
-    a,
-    adapter,
-    blip,
     blip_diffusion,
-    diffusion,
-    i2v,
-    importing,
-    ip,
     ip_adapter,
-    its,
     lambda_eclipse,
-    method,
-    module,
     ms_diffusion,
-    reference,
     reference_i2v,
-    registers,
     ssr_encoder,
 )
 
-__all__ = ["a", "adapter", "blip", "blip_diffusion", "diffusion", "i2v", "importing", "ip", "ip_adapter", "its", "lambda_eclipse", "method", "module", "ms_diffusion", "reference", "reference_i2v", "registers", "ssr_encoder"]
+__all__ = ["blip_diffusion", "ip_adapter", "lambda_eclipse", "ms_diffusion", "reference_i2v", "ssr_encoder"]
