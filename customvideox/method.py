@@ -47,6 +47,8 @@ DEFAULT_GUIDANCE = 6.0
 #: Table 2's row label of each ablation (``reports/paper/table2.csv``).
 TABLE2_SETTINGS = {"naive": "naive", "3d-ra": "3D-RA", "3d-ra+tab": "+TAB", FULL_METHOD: "+ERAE"}
 Ablation = Literal["naive", "3d-ra", "3d-ra+tab", "3d-ra+tab+erae"]
+#: The options that are ReferenceConfig settings (explicit values override the LoRA file's).
+REFERENCE_OPTION_KEYS = ("ablation", "mode", "rope_shift", "tab_gamma", "tab_eps", "erae_lambda", "erae_normalization")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class CustomVideoXOptions:
     mode: Literal["joint", "cached"] | None = option(None, "reference mode (default: the LoRA file's, else joint)")
     rope_shift: tuple[float, ...] | None = option(
         None, "delta of Eq. 5 as t,h,w in RoPE grid units (default: the LoRA file's, else -1,0,0)")
+    tab_gamma: float | None = option(None, "gamma of TAB's M(t) (Eq. 7; default: the LoRA file's, else 10)")
+    tab_eps: float | None = option(None, "epsilon of TAB's M(t) (Eq. 7; default: the LoRA file's, else 0.1)")
+    erae_lambda: float | None = option(None, "ERAE's region threshold lambda (Eq. 8; default: the file's, else 0.1)")
+    erae_normalization: Literal["per-frame", "per-clip", "probability"] | None = option(
+        None, "how ERAE normalises the entity map before the lambda threshold (default: the file's, else per-frame)")
     steps: int | None = option(None, f"denoising steps (default {DEFAULT_STEPS}; tiny preset: 8)", minimum=1)
     guidance: float | None = option(None, f"classifier-free guidance (default {DEFAULT_GUIDANCE})", minimum=0.0)
     negative_prompt: str | None = option(None, "negative prompt")
@@ -72,9 +79,9 @@ class CustomVideoXOptions:
             raise ValueError(f"option rope_shift={','.join(map(str, self.rope_shift))}: give 3 numbers t,h,w")
 
     def reference_overrides(self) -> dict[str, Any]:
-        """The reference-branch settings the user set explicitly (the rest come from the LoRA file)."""
-        values = {"ablation": self.ablation, "mode": self.mode, "rope_shift": self.rope_shift}
-        return {key: value for key, value in values.items() if value is not None}
+        """The reference-branch settings the user set explicitly (the others come from the LoRA file, else the
+        paper's; :func:`customvideox.config.resolve_reference_config`)."""
+        return {key: getattr(self, key) for key in REFERENCE_OPTION_KEYS if getattr(self, key) is not None}
 
 
 def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -122,7 +129,7 @@ class CustomVideoXGenerator:
             load_reference_image(case.references[0]), case.prompt, entity=case.entity or None,
             generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **self.call_kwargs,
         )
-        diagnostics = dict(getattr(output, "diagnostics", None) or {})
+        diagnostics = {key: value for key, value in (output.diagnostics[0] or {}).items() if value is not None}
         return GenerationOutput(frames_to_uint8(output.frames[0]), diagnostics=diagnostics)
 
 
@@ -183,22 +190,21 @@ def build_customvideox(options: CustomVideoXOptions, context: MethodContext) -> 
     overrides = options.reference_overrides()
     lora = context.weight_path("lora")
     if context.preset == "tiny":
-        from customvideox.presets import TINY_CALL_DEFAULTS, TINY_LORA_RANK, build_tiny_pipeline
+        from customvideox.presets import TINY_CALL_DEFAULTS, build_tiny_pipeline
 
         defaults = dict(TINY_CALL_DEFAULTS)
-        reference_config = ReferenceConfig(lora_rank=TINY_LORA_RANK, lora_alpha=float(TINY_LORA_RANK), **overrides)
-        pipeline = build_tiny_pipeline(seed=0, reference_config=reference_config)
+        pipeline = build_tiny_pipeline(seed=0, reference_overrides=overrides)
         if dtype != torch.float32:
             pipeline = pipeline.to(dtype=dtype)
         if lora is not None:
-            pipeline.load_reference_lora(lora)
+            pipeline.load_reference_lora(lora, overrides=overrides)
         model_name = "tiny"
     else:
         from customvideox.pipeline import CustomVideoXPipeline
 
         defaults = dict(num_inference_steps=DEFAULT_STEPS, guidance_scale=DEFAULT_GUIDANCE)
-        pipeline = CustomVideoXPipeline.from_pretrained(
-            context.weight_path("base"), lora=lora, reference_config=ReferenceConfig(**overrides), dtype=dtype)
+        pipeline = CustomVideoXPipeline.from_pretrained(context.weight_path("base"), lora=lora,
+                                                        reference_overrides=overrides, dtype=dtype)
         model_name = str(options.model or COGVIDEOX_5B)
     pipeline = pipeline.to(context.device)
     pipeline.set_progress_bar_config(disable=True)
@@ -214,9 +220,8 @@ def build_customvideox(options: CustomVideoXOptions, context: MethodContext) -> 
         "negative_prompt": options.negative_prompt,
         "use_dynamic_cfg": options.dynamic_cfg,
     }
-    resolved = pipeline.reference_config
-    resolved_options = dataclasses.replace(options, ablation=resolved.ablation, mode=resolved.mode,
-                                           rope_shift=tuple(resolved.rope_shift))
+    resolved = pipeline.reference_config  # the LoRA file's settings, with the explicit options on top
+    resolved_options = dataclasses.replace(options, **{key: getattr(resolved, key) for key in REFERENCE_OPTION_KEYS})
     settings = {
         "method": "customvideox", "preset": context.preset, "model": model_name,
         "lora": str(lora) if lora else None, "dtype": str(dtype).removeprefix("torch."), "compile": compile_backend,

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 
 from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
+import customvideox.weights as customvideox_weights
 from customvideox.weights import MODEL_LAYOUT, check_model_folder, locate_base_model
 from mediaio.images import ImageError
 from videobench.cases import Case
@@ -182,8 +183,8 @@ def test_incomplete_model_folder_lists_what_lacks(tmp_path):
     (folder / "model_index.json").write_text("{}")
     with pytest.raises(MissingWeightsError, match=r"lacks vae/, text_encoder/, tokenizer/, scheduler/"):
         build(preset=None, model=str(folder), ablation="naive")
-    with pytest.raises(MissingWeightsError, match="does not exist"):
-        locate_base_model(tmp_path / "absent")
+    with pytest.raises(customvideox_weights.MissingWeightsError, match="does not exist"):
+        locate_base_model(tmp_path / "absent")  # customvideox's own loader (training, scripts)
     assert check_model_folder(_fake_model_folder(tmp_path)) == tmp_path / "CogVideoX-5b"
 
 
@@ -279,3 +280,52 @@ def test_a_folder_saved_with_its_lora_needs_no_lora_flag(tiny_generator, referen
         (folder / "transformer" / "pytorch_lora_weights.safetensors").unlink()
         build(**common)
     assert isinstance(CustomVideoXPipeline.from_pretrained(folder), CustomVideoXPipeline)
+
+
+def test_a_lora_file_settings_reach_run_json_unless_overridden(tmp_path, reference_path, caplog):
+    """Issue 8.2 at the method level: the LoRA's mode, ablation, shift and ERAE settings are the run's settings."""
+    from customvideox.presets import build_tiny_pipeline
+    from videobench.generate import run_generation
+    from videobench.suites import Suite
+
+    trained = build_tiny_pipeline(reference_overrides={"mode": "cached", "ablation": "3d-ra+tab",
+                                                       "rope_shift": (0, 0, 12), "erae_lambda": 0.2})
+    lora = trained.save_reference_lora(tmp_path / "lora.safetensors")
+    generator = build(lora=lora, steps=1)
+    resolved = generator.resolved_options
+    assert (resolved.mode, resolved.ablation, resolved.rope_shift, resolved.erae_lambda) == (
+        "cached", "3d-ra+tab", (0.0, 0.0, 12.0), 0.2)
+    assert generator.run_name == "customvideox-tiny-3d-ra+tab-cached"
+    spec = get_method("customvideox")
+    metadata = spec.metadata(resolved)
+    assert metadata["table2_setting"] == "+TAB" and metadata["paper_row"] is None
+    assert metadata["options"]["mode"] == "cached" and metadata["options"]["rope_shift"] == [0.0, 0.0, 12.0]
+    # an explicit option that contradicts the file wins, with one warning naming the key
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        overridden = build(lora=lora, steps=1, mode="joint")
+    assert overridden.resolved_options.mode == "joint" and overridden.resolved_options.ablation == "3d-ra+tab"
+    assert sum("mode" in record.getMessage() for record in caplog.records) == 1
+    # run.json records the resolved values
+    suite = Suite("smoke", "v1", "test", (_case(reference_path),), num_frames=9, height=128, width=128)
+    summary = run_generation(generator, suite, list(suite.cases), tmp_path / "out", progress=False, metadata=metadata)
+    run = json.loads((summary.method_dir / "run.json").read_text())
+    assert run["options"]["ablation"] == "3d-ra+tab" and run["table2_setting"] == "+TAB"
+    assert run["config"]["reference_config"]["mode"] == "cached"
+
+
+def test_erae_region_coverage_is_recorded_per_case(tiny_generator, reference_path, tmp_path):
+    from videobench.generate import run_generation
+    from videobench.results import read_cases_jsonl
+    from videobench.suites import Suite
+
+    cases = (_case(reference_path), _case(reference_path, prompt="a cat on a sofa", entity="dog"))
+    cases = (cases[0], Case("cat-sofa", "smoke", "cat", "a cat on a sofa", "dog", (str(reference_path),)))
+    suite = Suite("smoke", "v1", "test", cases, num_frames=9, height=128, width=128)
+    summary = run_generation(tiny_generator, suite, list(suite.cases), tmp_path, progress=False)
+    records = {line.record["case_id"]: line.record for line in read_cases_jsonl(summary.method_dir / "cases.jsonl")}
+    found = records["dog-beach"]["diagnostics"]
+    assert 0.0 < found["erae_region_coverage"] <= 1.0 and found["erae_normalization"] == "per-frame"
+    assert len(found["erae_region_coverage_per_step"]) == 4  # one value per denoising step
+    # the entity is not in the prompt: ERAE did not run, so no coverage is claimed
+    assert "erae_region_coverage" not in records["cat-sofa"].get("diagnostics", {})

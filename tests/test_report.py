@@ -14,9 +14,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.test_score import BLUE, RED, add_method, build_results, fake_metrics, refs, run, solid  # noqa: F401 (fixture)
+from tests.test_score import (  # noqa: F401 (refs is a fixture)
+    BLUE,
+    RED,
+    REFERENCE_RUN,
+    add_method,
+    build_results,
+    fake_metrics,
+    refs,
+    run,
+    solid,
+)
 from videobench import report as report_module
-from videobench.report import customvideox_setting, paper_method_for, rank_marks, write_report
+from videobench.report import rank_marks, write_report
 
 CHROMIUM = shutil.which("chromium") or (Path("/usr/bin/chromium") if Path("/usr/bin/chromium").exists() else None)
 
@@ -65,6 +75,11 @@ def read_tables(text: str) -> dict[str, list]:
     return reader.tables
 
 
+#: what ``videobench generate --method customvideox`` records for the full method and the 3D-RA ablation
+FULL_CVX = {"kind": "ours", "paper_row": "CustomVideoX", "table2_setting": "+ERAE"}
+CVX_3DRA = {"kind": "ours", "table2_setting": "3D-RA"}
+
+
 def build_full_results(tmp_path: Path, refs: Path, **metric_kwargs) -> Path:
     results = build_results(tmp_path, refs)
     red_ref = [str(refs / "red.png")]
@@ -73,11 +88,11 @@ def build_full_results(tmp_path: Path, refs: Path, **metric_kwargs) -> Path:
         {"case_id": "still2", "frames": solid([RED] * 3), "references": red_ref, "subject": "cube"},
     ])
     add_method(results, "customvideox", [{"case_id": "v1", "frames": solid([RED] * 3), "references": red_ref}],
-               suite="videobench")
+               suite="videobench", run_info=FULL_CVX)
     add_method(results, "customvideox-3d-ra", [{"case_id": "v1", "frames": solid([RED] * 3), "references": red_ref}],
-               suite="videobench")
+               suite="videobench", run_info=CVX_3DRA)
     add_method(results, "ms-diffusion-i2v", [{"case_id": "d1", "frames": solid([RED] * 3), "references": red_ref}],
-               suite="dreambench")
+               suite="dreambench", run_info={"kind": "two-stage", "paper_row": "MS-Diffusion"})
     run(results, fake_metrics(**metric_kwargs))
     return results
 
@@ -88,22 +103,27 @@ def test_rank_marks_ties_and_second():
     assert rank_marks([3.0, None]) == ["", ""]  # one value: nothing to compare
 
 
-def test_method_matching():
-    assert customvideox_setting("customvideox") == "+ERAE"
-    assert customvideox_setting("customvideox-tiny") == "+ERAE"
-    assert customvideox_setting("customvideox-tiny-3d-ra+tab") == "+TAB"
-    assert customvideox_setting("customvideox-3d-ra") == "3D-RA"
-    assert customvideox_setting("customvideox-naive-cached") == "naive"
-    assert customvideox_setting("videobooth") is None
-    assert paper_method_for("customvideox") == "CustomVideoX"
-    assert paper_method_for("customvideox-naive") is None
-    assert paper_method_for("ms-diffusion-i2v") == "MS-Diffusion"
-    assert paper_method_for("run7", "lambda-eclipse") == "λ-Eclipse"
-    assert paper_method_for("reference-still") is None
+def test_paper_rows_come_from_run_json_not_folder_names(tmp_path, refs):
+    """A folder named like a paper method matches nothing; run.json's paper_row / table2_setting decide."""
+    results = tmp_path / "RESULTS"
+    red_ref = [str(refs / "red.png")]
+    add_method(results, "ms-diffusion-i2v", [{"case_id": "a", "frames": solid([RED] * 3), "references": red_ref}],
+               suite="dreambench")  # no paper_row in its run.json
+    add_method(results, "run7", [{"case_id": "a", "frames": solid([RED] * 3), "references": red_ref}],
+               suite="dreambench", run_info={"kind": "two-stage", "paper_row": "λ-Eclipse"})
+    add_method(results, "my-ablation", [{"case_id": "a", "frames": solid([RED] * 3), "references": red_ref}],
+               suite="videobench", run_info={"kind": "ours", "table2_setting": "+TAB"})
+    run(results)
+    tables = read_tables(write_report(results, progress=False).read_text())
+    labels = [label for label, _, _ in tables["paper-table1"]]
+    assert labels[labels.index("λ-Eclipse + CogVideoX-5B-I2V") + 1] == "ours: run7"
+    assert "ours: ms-diffusion-i2v" not in labels
+    paper2 = [label for label, _, _ in tables["paper-table2"]]
+    assert paper2[paper2.index("+TAB") + 1] == "ours: my-ablation"
 
 
 def test_paper_tables_as_read():
-    paper = Path(report_module.__file__).parent / "paper"
+    paper = Path(report_module.__file__).parents[1] / "paper"
     table1 = pd.read_csv(paper / "table1.csv")
     table2 = pd.read_csv(paper / "table2.csv")
     assert len(table1) == 14 and set(table1["suite"]) == {"dreambench", "videobench"}
@@ -121,7 +141,7 @@ def test_paper_tables_as_read():
         for column, second in zip(columns, seconds):
             marks = rank_marks(list(part[column]))
             assert {v for v, m in zip(part[column], marks) if m == "second"} == {second}, (suite, column)
-    assert (Path(report_module.__file__).parents[1] / "reports" / "paper" / "table1.csv").is_file()
+    assert (Path(report_module.__file__).parents[2] / "reports" / "paper" / "table1.csv").is_file()
 
 
 def test_report_tables_known_numbers(tmp_path, refs):
@@ -200,7 +220,7 @@ def test_report_write_is_atomic(tmp_path, refs, monkeypatch):
     def broken(context):
         raise RuntimeError("template exploded")
 
-    monkeypatch.setattr(report_module, "render_report", broken)
+    monkeypatch.setattr("videobench.report.page.render_report", broken)
     with pytest.raises(RuntimeError):
         write_report(results, progress=False)
     assert out.read_text() == before and not list(results.glob(".leaderboard.html*"))
@@ -224,6 +244,17 @@ MEASURE = """
     bestWeight: getComputedStyle(best).fontWeight,
     secondDecoration: getComputedStyle(second).textDecorationLine,
     images: [...document.images].map(img => img.naturalWidth),
+    plots: [...document.querySelectorAll('figure.plot')].map(figure => {
+      const svg = figure.querySelector('svg');
+      const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+      return {
+        id: figure.id, width: box.width, height: box.height,
+        points: [...figure.querySelectorAll('g[id^="ours-"], g[id^="paper-"]')].map(g => ({
+          id: g.id, title: g.querySelector('title') ? g.querySelector('title').textContent : '',
+          drawn: g.getBoundingClientRect().width > 0,
+        })),
+      };
+    }),
   };
   const pre = document.createElement('pre');
   pre.id = 'measure';
@@ -264,6 +295,16 @@ def test_report_renders_in_headless_chromium(tmp_path, refs):
             assert rows[method]["cells"][10:15] == expected, method
     assert int(measured["bestWeight"]) >= 700 and measured["secondDecoration"] == "underline"
     assert measured["images"] and all(width > 0 for width in measured["images"])  # data URIs decoded
+    plots = {plot["id"]: plot for plot in measured["plots"]}
+    assert set(plots) == {"plot-fidelity-vs-motion", "plot-text-vs-subject"}
+    for plot in plots.values():  # drawn, with one point per (method, suite) of ours and every published point
+        assert plot["width"] > 200 and plot["height"] > 150
+        ours = {point["title"] for point in plot["points"] if point["id"].startswith("ours-") and point["drawn"]}
+        assert ours == {f"{method} on {suite}" for method, suite in
+                        zip(board.index, board["suite"].map({"smoke": "smoke", "videobench": "VideoBench",
+                                                            "dreambench": "DreamBench"}))}
+        paper = [point for point in plot["points"] if point["id"].startswith("paper-") and point["drawn"]]
+        assert len(paper) == 14 and "CustomVideoX (paper) on VideoBench" in {point["title"] for point in paper}
 
     shot = tmp_path / "shot.png"
     result = _chromium([f"--screenshot={shot}", page.as_uri()], tmp_path)
@@ -272,6 +313,35 @@ def test_report_renders_in_headless_chromium(tmp_path, refs):
     assert pixels.shape == (2000, 1400)
     assert (pixels < 200).mean() > 0.01  # text and table lines, not a blank page
     assert len(np.unique(pixels)) > 20
+
+
+def test_plots_are_inline_svg_with_one_titled_point_per_run(tmp_path, refs):
+    results = build_full_results(tmp_path, refs)
+    text = write_report(results, progress=False).read_text()
+    board = pd.read_csv(results / "leaderboard.csv")
+    assert text.count('<figure class="plot"') == 2 and text.count("<svg") == 2
+    assert 'href="http' not in text and 'src="http' not in text  # nothing is fetched: self-contained
+    for method, suite in zip(board["method"], board["suite"]):
+        gid = f"ours-{method}-{suite}".replace("+", "-").replace("_", "-").lower()
+        assert text.count(f'<g id="{gid}"><title>') == 2, gid  # one point per plot
+    # a plot whose columns were never scored is left out with a note, not drawn empty
+    from videobench.report.plots import draw_plot
+
+    plot = draw_plot({"id": "x", "title": "X", "x": "subject_consistency", "y": "dino_i"}, board)
+    assert plot.svg == "" and "no subject_consistency column" in plot.note
+
+
+def test_two_stage_intermediate_image_is_shown_beside_the_frames(tmp_path, refs):
+    results = tmp_path / "RESULTS"
+    folder = add_method(results, "two-stage", [
+        {"case_id": "a", "frames": solid([RED] * 3), "references": [str(refs / "red.png")],
+         "image": "images/a.png"}], run_info={"kind": "two-stage"})
+    (folder / "images").mkdir()
+    Image.new("RGB", (64, 64), BLUE).save(folder / "images" / "a.png")
+    summary, _ = run(results)
+    assert summary.ok and not summary.warnings  # the images folder is the layout's own, not stray
+    text = write_report(results, progress=False).read_text()
+    assert 'alt="intermediate image of a"' in text
 
 
 def test_report_of_an_empty_results_folder(tmp_path):
@@ -295,15 +365,16 @@ def build_suite_folders(tmp_path: Path, refs: Path) -> Path:
     dream, video = parent / "dreambench", parent / "videobench"
     red, rgba = [str(refs / "red.png")], [str(refs / "red_rgba.png")]
     add_method(dream, "customvideox", [{"case_id": "dog-0", "frames": solid([RED] * 3), "references": red,
-                                        "prompt": "a ball", "subject": "dog"}], suite="dreambench")
+                                        "prompt": "a ball", "subject": "dog"}], suite="dreambench", run_info=FULL_CVX)
     add_method(dream, "alpha", [{"case_id": "dog-0", "frames": solid([RED, BLUE] * 2), "references": red,
                                  "subject": "dog"}], suite="dreambench")
     add_method(dream, "reference-still", [{"case_id": "dog-0", "frames": solid([RED] * 3), "references": red,
-                                           "subject": "dog"}], suite="dreambench")
+                                           "subject": "dog"}], suite="dreambench", run_info=REFERENCE_RUN)
     add_method(video, "customvideox", [{"case_id": "car-0", "frames": solid([RED, BLUE] * 2), "references": rgba,
-                                        "prompt": "a red ball rolling", "subject": "car"}], suite="videobench")
+                                        "prompt": "a red ball rolling", "subject": "car"}], suite="videobench",
+               run_info=FULL_CVX)
     add_method(video, "customvideox-3d-ra", [{"case_id": "car-0", "frames": solid([RED] * 3), "references": red,
-                                              "subject": "car"}], suite="videobench")
+                                              "subject": "car"}], suite="videobench", run_info=CVX_3DRA)
     for folder in (dream, video):
         summary, _ = run(folder)
         assert summary.ok
