@@ -4,4 +4,4 @@ Importing this package registers every baseline with :mod:`videobench.methods`; 
 builds a generator.
 """
 
-from baselines import reference_i2v  # noqa: F401  (registers reference+i2v)
+from baselines import reference_i2v, wan_vace  # registers reference+i2v and wan-vace
