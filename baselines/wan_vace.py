@@ -138,9 +138,11 @@ TINY_TRANSFORMER: dict[str, Any] = {
     "out_channels": 16, "text_dim": 32, "freq_dim": 32, "ffn_dim": 48, "num_layers": 4, "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 64, "vace_layers": [0, 2], "vace_in_channels": 96,
 }
-#: Wan's causal 3D VAE (4x time, 8x space, 16 latent channels) with 4 base channels.
+#: Wan's causal 3D VAE (4x time, 8x space, 16 latent channels) with 4 base channels. Its latents are ~0.1 in
+#: size, so their normalisation statistics are mean 0 / std 0.1 (Wan's per-channel values belong to the real VAE).
 TINY_VAE: dict[str, Any] = {"base_dim": 4, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
-                             "temperal_downsample": [False, True, True]}
+                             "temperal_downsample": [False, True, True], "latents_mean": [0.0] * 16,
+                             "latents_std": [0.1] * 16}
 #: A two-layer UMT5 encoder (``d_model`` = the transformer's ``text_dim``).
 TINY_UMT5: dict[str, Any] = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4,
                               "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
