@@ -477,7 +477,8 @@ def build_wan_vace(options: WanVACEOptions, context: MethodContext) -> WanVACEGe
     requested = {"num_frames": context.num_frames, "height": context.height, "width": context.width,
                  "fps": context.fps}
     settings = {
-        "method": METHOD_NAME, "preset": context.preset, "variant": options.variant, "model": model,
+        "method": METHOD_NAME, "preset": context.preset, "variant": None if context.preset else options.variant,
+        "model": model,
         "pipeline": "diffusers.WanVACEPipeline",
         "scheduler": {"class": type(pipeline.scheduler).__name__, "flow_shift": float(options.flow_shift),
                       "prediction_type": pipeline.scheduler.config.prediction_type,
