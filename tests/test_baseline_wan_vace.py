@@ -243,8 +243,12 @@ def test_the_reference_is_fitted_on_white_and_encoded_as_a_leading_frame(tiny, t
     PIL.Image.new("RGB", (24, 32), (255, 0, 0)).save(reference)  # 24 wide, 32 high on a 48x32 frame
     canvases, controls = [], []
     original = pipe.prepare_video_latents
-    monkeypatch.setattr(pipe, "prepare_video_latents",
-                        lambda video, mask, refs, *a, **k: canvases.append(refs) or original(video, mask, refs, *a, **k))
+
+    def prepare_video_latents(video, mask, refs, *args, **kwargs):
+        canvases.append(refs)
+        return original(video, mask, refs, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "prepare_video_latents", prepare_video_latents)
     hook = pipe.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: controls.append(kwargs["control_hidden_states"].clone()), with_kwargs=True)
     try:
