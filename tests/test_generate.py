@@ -149,3 +149,124 @@ def test_bad_frames_are_a_case_failure(tmp_path):
     suite = make_suite(1)
     summary = run_generation(Bad(), suite, suite.cases, tmp_path, progress=False)
     assert "expected (T, H, W, 3)" in summary.failed["s0-p0"]
+
+
+# ------------------------------------------------------------------------------ image-first generators
+class TwoPhase:
+    """An ImageFirstGenerator: a coloured image per case, then frames that hold it; counts every call."""
+
+    run_name = "twophase"
+    fps = 8
+    random_weights = False
+
+    def __init__(self, phases=("image", "video"), fail_image: set[str] | None = None):
+        self.phases = phases
+        self.fail_image = fail_image or set()
+        self.images: list[str] = []
+        self.videos: list[str] = []
+        self.ended = 0
+
+    def config(self):
+        return {"two": "phase"}  # the phases are not part of the identity
+
+    def generate_image(self, case, seed):
+        from PIL import Image
+
+        self.images.append(case.case_id)
+        if case.case_id in self.fail_image:
+            raise RuntimeError(f"stage 1 broke on {case.case_id}")
+        return Image.new("RGB", (48, 32), (10 * len(self.images), 100, seed))
+
+    def end_image_phase(self):
+        self.ended += 1
+
+    def generate(self, case, seed, image):
+        self.videos.append(case.case_id)
+        return np.repeat(np.asarray(image)[None], 3, axis=0)
+
+
+def test_image_first_generator_makes_every_image_then_every_video(tmp_path):
+    from videobench.methods import ImageFirstGenerator
+
+    suite = make_suite(3)
+    generator = TwoPhase(fail_image={"s1-p0"})
+    assert isinstance(generator, ImageFirstGenerator)
+    summary = run_generation(generator, suite, suite.cases, tmp_path, progress=False)
+    assert generator.images == ["s0-p0", "s1-p0", "s2-p0"] and generator.ended == 1
+    assert generator.videos == ["s0-p0", "s2-p0"]  # the case whose image failed is not animated
+    assert summary.images == ["s0-p0", "s2-p0"] and list(summary.failed) == ["s1-p0"]
+    records = {line.record["case_id"]: line.record for line in read_cases_jsonl(tmp_path / "twophase" / "cases.jsonl")}
+    assert records["s0-p0"]["image"] == "images/s0-p0.png" and records["s0-p0"]["status"] == "ok"
+    assert "stage 1 broke" in records["s1-p0"]["error"]
+    video = read_video(tmp_path / "twophase" / "videos" / "s0-p0.mp4").frames
+    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "twophase" / "images" / "s0-p0.png"))
+    assert np.abs(video[0].astype(int) - image.astype(int)).mean() < 3  # the video holds the kept image
+
+
+def test_image_and_video_phases_as_separate_runs_redo_nothing(tmp_path):
+    suite = make_suite(2)
+    first = TwoPhase(phases=("image",))
+    summary = run_generation(first, suite, suite.cases, tmp_path, progress=False)
+    assert first.images == ["s0-p0", "s1-p0"] and first.videos == [] and summary.generated == []
+    records = {line.record["case_id"]: line.record for line in read_cases_jsonl(tmp_path / "twophase" / "cases.jsonl")}
+    assert {r["status"] for r in records.values()} == {"pending"} and records["s0-p0"]["image"] == "images/s0-p0.png"
+    second = TwoPhase(phases=("video",))
+    summary = run_generation(second, suite, suite.cases, tmp_path, progress=False)
+    assert second.images == [] and second.videos == ["s0-p0", "s1-p0"] and summary.ok
+    records = {line.record["case_id"]: line.record for line in read_cases_jsonl(tmp_path / "twophase" / "cases.jsonl")}
+    assert {r["status"] for r in records.values()} == {"ok"} and records["s1-p0"]["image"] == "images/s1-p0.png"
+    # both phases again: everything is done, nothing is made twice
+    third = TwoPhase()
+    summary = run_generation(third, suite, suite.cases, tmp_path, progress=False)
+    assert third.images == [] and third.videos == [] and summary.skipped == ["s0-p0", "s1-p0"]
+
+
+def test_video_phase_without_images_fails_each_case_clearly(tmp_path):
+    suite = make_suite(1)
+    summary = run_generation(TwoPhase(phases=("video",)), suite, suite.cases, tmp_path, progress=False)
+    assert "no intermediate image" in summary.failed["s0-p0"] and "run the image phase first" in summary.failed["s0-p0"]
+
+
+def test_generation_output_diagnostics_and_image_are_recorded(tmp_path):
+    from PIL import Image
+
+    from videobench.methods import GenerationOutput
+
+    class WithExtras(ColourGenerator):
+        def generate(self, case, seed):
+            frames = super().generate(case, seed)
+            return GenerationOutput(frames, image=Image.new("RGB", (8, 8)), diagnostics={"coverage": 0.25})
+
+    suite = make_suite(1)
+    run_generation(WithExtras(), suite, suite.cases, tmp_path, progress=False)
+    record = read_cases_jsonl(tmp_path / "colour" / "cases.jsonl")[0].record
+    assert record["diagnostics"] == {"coverage": 0.25} and record["image"] == "images/s0-p0.png"
+    assert (tmp_path / "colour" / "images" / "s0-p0.png").is_file()
+
+
+def test_stale_temporary_files_of_a_killed_run_are_swept(tmp_path):
+    import os
+    import time
+
+    suite = make_suite(1)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
+    folder = tmp_path / "colour"
+    old = time.time() - 3600
+    stale = [folder / "videos" / ".s0-p0.mp4.ab12cd34.mp4.part", folder / "videos" / ".s0-p0.mp4.ab12cd34.mp4",
+             folder / ".cases.jsonl.zz99yy88.jsonl.part", folder / ".run.json.q1w2e3r4.json"]
+    for path in stale:
+        path.write_bytes(b"half a video")
+        os.utime(path, (old, old))
+    fresh = folder / "videos" / ".s1-p0.mp4.aaaabbbb.mp4.part"  # another node may be writing it right now
+    fresh.write_bytes(b"in progress")
+    held = folder / "videos" / ".s2-p0.mp4.ccccdddd.mp4"  # old, but a live process holds it open
+    held.write_bytes(b"being written")
+    os.utime(held, (old, old))
+    user_file = folder / "videos" / ".hidden-note"  # not a temporary file of ours
+    user_file.write_text("keep me")
+    os.utime(user_file, (old, old))
+    with open(held, "rb"):
+        summary = run_generation(ColourGenerator(), suite, suite.cases, tmp_path, progress=False)
+    assert sorted(summary.swept) == sorted(str(path) for path in stale)
+    assert not any(path.exists() for path in stale)
+    assert fresh.exists() and held.exists() and user_file.exists()
