@@ -5,3 +5,4 @@ builds a generator.
 """
 
 from baselines import reference_i2v  # noqa: F401  (registers reference+i2v)
+from baselines import videobooth  # noqa: F401  (registers videobooth)
