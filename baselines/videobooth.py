@@ -29,6 +29,7 @@ Every deviation from upstream is listed in docs/baselines/videobooth.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import string
@@ -56,7 +57,14 @@ from mediaio.images import load_reference_image
 from videobench.cases import Case
 from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
-from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error, load_into, load_state_dict
+from videobench.weights import (
+    WeightsLoadError,
+    WeightSpec,
+    describe_load_error,
+    load_into,
+    load_state_dict,
+    strip_prefixes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -395,24 +403,42 @@ class LoadedVideoBooth:
     report: AssembledUNet
 
 
+def _watermark_channels(video_state: dict[str, torch.Tensor]) -> tuple[int, ...] | None:
+    """The watermark branch's widths as the checkpoint holds them (upstream hard-codes 320, 640, 640)."""
+    channels, i = [], 0
+    while f"watermark_down_blocks.{i}.resnets.0.conv1.weight" in video_state:
+        channels.append(int(video_state[f"watermark_down_blocks.{i}.resnets.0.conv1.weight"].shape[0]))
+        i += 1
+    return tuple(channels) or None
+
+
 def load_videobooth(base: str | Path, watermark: str | Path, mapper: str | Path, image_dim: int, text_dim: int,
-                    mapper_hidden_dim: int = 1024, num_image_tokens: int = 5,
-                    watermark_block_out_channels: tuple[int, ...] | None = None) -> LoadedVideoBooth:
+                    num_image_tokens: int = 5) -> LoadedVideoBooth:
     """The video UNet and the mapper from the official files (see :func:`assemble_unet_state_dict`).
 
-    ``base``: SD 1.4 (its ``unet/``); ``watermark``: ``watermark_remove_module.pt``; ``mapper``: ``mapper.pt``.
-    ``watermark_block_out_channels`` (upstream hard-codes 320, 640, 640) is for tiny test checkpoints.
+    ``base``: SD 1.4 (its ``unet/``); ``watermark``: ``watermark_remove_module.pt``; ``mapper``: ``mapper.pt``;
+    ``image_dim``/``text_dim``: CLIP's widths. The UNet's architecture is SD's ``unet/config.json`` inflated as
+    upstream does; the watermark branch's widths and the mapper's hidden width (upstream's constants 320-640-640
+    and 1024) are read off the checkpoints' shapes, so that small test checkpoints load through this same code.
     """
     folder = sd_unet_folder(base)
     sd_config, base_state, base_file = load_sd_unet(folder)
     config = UNetConfig.from_sd_unet_config(sd_config, str(folder / "config.json"))
-    if watermark_block_out_channels is not None:
-        config = UNetConfig(**{**config.__dict__, "watermark_block_out_channels": tuple(watermark_block_out_channels)})
-    with torch.device("meta"):
-        unet = VideoBoothUNet3D(config)
-        mapper_module = VideoBoothMapper(image_dim, text_dim, mapper_hidden_dim, num_image_tokens)
-    mapper_state, attention = split_mapper_state_dict(load_training_checkpoint(mapper, "ema"), unet, str(mapper))
-    video_state = load_training_checkpoint(watermark, "ema_unet")
+    video_state = strip_prefixes(load_training_checkpoint(watermark, "ema_unet"), ("module.",))
+    mapper_raw = strip_prefixes(load_training_checkpoint(mapper, "ema"), ("module.",))
+    watermark_channels = _watermark_channels(video_state)
+    if watermark_channels is not None:
+        config = dataclasses.replace(config, watermark_block_out_channels=watermark_channels)
+    hidden = mapper_raw.get("mapping_0.0.weight")
+    if hidden is None:
+        raise WeightsLoadError(f"{mapper}: no mapping_0.0.weight (not a VideoBooth mapper checkpoint)")
+    try:
+        with torch.device("meta"):
+            unet = VideoBoothUNet3D(config)
+            mapper_module = VideoBoothMapper(image_dim, text_dim, int(hidden.shape[0]), num_image_tokens)
+    except ValueError as error:
+        raise WeightsLoadError(f"{watermark}: {error}") from error
+    mapper_state, attention = split_mapper_state_dict(mapper_raw, unet, str(mapper))
     report = assemble_unet_state_dict(expected_shapes(unet), base_state, video_state, attention, str(base_file),
                                       str(watermark))
     if report.ignored_video_keys:
@@ -425,8 +451,7 @@ def load_videobooth(base: str | Path, watermark: str | Path, mapper: str | Path,
 
 
 def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, watermark: str | Path | None,
-                  mapper: str | Path | None, config: VideoBoothConfig | None = None,
-                  watermark_block_out_channels: tuple[int, ...] | None = None, seed: int = 0,
+                  mapper: str | Path | None, config: VideoBoothConfig | None = None, seed: int = 0,
                   ) -> tuple[VideoBoothPipeline, AssembledUNet | None]:
     """The pipeline from official folders/files; without ``base``/``watermark``/``mapper`` the UNet and the mapper
     are random-initialised at full size (``--random-weights``)."""
@@ -441,8 +466,7 @@ def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, wa
     image_dim, text_dim = image_encoder.config.hidden_size, text_encoder.config.hidden_size
     report = None
     if base is not None and watermark is not None and mapper is not None:
-        loaded = load_videobooth(base, watermark, mapper, image_dim, text_dim, config.mapper_hidden_dim,
-                                 config.num_image_tokens, watermark_block_out_channels)
+        loaded = load_videobooth(base, watermark, mapper, image_dim, text_dim, config.num_image_tokens)
         unet, mapper_module, report = loaded.unet, loaded.mapper, loaded.report
     else:
         with torch.random.fork_rng(devices=[]):
@@ -574,7 +598,7 @@ def videobooth_weights(options: VideoBoothOptions, context: MethodContext) -> li
         return []
     specs = [
         WeightSpec(key="clip", model="CLIP ViT-L/14 (tokenizer, text and image encoders)", folder=True,
-                   file_names=("clip-vit-large-patch14",), layout=("config.json", "vocab.json", "merges.txt"),
+                   file_names=("clip-vit-large-patch14",), layout=("config.json", "tokenizer_config.json"),
                    hf_repo=CLIP_REPO, hf_files=("*.json", "*.txt", "model.safetensors"), explicit=options.clip_model,
                    option="-o clip_model=FOLDER|HUB_ID"),
         WeightSpec(key="vae", model="Stable Diffusion VAE ft-EMA", folder=True, file_names=("sd-vae-ft-ema",),
