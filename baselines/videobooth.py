@@ -412,18 +412,23 @@ def _watermark_channels(video_state: dict[str, torch.Tensor]) -> tuple[int, ...]
     return tuple(channels) or None
 
 
-def load_videobooth(base: str | Path, watermark: str | Path, mapper: str | Path, image_dim: int, text_dim: int,
-                    num_image_tokens: int = 5) -> LoadedVideoBooth:
+def load_videobooth(base: str | Path | None, watermark: str | Path, mapper: str | Path, image_dim: int,
+                    text_dim: int, num_image_tokens: int = 5, unet_config: UNetConfig | None = None,
+                    ) -> LoadedVideoBooth:
     """The video UNet and the mapper from the official files (see :func:`assemble_unet_state_dict`).
 
-    ``base``: SD 1.4 (its ``unet/``); ``watermark``: ``watermark_remove_module.pt``; ``mapper``: ``mapper.pt``;
-    ``image_dim``/``text_dim``: CLIP's widths. The UNet's architecture is SD's ``unet/config.json`` inflated as
-    upstream does; the watermark branch's widths and the mapper's hidden width (upstream's constants 320-640-640
-    and 1024) are read off the checkpoints' shapes, so that small test checkpoints load through this same code.
+    ``base``: SD 1.4 (its ``unet/``), or None when ``watermark`` holds the whole UNet; ``watermark``:
+    ``watermark_remove_module.pt``; ``mapper``: ``mapper.pt``; ``image_dim``/``text_dim``: CLIP's widths. The
+    UNet's architecture is SD's ``unet/config.json`` inflated as upstream does (without ``base``: ``unet_config``,
+    default SD 1.4's); the watermark branch's widths and the mapper's hidden width (upstream's constants
+    320-640-640 and 1024) are read off the checkpoints' shapes, so small test checkpoints load through this code.
     """
-    folder = sd_unet_folder(base)
-    sd_config, base_state, base_file = load_sd_unet(folder)
-    config = UNetConfig.from_sd_unet_config(sd_config, str(folder / "config.json"))
+    if base is not None:
+        folder = sd_unet_folder(base)
+        sd_config, base_state, base_file = load_sd_unet(folder)
+        config = UNetConfig.from_sd_unet_config(sd_config, str(folder / "config.json"))
+    else:
+        base_state, base_file, config = None, None, unet_config or UNetConfig()
     video_state = strip_prefixes(load_training_checkpoint(watermark, "ema_unet"), ("module.",))
     mapper_raw = strip_prefixes(load_training_checkpoint(mapper, "ema"), ("module.",))
     watermark_channels = _watermark_channels(video_state)
@@ -439,13 +444,13 @@ def load_videobooth(base: str | Path, watermark: str | Path, mapper: str | Path,
     except ValueError as error:
         raise WeightsLoadError(f"{watermark}: {error}") from error
     mapper_state, attention = split_mapper_state_dict(mapper_raw, unet, str(mapper))
-    report = assemble_unet_state_dict(expected_shapes(unet), base_state, video_state, attention, str(base_file),
-                                      str(watermark))
+    report = assemble_unet_state_dict(expected_shapes(unet), base_state, video_state, attention,
+                                      str(base_file) if base_file else None, str(watermark))
     if report.ignored_video_keys:
         logger.info("videobooth: %d key(s) of %s are not part of the UNet and are ignored (upstream loads it with "
                     "strict=False), e.g. %s", len(report.ignored_video_keys), watermark,
                     ", ".join(report.ignored_video_keys[:3]))
-    load_into(unet, report.state_dict, f"{base_file} + {watermark} + {mapper}", assign=True)
+    load_into(unet, report.state_dict, " + ".join(str(p) for p in (base_file, watermark, mapper) if p), assign=True)
     load_into(mapper_module, mapper_state, mapper, assign=True)
     return LoadedVideoBooth(unet, mapper_module, report)
 
@@ -453,8 +458,8 @@ def load_videobooth(base: str | Path, watermark: str | Path, mapper: str | Path,
 def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, watermark: str | Path | None,
                   mapper: str | Path | None, config: VideoBoothConfig | None = None, seed: int = 0,
                   ) -> tuple[VideoBoothPipeline, AssembledUNet | None]:
-    """The pipeline from official folders/files; without ``base``/``watermark``/``mapper`` the UNet and the mapper
-    are random-initialised at full size (``--random-weights``)."""
+    """The pipeline from official folders/files (``base`` may be None: see :func:`load_videobooth`); without
+    ``watermark``/``mapper`` the UNet and the mapper are random-initialised at full size (``--random-weights``)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
@@ -465,7 +470,7 @@ def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, wa
     autoencoder = AutoencoderKL.from_pretrained(str(vae))
     image_dim, text_dim = image_encoder.config.hidden_size, text_encoder.config.hidden_size
     report = None
-    if base is not None and watermark is not None and mapper is not None:
+    if watermark is not None and mapper is not None:
         loaded = load_videobooth(base, watermark, mapper, image_dim, text_dim, config.num_image_tokens)
         unet, mapper_module, report = loaded.unet, loaded.mapper, loaded.report
     else:
@@ -587,6 +592,8 @@ class VideoBoothOptions:
     mapper: Path | None = option(None, f"mapper.pt (default: {VIDEOBOOTH_REPO} from the HF cache)")  # noqa: RUF009
     watermark_module: Path | None = option(None,  # noqa: RUF009 f"watermark_remove_module.pt, the video UNet (default: "
                                                  f"{VIDEOBOOTH_REPO} from the HF cache)")
+    sd_base: bool = option(True, "load Stable Diffusion 1.4's unet/ under the video UNet first, as upstream; false "
+                                 "skips it (only when watermark_remove_module.pt holds every UNet tensor)")
     clip_model: str | None = option(None, f"CLIP ViT-L/14 folder or hub id (default {CLIP_REPO})")
     vae: str | None = option(None, f"VAE folder or hub id (default {VAE_REPO})")
 
@@ -608,11 +615,13 @@ def videobooth_weights(options: VideoBoothOptions, context: MethodContext) -> li
     ]
     if context.random_weights:
         return specs
+    if options.sd_base:
+        specs.append(WeightSpec(
+            key="base", model="Stable Diffusion v1.4 (its UNet: VideoBooth's 2D weights)", folder=True,
+            file_names=("stable-diffusion-v1-4",), layout=("unet/config.json",), hf_repo=SD14_REPO,
+            hf_files=("unet/config.json", "unet/diffusion_pytorch_model.safetensors"), explicit=options.base_model,
+            option="-o base_model=FOLDER|HUB_ID"))
     return specs + [
-        WeightSpec(key="base", model="Stable Diffusion v1.4 (its UNet: VideoBooth's 2D weights)", folder=True,
-                   file_names=("stable-diffusion-v1-4",), layout=("unet/config.json",), hf_repo=SD14_REPO,
-                   hf_files=("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
-                   explicit=options.base_model, option="-o base_model=FOLDER|HUB_ID"),
         WeightSpec(key="mapper", model="VideoBooth mapper (coarse embeddings, injection projections)",
                    file_names=("VideoBooth_models/mapper.pt", "videobooth_mapper.pt"), hf_repo=VIDEOBOOTH_REPO,
                    hf_files=("mapper.pt",), explicit=options.mapper, option="-o mapper=FILE",
@@ -667,10 +676,12 @@ def build_videobooth(options: VideoBoothOptions, context: MethodContext) -> Vide
         pipeline, models, random = build_tiny_pipeline(), {"model": "tiny"}, True
     else:
         paths = {key: context.weight_path(key) for key in ("clip", "vae", "base", "mapper", "watermark")}
+        random = context.random_weights
+        if not random and (paths["mapper"] is None or paths["watermark"] is None):
+            raise RuntimeError("VideoBooth's files were not resolved (the harness resolves them before building)")
         pipeline, report = load_pipeline(paths["clip"], paths["vae"], paths["base"], paths["watermark"],
                                          paths["mapper"])
         models = {key: str(path) if path else None for key, path in paths.items()}
-        random = report is None
     pipeline.to(context.device, dtype)
     config = pipeline.config
     call = {"steps": int(options.steps or config.steps), "guidance": options.guidance,

@@ -781,12 +781,13 @@ def _check_shapes(expected: Mapping[str, torch.Size], state: Mapping[str, torch.
         raise WeightsLoadError(f"{source}: {len(wrong)} tensor(s) of the wrong shape (e.g. {'; '.join(wrong[:3])})")
 
 
-def assemble_unet_state_dict(expected: Mapping[str, torch.Size], base: Mapping[str, torch.Tensor],
+def assemble_unet_state_dict(expected: Mapping[str, torch.Size], base: Mapping[str, torch.Tensor] | None,
                              video: Mapping[str, torch.Tensor], mapper_weights: Mapping[str, torch.Tensor],
-                             base_source: str, video_source: str) -> AssembledUNet:
+                             base_source: str | None, video_source: str) -> AssembledUNet:
     """Upstream's three loads as one state dict (``expected``: the UNet's key -> shape).
 
     1. ``base`` (SD 1.4 ``unet/``): exactly the 2D keys, strictly (``from_pretrained_2d``'s ``load_state_dict``).
+       ``None`` skips it (``-o sd_base=false``); then ``video`` must hold every 2D tensor itself.
     2. ``video`` (``watermark_remove_module.pt["ema_unet"]``): overlays every key it has (``strict=False``; keys
        the UNet lacks are ignored and listed); the temporal layers and the watermark branch, which SD 1.4 lacks,
        must be among them (upstream would otherwise run them untrained).
@@ -795,21 +796,22 @@ def assemble_unet_state_dict(expected: Mapping[str, torch.Size], base: Mapping[s
     """
     video = strip_prefixes(dict(video), ("module.",))
     two_d = [key for key in expected if not _VIDEO_ONLY.search(key)]
-    missing = [key for key in two_d if key not in base]
-    unexpected = sorted(set(base) - set(two_d))
-    if missing or unexpected:
-        raise WeightsLoadError(
-            f"{base_source}: not Stable Diffusion 1.x's UNet: {len(missing)} missing key(s)"
-            + (f" (e.g. {', '.join(missing[:3])})" if missing else "")
-            + f", {len(unexpected)} unexpected key(s)" + (f" (e.g. {', '.join(unexpected[:3])})" if unexpected else ""))
-    _check_shapes(expected, base, base_source)
+    if base is not None:
+        missing = [key for key in two_d if key not in base]
+        unexpected = sorted(set(base) - set(two_d))
+        if missing or unexpected:
+            raise WeightsLoadError(
+                f"{base_source}: not Stable Diffusion 1.x's UNet: {len(missing)} missing key(s)"
+                + (f" (e.g. {', '.join(missing[:3])})" if missing else "") + f", {len(unexpected)} unexpected key(s)"
+                + (f" (e.g. {', '.join(unexpected[:3])})" if unexpected else ""))
+        _check_shapes(expected, base, str(base_source))
     _check_shapes(expected, video, video_source)
     needed = [key for key in expected if _VIDEO_ONLY.search(key) and not _FROM_MAPPER.search(key)]
     lacking = [key for key in needed if key not in video]
     if lacking:
         raise WeightsLoadError(f"{video_source}: lacks {len(lacking)} video-UNet tensor(s) that Stable Diffusion "
                                f"has no values for (e.g. {', '.join(lacking[:3])})")
-    state = {key: base[key] for key in two_d}
+    state = {key: base[key] for key in two_d} if base is not None else {}
     from_video = [key for key in video if key in expected]
     state.update({key: video[key] for key in from_video})
     wrong_mapper = [key for key in mapper_weights if key not in expected]
@@ -818,10 +820,13 @@ def assemble_unet_state_dict(expected: Mapping[str, torch.Size], base: Mapping[s
     state.update(mapper_weights)
     left = [key for key in expected if key not in state]
     if left:
-        raise WeightsLoadError(f"no checkpoint provides {len(left)} UNet tensor(s) (e.g. {', '.join(left[:3])})")
+        hint = ("; it does not hold the whole UNet: load Stable Diffusion 1.4's unet/ first (-o sd_base=true, as "
+                "upstream)") if base is None else ""
+        raise WeightsLoadError(f"{video_source}: no checkpoint provides {len(left)} UNet tensor(s) "
+                               f"(e.g. {', '.join(left[:3])}){hint}")
     return AssembledUNet(
         state_dict=state,
-        from_base=[key for key in two_d if key not in video and key not in mapper_weights],
+        from_base=[key for key in two_d if base is not None and key not in video and key not in mapper_weights],
         from_video=[key for key in from_video if key not in mapper_weights],
         from_mapper=list(mapper_weights),
         ignored_video_keys=sorted(key for key in video if key not in expected),

@@ -161,6 +161,19 @@ def test_sd_weights_fill_what_the_video_checkpoint_lacks(official, tmp_path):
     assert len(loaded.report.from_base) == len(official["base_state"]) - 4 * len(loaded.unet.transformer_block_paths())
 
 
+def test_without_sd_base_the_video_checkpoint_must_hold_the_whole_unet(official, tmp_path):
+    config = dataclasses.replace(UNetConfig.from_sd_unet_config(json.loads(
+        (official["base"] / "unet" / "config.json").read_text())), watermark_block_out_channels=TINY_WATERMARK)
+    with_base = load_videobooth(official["base"], official["watermark"], official["mapper"], 32, 32)
+    alone = load_videobooth(None, official["watermark"], official["mapper"], 32, 32, unet_config=config)
+    for key, value in with_base.unet.state_dict().items():  # this ema_unet has every tensor: SD changes nothing
+        assert torch.equal(value, alone.unet.state_dict()[key]), key
+    partial = {k: v for k, v in official["ema_unet"].items() if k != "conv_in.weight"}
+    torch.save({"ema_unet": partial}, tmp_path / "partial.pt")
+    with pytest.raises(WeightsLoadError, match=r"partial\.pt: no checkpoint provides 1 UNet.*conv_in.*sd_base=true"):
+        load_videobooth(None, tmp_path / "partial.pt", official["mapper"], 32, 32, unet_config=config)
+
+
 def test_flat_safetensors_conversions_load_the_same(official, tmp_path):
     mapper = tmp_path / "mapper.safetensors"
     watermark = tmp_path / "watermark_remove_module.safetensors"
@@ -252,6 +265,8 @@ def test_missing_weights_are_all_listed_before_loading(tmp_path):
     for name in ("openai/clip-vit-large-patch14", "stabilityai/sd-vae-ft-ema", "CompVis/stable-diffusion-v1-4",
                  "yumingj/VideoBooth_models (mapper.pt)", "yumingj/VideoBooth_models (watermark_remove_module.pt)"):
         assert name in message
+    with pytest.raises(MissingWeightsError, match="4 model"):
+        build_method(get_method("videobooth"), {"sd_base": "false"}, context)
     random = MethodContext(random_weights=True, weights_config=WeightsConfig(weights_dir=tmp_path))
     with pytest.raises(MissingWeightsError, match="2 model"):
         build_method(get_method("videobooth"), {}, random)
