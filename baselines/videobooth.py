@@ -242,7 +242,9 @@ class VideoBoothPipeline:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoBoothPipeline:
         for module in self.modules():
-            module.to(device=device, dtype=dtype)
+            module.to(device=device)
+            if dtype is not None and any(p.dtype != dtype for p in module.parameters()):
+                module.to(dtype=dtype)
         return self
 
     @property
@@ -590,8 +592,8 @@ class VideoBoothOptions:
     base_model: str | None = option(None, f"Stable Diffusion v1.4 folder or hub id, for its unet/ (default "
                                           f"{SD14_REPO} from the HF cache)")
     mapper: Path | None = option(None, f"mapper.pt (default: {VIDEOBOOTH_REPO} from the HF cache)")  # noqa: RUF009
-    watermark_module: Path | None = option(None,  # noqa: RUF009 f"watermark_remove_module.pt, the video UNet (default: "
-                                                 f"{VIDEOBOOTH_REPO} from the HF cache)")
+    watermark_module: Path | None = option(  # noqa: RUF009
+        None, f"watermark_remove_module.pt, the video UNet (default: {VIDEOBOOTH_REPO} from the HF cache)")
     sd_base: bool = option(True, "load Stable Diffusion 1.4's unet/ under the video UNet first, as upstream; false "
                                  "skips it (only when watermark_remove_module.pt holds every UNet tensor)")
     clip_model: str | None = option(None, f"CLIP ViT-L/14 folder or hub id (default {CLIP_REPO})")

@@ -537,6 +537,8 @@ def test_registered_with_its_metadata():
     assert by_key["mapper"].hf_files == ("mapper.pt",)
     assert spec.weight_specs(options, MethodContext(preset="tiny")) == []
     assert [s.key for s in spec.weight_specs(options, MethodContext(random_weights=True))] == ["clip", "vae"]
+    helps = {info.name: info.help for info in spec.describe_options()}
+    assert helps["watermark_module"].startswith("watermark_remove_module.pt, the video UNet")
     explicit = spec.weight_specs(spec.parse_options({"mapper": "/x/m.pt"}), MethodContext())
     assert {s.key: s for s in explicit}["mapper"].explicit == Path("/x/m.pt")
 
