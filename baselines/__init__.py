@@ -11,7 +11,11 @@ from baselines import (  # importing a module registers its method
     ms_diffusion,
     reference_i2v,
     ssr_encoder,
+    videobooth,
     wan_vace,
 )
 
-__all__ = ["blip_diffusion", "ip_adapter", "lambda_eclipse", "ms_diffusion", "reference_i2v", "ssr_encoder", "wan_vace"]
+__all__ = [
+    "blip_diffusion", "ip_adapter", "lambda_eclipse", "ms_diffusion", "reference_i2v", "ssr_encoder", "videobooth",
+    "wan_vace",
+]
