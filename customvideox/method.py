@@ -182,6 +182,7 @@ def _table2_setting(options: CustomVideoXOptions) -> str | None:
     description="CustomVideoX (3D reference attention, TAB, ERAE) on CogVideoX-5B; -o ablation=... for Table 2 rows",
     kind="ours", options=CustomVideoXOptions, paper_row=_table1_row, table2_setting=_table2_setting,
     weights=customvideox_weights, presets=("tiny",), default_run=True,
+    table2_rows={setting: {"ablation": ablation} for ablation, setting in TABLE2_SETTINGS.items()},
 )
 def build_customvideox(options: CustomVideoXOptions, context: MethodContext) -> CustomVideoXGenerator:
     """Build the CustomVideoX generator (the harness resolved and checked the weights before this call)."""

@@ -337,6 +337,93 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
     sys.exit(0 if ok else EXIT_CASE_FAILURES)
 
 
+# --------------------------------------------------------------------------------------------- reproduce
+
+
+@main.command()
+@click.argument("table")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder of the plan: OUT/<suite>/ per suite and OUT/<table>.html.")
+@click.option("-o", "--option", "row_options", multiple=True, metavar="ROW.KEY=VALUE",
+              help="A row's option: ROW is a row id (customvideox@+TAB) or a method name, e.g. -o customvideox.steps=4.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="A YAML or JSON file mapping row ids or method names to options (e.g. each ablation's LoRA).")
+@click.option("--plan-only", is_flag=True, help="Print the plan (rows, cases, weights, estimates) and stop.")
+@click.option("--suite", default=None, help="Run every row on this suite instead of the published ones (e.g. smoke).")
+@data_root_option
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N cases of each suite.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"]))
+@click.option("--preset", default=None, help="A preset for the methods that have it (tiny: the CPU smoke plan).")
+@click.option("--metrics", default=None, help="Comma-separated columns or families to score.")
+@click.option("-M", "--metric-option", "metric_options", multiple=True, metavar="FAMILY.KEY=VALUE")
+@click.option("--score-dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]))
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Score cache folder.")
+@with_weights_options
+@random_weights_option
+def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: Path | None, plan_only: bool,
+              random_weights: bool, **opts) -> None:
+    """Generate, score and report every row of the paper's Table 1 or Table 2 (table1 | table2).
+
+    Prints the plan first: rows, cases per suite, which weights are present or missing (one message for all, and
+    nothing runs while any is missing), and the estimated time per row. Finished videos are skipped, so the same
+    command resumes.
+    """
+    from videobench.methods import MethodContext, get_method
+    from videobench.options import OptionError, read_config_file
+    from videobench.report import write_report
+    from videobench.reproduce import describe, plan
+    from videobench.weights import MissingWeightsError, check_weights
+
+    try:
+        overrides: dict[str, dict[str, Any]] = read_config_file(config_file) if config_file else {}
+        for row, values in _scoped(row_options, "-o").items():
+            overrides.setdefault(row, {}).update(values)
+        context = MethodContext(device=opts["device"], dtype=opts["dtype"], preset=opts["preset"],
+                                random_weights=random_weights, weights_config=_weights_config(opts))
+        the_plan = plan(table, context, overrides, suite=opts["suite"], data_root=opts["data_root"],
+                        limit=opts["limit"], estimate=_cost_estimate)
+    except (OptionError, ValueError) as error:
+        _fail(str(error))
+    for line in describe(the_plan):
+        click.echo(line)
+    try:
+        check_weights([(row_id, resolved.spec) for row_id, resolved in the_plan.missing_weights],
+                      _weights_config(opts))
+    except MissingWeightsError as error:
+        if not plan_only:
+            _fail(str(error))
+        click.echo(str(error))
+    if the_plan.data_missing and not plan_only:
+        _fail(f"data missing for suite(s) {', '.join(the_plan.data_missing)} (see above)")
+    if plan_only:
+        return
+    opts.update(out=None, score_device=opts["device"], case_ids=None, frames=None, height=None, width=None,
+                shard=None, overwrite=False)
+    _metric_setup(opts, random_weights)  # missing metric weights: fail now, not after the generation
+    ok = True
+    suites = list(dict.fromkeys(name for row in the_plan.rows for name in row.suites))
+    for name in suites:
+        run_opts = {**opts, "suite": name, "out": out / name}
+        for row in (row for row in the_plan.rows if name in row.suites):
+            preset = opts["preset"] if opts["preset"] in get_method(row.method).presets else None
+            ok = _generate(row.method, row.options, run_opts, random_weights, preset=preset) and ok
+    for name in suites:
+        ok = _score(out / name, opts, random_weights) and ok
+    click.echo(f"report: {write_report([out / name for name in suites], out / f'{table}.html')}")
+    sys.exit(0 if ok else EXIT_CASE_FAILURES)
+
+
+def _cost_estimate(spec, options, context) -> tuple[float, str] | None:
+    """Seconds per video of a method on one reference GPU, from its registered cost model (when it has one)."""
+    cost = getattr(spec, "cost", None)
+    if cost is None:
+        return None
+    estimate = cost(options, context)
+    return (estimate.seconds, estimate.source) if estimate is not None else None
+
+
 # --------------------------------------------------------------------------------------------- info
 
 

@@ -17,6 +17,8 @@ A method is one module with one decorated factory::
 * ``paper_row`` / ``table2_setting``: the row of the paper's Table 1 / the setting of Table 2 this method
   reproduces, as text or as a function of the options (CustomVideoX's ablation picks its Table 2 row).
 * ``default_run``: part of ``videobench run`` when no ``--methods`` is given (the README's main job).
+* ``table2_rows``: the options that reproduce each Table 2 setting (``{"+TAB": {"ablation": "3d-ra+tab"}}``), for
+  ``videobench reproduce table2``.
 * ``weights``: ``weights(options, context) -> [WeightSpec]``, the files the run needs; the harness resolves them
   all, reports every missing one in one message, and hands the resolved paths to the factory
   (``context.weights[key]``). ``videobench weights`` and ``videobench methods NAME`` list them.
@@ -165,6 +167,7 @@ class MethodSpec(Generic[OptionsT]):
     weights: WeightsFn | None = None
     presets: tuple[str, ...] = ()
     default_run: bool = False
+    table2_rows: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def parse_options(self, raw: Mapping[str, Any] | None = None) -> Any:
         """The options dataclass from ``raw`` (texts or typed values). ``OptionError`` names method and key."""
@@ -215,6 +218,7 @@ def register_method(
     weights: WeightsFn | None = None,
     presets: tuple[str, ...] = (),
     default_run: bool = False,
+    table2_rows: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[MethodFactory], MethodFactory]:
     """Decorator registering ``factory(options, context) -> Generator`` under ``name`` (see the module docstring)."""
     if kind not in KINDS:
@@ -226,7 +230,7 @@ def register_method(
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"method {name!r} is already registered")
         _REGISTRY[name] = MethodSpec(name, description, kind, options, factory, paper_row, table2_setting, weights,
-                                     tuple(presets), default_run)
+                                     tuple(presets), default_run, dict(table2_rows or {}))
         return factory
 
     return decorator
@@ -236,6 +240,19 @@ def available_methods() -> dict[str, MethodSpec]:
     """Every registered method (built-in and entry points), by name."""
     load_plugins(METHODS_GROUP)
     return dict(sorted(_REGISTRY.items()))
+
+
+def methods_by_paper_row() -> dict[str, list[str]]:
+    """Table 1 label -> the methods whose default options reproduce that published row."""
+    rows: dict[str, list[str]] = {}
+    for name, spec in available_methods().items():
+        try:
+            row = spec.paper(spec.parse_options({})).table1_row
+        except ValueError:  # a plugin whose defaults do not parse has no default row
+            continue
+        if row:
+            rows.setdefault(row, []).append(name)
+    return rows
 
 
 def get_method(name: str) -> MethodSpec:

@@ -1,0 +1,106 @@
+"""``videobench reproduce``: the plan of Table 1 / Table 2 from the published tables and the registry, and the whole
+plan on CPU with the tiny presets on the smoke suite (the CI test of issue 10, section 5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.test_report import read_tables
+from videobench.cli import EXIT_SETUP_ERROR, main
+from videobench.methods import MethodContext
+from videobench.reproduce import plan
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("VIDEOBENCH_WEIGHTS", str(tmp_path / "no-weights"))
+    return tmp_path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_table1_plan_has_every_published_row_and_the_reference_rows(env):
+    table = plan("table1", MethodContext(), suite="smoke")
+    labels = {row.paper_label for row in table.rows}
+    assert labels == {"BLIP-Diffusion", "IP-Adapter", "λ-Eclipse", "SSR-Encoder", "MS-Diffusion", "VideoBooth",
+                      "CustomVideoX", "reference row"}
+    assert table.unreproducible == []
+    assert {row.row_id for row in table.rows if row.paper_label == "reference row"} == {"reference-still",
+                                                                                       "reference-pan"}
+    assert all(row.cases == {"smoke": 4} for row in table.rows)
+    # without weights every model row misses something, the reference rows nothing
+    missing = {row.row_id for row in table.rows if row.missing_weights}
+    assert missing == {row.row_id for row in table.rows} - {"reference-still", "reference-pan"}
+    published = plan("table1", MethodContext())
+    assert {suite for row in published.rows for suite in row.suites} == {"dreambench", "videobench"}
+
+
+def test_table2_rows_and_options_by_row_or_method(env):
+    table = plan("table2", MethodContext(preset="tiny"), suite="smoke",
+                 overrides={"customvideox": {"steps": "2"}, "customvideox@3D-RA": {"steps": "3"}})
+    options = {row.row_id: row.options for row in table.rows}
+    assert options == {
+        "customvideox@naive": {"ablation": "naive", "steps": "2"},
+        "customvideox@3D-RA": {"ablation": "3d-ra", "steps": "3"},  # the row's own id wins over the method's
+        "customvideox@+TAB": {"ablation": "3d-ra+tab", "steps": "2"},
+        "customvideox@+ERAE": {"ablation": "3d-ra+tab+erae", "steps": "2"},
+    }
+    assert all(not row.weights for row in table.rows)  # the tiny preset needs none
+    with pytest.raises(ValueError, match="'ip-adapter\\+i2v', which are not rows of table2"):
+        plan("table2", MethodContext(), overrides={"ip-adapter+i2v": {"scale": "1"}})
+    with pytest.raises(ValueError, match="row customvideox@naive: method customvideox: unknown option"):
+        plan("table2", MethodContext(), overrides={"customvideox@naive": {"speed": "max"}})
+    with pytest.raises(ValueError, match="unknown table 'table3'"):
+        plan("table3", MethodContext())
+
+
+def test_plan_only_prints_rows_and_every_missing_weight_in_one_message(env):
+    out = invoke("reproduce", "table1", "--out", str(env / "r"), "--suite", "smoke", "--plan-only")
+    assert out.exit_code == 0, out.output
+    assert "table1: 9 row(s)" in out.output and "ip-adapter+i2v" in out.output and "smoke 4" in out.output
+    assert out.output.count("missing model weights for") == 1 and "CogVideoX-5B-I2V" in out.output
+    assert not (env / "r").exists()
+    refused = invoke("reproduce", "table1", "--out", str(env / "r"), "--suite", "smoke")
+    assert refused.exit_code == EXIT_SETUP_ERROR and not (env / "r").exists()  # nothing runs while weights lack
+
+
+def test_table2_whole_plan_on_cpu_with_the_tiny_preset(env):
+    out_dir = env / "r"
+    args = ("reproduce", "table2", "--out", str(out_dir), "--suite", "smoke", "--preset", "tiny",
+            "--random-weights", "--limit", "2", "--metrics", "clip_t,t_cons", "-o", "customvideox.steps=2")
+    out = invoke(*args)
+    assert out.exit_code == 0, out.output
+    folders = sorted(p.name for p in (out_dir / "smoke").iterdir() if p.is_dir())
+    assert folders == ["customvideox-tiny", "customvideox-tiny-3d-ra", "customvideox-tiny-3d-ra+tab",
+                       "customvideox-tiny-naive"]
+    run = json.loads((out_dir / "smoke" / "customvideox-tiny-naive" / "run.json").read_text())
+    assert run["table2_setting"] == "naive" and run["options"]["steps"] == 2
+    tables = read_tables((out_dir / "table2.html").read_text())
+    labels = [label for label, _, _ in tables["paper-table2"]]
+    for setting, folder in (("naive", "customvideox-tiny-naive"), ("3D-RA", "customvideox-tiny-3d-ra"),
+                            ("+TAB", "customvideox-tiny-3d-ra+tab"), ("+ERAE", "customvideox-tiny")):
+        assert labels[labels.index(setting) + 1] == f"ours: {folder}"
+    again = invoke(*args)  # resumes: nothing is generated twice
+    assert again.exit_code == 0 and again.output.count("0 generated, 2 already done") == 4
+
+
+@pytest.mark.slow
+def test_table1_whole_plan_on_cpu_with_the_tiny_presets(env):
+    out_dir = env / "r"
+    out = invoke("reproduce", "table1", "--out", str(out_dir), "--suite", "smoke", "--preset", "tiny",
+                 "--random-weights", "--limit", "1", "--metrics", "clip_i,dino_i")
+    assert out.exit_code == 0, out.output
+    tables = read_tables((out_dir / "table1.html").read_text())
+    labels = [label for label, _, _ in tables["paper-table1"]]
+    for published in ("BLIP-Diffusion + CogVideoX-5B-I2V", "IP-Adapter + CogVideoX-5B-I2V", "VideoBooth",
+                      "CustomVideoX", "MS-Diffusion + CogVideoX-5B-I2V", "SSR-Encoder + CogVideoX-5B-I2V",
+                      "λ-Eclipse + CogVideoX-5B-I2V"):
+        assert labels[labels.index(published) + 1].startswith("ours: "), published
+    # the two-stage rows kept their stage-1 image
+    assert (out_dir / "smoke" / "ip-adapter+i2v-tiny" / "images").is_dir()
