@@ -81,7 +81,7 @@ def test_bad_options_fail_clearly(env):
     assert out.exit_code == EXIT_SETUP_ERROR and "zzz" in out.output
     assert out.output.strip() == "error: suite smoke: unknown case id(s): zzz"  # one plain line, no repr quotes
     out = invoke("generate", "--method", "reference-still", "--suite", "nope", "--out", str(env / "r"))
-    assert out.output.strip().startswith("error: unknown suite 'nope'; available: smoke")
+    assert out.output.strip().startswith("error: unknown suite 'nope'; available: dreambench, videobench, smoke")
     # A negative --limit would slice off the last cases ("cases[:-1]") instead of being refused.
     out = invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(env / "r"), "--limit", "-1")
     assert out.exit_code == EXIT_SETUP_ERROR and "--limit" in out.output and not (env / "r").exists()

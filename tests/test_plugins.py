@@ -148,7 +148,7 @@ def test_a_third_party_method_metric_and_suite_run_through_every_stage(plugin_pa
     results = tmp_path / "results"
     bad = videobench(plugin_path, tmp_path, "generate", "--method", "ext-checker", "--suite", "ext-suite",
                      "--out", str(results), "-o", "square=0")
-    assert bad.returncode == 2 and "method ext-checker: option square=0: must be >= 1" in bad.stderr
+    assert bad.returncode == 2 and "method ext-checker: option square='0': must be >= 1 (int)" in bad.stderr
     made = videobench(plugin_path, tmp_path, "generate", "--method", "ext-checker", "--suite", "ext-suite",
                       "--out", str(results), "-o", "square=32")
     assert made.returncode == 0, made.stderr

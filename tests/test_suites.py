@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from videobench.suites import Suite, available_suites, dreambench, load_suite, smoke, videobench
+from videobench.suites import Suite, available_suites, default_suite, dreambench, load_suite, smoke, videobench
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 ROOT = Path("/data-root")  # make_cases only builds paths; nothing is read
@@ -33,8 +33,9 @@ def _check_prompts(cases):
 
 
 def test_available_suites():
-    assert available_suites() == ["smoke", "dreambench", "videobench"]
-    with pytest.raises(KeyError, match="unknown suite 'nope'; available: smoke, dreambench, videobench"):
+    assert available_suites() == ["dreambench", "videobench", "smoke"]  # leaderboard order: the paper's, then smoke
+    assert default_suite() == "smoke" and load_suite(None).name == "smoke"
+    with pytest.raises(KeyError, match="unknown suite 'nope'; available: dreambench, videobench, smoke"):
         load_suite("nope")
 
 

@@ -200,13 +200,12 @@ def test_two_processes_train_one_step_together(overfit, pairs, tmp_path):
 
 
 def test_trained_lora_loads_into_pipeline_and_generate_method(overfit):
-    from customvideox.method import build_customvideox
-    from videobench.methods import MethodConfig
+    from videobench.methods import MethodContext, build_generator
 
     cfg, result = overfit
     with safe_open(str(result.lora_path), framework="pt") as handle:
         assert handle.metadata()[RANDOM_BASE_METADATA_KEY] == "true"
-    generator = build_customvideox(MethodConfig(preset="tiny", lora=str(result.lora_path)))
+    generator, _ = build_generator("customvideox", {"lora": str(result.lora_path)}, MethodContext(preset="tiny"))
     pipe = generator.pipeline
     assert pipe.reference_lora_path == str(result.lora_path) and pipe.random_weights
     trained = reference_lora_state_dict(result.transformer)

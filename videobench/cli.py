@@ -32,7 +32,7 @@ def _first_line(error: BaseException) -> str:
 
 @command_group
 def main() -> None:
-    """VideoBench: benchmark zero-shot subject-driven video generation (CustomVideoX and baselines)."""
+    """VideoBench: benchmark zero-shot subject-driven video generation."""
 
 
 # --------------------------------------------------------------------------------------------- options
@@ -62,7 +62,7 @@ def _apply(func, options):
 
 def generation_options(func):
     return _apply(func, [
-        click.option("--suite", default="smoke", show_default=True, help="A registered suite (videobench suites)."),
+        click.option("--suite", default=None, help="A registered suite (`videobench suites`; default: the smoke suite)."),
         data_root_option,
         click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N cases."),
         click.option("--cases", "case_ids", default=None, help="Comma-separated case ids."),
@@ -260,7 +260,7 @@ def score(results: Path, random_weights: bool, **opts) -> None:
 def report(results: tuple[Path, ...], out_path: Path | None) -> None:
     """Write the self-contained HTML leaderboard of one or more RESULTS folders.
 
-    Several folders (e.g. results/dreambench results/videobench, one per suite) merge into one page:
+    Several folders (e.g. results/suite-a results/suite-b, one per suite) merge into one page:
     a method folder name found in several of them is one row with each suite's columns (Table 1). A
     folder without leaderboard.csv whose subfolders are RESULTS folders stands for those subfolders.
     """
@@ -290,11 +290,10 @@ def _run_methods(names: list[str] | None) -> list[str]:
 
 
 @main.command()
-@click.option("--methods", default=None, help="Comma-separated methods (default: the registered default run: the "
-                                               "reference rows and CustomVideoX).")
+@click.option("--methods", default=None, help="Comma-separated methods (default: those registered as the default run).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("-o", "--option", "method_options", multiple=True, metavar="METHOD.KEY=VALUE",
-              help="A method's option, e.g. -o customvideox.steps=4 (repeatable).")
+              help="A method's option, METHOD.KEY=VALUE (repeatable).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="A YAML or JSON file mapping method names to their options.")
 @generation_options
@@ -345,7 +344,7 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder of the plan: OUT/<suite>/ per suite and OUT/<table>.html.")
 @click.option("-o", "--option", "row_options", multiple=True, metavar="ROW.KEY=VALUE",
-              help="A row's option: ROW is a row id (customvideox@+TAB) or a method name, e.g. -o customvideox.steps=4.")
+              help="A row's option: ROW is a row id (METHOD@SETTING for Table 2) or a method name (repeatable).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="A YAML or JSON file mapping row ids or method names to options (e.g. each ablation's LoRA).")
 @click.option("--plan-only", is_flag=True, help="Print the plan (rows, cases, weights, estimates) and stop.")

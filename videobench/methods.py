@@ -15,7 +15,7 @@ A method is one module with one decorated factory::
   ``--config FILE`` fill it, validated before any model loads.
 * ``kind``: ``ours``, ``two-stage``, ``video-model`` or ``reference`` (a weight-free calibration row).
 * ``paper_row`` / ``table2_setting``: the row of the paper's Table 1 / the setting of Table 2 this method
-  reproduces, as text or as a function of the options (CustomVideoX's ablation picks its Table 2 row).
+  reproduces, as text or as a function of the options (e.g. an ablation option picks the Table 2 row).
 * ``default_run``: part of ``videobench run`` when no ``--methods`` is given (the README's main job).
 * ``table2_rows``: the options that reproduce each Table 2 setting (``{"+TAB": {"ablation": "3d-ra+tab"}}``), for
   ``videobench reproduce table2``.

@@ -5,10 +5,9 @@ registered methods (which method reproduces which row): a Table 1 row is reprodu
 options declare that ``paper_row``; a Table 2 row by a method's ``table2_rows`` (the options of each setting). The
 weight-free reference rows (kind ``reference``) join Table 1 as calibration. Nothing here names a method.
 
-Each row has an id: the method name for Table 1 (``ip-adapter+i2v``), ``method@setting`` for Table 2
-(``customvideox@+TAB``). Options reach rows by id or by method name (``-o customvideox@3D-RA.lora=3dra.safetensors``,
-``-o customvideox.steps=50``, or a config file mapping ids / method names to options); a row's own id wins over its
-method's name, which wins over the row's declared options.
+Each row has an id: the method name for Table 1, ``METHOD@SETTING`` for Table 2. Options reach rows by id or by
+method name (``-o METHOD@SETTING.lora=FILE``, ``-o METHOD.steps=50``, or a config file mapping ids / method names to
+options); a row's own id wins over its method's name, which wins over the row's declared options.
 
 :func:`plan` resolves everything (suites and their cases, options, weights, estimated time) without running
 anything; :func:`execute` then generates each row on each suite into ``OUT/<suite>/`` (resuming: finished videos are

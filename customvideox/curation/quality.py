@@ -18,6 +18,7 @@ trainer sees. The CLIP embeddings are computed once and serve both the aesthetic
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -372,7 +373,7 @@ def raft_weight_spec(raft_weights: str | os.PathLike | None = None):
     from videobench.metrics.dynamic import DynamicDegreeMetric, DynamicOptions
 
     (spec,) = DynamicDegreeMetric.weight_specs(DynamicOptions(weights=Path(raft_weights) if raft_weights else None))
-    return spec
+    return dataclasses.replace(spec, option="--raft-weights FILE")
 
 
 def _resolve_raft(weights_dir: str | os.PathLike | None, raft_weights: str | os.PathLike | None) -> Path:

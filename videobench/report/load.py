@@ -84,7 +84,7 @@ def resolve_results_dirs(paths: str | os.PathLike | Sequence[str | os.PathLike])
     2. a folder holding method folders (subfolders with ``cases.jsonl``) but no ``leaderboard.csv`` is a
        RESULTS folder that was not scored: an error asking for ``videobench score``;
     3. otherwise, a folder whose subfolders hold ``leaderboard.csv`` is a parent of RESULTS folders
-       (``results/`` holding ``results/dreambench`` and ``results/videobench``) and stands for those
+       (``results/`` holding ``results/suite-a`` and ``results/suite-b``) and stands for those
        subfolders, in name order; a subfolder holding method folders but no ``leaderboard.csv`` is then
        an error (it would silently miss from the report);
     4. anything else is an error.

@@ -1,11 +1,10 @@
 """``videobench report``: one or more RESULTS folders -> one self-contained HTML leaderboard.
 
-A method folder holds one suite, so Table 1 (DreamBench | VideoBench) is naturally run as one RESULTS
-folder per suite (``results/dreambench``, ``results/videobench``). The report reads any number of
-RESULTS folders, concatenates their ``leaderboard.csv`` rows and method folders, and keys the rows of
-our leaderboard and of the paper-table matches by the method folder name: ``customvideox`` of
-``results/dreambench`` and ``customvideox`` of ``results/videobench`` form one row with both suites'
-column groups. A (method, suite) pair found in two folders is refused. A folder without its own
+A method folder holds one suite, so Table 1 (one column group per suite) is naturally run as one RESULTS
+folder per suite (``results/suite-a``, ``results/suite-b``). The report reads any number of RESULTS folders,
+concatenates their ``leaderboard.csv`` rows and method folders, and keys the rows of our leaderboard and of the
+paper-table matches by the method folder name: ``method-x`` of ``results/suite-a`` and ``method-x`` of
+``results/suite-b`` form one row with both suites' column groups. A (method, suite) pair found in two folders is refused. A folder without its own
 ``leaderboard.csv`` whose subfolders are RESULTS folders stands for those subfolders (see
 :func:`resolve_results_dirs`).
 
@@ -13,8 +12,8 @@ The page holds, in order:
 
 1. a banner when any method or metric ran with random weights (the numbers then mean nothing) and a
    note when cases failed;
-2. our leaderboard in Table 1's layout (one column group per suite: DreamBench | VideoBench | others;
-   CLIP-T, CLIP-I, DINO-I, T.Cons, D.D), every mean with its 95% bootstrap interval, best **bold** and
+2. our leaderboard in Table 1's layout (one column group per suite, in the suites' registered order; the
+   registered score columns in their order), every mean with its 95% bootstrap interval, best **bold** and
    second underlined per column among the non-calibration methods; calibration methods (run.json
    ``kind: reference``) are shown as reference rows;
 3. the paper's Table 1 and Table 2 (``videobench/paper/*.csv``, sources in its README) with our matching
@@ -144,7 +143,7 @@ def write_report(
 
     ``results_dirs`` is one path or a sequence of them: RESULTS folders, or parent folders whose
     subfolders are RESULTS folders (the rule is :func:`resolve_results_dirs`'s). Their leaderboard rows
-    are merged by method folder name, so ``write_report(["results/dreambench", "results/videobench"],
+    are merged by method folder name, so ``write_report(["results/suite-a", "results/suite-b"],
     "reports/table1.html")`` gives Table 1 with both suites in each method's row.
 
     Needs each folder's ``leaderboard.csv`` and its methods' ``scores.csv`` (``videobench score``).

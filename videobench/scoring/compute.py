@@ -221,7 +221,7 @@ def carry_over(row: dict[str, Any], old: dict[str, Any] | None, selected: set[st
     Only for the same video *and* the same metric inputs (prompt, entity, reference images' bytes:
     ``inputs_sha256``), so a fixed reference or prompt never keeps a stale score; and only from the same metric
     configuration when this run built that family too (``run_configs``: family -> config hash), so
-    ``--metrics clip_t -M clip.model=X`` never keeps a CLIP-I of model Y. The other metrics' diagnostics
+    ``--metrics`` with another model of a family never keeps that family's other columns from the old model. The other metrics' diagnostics
     (``dd_*``, ...) and config hashes come along with their scores; ``own_columns(name)`` says which columns of
     the old row are the layout's own (never carried).
     """

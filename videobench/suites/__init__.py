@@ -9,6 +9,7 @@ from videobench.suites.registry import (
     Suite,
     SuiteSpec,
     available_suites,
+    default_suite,
     downloadable_suites,
     get_suite,
     load_suite,
@@ -19,6 +20,6 @@ from videobench.suites.registry import (
 )
 
 __all__ = [
-    "Suite", "SuiteSpec", "available_suites", "downloadable_suites", "get_suite", "load_suite", "register_suite",
+    "Suite", "SuiteSpec", "available_suites", "default_suite", "downloadable_suites", "get_suite", "load_suite", "register_suite",
     "suite_label", "suite_order", "suite_specs",
 ]

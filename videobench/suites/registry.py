@@ -66,6 +66,7 @@ class SuiteSpec:
     files: Callable[[Iterable[str] | None], list[DataFile]] | None = None
     shipped: Callable[[], list[ShippedFile]] | None = None
     subjects: Callable[[], list[str]] | None = None
+    default: bool = False
 
     @property
     def downloadable(self) -> bool:
@@ -100,13 +101,15 @@ def register_suite(
     files: Callable[[Iterable[str] | None], list[DataFile]] | None = None,
     shipped: Callable[[], list[ShippedFile]] | None = None,
     subjects: Callable[[], list[str]] | None = None,
+    default: bool = False,
 ) -> Callable[[SuiteBuilder], SuiteBuilder]:
-    """Decorator registering ``build(data_root) -> Suite`` as suite ``name``."""
+    """Decorator registering ``build(data_root) -> Suite`` as suite ``name`` (``default``: the suite commands use
+    when none is named; the embedded smoke suite is)."""
 
     def decorator(build: SuiteBuilder) -> SuiteBuilder:
         if name in _SUITES and _SUITES[name].build is not build:
             raise ValueError(f"suite {name!r} is already registered")
-        _SUITES[name] = SuiteSpec(name, label, version, description, order, build, files, shipped, subjects)
+        _SUITES[name] = SuiteSpec(name, label, version, description, order, build, files, shipped, subjects, default)
         return build
 
     return decorator
@@ -133,13 +136,20 @@ def get_suite(name: str) -> SuiteSpec:
     return specs[name]
 
 
-def load_suite(name: str, data_root: str | os.PathLike | None = None) -> Suite:
-    """The suite ``name`` with reference paths under the data root (see :func:`videobench.data.resolve_data_root`).
+def default_suite() -> str:
+    """The suite registered as the default (the first by order when none is)."""
+    specs = suite_specs()
+    return next((name for name, spec in specs.items() if spec.default), next(iter(specs)))
+
+
+def load_suite(name: str | None, data_root: str | os.PathLike | None = None) -> Suite:
+    """The suite ``name`` (None: :func:`default_suite`) with reference paths under the data root
+    (see :func:`videobench.data.resolve_data_root`).
 
     Suites drawn by code render their images there on first use; the others raise
     :class:`~videobench.data.MissingDataError` naming the missing files and the download command.
     """
-    return get_suite(name).build(resolve_data_root(data_root))
+    return get_suite(name or default_suite()).build(resolve_data_root(data_root))
 
 
 def suite_label(name: str) -> str:

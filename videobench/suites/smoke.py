@@ -92,7 +92,7 @@ def ensure_images(root: Path) -> dict[str, Path]:
     return paths
 
 
-@register_suite(NAME, label="smoke", version=VERSION, description=DESCRIPTION, order=100)
+@register_suite(NAME, label="smoke", version=VERSION, description=DESCRIPTION, order=100, default=True)
 def build(root: Path) -> Suite:
     """The smoke suite; its images are drawn into ``root/smoke`` first."""
     paths = ensure_images(root)
