@@ -106,8 +106,12 @@ def build_tiny_i2v_pipeline(seed: int = 0):
     The structure of CogVideoX-5B-I2V (image latents concatenated to the noise: twice the latent channels in,
     learned positional embeddings, v-prediction DDIM) with the tiny preset's VAE, T5 and offline tokenizer.
     """
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
-                           CogVideoXTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     from customvideox.presets import COGVIDEOX_5B_SCHEDULER, TINY_T5, TINY_TEXT_LENGTH, TINY_TRANSFORMER, TINY_VAE

@@ -41,7 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from step_latency import (  # noqa: E402
-    COGVIDEOX_5B_SCHEDULER, COGVIDEOX_5B_TRANSFORMER, REAL_SHAPE, VARIANTS, step_fn, step_inputs,
+    COGVIDEOX_5B_SCHEDULER,
+    COGVIDEOX_5B_TRANSFORMER,
+    REAL_SHAPE,
+    VARIANTS,
+    step_fn,
+    step_inputs,
 )
 
 from customvideox.config import ReferenceConfig  # noqa: E402

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -84,12 +84,24 @@ def data_build(videos_dir: Path, captions: Path, out: Path, video_column: str, c
                width: int, no_progress: bool) -> None:
     """Build reference-video pairs: quality filter -> entity extraction -> Grounded-SAM reference (resumable)."""
     from customvideox.curation import (
-        AESTHETIC, CLIP_L14, GROUNDING_DINO, QWEN, SAM, ClipWindow, QualityConfig, ReferenceConfig, build_pairs,
-        build_reference_extractor, build_entity_stage, build_quality_filter, check_models, load_captions,
+        AESTHETIC,
+        CLIP_L14,
+        GROUNDING_DINO,
+        QWEN,
+        SAM,
+        ClipWindow,
+        QualityConfig,
+        ReferenceConfig,
+        build_entity_stage,
+        build_pairs,
+        build_quality_filter,
+        build_reference_extractor,
+        check_models,
+        load_captions,
     )
     from customvideox.curation.models import merge_missing
-    from customvideox.curation.quality import raft_weight_spec
     from customvideox.curation.pairs import CaptionTableError
+    from customvideox.curation.quality import raft_weight_spec
     from videobench.weights import MissingWeightsError, WeightsConfig, check_weights
 
     chosen = [s.strip() for s in stages.split(",") if s.strip()]

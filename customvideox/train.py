@@ -334,7 +334,7 @@ def build_training_model(config: TrainConfig, reference_config: ReferenceConfig,
     transformer.reference_config = reference_config
     mark_only_reference_lora_trainable(transformer)
     transformer.to(device=device)
-    for name, parameter in transformer.named_parameters():  # frozen base in weight_dtype, LoRA in float32
+    for parameter in transformer.parameters():  # frozen base in weight_dtype, LoRA in float32
         parameter.data = parameter.data.to(torch.float32 if parameter.requires_grad else weight_dtype)
     if config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -536,8 +536,15 @@ def train(config: TrainConfig) -> TrainResult:
     from .pipeline import COGVIDEOX_5B
     from .positions import video_rotary_pos_embed
     from .train_data import (
-        CachedPairDataset, CacheSpec, PairStreamSampler, PairTrainDataset, collate_pairs, missing_cache_indices,
-        precompute_cache, sample_video_latents, write_cache_index,
+        CachedPairDataset,
+        CacheSpec,
+        PairStreamSampler,
+        PairTrainDataset,
+        collate_pairs,
+        missing_cache_indices,
+        precompute_cache,
+        sample_video_latents,
+        write_cache_index,
     )
 
     output_dir = Path(config.output_dir)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mediaio.atomic import atomic_open, atomic_write_json
-from videobench.results import resolve_inside, check_case_id
 from mediaio.video import VideoError, is_valid_video, read_video, write_video
+from videobench.results import check_case_id, resolve_inside
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):

@@ -47,8 +47,8 @@ from baselines.videobooth_model import (
     mapper_key_map,
 )
 from videobench.cases import Case
-from videobench.methods import build_generator as build_method
 from videobench.methods import Generator, MethodContext, get_method
+from videobench.methods import build_generator as build_method
 from videobench.options import OptionError
 from videobench.weights import MissingWeightsError, WeightsConfig, WeightsLoadError
 

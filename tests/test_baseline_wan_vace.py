@@ -29,8 +29,8 @@ from baselines.wan_vace import (
     round_to_multiple,
 )
 from videobench.cases import Case
-from videobench.methods import build_generator as build_method
 from videobench.methods import Generator, MethodContext, get_method
+from videobench.methods import build_generator as build_method
 from videobench.options import OptionError
 from videobench.weights import MissingWeightsError, WeightsConfig, WeightsLoadError
 

@@ -17,7 +17,12 @@ pytestmark = [
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fused_lse_and_biased_merge_match_dense_math(dtype):
-    from customvideox.attention import attention_with_lse, attention_with_lse_math, naive_reference_attention, reference_attention
+    from customvideox.attention import (
+        attention_with_lse,
+        attention_with_lse_math,
+        naive_reference_attention,
+        reference_attention,
+    )
 
     gen = torch.Generator("cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 4, 300, 64, device="cuda", generator=gen, dtype=dtype) for _ in range(3))

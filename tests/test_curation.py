@@ -535,8 +535,15 @@ def test_pair_dataset_reads_what_the_build_wrote(dataset, tmp_path, aesthetic_fi
 
 def tiny_grounding_dino(folder: Path) -> None:
     """A random-initialised Grounding DINO + processor (with a 10-word BERT vocabulary), saved like a hub folder."""
-    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     folder.mkdir(parents=True)
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "red", "ball"]))
@@ -557,8 +564,15 @@ def tiny_grounding_dino(folder: Path) -> None:
 
 
 def tiny_sam(folder: Path) -> None:
-    from transformers import (SamConfig, SamImageProcessor, SamMaskDecoderConfig, SamModel, SamProcessor,
-                              SamPromptEncoderConfig, SamVisionConfig)
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
 
     config = SamConfig(
         vision_config=SamVisionConfig(hidden_size=32, output_channels=32, num_hidden_layers=1, num_attention_heads=2,

@@ -9,8 +9,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
 import customvideox.weights as customvideox_weights
+from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
 from customvideox.weights import MODEL_LAYOUT, check_model_folder, locate_base_model
 from mediaio.images import ImageError
 from videobench.cases import Case
@@ -212,10 +212,10 @@ def test_frames_to_uint8_rounds_and_clips():
 
 def test_generate_run_records_failures_resumes_and_is_deterministic(tiny_generator, reference_path, tmp_path):
     """The runner with the tiny CustomVideoX: a bad reference fails its case only; a rerun skips what is done."""
+    from mediaio.video import read_video
     from videobench.generate import run_generation
     from videobench.results import read_cases_jsonl
     from videobench.suites import Suite
-    from mediaio.video import read_video
 
     good = _case(reference_path)
     bad = Case("dog-missing", "smoke", "dog", "a dog in the snow", "dog", (str(tmp_path / "missing.png"),))

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from videobench import data
-from videobench.suites import get_suite
 from videobench.data import DataError, DataFile, DownloadError, MissingDataError
-from videobench.suites import dreambench, load_suite, videobench
+from videobench.suites import dreambench, get_suite, load_suite, videobench
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(

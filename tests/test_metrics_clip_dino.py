@@ -13,6 +13,7 @@ import torchvision.transforms as T
 from PIL import Image
 from safetensors.torch import save_file
 
+from mediaio.hashing import file_sha256
 from videobench.metrics import MetricInput, build_metrics
 from videobench.metrics.base import Metric
 from videobench.metrics.clip import ClipMetric, build_clip_model
@@ -26,7 +27,6 @@ from videobench.metrics.preprocess import (
     preprocess,
 )
 from videobench.weights import WeightsConfig, WeightsLoadError
-from mediaio.hashing import file_sha256
 
 TINY_CLIP = "videobench-test-tiny-clip"
 TINY_DINO = {"depth": 1, "embed_dim": 48, "num_heads": 2}

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mediaio.video import write_video
 from videobench import results as layout
 from videobench.leaderboard import aggregate, bootstrap_ci
 from videobench.metrics.base import Metric, MetricInput
 from videobench.score import read_scores, score_results
 from videobench.scoring.compute import select_columns
-from mediaio.video import write_video
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 H, W = 128, 160

@@ -17,14 +17,24 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from customvideox.curation.pairs import pair_dir, write_pairs
 from customvideox.config import ReferenceConfig
+from customvideox.curation.pairs import pair_dir, write_pairs
 from customvideox.lora import LORA_WEIGHT_NAME, reference_lora_state_dict
 from customvideox.train import (
-    RANDOM_BASE_METADATA_KEY, TrainConfig, build_training_model, list_checkpoints, train, v_prediction_loss,
+    RANDOM_BASE_METADATA_KEY,
+    TrainConfig,
+    build_training_model,
+    list_checkpoints,
+    train,
+    v_prediction_loss,
 )
 from customvideox.train_data import (
-    CachedPairDataset, PairStreamSampler, PairTrainDataset, TrainDataError, collate_pairs, read_cache_spec,
+    CachedPairDataset,
+    PairStreamSampler,
+    PairTrainDataset,
+    TrainDataError,
+    collate_pairs,
+    read_cache_spec,
     sample_video_latents,
 )
 from mediaio.video import write_video

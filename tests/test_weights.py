@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from videobench.metrics import build_metrics, families_for
 from videobench.metrics.clip import ClipMetric, ClipOptions, clip_file_stem
-from videobench.metrics.dino import DinoMetric, DinoOptions
+from videobench.metrics.dino import DinoMetric
 from videobench.metrics.dynamic import DynamicDegreeMetric, DynamicOptions
 from videobench.metrics.registry import metric_weight_specs, parse_metric_options
 from videobench.weights import (

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from videobench.cases import Case
 from mediaio.images import fit_to_canvas, load_reference_image
+from videobench.cases import Case
 from videobench.methods import MethodContext, register_method
 from videobench.options import NoOptions
+
 
 def pan_zoom_frames(canvas: Image.Image, num_frames: int, max_zoom: float = 1.25) -> np.ndarray:
     """A slow camera move over ``canvas``: zoom 1 -> ``max_zoom`` while panning left to right.

@@ -23,6 +23,7 @@ goes through :func:`join_inside`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import os
@@ -215,7 +216,7 @@ def _fetch_one(item: DataFile, root: Path, base_urls, source_dir: Path | None, r
             with stream, atomic_path(target) as tmp:
                 digest, size = hashlib.sha256(), 0
                 with open(tmp, "wb") as out:
-                    for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                    for chunk in iter(functools.partial(stream.read, _CHUNK), b""):
                         digest.update(chunk)
                         size += len(chunk)
                         out.write(chunk)

@@ -20,7 +20,6 @@ import csv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from videobench.methods import MethodContext, MethodSpec, available_methods, methods_by_paper_row

@@ -6,6 +6,8 @@ frame -> reference image, the following frames -> target clip); :mod:`.pipeline`
 :mod:`.manifest` files; :mod:`.pairs` reads the input table and writes/reads the pair dataset.
 """
 
+import types as _types
+
 from customvideox.curation.entity import (
     EntityExtractor,
     EntityJudgement,
@@ -65,7 +67,5 @@ from customvideox.curation.reference import (
     build_grounded_sam,
     build_reference_extractor,
 )
-
-import types as _types
 
 __all__ = sorted(n for n, v in dict(globals()).items() if not n.startswith("_") and not isinstance(v, _types.ModuleType))

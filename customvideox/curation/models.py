@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from videobench.weights import MissingWeightsError, WEIGHTS_ENV, default_weights_dir
+from videobench.weights import WEIGHTS_ENV, MissingWeightsError, default_weights_dir
 
 
 @dataclass(frozen=True)

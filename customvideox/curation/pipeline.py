@@ -183,7 +183,7 @@ def build_pairs(sources: list[ClipSource], out: str | os.PathLike, *, quality: L
                                           force=stage in force, flush_every=flush_every, progress=progress)
             summaries.append(summary)
         else:
-            def decide_reference(worker: ReferenceExtractor, source: ClipSource) -> Decision:
+            def decide_reference(worker: ReferenceExtractor, source: ClipSource, entities=entities) -> Decision:
                 return worker.assess(source.path, entities[source.clip_id], pair_dir(out, source.clip_id))
 
             manifest, summary = run_stage(stage, out, current, decide_reference, keep_workers(stage, reference),

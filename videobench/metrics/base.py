@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+
 @dataclass
 class MetricInput:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB

@@ -17,8 +17,8 @@ A family subclasses :class:`ModelMetric`, declares its registry description (``f
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar, Self, TypedDict
 
 import torch

@@ -20,6 +20,7 @@ from videobench.report.load import MethodData
 from videobench.report.tables import Row, Table, cell_from, mark_rows, suite_table
 from videobench.suites import suite_order
 
+
 def read_paper_table(name: str) -> pd.DataFrame:
     with resources.files("videobench").joinpath("paper", name).open("r", encoding="utf-8") as handle:
         return pd.read_csv(handle)

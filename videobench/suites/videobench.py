@@ -30,8 +30,8 @@ from typing import Any, Iterable
 
 from videobench.cases import Case
 from videobench.data import DataError, DataFile, ShippedFile, join_inside, require_files, safe_relpath
-from videobench.suites.registry import Suite, register_suite
 from videobench.suites import dreambench
+from videobench.suites.registry import Suite, register_suite
 
 NAME = "videobench"
 SPEC_FILE = "videobench-v1.json"
