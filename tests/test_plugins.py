@@ -181,3 +181,23 @@ def test_a_broken_plugin_is_one_warning_and_the_others_still_load(plugin_path, t
     out = videobench(Path(env_path), tmp_path, "methods")
     assert out.returncode == 0 and "ext-checker" in out.stdout and "customvideox" in out.stdout
     assert "plugin videobench.methods (broken = vb_broken_missing_module) failed to load" in out.stderr
+
+
+def test_one_method_loads_without_importing_the_others():
+    """`generate --method X` imports X's module only (the built-in name map is data; entry points map names too)."""
+    code = ("import sys; from videobench.methods import get_method; get_method('reference-still'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('baselines', 'customvideox'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_builtin_method_map_matches_the_registry():
+    from videobench.methods import available_methods
+    from videobench.plugins import BUILTIN_METHODS
+
+    specs = available_methods()
+    assert set(BUILTIN_METHODS) <= set(specs)
+    for name, module in BUILTIN_METHODS.items():
+        assert specs[name].factory.__module__.startswith(module.rsplit(".", 1)[0]), name

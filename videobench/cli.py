@@ -131,9 +131,9 @@ def _method_options(raw_items: Sequence[str], config_file: Path | None) -> dict[
 
 def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, Any], random_weights: bool,
               preset: str | None, progress: bool = True) -> bool:
+    from videobench.devices import check_device
     from videobench.generate import RunConflictError, run_generation
     from videobench.methods import MethodContext, build_generator, get_method
-    from videobench.metrics.preprocess import check_device
     from videobench.suites import load_suite
     from videobench.weights import MissingWeightsError
 

@@ -42,7 +42,7 @@ from PIL import Image
 
 from videobench.cases import Case
 from videobench.options import NoOptions, OptionError, describe_options, options_to_dict, parse_options
-from videobench.plugins import METHODS_GROUP, load_plugins
+from videobench.plugins import METHODS_GROUP, load_plugin, load_plugins
 from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, check_weights
 
 #: What a method is, for the leaderboard: our model, an image model + image-to-video, a video model, or a
@@ -256,10 +256,13 @@ def methods_by_paper_row() -> dict[str, list[str]]:
 
 
 def get_method(name: str) -> MethodSpec:
-    methods = available_methods()
-    if name not in methods:
+    """The method ``name``, importing only the module that defines it when that is known."""
+    if name not in _REGISTRY:
+        load_plugin(METHODS_GROUP, name)
+    if name not in _REGISTRY:
+        methods = available_methods()
         raise KeyError(f"unknown method {name!r}; available: {', '.join(methods)}")
-    return methods[name]
+    return _REGISTRY[name]
 
 
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

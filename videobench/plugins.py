@@ -10,6 +10,10 @@ through the entry-point groups ``videobench.methods``, ``videobench.metrics`` an
 
 Each entry point names a module (or an object inside one); loading it imports the module, which registers. A
 plugin that fails to import is reported once as a warning naming the entry point, and the others still load.
+
+Asking for one plugin by name (:func:`load_plugin`) imports only the module that defines it when the name is known
+(:data:`BUILTIN_METHODS`, or an entry point of that name), so ``videobench generate --method X`` does not import
+every other method's libraries; listing all of them imports everything.
 """
 
 from __future__ import annotations
@@ -34,6 +38,22 @@ BUILTIN_PLUGINS: dict[str, tuple[str, ...]] = {
     SUITES_GROUP: ("videobench.suites.smoke", "videobench.suites.dreambench", "videobench.suites.videobench"),
 }
 
+#: Where each built-in method is defined (data), so that one method loads without the others.
+BUILTIN_METHODS: dict[str, str] = {
+    "reference-still": "videobench.calibration",
+    "reference-pan": "videobench.calibration",
+    "customvideox": "customvideox.method",
+    "reference+i2v": "baselines.reference_i2v",
+    "ip-adapter+i2v": "baselines.ip_adapter",
+    "ms-diffusion+i2v": "baselines.ms_diffusion",
+    "blip-diffusion+i2v": "baselines.blip_diffusion",
+    "lambda-eclipse+i2v": "baselines.lambda_eclipse",
+    "ssr-encoder+i2v": "baselines.ssr_encoder",
+    "videobooth": "baselines.videobooth",
+    "wan-vace": "baselines.wan_vace",
+}
+_BUILTIN_BY_NAME = {METHODS_GROUP: BUILTIN_METHODS}
+
 _LOADED: set[str] = set()
 
 
@@ -50,6 +70,20 @@ def load_plugins(group: str) -> None:
         except Exception as error:  # one broken third-party plugin must not take the others down
             logger.warning("plugin %s (%s = %s) failed to load: %s: %s", group, entry_point.name,
                            entry_point.value, type(error).__name__, error)
+
+
+def load_plugin(group: str, name: str) -> None:
+    """Import what defines plugin ``name`` of ``group``: its built-in module or its entry point, else everything."""
+    if group in _LOADED:
+        return
+    module = _BUILTIN_BY_NAME.get(group, {}).get(name)
+    if module is not None:
+        importlib.import_module(module)
+        return
+    for entry_point in metadata.entry_points(group=group, name=name):
+        entry_point.load()
+        return
+    load_plugins(group)
 
 
 def reload_plugins(group: str) -> None:

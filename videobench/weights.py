@@ -26,12 +26,13 @@ import pickle
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mediaio.hashing import file_sha256
 from videobench.paths import cache_root
+
+if TYPE_CHECKING:  # torch is imported where a file is loaded, not to look one up
+    import torch
 
 #: The environment variable naming the weights folder.
 WEIGHTS_ENV = "VIDEOBENCH_WEIGHTS"
@@ -161,8 +162,19 @@ def _hf_cached_folder(repo: str, patterns: Sequence[str]) -> Path | None:
         return None
 
 
+def _torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, else ``$XDG_CACHE_HOME/torch/hub``."""
+    import sys
+
+    if "torch" in sys.modules:  # a directory set with torch.hub.set_dir wins
+        return Path(sys.modules["torch"].hub.get_dir())
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    return Path(torch_home).expanduser() / "hub"
+
+
 def _torch_hub_file(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return _torch_hub_dir() / "checkpoints" / os.path.basename(url)
 
 
 def _download(spec: WeightSpec, repo: str | None) -> tuple[Path | None, str]:
@@ -185,6 +197,8 @@ def _download(spec: WeightSpec, repo: str | None) -> tuple[Path | None, str]:
         target = _torch_hub_file(spec.url)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            import torch
+
             torch.hub.download_url_to_file(spec.url, str(target), hash_prefix=spec.url_hash_prefix)
             return target, ""
         except Exception as error:
@@ -348,6 +362,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         WeightsLoadError: naming the file, when it is not a readable state dict.
     """
+    import torch
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -409,6 +425,8 @@ def build_loaded(
     factory: Callable[[], torch.nn.Module], state_dict: dict[str, torch.Tensor], path: str | os.PathLike
 ) -> torch.nn.Module:
     """Build ``factory()`` on the meta device (no random initialisation) and assign ``state_dict`` strictly."""
+    import torch
+
     with torch.device("meta"):
         model = factory()
     load_into(model, state_dict, path, assign=True)

@@ -25,6 +25,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from videobench.devices import check_device  # noqa: F401 (re-export: the metrics' device check)
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,21 +146,6 @@ def check_precision(device: str | torch.device, dtype: str) -> None:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(PRECISIONS)}")
     if PRECISIONS[dtype] is not None and torch.device(device).type != "cuda":
         raise ValueError(f"dtype {dtype!r} (autocast) needs a CUDA device, got {device!r}; use fp32 on CPU")
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """Parse ``--device`` and check it exists here (one clear error instead of a driver traceback mid-build)."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {error}") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"--device {device}: no CUDA device is available on this machine; use --device cpu")
-        if parsed.index is not None and parsed.index >= count:
-            raise ValueError(f"--device {device}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
-    return parsed
 
 
 def precision_context(device: str | torch.device, dtype: str) -> contextlib.AbstractContextManager:
