@@ -123,7 +123,7 @@ def build_context(
         "plots": draw_plots(board),
         "cases": cases,
         "case_columns": [column_label(c) for c in columns],
-        "scale_caption": scale_caption(),
+        "scale_caption": scale_caption(columns),
     }
 
 

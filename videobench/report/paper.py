@@ -38,11 +38,12 @@ def paper_columns(paper: pd.DataFrame) -> list[str]:
                                                   "reference_attention_3d", "tab", "erae"}]
 
 
-def missing_note(label: str, installed: dict[str, list[str]]) -> str:
+def missing_note(label: str, installed: dict[str, list[str]]) -> tuple[str, str]:
+    """``(short note, footnote)`` of a published row nobody ran: what is missing to reproduce it."""
     if label in installed:
-        commands = " or ".join(f"`videobench generate --method {name}`" for name in installed[label])
-        return f"published, not reproduced in these results: run {commands} on each suite"
-    return "published, not reproduced: no installed method reproduces this row"
+        commands = " or ".join(f"videobench generate --method {name}" for name in installed[label])
+        return "published, not reproduced", f"{label}: not in these results; run {commands} on each suite"
+    return "published, not reproduced", f"{label}: no installed method reproduces this row"
 
 
 def _runs_by(methods: Sequence[MethodData], key: str) -> dict[str, set[str]]:
@@ -62,22 +63,26 @@ def _suites(paper: pd.DataFrame, board: pd.DataFrame, ours: set[str]) -> list[st
 
 
 def _paper_rows_with_ours(paper: pd.DataFrame, key: str, label_of, note_of, board: pd.DataFrame,
-                          runs: dict[str, set[str]]) -> tuple[list[Row], list[str], list[str]]:
-    """One published row per ``key`` value (its cells per suite), each followed by our runs of that row."""
+                          runs: dict[str, set[str]]) -> tuple[list[Row], list[str], list[str], list[str]]:
+    """One published row per ``key`` value (its cells per suite), each followed by our runs of that row; and the
+    footnotes saying what is missing for the rows nobody ran."""
     columns = paper_columns(paper)
     suites = _suites(paper, board, {method for methods in runs.values() for method in methods})
     by_key = {(str(r["method"]), str(r["suite"])): r for r in board.to_dict("records")}
-    rows = []
+    rows, notes = [], []
     for (_, name), group in paper.groupby(["row", key], sort=True):
         by_suite = {str(r["suite"]): r for r in group.to_dict("records")}
         cells = [cell_from(by_suite.get(suite), column, with_ci=False) for suite in suites for column in columns]
         ours = sorted(runs.get(str(name), []))
-        rows.append(Row(label_of(group), cells, kind="paper", note="published" if ours else note_of(str(name))))
+        note, footnote = ("published", "") if ours else note_of(str(name))
+        rows.append(Row(label_of(group), cells, kind="paper", note=note))
+        if footnote:
+            notes.append(footnote)
         for method in ours:
             mine = [cell_from(by_key.get((method, suite)), column) for suite in suites for column in columns]
             rows.append(Row(f"ours: {method}", mine, kind="ours-side", note="this run"))
     mark_rows(rows, columns, ranked=("paper",))
-    return rows, suites, columns
+    return rows, suites, columns, notes
 
 
 def paper_table1(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
@@ -94,22 +99,26 @@ def paper_table1(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
         name, base = str(group["method"].iloc[0]), str(group["base"].fillna("").iloc[0])
         return f"{name} + {base}" if base else name
 
-    rows, suites, columns = _paper_rows_with_ours(paper, "method", label, lambda name: missing_note(name, installed),
-                                                  board, runs)
+    rows, suites, columns, notes = _paper_rows_with_ours(
+        paper, "method", label, lambda name: missing_note(name, installed), board, runs)
     text = paper_caption("table1")
-    return suite_table(text["title"], suites, columns, rows, table_id="paper-table1", caption=text["caption"])
+    table = suite_table(text["title"], suites, columns, rows, table_id="paper-table1", caption=text["caption"])
+    table.notes = notes
+    return table
 
 
 def paper_table2(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
     """The published Table 2 (ablation) with our runs of each setting (run.json's ``table2_setting``) under it."""
     paper = read_paper_table("table2.csv")
     runs = _runs_by(methods, "table2_setting")
-    rows, suites, columns = _paper_rows_with_ours(
+    rows, suites, columns, notes = _paper_rows_with_ours(
         paper, "setting", lambda group: str(group["setting"].iloc[0]),
-        lambda name: "published, not reproduced in these results", board, runs)
+        lambda name: ("published, not reproduced", f"{name}: not in these results"), board, runs)
     text = paper_caption("table2")
-    return suite_table(text["title"], suites, columns, rows, table_id="paper-table2", caption=text["caption"],
-                       first_header="Setting")
+    table = suite_table(text["title"], suites, columns, rows, table_id="paper-table2", caption=text["caption"],
+                        first_header="Setting")
+    table.notes = notes
+    return table
 
 
 def paper_points(table: str = "table1.csv") -> list[dict[str, Any]]:

@@ -85,21 +85,20 @@ def draw_plot(spec: dict[str, str], board: pd.DataFrame) -> Plot:
             container.lines[0].set_gid(point_id("ours", method, suite))
             ax.annotate(method, (vx, vy), textcoords="offset points", xytext=(5, 4), fontsize=7)
             drawn += 1
+        paper_drawn = False
         for record in paper.to_dict("records"):
             vx, vy = number(record.get(x)), number(record.get(y))
             if vx is None or vy is None:
                 continue
             suite = str(record["suite"])
-            (line,) = ax.plot([vx], [vy], marker[suite], markerfacecolor="none", markeredgecolor="#444444",
-                              markersize=7)
-            line.set_gid(point_id("paper", str(record["method"]), suite))
-            ax.annotate(f"{record['method']} (paper)", (vx, vy), textcoords="offset points", xytext=(5, -9),
-                        fontsize=6, color="#555555")
+            (line,) = ax.plot([vx], [vy], marker[suite], markerfacecolor="none", markeredgecolor="#777777",
+                              markersize=6, label="paper, Table 1" if not paper_drawn else None)
+            line.set_gid(point_id("paper", str(record["method"]), suite))  # named by its <title> (hover)
+            paper_drawn = True
         ax.set_xlabel(column_label(x))
         ax.set_ylabel(column_label(y))
-        ax.set_title(f"{spec['title']}: ours (filled, 95% intervals) and the paper's Table 1 (hollow); "
-                     f"markers by suite: {', '.join(f'{marker[s]} {suite_label(s)}' for s in suites)}",
-                     fontsize=7, wrap=True)
+        ax.set_title(f"{spec['title']} (ours filled with 95% intervals; paper hollow)", fontsize=8)
+        ax.legend(fontsize=6, loc="best", frameon=False)
         ax.grid(alpha=0.3)
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})

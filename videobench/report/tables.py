@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -93,6 +93,7 @@ class Table:
     caption: str = ""
     first_header: str = "Method"
     column_names: tuple[str, ...] = ()  # the score columns of one group, in order
+    notes: list[str] = field(default_factory=list)  # footnotes under the caption
 
 
 def column_label(name: str) -> str:
@@ -143,9 +144,10 @@ def board_columns(board: pd.DataFrame) -> list[str]:
     return [c for c in ordered_columns(board.columns) if c in known and board[c].notna().any()]
 
 
-def scale_caption() -> str:
-    """How the numbers read, from the registered columns (e.g. "CLIP-T ... x100; D.D in %")."""
-    specs = column_specs().values()
+def scale_caption(columns: Sequence[str] | None = None) -> str:
+    """How the numbers of ``columns`` (default: every registered one) read, e.g. "CLIP-T, CLIP-I x100; D.D in %"."""
+    known = column_specs()
+    specs = [known[c] for c in columns if c in known] if columns is not None else list(known.values())
     scaled = [f"{spec.label}" for spec in specs if not spec.unit and spec.scale == 100]
     units = [f"{spec.label} in {spec.unit}" for spec in specs if spec.unit]
     return (f"{', '.join(scaled)} x100" if scaled else "") + (f"; {', '.join(units)}" if units else "")
@@ -179,7 +181,7 @@ def leaderboard_table(board: pd.DataFrame) -> Table:
     mark_rows(rows, columns, ranked=("ours",))
     return suite_table(
         "Our leaderboard", suites, columns, rows, table_id="ours",
-        caption=f"Means over scored cases ({scale_caption()}) with 95% bootstrap intervals. Bold: best, "
+        caption=f"Means over scored cases ({scale_caption(columns)}) with 95% bootstrap intervals. Bold: best, "
                 "underlined: second best per column among the evaluated methods (reference rows excluded).",
     )
 
