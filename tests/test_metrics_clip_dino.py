@@ -23,6 +23,7 @@ from videobench.metrics.preprocess import (
     DINO_PREPROCESS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Preprocess,
     image_to_tensor,
     preprocess,
 )
@@ -219,3 +220,65 @@ def test_build_metrics_builds_each_family_once():
     assert all(m.random_weights for m in metrics)
     with pytest.raises(ValueError, match="CUDA"):
         build_metrics(["dino_i"], random_weights=True, dtype="bf16", options=options)
+
+
+# --- preprocessing follows the model's own configuration -----------------------------------------------------
+@pytest.mark.parametrize("name, pretrained, expected", [
+    ("ViT-B-32-quickgelu", "openai", dict(resize=224, crop=224, resize_mode="shortest", mean=CLIP_PREPROCESS.mean)),
+    ("ViT-L-14-336", "openai", dict(resize=336, crop=336, resize_mode="shortest", mean=CLIP_PREPROCESS.mean)),
+    ("ViT-B-16-SigLIP", "webli", dict(resize=224, crop=None, resize_mode="squash", mean=(0.5, 0.5, 0.5))),
+])
+def test_clip_preprocessing_comes_from_the_chosen_model(name, pretrained, expected):
+    """`-M clip.model=...` with another family is preprocessed as open_clip preprocesses that model."""
+    model = open_clip.create_model(name, pretrained=None, device="meta")  # shapes only, no memory
+    cfg = Preprocess.from_open_clip(model, name, pretrained)
+    assert {key: getattr(cfg, key) for key in expected} == expected
+    assert cfg == CLIP_PREPROCESS or name != "ViT-B-32-quickgelu"  # the default is the DreamBooth/VBench transform
+    # and it equals open_clip's own PIL transform for that model on a non-square image
+    image = Image.fromarray(_video(1, 150, 260, seed=4)[0])
+    pil = open_clip.image_transform(model.visual.image_size, is_train=False,
+                                    **{k: v for k, v in open_clip.get_pretrained_cfg(name, pretrained).items()
+                                       if k in ("mean", "std", "interpolation", "resize_mode")})
+    ours = preprocess(image_to_tensor(image), cfg)[0]
+    assert ours.shape == pil(image).shape and (ours - pil(image)).abs().mean() < 0.02
+
+
+def test_dino_preprocessing_is_timms_with_dreambooths_crop():
+    model = build_dino_model(**TINY_DINO)
+    assert Preprocess.from_timm(model, crop_pct=0.875) == DINO_PREPROCESS  # Resize 256, CenterCrop 224, ImageNet
+    assert Preprocess.from_timm(model).resize == 248  # timm's own crop_pct 0.9 would differ
+
+
+# --- subject consistency (VBench, opt-in) ------------------------------------------------------------------------
+def test_subject_consistency_known_answers():
+    from videobench.metrics.subject_consistency import subject_consistency
+
+    e = torch.eye(3)
+    # frames: a, a, a -> every cosine 1
+    assert subject_consistency(e[[0, 0, 0]]) == pytest.approx(1.0)
+    # a, b, a: t=1: prev 0, first 0 -> 0; t=2: prev 0 (b.a), first 1 -> 0.5; mean 0.25
+    assert subject_consistency(e[[0, 1, 0]]) == pytest.approx(0.25)
+    # negative cosines are clipped at 0 (VBench's max(0, .))
+    assert subject_consistency(torch.stack([e[0], -e[0]])) == pytest.approx(0.0)
+    half = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [1.0, 1.0, 0]]), dim=-1)
+    assert subject_consistency(half) == pytest.approx(2 ** -0.5)
+    with pytest.raises(ValueError, match="T >= 2"):
+        subject_consistency(e[:1])
+
+
+def test_subject_consistency_metric_end_to_end():
+    from videobench.metrics.subject_consistency import SubjectConsistencyMetric
+
+    metric = SubjectConsistencyMetric.create({"model_kwargs": TINY_DINO}, random_weights=True)
+    still = np.repeat(_video(1, 96, 144)[:1], 4, axis=0)
+    assert metric.score(MetricInput(still, 8.0, [], PROMPT))["subject_consistency"] == pytest.approx(1.0, abs=1e-5)
+    moving = _video(4, 96, 144)
+    value = metric.score(MetricInput(moving, 8.0, [], PROMPT))["subject_consistency"]
+    with torch.no_grad():  # the same by hand: short side to 224 (bilinear, no antialias), no crop, ImageNet
+        frames = torch.from_numpy(moving).permute(0, 3, 1, 2).float() / 255
+        resized = torch.nn.functional.interpolate(frames, size=(224, 336), mode="bilinear", align_corners=False)
+        features = _unit(metric.model(T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(resized)))
+    from videobench.metrics.subject_consistency import subject_consistency
+
+    assert value == pytest.approx(subject_consistency(features), abs=2e-3)
+    assert metric.config()["model"] == "timm:vit_base_patch16_224.dino" and not SubjectConsistencyMetric.default
