@@ -540,3 +540,16 @@ def test_foreign_or_damaged_scores_csv_is_noted_not_shown_empty(tmp_path, refs):
     text = write_report(results, progress=False).read_text()
     assert "alpha/scores.csv: not a videobench scores.csv (no case_id column)" in text
     assert "reference-still/scores.csv: unreadable" in text
+
+
+def test_a_method_scored_at_its_own_video_size_says_so(tmp_path, refs):
+    results = tmp_path / "RESULTS"
+    red = [str(refs / "red.png")]
+    for name in ("a", "b"):
+        add_method(results, name, [{"case_id": "c", "frames": solid([RED] * 3), "references": red}])
+    add_method(results, "native", [{"case_id": "c", "frames": solid([RED] * 4, h=160, w=160), "references": red}],
+               run_info={"kind": "video-model"})
+    run(results)
+    rows = {label: kind for label, kind, _ in read_tables(write_report(results, progress=False).read_text())["ours"]}
+    text = write_report(results, progress=False).read_text()
+    assert "scored at its own size 4x160x160 on smoke (most: 3x128x160)" in text and set(rows) == {"a", "b", "native"}

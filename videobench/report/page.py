@@ -117,7 +117,7 @@ def build_context(
         "random_metrics": random_metrics,
         "random_methods": random_methods,
         "n_failed": int(pd.to_numeric(board.get("n_failed", pd.Series(dtype=float)), errors="coerce").fillna(0).sum()),
-        "ours": leaderboard_table(board),
+        "ours": leaderboard_table(board, methods),
         "paper_tables": [paper_table1(board, methods), paper_table2(board, methods)],
         "subject_tables": subject_tables(methods, n_resamples, seed),
         "plots": draw_plots(board),

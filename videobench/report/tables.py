@@ -153,12 +153,43 @@ def scale_caption(columns: Sequence[str] | None = None) -> str:
     return (f"{', '.join(scaled)} x100" if scaled else "") + (f"; {', '.join(units)}" if units else "")
 
 
-def leaderboard_table(board: pd.DataFrame) -> Table:
+def video_sizes(methods: Sequence[Any]) -> dict[tuple[str, str], str]:
+    """``(method, suite) -> "TxHxW"``: the most common size of a method's scored videos on a suite."""
+    sizes = {}
+    for data in methods:
+        scores = data.scores
+        if scores is None or not len(scores) or not {"num_frames", "height", "width"} <= set(scores.columns):
+            continue
+        for suite, part in scores[scores["error"] == ""].groupby("suite"):
+            shapes = part[["num_frames", "height", "width"]].dropna().astype(int)
+            if len(shapes):
+                t, h, w = shapes.value_counts().index[0]
+                sizes[(data.method, str(suite))] = f"{t}x{h}x{w}"
+    return sizes
+
+
+def size_notes(sizes: dict[tuple[str, str], str]) -> dict[str, str]:
+    """``method -> note`` for methods whose videos have another size than most methods' on the same suite (a
+    video model scored at its native size, say), so a reader sees that the numbers compare unlike videos."""
+    notes: dict[str, list[str]] = {}
+    for suite in {suite for _, suite in sizes}:
+        on_suite = {method: size for (method, name), size in sizes.items() if name == suite}
+        common = pd.Series(list(on_suite.values())).mode().iloc[0]
+        for method, size in on_suite.items():
+            if size != common:
+                notes.setdefault(method, []).append(f"scored at its own size {size} on {suite_label(suite)} "
+                                                    f"(most: {common})")
+    return {method: "; ".join(parts) for method, parts in notes.items()}
+
+
+def leaderboard_table(board: pd.DataFrame, methods_data: Sequence[Any] = ()) -> Table:
     """Our leaderboard in Table 1's layout: rows = methods, column groups = suites.
 
     Rows are keyed by method folder name, so the rows of several RESULTS folders' leaderboards (one per
-    suite) for the same folder name fill one row's column groups.
+    suite) for the same folder name fill one row's column groups. A method whose videos have another size than
+    most on a suite (frames x height x width, from scores.csv) says so in its row.
     """
+    notes = size_notes(video_sizes(methods_data))
     suites = suite_order(board["suite"].astype(str)) if len(board) else []
     columns = board_columns(board) if len(board) else []
     by_key = {(str(r["method"]), str(r["suite"])): r for r in board.to_dict("records")}
@@ -177,7 +208,7 @@ def leaderboard_table(board: pd.DataFrame) -> Table:
         random = any(flag(by_key[(method, s)].get(name)) for s in suites if (method, s) in by_key
                      for name in ("random_weights", "method_random_weights"))
         rows.append(Row(method, cells, kind="reference" if flag(first.get("reference")) else "ours",
-                        random=random, counts=counts))
+                        random=random, counts=counts, note=notes.get(method, "")))
     mark_rows(rows, columns, ranked=("ours",))
     return suite_table(
         "Our leaderboard", suites, columns, rows, table_id="ours",
