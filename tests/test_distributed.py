@@ -343,6 +343,20 @@ def test_torchrun_two_ranks_generate_each_case_once(torchrun_results):
 
 
 @pytest.mark.slow
+def test_accelerate_launch_two_processes_generate_each_case_once(env, tmp_path):
+    """``accelerate launch --multi_gpu`` starts its processes through torchrun's launcher (it runs on CPUs too)."""
+    results = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         "-m", "videobench.cli", "generate", "--method", "reference-still", "--suite", "smoke", "--out", str(results)],
+        env=_env(), capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    check_done_once(results / "reference-still")
+    assert generated_by_rank(run.stdout) == {0: SMOKE[0::2], 1: SMOKE[1::2]}
+
+
+@pytest.mark.slow
 def test_torchrun_two_ranks_generate_with_customvideox_tiny(env, tmp_path):
     results = tmp_path / "results"
     run = torchrun("generate", "--method", "customvideox", "--preset", "tiny", "--random-weights", "-o", "steps=2",
@@ -352,9 +366,25 @@ def test_torchrun_two_ranks_generate_with_customvideox_tiny(env, tmp_path):
     assert generated_by_rank(run.stdout) == {0: SMOKE[0::2], 1: SMOKE[1::2]}
 
 
+def kill_tree(job: subprocess.Popen) -> None:
+    """SIGKILL torchrun's agent and every worker (torchrun starts each worker in a session of its own, so the
+    agent's process group alone would leave them running), as ``scancel`` or a node failure would."""
+    import psutil
+
+    agent = psutil.Process(job.pid)
+    everyone = [agent, *agent.children(recursive=True)]
+    for process in everyone:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    job.wait(30)
+    psutil.wait_procs(everyone, timeout=30)
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_torchrun_job_then_restart_completes(env, tmp_path):
-    """Kill the whole process group (agent and both ranks) after the first video; the restart finishes the rest."""
+    """Kill the whole job (agent and both ranks) after the first video; the restart finishes the rest."""
     results = tmp_path / "results"
     method_dir = results / "reference-still"
     # 160 frames of 480x720 take seconds to encode: the kill lands while the ranks are mid-suite
@@ -369,8 +399,7 @@ def test_sigkill_of_the_torchrun_job_then_restart_completes(env, tmp_path):
             time.sleep(0.05)
             videos = method_dir / "videos"
             finished = [p for p in videos.iterdir() if not p.name.startswith(".")] if videos.is_dir() else []
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(30)
+        kill_tree(job)
     assert finished, "no video appeared before the job ended: " + (tmp_path / "first.log").read_text()[-2000:]
     records = {line.record["case_id"]: line.record for line in read_cases_jsonl(method_dir / "cases.jsonl")
                if line.record} if (method_dir / "cases.jsonl").exists() else {}
