@@ -344,16 +344,24 @@ def test_torchrun_two_ranks_generate_each_case_once(torchrun_results):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_processes_generate_each_case_once(env, tmp_path):
-    """``accelerate launch --multi_gpu`` starts its processes through torchrun's launcher (it runs on CPUs too)."""
+    """``accelerate launch --multi_gpu`` starts its processes through torchrun's launcher (it runs on CPUs too).
+
+    Three large videos: rank 0 makes two, rank 1 one, and waits at the final barrier for seconds, far longer than
+    the 1 s after which a silent rank counts as dead: rank 0's heartbeat runs while it generates.
+    """
     results = tmp_path / "results"
+    three = SMOKE[:3]
     run = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         "-m", "videobench.cli", "generate", "--method", "reference-still", "--suite", "smoke", "--out", str(results)],
-        env=_env(), capture_output=True, text=True, timeout=240)
+         "-m", "videobench.cli", "generate", "--method", "reference-still", "--suite", "smoke", "--out", str(results),
+         "--cases", ",".join(three), "--frames", "160", "--height", "480", "--width", "720"],
+        env={**_env(), "VIDEOBENCH_SYNC_STALE": "1"}, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
-    check_done_once(results / "reference-still")
-    assert generated_by_rank(run.stdout) == {0: SMOKE[0::2], 1: SMOKE[1::2]}
+    assert generated_by_rank(run.stdout) == {0: three[0::2], 1: three[1::2]}
+    assert "all 2 ranks: 3 of 3 case(s) ok" in run.stdout
+    records = [line.record["case_id"] for line in read_cases_jsonl(results / "reference-still" / "cases.jsonl")]
+    assert records == three
 
 
 @pytest.mark.slow

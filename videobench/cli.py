@@ -134,16 +134,17 @@ def _method_options(raw_items: Sequence[str], config_file: Path | None) -> dict[
 
 def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, Any], random_weights: bool,
               preset: str | None, progress: bool = True) -> bool:
-    from videobench.distributed import launch_from_environment, local_device, resolve_shard
+    from videobench.distributed import local_device, resolve_shard
     from videobench.generate import RunConflictError, run_generation
     from videobench.methods import MethodContext, build_generator, get_method
     from videobench.metrics.preprocess import check_device
     from videobench.suites import load_suite
+    from videobench.sync import SyncError, all_ranks_generated, join_launch
     from videobench.weights import MissingWeightsError
 
     try:
-        launch = launch_from_environment()  # torchrun/srun: this rank's shard and GPU (docs/distributed.md)
         opts = {**opts, "shard": resolve_shard(opts["shard"]), "device": local_device(opts["device"])}
+        launch = join_launch(opts["out"])  # torchrun/srun: this rank's shard, GPU, heartbeat (docs/distributed.md)
         check_device(opts["device"])  # no CUDA here: one line now, not a driver traceback in the first case
         spec = get_method(method)
         suite = load_suite(opts["suite"], opts["data_root"])
@@ -155,7 +156,7 @@ def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, An
             weights_config=_weights_config(opts),
         )
         generator, options = build_generator(spec, raw_options, context)
-    except (KeyError, FileNotFoundError, OSError, ValueError, MissingWeightsError) as error:
+    except (KeyError, FileNotFoundError, OSError, ValueError, MissingWeightsError, SyncError) as error:
         _fail(_first_line(error))
     if generator.random_weights:
         click.secho(f"note: {generator.run_name} uses RANDOM weights; its outputs are stamped as such", fg="yellow", err=True)
@@ -173,8 +174,6 @@ def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, An
     for case_id, message in summary.failed.items():
         click.secho(f"  failed {case_id}: {message}", fg="red", err=True)
     if launch is not None:  # several ranks: each waits for all; rank 0's exit status speaks for every rank
-        from videobench.sync import SyncError, all_ranks_generated
-
         try:
             return all_ranks_generated(opts["out"], summary, [case.case_id for case in cases])
         except SyncError as error:
@@ -239,13 +238,15 @@ def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progres
     from videobench.metrics import build_metrics
     from videobench.score import check_not_method_folder, score_results
     from videobench.scoring.shares import score_share
-    from videobench.sync import SyncError
+    from videobench.sync import SyncError, join_launch
     from videobench.weights import MissingWeightsError
 
     try:  # torchrun/srun or --shard: this rank's share and GPU (docs/distributed.md)
         shard = resolve_shard(opts.get("score_shard"))
         opts = {**opts, "score_device": local_device(opts["score_device"])}
-    except ValueError as error:
+        if shard is not None:
+            join_launch(results)
+    except (ValueError, SyncError) as error:
         _fail(str(error))
     columns, metric_options = _metric_setup(opts, random_weights)
     if not results.is_dir():

@@ -24,12 +24,13 @@ Two boards, chosen by :func:`rank_sync` (docs/distributed.md says why):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -78,14 +79,22 @@ class StoreBoard:
         self.where = f"the torchrun store at {environ.get('MASTER_ADDR')}:{environ.get('MASTER_PORT')}"
 
     def set(self, key: str, value: str) -> None:
-        with self._lock:
+        with self._lock, self._lost():
             self._store.set(key, value)
 
     def get(self, key: str) -> str | None:
-        with self._lock:
+        with self._lock, self._lost():
             if not self._store.check([key]):
                 return None
             return self._store.get(key).decode()
+
+    @contextlib.contextmanager
+    def _lost(self) -> Iterator[None]:
+        """A store that went away (its torchrun agent was killed) is a SyncError, not a traceback."""
+        try:
+            yield
+        except RuntimeError as error:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+            raise SyncError(f"lost {self.where} ({type(error).__name__}: {error}); was torchrun stopped?") from None
 
 
 class FileBoard:
@@ -218,7 +227,11 @@ def _board(launch: Launch, root: Path, environ: Mapping[str, str]) -> Board:
     if sync_id:
         return FileBoard(root / SYNC_DIR / re.sub(r"[^A-Za-z0-9_.-]+", "_", sync_id))
     if launch.launcher == "torchrun" and environ.get("MASTER_ADDR") and environ.get("MASTER_PORT"):
-        return StoreBoard(launch, environ)
+        try:
+            return StoreBoard(launch, environ)
+        except RuntimeError as error:  # torch's DistNetworkError: no store at MASTER_ADDR:MASTER_PORT
+            raise SyncError(f"rank {launch.rank}: cannot reach the torchrun store at {environ.get('MASTER_ADDR')}:"
+                            f"{environ.get('MASTER_PORT')} ({error})") from None
     job = environ.get("SLURM_JOB_ID", "").strip()
     step = environ.get("SLURM_STEP_ID", environ.get("SLURM_STEPID", "")).strip()
     if launch.launcher == "srun" and job and step:
@@ -242,6 +255,16 @@ def rank_sync(root: str | os.PathLike, environ: Mapping[str, str] | None = None)
                                stale_after=_seconds(environ, STALE_ENV, DEFAULT_STALE_S),
                                timeout=_seconds(environ, TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
     return _SYNCS[key]
+
+
+def join_launch(root: str | os.PathLike) -> Launch | None:
+    """This process's launch with its heartbeat started, or ``None`` when it runs alone.
+
+    Call it first thing in a command: a rank that works without beating would be taken for dead by the ranks
+    already waiting at a barrier. Raises SyncError when the launch has no board (see :func:`rank_sync`).
+    """
+    sync = rank_sync(root)
+    return None if sync is None else sync.launch
 
 
 def wait_for_all_ranks(root: str | os.PathLike, name: str) -> Launch | None:
