@@ -148,6 +148,18 @@ def test_barrier_detects_a_sigkilled_rank(tmp_path):
         child.wait()
 
 
+def test_the_board_of_each_launcher(tmp_path):
+    from videobench.sync import _board
+
+    board = _board(launch_from_environment(SRUN), tmp_path, SRUN)
+    assert isinstance(board, FileBoard) and board.folder == tmp_path / ".videobench-sync" / "slurm-77.0"
+    named = {"RANK": "0", "WORLD_SIZE": "2", "VIDEOBENCH_SYNC_ID": "my run/7"}
+    assert _board(launch_from_environment(named), tmp_path, named).folder.name == "my_run_7"
+    bare = {"RANK": "0", "WORLD_SIZE": "2"}
+    with pytest.raises(SyncError, match="set VIDEOBENCH_SYNC_ID"):
+        _board(launch_from_environment(bare), tmp_path, bare)
+
+
 # ------------------------------------------------------------------------------------------ sharded scoring
 
 
@@ -362,6 +374,24 @@ def test_accelerate_launch_two_processes_generate_each_case_once(env, tmp_path):
     assert "all 2 ranks: 3 of 3 case(s) ok" in run.stdout
     records = [line.record["case_id"] for line in read_cases_jsonl(results / "reference-still" / "cases.jsonl")]
     assert records == three
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_generate_each_case_once(env, tmp_path):
+    """Two processes with the variables srun gives the tasks of one job step (no srun here): files as the board."""
+    results = tmp_path / "results"
+    tasks = [subprocess.Popen(
+        [sys.executable, "-m", "videobench.cli", "generate", "--method", "reference-still", "--suite", "smoke",
+         "--out", str(results)],
+        env={**_env(), "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(task),
+             "SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "2", "SLURM_LOCALID": str(task)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for task in range(2)]
+    outputs = [task.communicate(timeout=240)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs
+    check_done_once(results / "reference-still")
+    assert generated_by_rank("".join(outputs)) == {0: SMOKE[0::2], 1: SMOKE[1::2]}
+    assert "all 2 ranks: 4 of 4 case(s) ok" in outputs[0]
+    assert (results / ".videobench-sync" / "slurm-4242.0").is_dir()
 
 
 @pytest.mark.slow
