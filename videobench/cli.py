@@ -14,13 +14,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from videobench.cli_common import EXIT_CASE_FAILURES, EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
 from videobench.cli_common import fail as _fail
-from videobench.launcher import launcher_options
+from videobench.launcher import LauncherError, launcher_options, submit_generate, submit_score
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -201,7 +201,7 @@ def generate(method: str, method_options: tuple[str, ...], config_file: Path | N
     except OptionError as error:
         _fail(str(error))
     if opts["launcher"]:
-        sys.exit(_launch("submit_generate", method, raw, opts, random_weights))
+        sys.exit(_launch(submit_generate, method, raw, opts, random_weights))
     ok = _generate(method, raw, opts, random_weights, preset=opts["preset"])
     sys.exit(0 if ok else EXIT_CASE_FAILURES)
 
@@ -283,17 +283,15 @@ def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progres
 def score(results: Path, random_weights: bool, **opts) -> None:
     """Score every method folder of RESULTS: scores.csv per method and RESULTS/leaderboard.csv."""
     if opts["launcher"]:
-        sys.exit(_launch("submit_score", results, opts, random_weights))
+        sys.exit(_launch(submit_score, results, opts, random_weights))
     sys.exit(0 if _score(results, opts, random_weights) else EXIT_CASE_FAILURES)
 
 
-def _launch(submit: str, *args: Any) -> int:
-    """``--launcher``: hand the command to :mod:`videobench.launcher` (``submit`` names its function)."""
-    from videobench import launcher
-
+def _launch(submit: Callable[..., int], *args: Any) -> int:
+    """``--launcher``: submit the command's shards (:mod:`videobench.launcher`); returns the exit status."""
     try:
-        return getattr(launcher, submit)(*args)
-    except launcher.LauncherError as error:
+        return submit(*args)
+    except LauncherError as error:
         _fail(str(error))
 
 
