@@ -14,12 +14,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from videobench.cli_common import EXIT_CASE_FAILURES, EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
 from videobench.cli_common import fail as _fail
+from videobench.launcher import LauncherError, launcher_options, submit_generate, submit_score
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -67,13 +68,15 @@ def generation_options(func):
         click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N cases."),
         click.option("--cases", "case_ids", default=None, help="Comma-separated case ids."),
         click.option("--seed", type=int, default=0, show_default=True, help="Base seed (every case uses it)."),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ..."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="cpu, cuda, cuda:1, ... (under torchrun/srun, cuda is each rank's cuda:LOCAL_RANK)."),
         click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "fp16", "bf16"])),
         click.option("--preset", default=None, help="Model preset, e.g. 'tiny' (random-initialised, for smoke runs)."),
         click.option("--frames", type=click.IntRange(min=1), default=None, help="Frames per video (suite default)."),
         click.option("--height", type=click.IntRange(min=1), default=None, help="Video height (suite default)."),
         click.option("--width", type=click.IntRange(min=1), default=None, help="Video width (suite default)."),
-        click.option("--shard", default=None, help="i/n: generate every n-th case starting at i (multi-GPU/node)."),
+        click.option("--shard", default=None, help="i/n: generate every n-th case starting at i (SLURM arrays, "
+                                                   "manual use; under torchrun/srun each rank takes its own)."),
         click.option("--overwrite", is_flag=True, help="Regenerate every case even if a valid video exists."),
         *weights_options,
     ])
@@ -132,12 +135,16 @@ def _method_options(raw_items: Sequence[str], config_file: Path | None) -> dict[
 def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, Any], random_weights: bool,
               preset: str | None, progress: bool = True) -> bool:
     from videobench.devices import check_device
+    from videobench.distributed import local_device, resolve_shard
     from videobench.generate import RunConflictError, run_generation
     from videobench.methods import MethodContext, build_generator, get_method
     from videobench.suites import load_suite
+    from videobench.sync import SyncError, all_ranks_generated, join_launch
     from videobench.weights import MissingWeightsError
 
     try:
+        opts = {**opts, "shard": resolve_shard(opts["shard"]), "device": local_device(opts["device"])}
+        launch = join_launch(opts["out"])  # torchrun/srun: this rank's shard, GPU, heartbeat (docs/distributed.md)
         check_device(opts["device"])  # no CUDA here: one line now, not a driver traceback in the first case
         spec = get_method(method)
         suite = load_suite(opts["suite"], opts["data_root"])
@@ -149,13 +156,14 @@ def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, An
             weights_config=_weights_config(opts),
         )
         generator, options = build_generator(spec, raw_options, context)
-    except (KeyError, FileNotFoundError, OSError, ValueError, MissingWeightsError) as error:
+    except (KeyError, FileNotFoundError, OSError, ValueError, MissingWeightsError, SyncError) as error:
         _fail(_first_line(error))
     if generator.random_weights:
         click.secho(f"note: {generator.run_name} uses RANDOM weights; its outputs are stamped as such", fg="yellow", err=True)
     try:
         summary = run_generation(generator, suite, cases, opts["out"], seed=opts["seed"], shard=opts["shard"],
-                                 overwrite=opts["overwrite"], progress=progress, metadata=spec.metadata(options))
+                                 overwrite=opts["overwrite"], progress=progress and (launch is None or launch.is_main),
+                                 metadata=spec.metadata(options))
     except (RunConflictError, ValueError) as error:
         _fail(str(error))
     images = f", {len(summary.images)} image(s) made" if summary.images else ""
@@ -165,6 +173,11 @@ def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, An
     )
     for case_id, message in summary.failed.items():
         click.secho(f"  failed {case_id}: {message}", fg="red", err=True)
+    if launch is not None:  # several ranks: each waits for all; rank 0's exit status speaks for every rank
+        try:
+            return all_ranks_generated(opts["out"], summary, [case.case_id for case in cases])
+        except SyncError as error:
+            _fail(str(error))
     return summary.ok
 
 
@@ -176,6 +189,7 @@ def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, An
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="A YAML or JSON file of method options (-o wins over it).")
 @generation_options
+@launcher_options
 @random_weights_option
 def generate(method: str, method_options: tuple[str, ...], config_file: Path | None, random_weights: bool,
              **opts) -> None:
@@ -186,6 +200,8 @@ def generate(method: str, method_options: tuple[str, ...], config_file: Path | N
         raw = _method_options(method_options, config_file)
     except OptionError as error:
         _fail(str(error))
+    if opts["launcher"]:
+        sys.exit(_launch(submit_generate, method, raw, opts, random_weights))
     ok = _generate(method, raw, opts, random_weights, preset=opts["preset"])
     sys.exit(0 if ok else EXIT_CASE_FAILURES)
 
@@ -218,10 +234,20 @@ def _metric_setup(opts: Mapping[str, Any], random_weights: bool) -> tuple[list[s
 
 
 def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progress: bool = True) -> bool:
+    from videobench.distributed import is_main_process, local_device, resolve_shard
     from videobench.metrics import build_metrics
     from videobench.score import check_not_method_folder, score_results
+    from videobench.scoring.shares import score_share
+    from videobench.sync import SyncError, join_launch
     from videobench.weights import MissingWeightsError
 
+    try:  # torchrun/srun or --shard: this rank's share and GPU (docs/distributed.md)
+        shard = resolve_shard(opts.get("score_shard"))
+        opts = {**opts, "score_device": local_device(opts["score_device"])}
+        if shard is not None:
+            join_launch(results)
+    except (ValueError, SyncError) as error:
+        _fail(str(error))
     columns, metric_options = _metric_setup(opts, random_weights)
     if not results.is_dir():
         _fail(f"{results}: no such results folder")
@@ -234,8 +260,13 @@ def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progres
     if random_weights:
         click.secho("note: scoring with RANDOM metric weights; scores.csv and the leaderboard say so", fg="yellow", err=True)
     try:
-        summary = score_results(results, metrics, columns=columns, cache_dir=opts.get("cache_dir"), progress=progress)
-    except ValueError as error:  # not a RESULTS folder: nothing ran
+        if shard is None:
+            summary = score_results(results, metrics, columns=columns, cache_dir=opts.get("cache_dir"),
+                                    progress=progress)
+        else:  # this share into the cache; under a launcher rank 0 then writes the tables
+            summary = score_share(results, metrics, shard, columns=columns, cache_dir=opts.get("cache_dir"),
+                                  progress=progress and is_main_process())
+    except (ValueError, SyncError) as error:  # not a RESULTS folder: nothing ran; or a rank died
         _fail(str(error))
     click.echo(summary.describe())
     return summary.ok
@@ -244,10 +275,24 @@ def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progres
 @main.command()
 @click.argument("results", type=click.Path(path_type=Path))
 @scoring_options
+@click.option("--shard", "score_shard", default=None,
+              help="i/n: only compute every n-th case's metric values into the cache (SLURM arrays); a final run "
+                   "without --shard writes the tables. Under torchrun/srun each rank takes its own.")
+@launcher_options
 @random_weights_option
 def score(results: Path, random_weights: bool, **opts) -> None:
     """Score every method folder of RESULTS: scores.csv per method and RESULTS/leaderboard.csv."""
+    if opts["launcher"]:
+        sys.exit(_launch(submit_score, results, opts, random_weights))
     sys.exit(0 if _score(results, opts, random_weights) else EXIT_CASE_FAILURES)
+
+
+def _launch(submit: Callable[..., int], *args: Any) -> int:
+    """``--launcher``: submit the command's shards (:mod:`videobench.launcher`); returns the exit status."""
+    try:
+        return submit(*args)
+    except LauncherError as error:
+        _fail(str(error))
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -330,9 +375,11 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
         preset = opts["preset"] if opts["preset"] in get_method(name).presets else None
         ok = _generate(name, dict(per_method.get(name) or {}), opts, random_weights, preset=preset) and ok
     ok = _score(out, opts, random_weights) and ok
+    from videobench.distributed import is_main_process
     from videobench.report import write_report
 
-    click.echo(f"report: {write_report(out)}")
+    if is_main_process():  # under torchrun/srun rank 0 writes the report
+        click.echo(f"report: {write_report(out)}")
     sys.exit(0 if ok else EXIT_CASE_FAILURES)
 
 

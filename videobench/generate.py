@@ -335,6 +335,25 @@ class _Run:
                 diagnostics=output.diagnostics or None), self.order)
 
 
+def selection_outcome(method_dir: Path, case_ids: Sequence[str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """``(ok, failed: case id -> error, missing)`` among ``case_ids`` according to ``method_dir``'s cases.jsonl.
+
+    What rank 0 reports for every rank once all shards finished: a case is missing when it has no record, or only
+    a ``pending`` one (its image phase ran, its video phase did not).
+    """
+    records = _load_records(method_dir)
+    ok, failed, missing = [], {}, []
+    for case_id in case_ids:
+        status = records.get(case_id, {}).get("status")
+        if status == "ok":
+            ok.append(case_id)
+        elif status == "failed":
+            failed[case_id] = str(records[case_id].get("error", ""))
+        else:
+            missing.append(case_id)
+    return ok, failed, missing
+
+
 def run_generation(
     generator: Generator | ImageFirstGenerator,
     suite: Suite,
