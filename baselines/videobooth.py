@@ -23,7 +23,7 @@ upstream) and cropped to its box on white; no segmentation model is part of this
 alpha channel is cropped to its opaque box and put on white (exactly upstream's preprocessing), and a plain photo
 is used whole (the subject with its background), padded to a square with white as upstream pads its crops.
 
-``--preset tiny`` builds a random-initialised VideoBooth of the same structure (4 frames of 64x64, 4 steps).
+``--preset tiny`` builds a random-initialised VideoBooth of the same structure (4 frames of 128x128, 4 steps).
 Every deviation from upstream is listed in docs/baselines/videobooth.md.
 """
 
@@ -485,8 +485,9 @@ def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, wa
 
 # ------------------------------------------------------------------------------------------------ tiny preset
 
-#: The tiny preset: 4 frames of 64x64 (8x8 latents), CLIP images of 32x32, 4 DDPM steps.
-TINY_CONFIG = VideoBoothConfig(num_frames=4, height=64, width=64, clip_image_size=32, image_feature_layers=(1, 2, 3, 4),
+#: The tiny preset: 4 frames of 128x128 (16x16 latents; 128 px is the scorer's smallest side), CLIP images of 32x32,
+#: 4 DDPM steps.
+TINY_CONFIG = VideoBoothConfig(num_frames=4, height=128, width=128, clip_image_size=32, image_feature_layers=(1, 2, 3, 4),
                                mapper_hidden_dim=32, steps=4)
 TINY_UNET = UNetConfig(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, attention_heads=2,

@@ -129,7 +129,7 @@ VARIANTS: dict[str, WanVACEVariant] = {
 
 TINY_TEXT_LENGTH = 32
 #: The tiny preset's own "native" geometry (a 4k+1 clip, sides multiples of 16, Wan's 16 fps).
-TINY_GEOMETRY = VideoGeometry(num_frames=9, height=48, width=80, fps=16)
+TINY_GEOMETRY = VideoGeometry(num_frames=9, height=128, width=192, fps=16)  # 128 px: the scorer's smallest side
 TINY_STEPS = 4
 #: Wan2.1's structure at toy width: 16 latent channels, 96 context channels (2 x 16 latents + 64 mask channels),
 #: 1x2x2 patches, VACE blocks on layers 0 and 2.

@@ -562,10 +562,10 @@ def test_tiny_preset_native_size_determinism_and_conditioning(tiny_generator, re
     generator = tiny_generator
     assert generator.run_name == "videobooth-tiny" and generator.random_weights and generator.fps == 8
     config = generator.config()
-    assert config["native_size"] is True and (config["num_frames"], config["height"], config["width"]) == (4, 64, 64)
+    assert config["native_size"] is True and (config["num_frames"], config["height"], config["width"]) == (4, 128, 128)
     json.dumps(config)
     first = generator.generate(_case(references[0]), seed=3)
-    assert first.frames.shape == (4, 64, 64, 3) and first.frames.dtype == np.uint8
+    assert first.frames.shape == (4, 128, 128, 3) and first.frames.dtype == np.uint8
     assert first.diagnostics == {"entity_in_prompt": True, "image_tokens": 5, "placeholder_tokens": 2,
                                  "placeholder_positions": [2], "subject_box": False}
     assert np.array_equal(generator.generate(_case(references[0]), seed=3).frames, first.frames)

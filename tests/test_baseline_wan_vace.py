@@ -36,7 +36,7 @@ from videobench.weights import MissingWeightsError, WeightsConfig, WeightsLoadEr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-#: A small suite geometry (the tests run in suite mode: fewer pixels than the preset's native 9x48x80).
+#: A small suite geometry (the tests run in suite mode: fewer pixels than the preset's native 9x128x192).
 SMALL = {"num_frames": 5, "height": 32, "width": 48, "fps": 8}
 FAST = {"geometry": "suite", "steps": 2}
 FOLDER_NAME = VARIANTS["1.3b"].folder_name
