@@ -45,22 +45,13 @@ from customvideox.attention import lse_backend_status  # noqa: E402
 from customvideox.config import ReferenceConfig  # noqa: E402
 from customvideox.lora import has_reference_lora  # noqa: E402
 from customvideox.positions import video_rotary_pos_embed  # noqa: E402
+from customvideox.presets import (  # noqa: E402, F401  (the real configs, re-exported for the other scripts)
+    COGVIDEOX_5B_SCHEDULER,
+    COGVIDEOX_5B_TRANSFORMER,
+    COGVIDEOX_5B_VAE,
+)
 from customvideox.transformer import CustomVideoXTransformer3DModel  # noqa: E402
 
-#: CogVideoX-5B ``transformer/config.json``.
-COGVIDEOX_5B_TRANSFORMER: dict[str, Any] = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
-    text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
-    max_text_seq_length=226, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
-)
-#: CogVideoX-5B ``vae/config.json`` differs from ``AutoencoderKLCogVideoX``'s defaults only in the scaling factor.
-COGVIDEOX_5B_VAE: dict[str, Any] = dict(scaling_factor=0.7)
-#: CogVideoX-5B ``scheduler/scheduler_config.json`` (DDIM, v-prediction, zero terminal SNR).
-COGVIDEOX_5B_SCHEDULER: dict[str, Any] = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=True, steps_offset=0, prediction_type="v_prediction",
-    rescale_betas_zero_snr=True, snr_shift_scale=1.0, timestep_spacing="trailing",
-)
 #: (latent frames, latent height, latent width, text tokens) of 49 frames at 480x720.
 REAL_SHAPE = (13, 60, 90, 226)
 
