@@ -43,8 +43,8 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0  # no
 from customvideox import attention  # noqa: E402
 from customvideox.attention import lse_backend_status  # noqa: E402
 from customvideox.config import ReferenceConfig  # noqa: E402
+from customvideox.cost import cfg_step_inputs as step_inputs  # noqa: E402
 from customvideox.lora import has_reference_lora  # noqa: E402
-from customvideox.positions import video_rotary_pos_embed  # noqa: E402
 from customvideox.presets import (  # noqa: E402, F401  (the real configs, re-exported for the other scripts)
     COGVIDEOX_5B_SCHEDULER,
     COGVIDEOX_5B_TRANSFORMER,
@@ -133,28 +133,6 @@ def build(device: torch.device, dtype: torch.dtype, tiny: bool = False,
     model.set_attn_processor(CogVideoXAttnProcessor2_0())  # vanilla runs diffusers' own processor
     inputs = step_inputs(model, shape, device, dtype)
     return model, vae_cfg, reference_config, inputs
-
-
-def step_inputs(model: CogVideoXTransformer3DModel, shape: tuple[int, int, int, int], device: torch.device,
-                dtype: torch.dtype) -> dict[str, Any]:
-    """The inputs of one CFG step (batch 2) at latent ``shape`` = (frames, height, width, text tokens), seeded."""
-    frames, height, width, text_len = shape
-    g = torch.Generator(device).manual_seed(1)
-    channels, text_dim = model.config.in_channels, model.config.text_embed_dim
-    entity = torch.zeros(2, text_len, dtype=torch.bool, device=device)
-    entity[:, 3:5] = True  # a two-token entity word in both CFG halves
-    # ... and its indices, gathered once per video as the pipeline does (no host sync or graph break per step)
-    entity_tokens = (torch.arange(3, 5, device=device).expand(2, 2), torch.ones(2, 2, dtype=torch.bool, device=device))
-    return dict(
-        latents=torch.randn(2, frames, channels, height, width, generator=g, device=device, dtype=dtype),
-        prompt_embeds=torch.randn(2, text_len, text_dim, generator=g, device=device, dtype=dtype),
-        timestep=torch.full((2,), 500, device=device, dtype=torch.long),
-        rotary=video_rotary_pos_embed(model.config, frames, height, width, device=device),
-        reference=torch.randn(1, 1, channels, height, width, generator=g, device=device, dtype=dtype),
-        entity=entity,
-        entity_tokens=entity_tokens,
-        pixels=(height * 8, width * 8),
-    )
 
 
 def step_fn(model: CustomVideoXTransformer3DModel, inputs: dict, config: ReferenceConfig | None, cache=None,

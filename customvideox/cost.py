@@ -25,6 +25,7 @@ from unittest import mock
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from customvideox.positions import video_rotary_pos_embed
 from mediaio.fakecost import (  # noqa: F401  (the generic machinery, re-exported for existing callers)
     count_flops,
     fake_module,
@@ -78,3 +79,25 @@ def fake_transformer(
         for _, parameter in lora_parameters(model):
             parameter.data = parameter.data.to(lora_dtype)
     return fake_module(model, mode, device).eval()
+
+
+def cfg_step_inputs(model: torch.nn.Module, shape: tuple[int, int, int, int], device: torch.device,
+                dtype: torch.dtype) -> dict[str, Any]:
+    """The inputs of one CFG step (batch 2) at latent ``shape`` = (frames, height, width, text tokens), seeded."""
+    frames, height, width, text_len = shape
+    g = torch.Generator(device).manual_seed(1)
+    channels, text_dim = model.config.in_channels, model.config.text_embed_dim
+    entity = torch.zeros(2, text_len, dtype=torch.bool, device=device)
+    entity[:, 3:5] = True  # a two-token entity word in both CFG halves
+    # ... and its indices, gathered once per video as the pipeline does (no host sync or graph break per step)
+    entity_tokens = (torch.arange(3, 5, device=device).expand(2, 2), torch.ones(2, 2, dtype=torch.bool, device=device))
+    return dict(
+        latents=torch.randn(2, frames, channels, height, width, generator=g, device=device, dtype=dtype),
+        prompt_embeds=torch.randn(2, text_len, text_dim, generator=g, device=device, dtype=dtype),
+        timestep=torch.full((2,), 500, device=device, dtype=torch.long),
+        rotary=video_rotary_pos_embed(model.config, frames, height, width, device=device),
+        reference=torch.randn(1, 1, channels, height, width, generator=g, device=device, dtype=dtype),
+        entity=entity,
+        entity_tokens=entity_tokens,
+        pixels=(height * 8, width * 8),
+    )
