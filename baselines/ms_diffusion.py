@@ -347,9 +347,9 @@ def build_personalizer(options: MSDiffusionOptions, context: MethodContext) -> M
 def stage1_cost(options: MSDiffusionOptions, context: MethodContext):
     """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`): SDXL with MS-Diffusion's processors
     (:func:`~baselines.ms_diffusion_model.install_ms_attention`) and grounding resampler, as
-    :class:`MSDiffusionPipeline` runs them: CLIP-G on the reference, CLIP-L on the phrase, the resampler, both text encoders on the prompt and the
-    negative prompt, ``steps`` UNet calls on the CFG batch, one VAE decode (fp32 under fp16: SDXL's force_upcast);
-    the tiny preset's components with ``context.preset == "tiny"``."""
+    :class:`MSDiffusionPipeline` runs them: CLIP-G on the reference, CLIP-L on the phrase, the resampler, both
+    text encoders on the prompt and the negative prompt, ``steps`` UNet calls on the CFG batch, one VAE decode
+    (fp32 under fp16: SDXL's force_upcast); the tiny preset's components with ``context.preset == "tiny"``."""
     from types import SimpleNamespace
 
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
