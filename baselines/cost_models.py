@@ -11,13 +11,22 @@ real parameter counts and run the real shapes on FakeTensors, with no weights an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
-from mediaio.fakecost import Piece, measure_pieces, meta_module
+from mediaio.fakecost import (  # noqa: F401  (the call helpers the method modules use as cost_models.*)
+    FakeStage,
+    denoiser_calls,
+    dtype_name,
+    image_call,
+    module_dtype,
+    text_call,
+    token_ids,
+    vae_decode_call,
+    vae_encode_call,
+)
 from videobench.costs import EFFECTIVE_TFLOPS_PER_S, StageCost
 
 # --- Stable Diffusion 1.x / SDXL --------------------------------------------------------------------------------
@@ -81,80 +90,13 @@ CLIP_BIGG_VISION: dict[str, Any] = {
 CLIP_TEXT_LENGTH = 77
 
 
-class StageBuilder:
-    """The components of one stage built as FakeTensors of one mode, and the calls one video makes with them.
-
-    ``build`` makes a component (any ``nn.Module`` factory) on the meta device in the stage's dtype (or its own)
-    and keeps it *resident* (a pipeline on the GPU holds every component at once); ``add`` lists a call and how
-    often one video makes it; ``cost`` runs each call once on FakeTensors (FLOPs, and the peak with every resident
-    weight counted) and sums them into a :class:`~videobench.costs.StageCost`.
-    """
-
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.mode = FakeTensorMode()
-        self.dtype = dtype
-        self.resident: list[torch.nn.Module] = []
-        self.pieces: list[Piece] = []
-
-    def build(self, factory: Callable[[], torch.nn.Module], dtype: torch.dtype | None = None,
-              keep_float32: Iterable[str] = ()) -> Any:
-        module = meta_module(factory, self.mode, dtype or self.dtype, keep_float32)
-        self.resident.append(module)
-        return module
-
-    def adopt(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> Any:
-        """A component built elsewhere (e.g. by a tiny preset's builder, at toy size), moved to the meta device and
-        made resident like :meth:`build`'s."""
-        return self.build(lambda: module.to("meta"), dtype)
-
-    def add(self, name: str, run: Callable[[], Any], calls: float = 1, note: str = "") -> None:
-        self.pieces.append(Piece(name, run, calls, note))
+class StageBuilder(FakeStage):
+    """A :class:`~mediaio.fakecost.FakeStage` whose :meth:`cost` is a :class:`~videobench.costs.StageCost`: the
+    method modules build their components with it, list the calls one video makes, then cost the stage."""
 
     def cost(self, name: str, rate: float = EFFECTIVE_TFLOPS_PER_S, notes: str = "", memory: bool = True
              ) -> StageCost:
-        return StageCost.from_pieces(name, measure_pieces(self.pieces, self.mode, self.resident, memory), rate, notes)
-
-
-def denoiser_calls(scheduler: Any, steps: int) -> int:
-    """How many times a sampling loop over ``scheduler.timesteps`` calls the denoiser for ``steps`` steps (PNDM's
-    PLMS: steps + 1; DDIM, Euler, UniPC, DDPM: steps)."""
-    scheduler.set_timesteps(steps)
-    return len(scheduler.timesteps)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-# --- calls -------------------------------------------------------------------------------------------------------
-def token_ids(length: int, batch: int = 1) -> torch.Tensor:
-    """``(batch, length)`` token ids (all ones: the values do not matter on FakeTensors)."""
-    return torch.ones(batch, length, dtype=torch.long)
-
-
-def text_call(encoder: torch.nn.Module, length: int, batch: int = 1, **kwargs: Any) -> Callable[[], Any]:
-    """A text encoder (CLIP, T5, ...) on ``batch`` prompts of ``length`` tokens."""
-    return lambda: encoder(token_ids(length, batch), **kwargs)
-
-
-def image_call(encoder: torch.nn.Module, size: int, batch: int = 1, dtype: torch.dtype | None = None,
-               **kwargs: Any) -> Callable[[], Any]:
-    """An image encoder (CLIP vision tower) on ``batch`` images of ``size`` x ``size``."""
-    return lambda: encoder(pixel_values=torch.randn(batch, 3, size, size, dtype=dtype or _dtype(encoder)), **kwargs)
-
-
-def vae_decode_call(vae: torch.nn.Module, latent_shape: tuple[int, ...], **kwargs: Any) -> Callable[[], Any]:
-    """``vae.decode`` of latents of ``latent_shape`` (the VAE's dtype)."""
-    return lambda: vae.decode(torch.randn(*latent_shape, dtype=_dtype(vae)), **kwargs).sample
-
-
-def vae_encode_call(vae: torch.nn.Module, pixel_shape: tuple[int, ...]) -> Callable[[], Any]:
-    """``vae.encode`` of pixels of ``pixel_shape`` (the VAE's dtype), the posterior's mode."""
-    return lambda: vae.encode(torch.randn(*pixel_shape, dtype=_dtype(vae))).latent_dist.mode()
-
-
-def _dtype(module: torch.nn.Module) -> torch.dtype:
-    return next(module.parameters()).dtype
+        return StageCost.from_pieces(name, self.measure(memory), rate, notes)
 
 
 def sd_stage(builder: StageBuilder, unet: torch.nn.Module, vae: torch.nn.Module, *, steps: int, cfg: bool,
@@ -168,7 +110,7 @@ def sd_stage(builder: StageBuilder, unet: torch.nn.Module, vae: torch.nn.Module,
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     batch = 2 if cfg else 1
     channels = unet.config.in_channels
-    dtype = _dtype(unet)
+    dtype = module_dtype(unet)
 
     def step() -> Any:
         latents = torch.randn(batch, channels, height // factor, width // factor, dtype=dtype)
@@ -180,4 +122,4 @@ def sd_stage(builder: StageBuilder, unet: torch.nn.Module, vae: torch.nn.Module,
     latent_channels = vae.config.latent_channels
     builder.add("VAE decode", vae_decode_call(vae, (1, latent_channels, height // factor, width // factor),
                                               **(decode_kwargs or {})), 1,
-                f"{height}x{width} px, {dtype_name(_dtype(vae))}")
+                f"{height}x{width} px, {dtype_name(module_dtype(vae))}")

@@ -178,7 +178,9 @@ class Piece:
     times per generation (e.g. a denoiser step: ``calls`` = the sampler's model evaluations).
 
     ``note`` says what the call is (batch, shape, dtype) for the report; ``flops`` set by hand (``run`` None)
-    stands for a part that is estimated, not run (its ``note`` says how).
+    stands for a part that is estimated, not run (its ``note`` says how). ``tracked()`` returns tensors made by
+    an earlier piece that stay alive during this one (e.g. a cache built once and read at every step): they count
+    toward its peak.
     """
 
     name: str
@@ -187,6 +189,7 @@ class Piece:
     note: str = ""
     flops: int | None = None
     peak_bytes: int | None = None
+    tracked: Callable[[], Iterable[torch.Tensor]] | None = None
 
 
 @dataclass
@@ -251,7 +254,94 @@ def measure_pieces(pieces: Sequence[Piece], mode: FakeTensorMode, resident: Sequ
                 result.pieces.append(PieceCost(piece.name, piece.calls, int(piece.flops or 0),
                                                piece.peak_bytes or weights, piece.note, measured=False))
                 continue
-            _, flops = count_flops(piece.run)
-            peak = track_peak_memory(piece.run, *resident)["total"] if memory else weights
-            result.pieces.append(PieceCost(piece.name, piece.calls, flops, max(peak, weights), piece.note))
+            if not memory:
+                _, flops = count_flops(piece.run)
+                result.pieces.append(PieceCost(piece.name, piece.calls, flops, weights, piece.note))
+                continue
+            counted: dict[str, int] = {}  # one pass: the FLOP counter runs inside the memory tracker
+
+            def run(piece: Piece = piece) -> None:
+                counted["flops"] = count_flops(piece.run)[1]
+
+            extra = list(piece.tracked()) if piece.tracked is not None else []
+            peak = track_peak_memory(run, *resident, *extra)["total"]
+            result.pieces.append(PieceCost(piece.name, piece.calls, counted["flops"], max(peak, weights), piece.note))
     return result
+
+
+class FakeStage:
+    """The components of one stage (e.g. a pipeline) built as FakeTensors of one mode, and the calls one generation
+    makes with them.
+
+    ``build`` makes a component (any ``nn.Module`` factory) on the meta device in the stage's dtype (or its own)
+    and keeps it *resident* (a pipeline on the GPU holds every component at once); ``adopt`` does the same with a
+    module built elsewhere (moved to the meta device) and ``hold`` with one already faked under :attr:`mode`;
+    ``add`` lists a call and how often one generation makes it; ``measure`` runs each call once on FakeTensors
+    (FLOPs, and the peak with every resident weight counted, :func:`measure_pieces`).
+    """
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.mode = FakeTensorMode()
+        self.dtype = dtype
+        self.resident: list[torch.nn.Module] = []
+        self.pieces: list[Piece] = []
+
+    def build(self, factory: Callable[[], torch.nn.Module], dtype: torch.dtype | None = None,
+              keep_float32: Iterable[str] = ()) -> Any:
+        return self.hold(meta_module(factory, self.mode, dtype or self.dtype, keep_float32))
+
+    def adopt(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> Any:
+        return self.build(lambda: module.to("meta"), dtype)
+
+    def hold(self, module: torch.nn.Module) -> Any:
+        self.resident.append(module)
+        return module
+
+    def add(self, name: str, run: Callable[[], Any], calls: float = 1, note: str = "",
+            tracked: Callable[[], Iterable[torch.Tensor]] | None = None) -> None:
+        self.pieces.append(Piece(name, run, calls, note, tracked=tracked))
+
+    def measure(self, memory: bool = True) -> PiecesCost:
+        return measure_pieces(self.pieces, self.mode, self.resident, memory)
+
+
+# --- calls of common model kinds (inputs made inside the call, under the stage's FakeTensorMode) ------------------
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def denoiser_calls(scheduler: Any, steps: int) -> int:
+    """How many times a sampling loop over ``scheduler.timesteps`` calls the denoiser for ``steps`` steps (a
+    diffusers scheduler; e.g. PNDM's PLMS: steps + 1; DDIM, Euler, UniPC, DDPM: steps)."""
+    scheduler.set_timesteps(steps)
+    return len(scheduler.timesteps)
+
+
+def token_ids(length: int, batch: int = 1) -> torch.Tensor:
+    """``(batch, length)`` token ids (all ones: the values do not matter on FakeTensors)."""
+    return torch.ones(batch, length, dtype=torch.long)
+
+
+def text_call(encoder: torch.nn.Module, length: int, batch: int = 1, **kwargs: Any) -> Callable[[], Any]:
+    """A text encoder (CLIP, T5, ...) on ``batch`` prompts of ``length`` tokens."""
+    return lambda: encoder(token_ids(length, batch), **kwargs)
+
+
+def image_call(encoder: torch.nn.Module, size: int, batch: int = 1, **kwargs: Any) -> Callable[[], Any]:
+    """An image encoder (e.g. a CLIP vision tower) on ``batch`` images of ``size`` x ``size``."""
+    return lambda: encoder(pixel_values=torch.randn(batch, 3, size, size, dtype=module_dtype(encoder)), **kwargs)
+
+
+def vae_decode_call(vae: torch.nn.Module, latent_shape: tuple[int, ...], **kwargs: Any) -> Callable[[], Any]:
+    """``vae.decode`` (a diffusers autoencoder) of latents of ``latent_shape`` in the VAE's dtype."""
+    return lambda: vae.decode(torch.randn(*latent_shape, dtype=module_dtype(vae)), **kwargs).sample
+
+
+def vae_encode_call(vae: torch.nn.Module, pixel_shape: tuple[int, ...]) -> Callable[[], Any]:
+    """``vae.encode`` (a diffusers autoencoder) of pixels of ``pixel_shape`` in the VAE's dtype, the posterior's
+    mode."""
+    return lambda: vae.encode(torch.randn(*pixel_shape, dtype=module_dtype(vae))).latent_dist.mode()
