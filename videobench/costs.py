@@ -146,14 +146,12 @@ def cost_key(method: str, overrides: Mapping[str, Any] | None = None) -> str:
 def compute_cost(method: str, overrides: Mapping[str, Any] | None = None, context: MethodContext | None = None,
                  tflops_per_s: float = EFFECTIVE_TFLOPS_PER_S) -> MethodCost | None:
     """Compute ``method``'s cost now (seconds to minutes); None when the method has no cost model."""
-    from videobench.methods import MethodContext, get_method
+    from videobench.methods import get_method
 
     spec = get_method(method)
-    if spec.cost is None:
+    cost = spec.estimate_cost(spec.parse_options(dict(overrides or {})), context)
+    if cost is None:
         return None
-    context = context or MethodContext(device="cuda")
-    spec.check_preset(context.preset)
-    cost = spec.cost(spec.parse_options(dict(overrides or {})), context)
     return cost.at_rate(tflops_per_s) if tflops_per_s != cost.tflops_per_s else cost
 
 
@@ -212,7 +210,10 @@ class ReproductionRow:
 
 
 def table1_methods() -> dict[str, str]:
-    """Table 1's rows -> the registered method that reproduces each with its default options."""
+    """Table 1's rows -> the registered method that reproduces each with its default options, in the paper's row
+    order (``videobench/paper/table1.csv``)."""
+    import csv
+
     from videobench.methods import available_methods
 
     rows = {}
@@ -220,7 +221,9 @@ def table1_methods() -> dict[str, str]:
         row = spec.paper(spec.parse_options({})).table1_row
         if row is not None:
             rows[row] = name
-    return rows
+    with (Path(__file__).parent / "paper" / "table1.csv").open(encoding="utf-8") as handle:
+        order = {line["method"]: int(line["row"]) for line in csv.DictReader(handle)}
+    return dict(sorted(rows.items(), key=lambda item: (order.get(item[0], len(order) + 1), item[0])))
 
 
 def reproduction_estimate(costs: Mapping[str, MethodCost] | None = None, methods: Mapping[str, str] | None = None,
