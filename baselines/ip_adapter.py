@@ -731,8 +731,7 @@ def stage1_cost(options: IPAdapterOptions, context: MethodContext):
         """``unet`` with the adapter installed as diffusers' load_ip_adapter does (meta tensors, official keys)."""
         shapes = expected_adapter_shapes(unet, int(encoder_config.projection_dim), int(encoder_config.hidden_size),
                                          variant.plus, **(plus_sizes if variant.plus else {}))
-        state = {group: {key: torch.empty(shape, device="meta") for key, shape in keys.items()}
-                 for group, keys in shapes.items()}
+        state = {group: {key: torch.empty(shape) for key, shape in keys.items()} for group, keys in shapes.items()}
         unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
         for processor in unet.attn_processors.values():
             if hasattr(processor, "scale"):
@@ -741,7 +740,7 @@ def stage1_cost(options: IPAdapterOptions, context: MethodContext):
 
     if tiny:
         pipe = build_tiny_pipeline(variant.family)
-        unet = builder.build(lambda: with_adapter(pipe.unet.to("meta"), pipe.image_encoder.config))
+        unet = builder.adopt(with_adapter(pipe.unet, pipe.image_encoder.config))
         vae, encoder = builder.adopt(pipe.vae), builder.adopt(pipe.image_encoder)
         texts = [builder.adopt(pipe.text_encoder)] + ([builder.adopt(pipe.text_encoder_2)] if sdxl else [])
         height = width = TINY_SIZE

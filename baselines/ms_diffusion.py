@@ -371,7 +371,6 @@ def stage1_cost(options: MSDiffusionOptions, context: MethodContext):
         parts = {"unet": pipeline.pipe.unet, "text_encoder": pipeline.pipe.text_encoder,
                  "text_encoder_2": pipeline.pipe.text_encoder_2, "vae": pipeline.pipe.vae,
                  "image_encoder": pipeline.image_encoder, "resampler": pipeline.resampler}
-        parts = {key: module.to("meta") for key, module in parts.items()}
         resolution, steps = min(options.resolution, TINY_RESOLUTION), min(options.steps, TINY_STEPS)
     else:
         def sdxl_with_adapter() -> dict[str, torch.nn.Module]:
@@ -385,7 +384,7 @@ def stage1_cost(options: MSDiffusionOptions, context: MethodContext):
                     "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**cm.CLIP_BIGG_TEXT)),
                     "vae": AutoencoderKL(**cm.SDXL_VAE)}
 
-        with torch.device("meta"):
+        with builder.constructing():
             parts = sdxl_with_adapter()
         resolution, steps = options.resolution, options.steps
     vae_upcast = builder.dtype == torch.float16 and parts["vae"].config.force_upcast

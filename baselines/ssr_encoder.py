@@ -316,11 +316,11 @@ def stage1_cost(options: SSREncoderOptions, context: MethodContext):
     builder = cm.StageBuilder(dtype)
     if tiny:
         pipe, subject = build_tiny_components()
-        unet, text, vae, subject = (module.to("meta") for module in (pipe.unet, pipe.text_encoder, pipe.vae, subject))
+        unet, text, vae = pipe.unet, pipe.text_encoder, pipe.vae
         height = width = TINY_IMAGE_SIZE
         steps = min(options.steps, TINY_STEPS)
     else:
-        with torch.device("meta"):
+        with builder.constructing():
             unet, vae = UNet2DConditionModel(**cm.SD15_UNET), AutoencoderKL(**cm.SD_VAE)
             text = CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT))
             vision = CLIPVisionModel(CLIPVisionConfig(**cm.CLIP_L_VISION))

@@ -212,16 +212,18 @@ def i2v_cost(options: TwoStageOptions, context: MethodContext) -> StageCost:
 
     The same for every two-stage method: computed once per process and setting.
     """
+    from mediaio.fakecost import current_execution
+
     tiny = context.preset == "tiny"
-    stage2 = CogVideoXI2V(options, context)
-    call = stage2.call
+    call = CogVideoXI2V(options, context).call
     return _i2v_cost(tiny, call["num_frames"], call["height"], call["width"], call["num_inference_steps"],
-                     options.i2v_guidance > 1.0, gpu_dtype(context))
+                     options.i2v_guidance > 1.0, gpu_dtype(context), current_execution())
 
 
 @functools.lru_cache(maxsize=8)
-def _i2v_cost(tiny: bool, frames: int, height: int, width: int, steps: int, cfg: bool, dtype: torch.dtype
-              ) -> StageCost:
+def _i2v_cost(tiny: bool, frames: int, height: int, width: int, steps: int, cfg: bool, dtype: torch.dtype,
+              execution: Any = None) -> StageCost:
+    """:func:`i2v_cost` (``execution``: the :func:`mediaio.fakecost.run_for_real` in effect, part of the key)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 

@@ -74,6 +74,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import baseline_timing  # noqa: E402
 import diffusers  # noqa: E402
 import estimate  # noqa: E402
 import score_throughput  # noqa: E402
@@ -460,6 +461,40 @@ def register_section(section: Section, before: str | None = None) -> None:
     if unknown:
         raise ValueError(f"section {section.name!r}: unknown target(s) {unknown}; add them to TARGETS first")
     SECTIONS.insert(names.index(before) if before is not None else len(SECTIONS), section)
+
+
+# --- 7. the comparison baselines, seconds per video per stage (issue 10) -----------------------------------------
+def baselines_section(ctx: Context) -> Iterator[Row]:
+    """Each baseline's stages at real size with random weights (``baseline_timing``: its cost model run for real):
+    a few denoiser steps extrapolated to the default count, one of every other call; in
+    :data:`baseline_timing.ORDER`, each only if about its time is left (else a row says why)."""
+    measured: dict[str, Any] = ctx.results.setdefault("baselines", {})
+    stage2_done = False
+    for name in baseline_timing.ORDER:
+        need = baseline_timing.need_seconds(name, ctx.tiny)
+        if ctx.time_left() < need:
+            yield Row(f"{name}, s/video", None, "s", status=UNMEASURED,
+                      note=f"not run: about {need:.0f} s needed, {ctx.time_left():.0f} s left")
+            continue
+        cost = baseline_timing.measure_method(name, ctx.device, ctx.tiny, warmup=ctx.warmup or 1,
+                                              repeats=min(ctx.steps, 2))
+        measured[name] = cost.to_dict()
+        for index, stage in enumerate(cost.stages):
+            if not stage.measured or (index == 1 and stage2_done):
+                continue  # a stage without a model; stage 2 reported once (the same for every two-stage method)
+            rate = stage.tflops / stage.seconds if stage.seconds else 0.0
+            yield Row(f"{name}: {stage.name}, s/video", stage.seconds, "s",
+                      note=f"peak {stage.peak_gib:.1f} GiB, {stage.tflops:.3g} TFLOP ({rate:.3g} TFLOP/s); "
+                           f"{stage.notes}", data={"stage": dataclasses.asdict(stage)})
+        if len(cost.stages) > 1:
+            stage2_done = True
+            yield Row(f"{name}: video (stage 1 + stage 2), s/video", cost.seconds_per_video, "s",
+                      note=f"peak {cost.peak_gib:.1f} GiB (stages run one after the other)",
+                      data={"tflops": cost.tflops})
+
+
+register_section(Section("baselines", "comparison baselines, s/video per stage (random weights)", baselines_section,
+                         budget_s=150, min_s=40), before="compiled")
 
 
 # --- the report ---------------------------------------------------------------------------------------------------

@@ -193,7 +193,8 @@ def customvideox_cost(options: CustomVideoXOptions, context: MethodContext) -> M
     from transformers import T5Config, T5EncoderModel
 
     from customvideox import presets
-    from customvideox.cost import cfg_step_inputs, fake_transformer
+    from customvideox.cost import cfg_step_inputs
+    from customvideox.transformer import CustomVideoXTransformer3DModel
     from mediaio.fakecost import FakeStage, denoiser_calls, dtype_name, text_call, vae_decode_call, vae_encode_call
     from videobench.costs import StageCost, gpu_dtype
 
@@ -209,7 +210,13 @@ def customvideox_cost(options: CustomVideoXOptions, context: MethodContext) -> M
                                  context.width or call["width"])
     else:
         config = ReferenceConfig(**overrides)
-        transformer = stage.hold(fake_transformer(presets.COGVIDEOX_5B_TRANSFORMER, config, stage.mode, stage.dtype))
+
+        def transformer_with_lora() -> CustomVideoXTransformer3DModel:
+            model = CustomVideoXTransformer3DModel(**presets.COGVIDEOX_5B_TRANSFORMER)
+            model.add_reference_lora(config)
+            return model
+
+        transformer = stage.build(transformer_with_lora)
         text = stage.build(lambda: T5EncoderModel(T5Config(**presets.T5_XXL)))
         vae = stage.build(lambda: AutoencoderKLCogVideoX(**presets.COGVIDEOX_5B_VAE))
         frames, height, width = context.num_frames or 49, context.height or 480, context.width or 720

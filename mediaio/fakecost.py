@@ -26,7 +26,11 @@ baselines (:mod:`baselines.cost_models`); depends on torch only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import contextvars
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -92,13 +96,19 @@ def meta_module(factory: Callable[[], T], mode: FakeTensorMode, dtype: torch.dty
     """
     with torch.device("meta"):
         module = factory()
+    return fake_module(prepare_module(module, dtype, keep_float32), mode)
+
+
+def prepare_module(module: T, dtype: torch.dtype | None = None, keep_float32: Iterable[str] = ()) -> T:
+    """``module`` frozen, in eval mode, its floating-point tensors cast to ``dtype`` (except names containing one
+    of ``keep_float32``), in place."""
     module.requires_grad_(False).eval()
     if dtype is not None:
         keep = tuple(keep_float32)
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             if tensor.is_floating_point() and not any(part in name for part in keep):
                 tensor.data = tensor.data.to(dtype)
-    return fake_module(module, mode)
+    return module
 
 
 def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
@@ -194,7 +204,8 @@ class Piece:
 
 @dataclass
 class PieceCost:
-    """A measured :class:`Piece`: FLOPs of one call, the peak while it runs (resident weights included)."""
+    """A run :class:`Piece`: FLOPs of one call, the peak while it runs (resident weights included), and, when it ran
+    for real (:func:`run_for_real`), the seconds of one call. ``measured`` is False for a hand estimate."""
 
     name: str
     calls: float
@@ -202,15 +213,18 @@ class PieceCost:
     peak_bytes: int
     note: str = ""
     measured: bool = True
+    seconds_per_call: float | None = None
 
     @property
     def flops(self) -> float:
         return self.calls * self.flops_per_call
 
     def to_dict(self) -> dict[str, Any]:
+        timed = {} if self.seconds_per_call is None else {
+            "seconds_per_call": self.seconds_per_call, "seconds": self.calls * self.seconds_per_call}
         return {"name": self.name, "calls": self.calls, "tflops_per_call": self.flops_per_call / 1e12,
                 "tflops": self.flops / 1e12, "peak_gib": self.peak_bytes / GIB, "note": self.note,
-                "measured": self.measured}
+                "measured": self.measured, **timed}
 
 
 @dataclass
@@ -219,10 +233,19 @@ class PiecesCost:
 
     pieces: list[PieceCost] = field(default_factory=list)
     resident_bytes: int = 0
+    #: The device the pieces ran on for real (None: FakeTensors).
+    device: str | None = None
 
     @property
     def flops(self) -> float:
         return sum(piece.flops for piece in self.pieces)
+
+    @property
+    def seconds(self) -> float | None:
+        """Seconds per generation of the calls timed for real (None on FakeTensors)."""
+        if self.device is None:
+            return None
+        return sum(piece.calls * (piece.seconds_per_call or 0.0) for piece in self.pieces)
 
     @property
     def peak_bytes(self) -> int:
@@ -269,31 +292,88 @@ def measure_pieces(pieces: Sequence[Piece], mode: FakeTensorMode, resident: Sequ
     return result
 
 
-class FakeStage:
-    """The components of one stage (e.g. a pipeline) built as FakeTensors of one mode, and the calls one generation
-    makes with them.
+@dataclass(frozen=True)
+class Execution:
+    """Run a :class:`FakeStage` for real on ``device``: components random-initialised there, each call timed (a call
+    made more than twice per generation, e.g. a denoiser step: ``warmup`` untimed runs, then the median of
+    ``repeats``; any other call: one run, timed), FLOPs counted on the first run, peaks from the CUDA allocator."""
 
-    ``build`` makes a component (any ``nn.Module`` factory) on the meta device in the stage's dtype (or its own)
-    and keeps it *resident* (a pipeline on the GPU holds every component at once); ``adopt`` does the same with a
-    module built elsewhere (moved to the meta device) and ``hold`` with one already faked under :attr:`mode`;
-    ``add`` lists a call and how often one generation makes it; ``measure`` runs each call once on FakeTensors
-    (FLOPs, and the peak with every resident weight counted, :func:`measure_pieces`).
+    device: str
+    warmup: int = 1
+    repeats: int = 2
+
+    @property
+    def device_name(self) -> str:
+        device = torch.device(self.device)
+        return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+_EXECUTION: contextvars.ContextVar[Execution | None] = contextvars.ContextVar("fakecost_execution", default=None)
+
+
+@contextlib.contextmanager
+def run_for_real(device: str | torch.device, warmup: int = 1, repeats: int = 2) -> Iterator[Execution]:
+    """Inside the block, every new :class:`FakeStage` builds its components on ``device`` (random weights) and
+    times its calls there instead of running them on FakeTensors: a cost model doubles as a timing harness."""
+    execution = Execution(str(device), warmup, repeats)
+    token = _EXECUTION.set(execution)
+    try:
+        yield execution
+    finally:
+        _EXECUTION.reset(token)
+
+
+def current_execution() -> Execution | None:
+    """The :func:`run_for_real` in effect, or None (FakeTensors)."""
+    return _EXECUTION.get()
+
+
+class FakeStage:
+    """The components of one stage (e.g. a pipeline) and the calls one generation makes with them, on FakeTensors
+    (or, inside :func:`run_for_real`, for real on a device with random weights).
+
+    ``build`` makes a component from an ``nn.Module`` factory (on the meta device, or on the device) in the stage's
+    dtype (or its own) and keeps it *resident* (a pipeline on the GPU holds every component at once); ``adopt``
+    does the same with a module built elsewhere (a tiny preset's, or one built inside :meth:`constructing`);
+    ``add`` lists a call and how often one generation makes it; ``measure`` runs each call once (FLOPs, and the
+    peak with every resident weight counted, :func:`measure_pieces`) or times it (:class:`Execution`).
     """
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.mode = FakeTensorMode()
         self.dtype = dtype
+        self.execution = current_execution()
         self.resident: list[torch.nn.Module] = []
         self.pieces: list[Piece] = []
 
+    @contextlib.contextmanager
+    def constructing(self, dtype: torch.dtype | None = None) -> Iterator[None]:
+        """Modules created in the block get their tensors where this stage keeps them: the meta device, or (for
+        real) the execution's device, in ``dtype`` (default the stage's) from the start (no float32 copy)."""
+        if self.execution is None:
+            with torch.device("meta"):
+                yield
+            return
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype or self.dtype)
+        try:
+            with torch.device(self.execution.device):
+                yield
+        finally:
+            torch.set_default_dtype(previous)
+
     def build(self, factory: Callable[[], torch.nn.Module], dtype: torch.dtype | None = None,
               keep_float32: Iterable[str] = ()) -> Any:
-        return self.hold(meta_module(factory, self.mode, dtype or self.dtype, keep_float32))
+        with self.constructing(dtype):
+            module = factory()
+        return self.adopt(module, dtype, keep_float32)
 
-    def adopt(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> Any:
-        return self.build(lambda: module.to("meta"), dtype)
-
-    def hold(self, module: torch.nn.Module) -> Any:
+    def adopt(self, module: torch.nn.Module, dtype: torch.dtype | None = None, keep_float32: Iterable[str] = ()
+              ) -> Any:
+        target = "meta" if self.execution is None else self.execution.device
+        module = prepare_module(module.to(target), dtype or self.dtype, keep_float32)
+        if self.execution is None:
+            module = fake_module(module, self.mode)
         self.resident.append(module)
         return module
 
@@ -302,7 +382,50 @@ class FakeStage:
         self.pieces.append(Piece(name, run, calls, note, tracked=tracked))
 
     def measure(self, memory: bool = True) -> PiecesCost:
+        if self.execution is not None:
+            return time_pieces(self.pieces, self.execution, self.resident)
         return measure_pieces(self.pieces, self.mode, self.resident, memory)
+
+
+def time_pieces(pieces: Sequence[Piece], execution: Execution, resident: Sequence[torch.nn.Module]) -> PiecesCost:
+    """Run each piece for real on ``execution.device`` (see :class:`Execution`): seconds per call, FLOPs, peak."""
+    device = torch.device(execution.device)
+    cuda = device.type == "cuda"
+    weights = module_bytes(*resident)
+    result = PiecesCost(resident_bytes=weights, device=execution.device_name)
+    # memory the device held before, not this stage's (e.g. other models of the process): not part of its peaks
+    foreign = torch.cuda.memory_allocated(device) - weights if cuda else 0
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    with torch.device(device), torch.no_grad():
+        for piece in pieces:
+            if piece.run is None:
+                result.pieces.append(PieceCost(piece.name, piece.calls, int(piece.flops or 0),
+                                               piece.peak_bytes or weights, piece.note, measured=False))
+                continue
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            repeated = piece.calls > 2
+            sync()
+            started = time.perf_counter()
+            _, flops = count_flops(piece.run)
+            sync()
+            times = [time.perf_counter() - started]
+            if repeated:
+                times = []
+                for index in range(max(execution.warmup - 1, 0) + execution.repeats):
+                    started = time.perf_counter()
+                    piece.run()
+                    sync()
+                    if index >= execution.warmup - 1:
+                        times.append(time.perf_counter() - started)
+            peak = torch.cuda.max_memory_allocated(device) - foreign if cuda else weights
+            result.pieces.append(PieceCost(piece.name, piece.calls, flops, max(peak, weights), piece.note,
+                                           seconds_per_call=statistics.median(times)))
+    return result
 
 
 # --- calls of common model kinds (inputs made inside the call, under the stage's FakeTensorMode) ------------------

@@ -64,10 +64,14 @@ class StageCost:
     @classmethod
     def from_pieces(cls, name: str, pieces: PiecesCost, rate: float = EFFECTIVE_TFLOPS_PER_S, notes: str = ""
                     ) -> StageCost:
-        """A stage from measured pieces (:func:`mediaio.fakecost.measure_pieces`), FLOP-proportional seconds."""
+        """A stage from its pieces: run on FakeTensors (:func:`mediaio.fakecost.measure_pieces`: FLOP-proportional
+        seconds at ``rate``) or timed for real (:func:`mediaio.fakecost.time_pieces`: the measured seconds)."""
         tflops = pieces.flops / 1e12
-        return cls(name, tflops, pieces.peak_bytes / GIB, tflops / rate, FAKE_SOURCE,
-                   [piece.to_dict() for piece in pieces.pieces], notes)
+        parts = [piece.to_dict() for piece in pieces.pieces]
+        if pieces.seconds is not None:
+            return cls(name, tflops, pieces.peak_bytes / GIB, pieces.seconds,
+                       f"measured on {pieces.device}, random weights", parts, notes)
+        return cls(name, tflops, pieces.peak_bytes / GIB, tflops / rate, FAKE_SOURCE, parts, notes)
 
     @classmethod
     def free(cls, name: str, notes: str = "") -> StageCost:
