@@ -14,6 +14,12 @@ Usage::
     python benchmarks/estimate_methods.py --methods videobooth,wan-vace  # recompute these, keep the rest
     python benchmarks/estimate_methods.py --tiny --out /tmp/tiny.json    # the tiny presets (a quick check)
     python benchmarks/estimate_methods.py --report-only                  # print the cached tables
+    python benchmarks/estimate_methods.py --cpu-runs ip-adapter+i2v,...  # real-config CPU runs, one at a time
+
+``--cpu-runs`` (issue 10, section 7, item 4): each method's real-size components (random weights, built by its
+cost model with the same classes, adapters and attention processors the method uses) run every call of one
+generation once, for real, on this machine's CPU at a small shape with 1 step (:data:`CPU_RUNS`), each in its own
+subprocess, one after the other; the wall time and the peak RSS go into the JSON (``cpu_real_config_runs``).
 
 Estimates, not measurements: FLOPs are exact for the code that runs (matmuls, convolutions, attention), the time
 is FLOP-proportional at a bf16 DiT's efficiency (a lower bound for UNets, VAEs and fp32 stages), the peak counts
@@ -24,10 +30,14 @@ weights, activations and temporaries as allocated on the CPU's kernels (no CUDA 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import resource
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +77,111 @@ def compute(names: Sequence[str], tiny: bool, rate: float, variants: bool, log=p
             log(f"[{time.perf_counter() - started:6.1f} s] {key}: {cost.tflops:.2f} TFLOP, {cost.peak_gib:.1f} GiB, "
                 f"{cost.seconds_per_video:.1f} s/video")
     return results
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    """A real-config CPU run: ``cost`` (``module:function``, ``function(options, context) -> StageCost | MethodCost``;
+    a two-stage method's stage 1 only: CogVideoX-5B-I2V and T5-XXL would need 21 GB) with ``options`` and
+    ``context`` giving a small shape and 1 step, in ``dtype`` (fp32 where the weights fit in ~12 GB, else bf16),
+    with ``patches`` (``module:ATTRIBUTE`` -> value) where even bf16 does not fit, each stated in ``note``."""
+
+    cost: str
+    options: dict[str, Any]
+    dtype: str = "fp32"
+    context: dict[str, Any] = field(default_factory=dict)
+    patches: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+SMALL_IMAGE = {"height": 64, "width": 64, "steps": 1}
+CPU_RUNS: dict[str, CpuRun] = {
+    "ip-adapter+i2v": CpuRun("baselines.ip_adapter:stage1_cost", SMALL_IMAGE),
+    "blip-diffusion+i2v": CpuRun("baselines.blip_diffusion:stage1_cost", SMALL_IMAGE),
+    "ssr-encoder+i2v": CpuRun("baselines.ssr_encoder:stage1_cost", SMALL_IMAGE),
+    "lambda-eclipse+i2v": CpuRun("baselines.lambda_eclipse:stage1_cost", SMALL_IMAGE, "bf16",
+                                 note="bf16: CLIP-G text + vision, the prior and the Kandinsky decoder are 15.6 GB "
+                                      "in fp32"),
+    "ms-diffusion+i2v": CpuRun("baselines.ms_diffusion:stage1_cost", {"resolution": 64, "steps": 1}, "bf16",
+                               note="bf16: SDXL, CLIP-G and the adapter are 19 GB in fp32 (the VAE stays fp32)"),
+    "videobooth": CpuRun("baselines.videobooth:cost", {"steps": 1},
+                         note="VideoBooth's native 16x256x256 (it takes no other size), 1 step: 2 UNet calls"),
+    "wan-vace": CpuRun("baselines.wan_vace:cost", {"variant": "1.3b", "geometry": "suite", "steps": 1}, "bf16",
+                       context={"num_frames": 5, "height": 64, "width": 64},
+                       patches={"baselines.wan_vace:UMT5_XXL": {
+                           "vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 1,
+                           "num_heads": 64, "relative_attention_num_buckets": 32,
+                           "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu"}},
+                       note="5x64x64 (suite geometry), bf16; UMT5-XXL with 1 of its 24 layers (all 24 are 11.4 GB "
+                            "in bf16); the 1.3B transformer with its 15 VACE blocks and the VAE (fp32) at real config"),
+}
+
+
+def _resolve(path: str) -> tuple[Any, str]:
+    module, _, attribute = path.partition(":")
+    return importlib.import_module(module), attribute
+
+
+def cpu_run(name: str) -> dict[str, Any]:
+    """Run :data:`CPU_RUNS` ``[name]`` in this process; its calls' seconds, the wall time and the peak RSS."""
+    import torch
+
+    from mediaio.fakecost import run_for_real
+    from videobench.methods import MethodContext, get_method
+
+    run = CPU_RUNS[name]
+    started = time.perf_counter()
+    for path, value in run.patches.items():
+        module, attribute = _resolve(path)
+        setattr(module, attribute, value)
+    module, attribute = _resolve(run.cost)
+    spec = get_method(name)
+    context = MethodContext(device="cpu", dtype=run.dtype, **run.context)
+    with run_for_real("cpu", warmup=0, repeats=1), torch.no_grad():
+        cost = getattr(module, attribute)(spec.parse_options(run.options), context)
+    stages = cost.stages if isinstance(cost, MethodCost) else [cost]
+    return {
+        "method": name, "options": run.options, "context": run.context, "dtype": run.dtype, "note": run.note,
+        "patched": sorted(run.patches), "wall_s": time.perf_counter() - started,
+        "max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "torch_threads": torch.get_num_threads(),
+        "stages": [{"name": stage.name, "seconds": stage.seconds, "tflops": stage.tflops,
+                    "parts": [{key: part[key] for key in ("name", "calls", "tflops_per_call", "seconds_per_call")}
+                              for part in stage.parts]} for stage in stages],
+    }
+
+
+def cpu_runs(names: Sequence[str], log=print) -> dict[str, dict[str, Any]]:
+    """:func:`cpu_run` of each name in its own subprocess, one after the other (a failure or a kill is recorded)."""
+    results = {}
+    for name in names:
+        log(f"real-config CPU run: {name} ({CPU_RUNS[name].note or 'fp32'})")
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, "--cpu-run", name], capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode == 0 and lines:
+            results[name] = json.loads(lines[-1])
+            log(f"  {results[name]['wall_s']:.0f} s wall, peak RSS {results[name]['max_rss_gib']:.1f} GiB")
+        else:
+            results[name] = {"method": name, "failed": True, "returncode": done.returncode,
+                             "wall_s": time.perf_counter() - started, "error": done.stderr[-2000:]}
+            log(f"  FAILED (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    return results
+
+
+def cpu_runs_table(runs: Mapping[str, dict[str, Any]]) -> str:
+    """Markdown: method, shape and dtype, wall time, peak RSS, the calls' seconds."""
+    lines = ["| method | run | wall s | peak RSS GiB | calls (s each) |", "|---|---|---|---|---|"]
+    for name, run in runs.items():
+        if run.get("failed"):
+            lines.append(f"| {name} | failed (exit {run['returncode']}) | {run['wall_s']:.0f} | - | - |")
+            continue
+        setting = ", ".join(f"{k}={v}" for k, v in {**run["options"], **run["context"]}.items())
+        calls = "; ".join(f"{part['name']} {part['seconds_per_call']:.1f}" for stage in run["stages"]
+                          for part in stage["parts"])
+        lines.append(f"| {name} | {setting}, {run['dtype']} | {run['wall_s']:.0f} | {run['max_rss_gib']:.1f} | "
+                     f"{calls} |")
+    return "\n".join(lines)
 
 
 def cost_table(methods: Mapping[str, MethodCost]) -> str:
@@ -118,14 +233,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None,
                         help=f"the JSON cache (default {costs.ESTIMATES_FILE}; --tiny: not written unless given)")
     parser.add_argument("--report-only", action="store_true", help="print the tables of the cache, compute nothing")
+    parser.add_argument("--cpu-runs", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+                        default=None, help=f"real-config CPU runs, one at a time (of {', '.join(CPU_RUNS)})")
+    parser.add_argument("--cpu-run", default=None, help=argparse.SUPPRESS)  # the subprocess of --cpu-runs
     args = parser.parse_args(argv)
+    if args.cpu_run:
+        print(json.dumps(cpu_run(args.cpu_run), default=str), flush=True)
+        return {}
 
     out = args.out or (None if args.tiny else costs.ESTIMATES_FILE)
     previous = json.loads(out.read_text(encoding="utf-8")) if out is not None and out.is_file() else {}
     methods = {key: MethodCost.from_dict(value) for key, value in previous.get("methods", {}).items()}
     methods = {key: cost.at_rate(args.tflops_per_s) for key, cost in methods.items()}
     started = time.perf_counter()
-    if not args.report_only:
+    runs = dict(previous.get("cpu_real_config_runs", {}))
+    if args.cpu_runs is not None:
+        runs.update(cpu_runs(args.cpu_runs))
+    elif not args.report_only:
         names = args.methods or registered_costs()
         methods.update(compute(names, args.tiny, args.tflops_per_s, not args.no_variants))
     result: dict[str, Any] = {
@@ -134,8 +258,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reference_gpu": costs.REFERENCE_GPU,
         "methods": {key: cost.to_dict() for key, cost in sorted(methods.items())},
         "table1_reproduction": reproduction(methods, args.gpus),
+        **({"cpu_real_config_runs": runs} if runs else {}),
     }
-    if not args.report_only:
+    if args.cpu_runs is None and not args.report_only:
         import diffusers
         import torch
 
@@ -148,7 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(result["table1_reproduction"]["markdown"])
     print("all rows: " + ", ".join(f"{format_duration(totals[str(g)])} on {g} GPU{'s' if g > 1 else ''}"
                                    for g in args.gpus))
-    if out is not None and not args.report_only:
+    if runs:
+        print("\nreal-config CPU runs (random weights, small shape, 1 step):")
+        print(cpu_runs_table(runs))
+    if out is not None and (not args.report_only or args.cpu_runs is not None):
         from mediaio.atomic import atomic_write_text
 
         atomic_write_text(out, json.dumps(result, indent=2, default=str))
