@@ -50,6 +50,7 @@ from baselines.blip_diffusion_model import (
     build_prompt,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, build_loaded, load_state_dict
@@ -449,7 +450,7 @@ BLIP_DIFFUSION_QFORMER: dict[str, Any] = {
 SUBJECT_TOKENS = 3
 
 
-def stage1_cost(options: BlipDiffusionOptions, context: MethodContext):
+def stage1_cost(options: BlipDiffusionOptions, context: MethodContext) -> StageCost:
     """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`BlipDiffusionSampler`
     runs: the subject encoder (ViT-L + Q-Former) on the reference, the context text encoder on the prompt (with the
     subject embeddings) and on the negative prompt, a UNet call on the CFG batch per PNDM timestep (steps + 1), one
@@ -458,7 +459,6 @@ def stage1_cost(options: BlipDiffusionOptions, context: MethodContext):
     from transformers import Blip2Config, CLIPTextConfig
 
     from baselines import cost_models as cm
-    from videobench.costs import gpu_dtype
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context))

@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -702,7 +703,7 @@ class IPAdapterPersonalizer:
 PLUS_SIZES = {"sd15": {"queries": 16, "dim": 768, "inner": 768}, "sdxl": {"queries": 16, "dim": 1280, "inner": 1280}}
 
 
-def stage1_cost(options: IPAdapterOptions, context: MethodContext):
+def stage1_cost(options: IPAdapterOptions, context: MethodContext) -> StageCost:
     """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`): the variant's base UNet with the
     adapter installed by diffusers (``_load_ip_adapter_weights`` from meta tensors in the official key layout), its
     text encoder(s) on the prompt and the negative prompt, the CLIP image encoder (twice for Plus: the image and
@@ -720,7 +721,6 @@ def stage1_cost(options: IPAdapterOptions, context: MethodContext):
     from baselines import cost_models as cm
     from baselines.ms_diffusion import SDXL_SCHEDULER
     from baselines.ssr_encoder import SD15_SCHEDULER
-    from videobench.costs import gpu_dtype
 
     variant = VARIANTS[options.variant]
     sdxl, tiny = variant.family == "sdxl", context.preset == "tiny"
@@ -728,7 +728,8 @@ def stage1_cost(options: IPAdapterOptions, context: MethodContext):
     plus_sizes = TINY_PLUS if tiny else PLUS_SIZES[variant.family]
 
     def with_adapter(unet, encoder_config):
-        """``unet`` with the adapter installed as diffusers' load_ip_adapter does (meta tensors, official keys)."""
+        """``unet`` with the adapter installed as diffusers' load_ip_adapter does (placeholder tensors in the
+        official key layout: on the meta device, or random on the GPU for a timing run)."""
         shapes = expected_adapter_shapes(unet, int(encoder_config.projection_dim), int(encoder_config.hidden_size),
                                          variant.plus, **(plus_sizes if variant.plus else {}))
         state = {group: {key: torch.empty(shape) for key, shape in keys.items()} for group, keys in shapes.items()}

@@ -47,6 +47,7 @@ from baselines.lambda_eclipse_model import (
     load_prior,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -521,7 +522,7 @@ KANDINSKY22_MOVQ: dict[str, Any] = {
 }
 
 
-def stage1_cost(options: LambdaEclipseOptions, context: MethodContext):
+def stage1_cost(options: LambdaEclipseOptions, context: MethodContext) -> StageCost:
     """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`LambdaEclipse` runs: the
     CLIP-G text tower on the prompt and its vision tower on the reference (the zero-image embedding is computed
     once per run, not per video), one pass of the prior, the Kandinsky 2.2 decoder UNet on the CFG batch per DDPM
@@ -535,7 +536,6 @@ def stage1_cost(options: LambdaEclipseOptions, context: MethodContext):
     )
 
     from baselines import cost_models as cm
-    from videobench.costs import gpu_dtype
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context))

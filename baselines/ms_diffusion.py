@@ -36,6 +36,7 @@ from PIL import Image
 
 from baselines.ms_diffusion_model import MSAdapterConfig, MSDiffusionPipeline, validate_box
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -344,7 +345,7 @@ def build_personalizer(options: MSDiffusionOptions, context: MethodContext) -> M
     return MSDiffusionPersonalizer(pipeline, options, tiny=False, models=models)
 
 
-def stage1_cost(options: MSDiffusionOptions, context: MethodContext):
+def stage1_cost(options: MSDiffusionOptions, context: MethodContext) -> StageCost:
     """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`): SDXL with MS-Diffusion's processors
     (:func:`~baselines.ms_diffusion_model.install_ms_attention`) and grounding resampler, as
     :class:`MSDiffusionPipeline` runs them: CLIP-G on the reference, CLIP-L on the phrase, the resampler, both
@@ -362,7 +363,6 @@ def stage1_cost(options: MSDiffusionOptions, context: MethodContext):
     )
 
     from baselines import cost_models as cm
-    from videobench.costs import gpu_dtype
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context, auto="float16"))  # stage1_dtype: upstream's fp16 on CUDA

@@ -37,6 +37,7 @@ from baselines.ssr_encoder_model import (
     set_ssr_scale,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -299,7 +300,7 @@ def build_ssr_encoder(options: SSREncoderOptions, context: MethodContext) -> SSR
     return SSREncoderPersonalizer(pipe, encoder, options, tiny=tiny, device=context.device, describe=describe)
 
 
-def stage1_cost(options: SSREncoderOptions, context: MethodContext):
+def stage1_cost(options: SSREncoderOptions, context: MethodContext) -> StageCost:
     """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`SSREncoderPersonalizer`
     runs: SD 1.5's text encoder on the entity, the empty query, the prompt and the negative prompt; the subject
     encoder (CLIP ViT-L/14 at 6 scales + the aligner) on the references and on the zero image; ``steps`` UniPC
@@ -309,7 +310,6 @@ def stage1_cost(options: SSREncoderOptions, context: MethodContext):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
     from baselines import cost_models as cm
-    from videobench.costs import gpu_dtype
 
     tiny = context.preset == "tiny"
     dtype = gpu_dtype(context) if options.precision == "auto" else _stage1_dtype(options, context)

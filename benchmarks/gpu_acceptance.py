@@ -13,7 +13,11 @@ Issue 8, section 6. GPU time comes in short slots; this runs, in order, each as 
    (``benchmarks/score_throughput.py``);
 5. ``train_step``: one optimizer step at 25x480x720 (LoRA rank 128, gradient checkpointing, bf16; the shared
    model's LoRA is trained in place and restored) with its time and peak memory (``benchmarks/train_step.py``);
-6. ``compiled``: vanilla and the full method after ``torch.compile``, variant by variant while the budget lasts,
+6. ``baselines`` (issue 10): every comparison baseline's stages at real size with random weights, each
+   method's cost model run for real (``baseline_timing.py``): stage 2 (CogVideoX-5B-I2V) once, the five stage-1
+   image models, VideoBooth and Wan2.1-VACE 1.3B, a few denoiser steps each extrapolated to the default count and
+   one of every other call (VAE decodes included), while the section's budget lasts;
+7. ``compiled``: vanilla and the full method after ``torch.compile``, variant by variant while the budget lasts,
    and the 50-step video extrapolated from the compiled step.
 
 Every weight is random (seeded): timings only. Each row states ``pass`` / ``fail`` / ``unmeasured`` against its
@@ -27,7 +31,7 @@ atomically after every row and every section, so a SIGTERM / SIGINT / ``timeout`
 sections done so far on disk; on SIGTERM/SIGINT the report says so (``"interrupted"``) and the exit code is
 128 + the signal number.
 
-**Adding a section** (e.g. the comparison baselines' seconds per video per stage): write
+**Adding a section** (as ``baselines`` is added, through :func:`register_section`): write
 ``def my_rows(ctx: Context) -> Iterator[Row]`` (``ctx`` has the device, dtype, step counts, the shared 5B
 transformer via ``ctx.transformer()``, the earlier sections' numbers in ``ctx.results`` and the time left), and
 register it with ``register_section(Section("baselines", "title", my_rows, budget_s=..., min_s=...,
