@@ -103,7 +103,7 @@ CPU_RUNS: dict[str, CpuRun] = {
                                  note="bf16: CLIP-G text + vision, the prior and the Kandinsky decoder are 15.6 GB "
                                       "in fp32"),
     "ms-diffusion+i2v": CpuRun("baselines.ms_diffusion:stage1_cost", {"resolution": 64, "steps": 1}, "bf16",
-                               note="bf16: SDXL, CLIP-G and the adapter are 19 GB in fp32 (the VAE stays fp32)"),
+                               note="bf16, the VAE too (SDXL, CLIP-G and the adapter are 19 GB in fp32)"),
     "videobooth": CpuRun("baselines.videobooth:cost", {"steps": 1},
                          note="VideoBooth's native 16x256x256 (it takes no other size), 1 step: 2 UNet calls"),
     "wan-vace": CpuRun("baselines.wan_vace:cost", {"variant": "1.3b", "geometry": "suite", "steps": 1}, "bf16",
