@@ -187,32 +187,28 @@ class Piece:
     """One kind of call a generation makes: ``run()`` does it once (under the pieces' FakeTensorMode), ``calls``
     times per generation (e.g. a denoiser step: ``calls`` = the sampler's model evaluations).
 
-    ``note`` says what the call is (batch, shape, dtype) for the report; ``flops`` set by hand (``run`` None)
-    stands for a part that is estimated, not run (its ``note`` says how). ``tracked()`` returns tensors made by
-    an earlier piece that stay alive during this one (e.g. a cache built once and read at every step): they count
+    ``note`` says what the call is (batch, shape, dtype) for the report. ``tracked()`` returns tensors made by an
+    earlier piece that stay alive during this one (e.g. a cache built once and read at every step): they count
     toward its peak.
     """
 
     name: str
-    run: Callable[[], Any] | None
+    run: Callable[[], Any]
     calls: float = 1
     note: str = ""
-    flops: int | None = None
-    peak_bytes: int | None = None
     tracked: Callable[[], Iterable[torch.Tensor]] | None = None
 
 
 @dataclass
 class PieceCost:
     """A run :class:`Piece`: FLOPs of one call, the peak while it runs (resident weights included), and, when it ran
-    for real (:func:`run_for_real`), the seconds of one call. ``measured`` is False for a hand estimate."""
+    for real (:func:`run_for_real`), the seconds of one call."""
 
     name: str
     calls: float
     flops_per_call: int
     peak_bytes: int
     note: str = ""
-    measured: bool = True
     seconds_per_call: float | None = None
 
     @property
@@ -223,8 +219,7 @@ class PieceCost:
         timed = {} if self.seconds_per_call is None else {
             "seconds_per_call": self.seconds_per_call, "seconds": self.calls * self.seconds_per_call}
         return {"name": self.name, "calls": self.calls, "tflops_per_call": self.flops_per_call / 1e12,
-                "tflops": self.flops / 1e12, "peak_gib": self.peak_bytes / GIB, "note": self.note,
-                "measured": self.measured, **timed}
+                "tflops": self.flops / 1e12, "peak_gib": self.peak_bytes / GIB, "note": self.note, **timed}
 
 
 @dataclass
@@ -273,10 +268,6 @@ def measure_pieces(pieces: Sequence[Piece], mode: FakeTensorMode, resident: Sequ
     result = PiecesCost(resident_bytes=weights)
     with mode, torch.no_grad():
         for piece in pieces:
-            if piece.run is None:
-                result.pieces.append(PieceCost(piece.name, piece.calls, int(piece.flops or 0),
-                                               piece.peak_bytes or weights, piece.note, measured=False))
-                continue
             if not memory:
                 _, flops = count_flops(piece.run)
                 result.pieces.append(PieceCost(piece.name, piece.calls, flops, weights, piece.note))
@@ -294,9 +285,10 @@ def measure_pieces(pieces: Sequence[Piece], mode: FakeTensorMode, resident: Sequ
 
 @dataclass(frozen=True)
 class Execution:
-    """Run a :class:`FakeStage` for real on ``device``: components random-initialised there, each call timed (a call
-    made more than twice per generation, e.g. a denoiser step: ``warmup`` untimed runs, then the median of
-    ``repeats``; any other call: one run, timed), FLOPs counted on the first run, peaks from the CUDA allocator."""
+    """Run a :class:`FakeStage` for real on ``device``: components random-initialised there, each call timed, FLOPs
+    counted on its first run, peaks from the CUDA allocator. A call made more than twice per generation (e.g. a
+    denoiser step) runs ``max(warmup, 1)`` times untimed (the first one counting FLOPs), then ``repeats`` times,
+    timed (the median counts); any other call (an encoder, a VAE decode) runs once, timed."""
 
     device: str
     warmup: int = 1
@@ -402,10 +394,6 @@ def time_pieces(pieces: Sequence[Piece], execution: Execution, resident: Sequenc
 
     with torch.device(device), torch.no_grad():
         for piece in pieces:
-            if piece.run is None:
-                result.pieces.append(PieceCost(piece.name, piece.calls, int(piece.flops or 0),
-                                               piece.peak_bytes or weights, piece.note, measured=False))
-                continue
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             repeated = piece.calls > 2
