@@ -206,7 +206,8 @@ class CogVideoXI2V:
 
 
 def i2v_cost(options: TwoStageOptions, context: MethodContext) -> StageCost:
-    """Stage 2's cost per video (FakeTensors): CogVideoX-5B-I2V at the run's size (default 49x480x720), T5-XXL on the
+    """Stage 2's cost per video (on FakeTensors, or timed inside :func:`mediaio.fakecost.run_for_real`):
+    CogVideoX-5B-I2V at the run's size (default 49x480x720), T5-XXL on the
     prompt (and the negative prompt under CFG), one VAE encode of the image, ``i2v_steps`` transformer calls on the
     CFG batch, one tiled VAE decode; the tiny preset's components with ``context.preset == "tiny"``.
 
