@@ -50,6 +50,7 @@ from baselines.blip_diffusion_model import (
     build_prompt,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, build_loaded, load_state_dict
@@ -432,6 +433,70 @@ class BlipDiffusionPersonalizer:
         )
 
 
+# ------------------------------------------------------------------------------------------- stage 1's cost
+
+#: ``qformer/config.json`` of Salesforce/blipdiffusion (LAVIS ``BlipDiffusion``: CLIP ViT-L/14 without its last
+#: layer, a BERT-base Q-Former with cross-attention in every layer, 16 queries; BERT's vocabulary + ``[DEC]``).
+BLIP_DIFFUSION_QFORMER: dict[str, Any] = {
+    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+                      "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu",
+                      "layer_norm_eps": 1e-5},
+    "qformer_config": {"vocab_size": 30523, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                       "num_attention_heads": 12, "cross_attention_frequency": 1, "encoder_hidden_size": 1024,
+                       "max_position_embeddings": 512},
+    "num_query_tokens": 16,
+}
+#: The Q-Former's input for a one-word subject: ``[CLS] word [SEP]``.
+SUBJECT_TOKENS = 3
+
+
+def stage1_cost(options: BlipDiffusionOptions, context: MethodContext) -> StageCost:
+    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`BlipDiffusionSampler`
+    runs: the subject encoder (ViT-L + Q-Former) on the reference, the context text encoder on the prompt (with the
+    subject embeddings) and on the negative prompt, a UNet call on the CFG batch per PNDM timestep (steps + 1), one
+    VAE decode; the tiny preset's components with ``context.preset == "tiny"``."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import Blip2Config, CLIPTextConfig
+
+    from baselines import cost_models as cm
+
+    tiny = context.preset == "tiny"
+    builder = cm.StageBuilder(gpu_dtype(context))
+    if tiny:
+        sampler = build_tiny_sampler(crop=options.reference_crop)
+        encoder, text, unet, vae = (builder.adopt(module) for module in (
+            sampler.subject_encoder, sampler.text_encoder, sampler.unet, sampler.vae))
+        height = width = TINY_SIZE
+        steps = min(options.steps, TINY_STEPS)
+    else:
+        encoder = builder.build(lambda: BlipSubjectEncoder(Blip2Config(**BLIP_DIFFUSION_QFORMER)))
+        text = builder.build(lambda: ContextCLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT)))
+        unet = builder.build(lambda: UNet2DConditionModel(**cm.SD15_UNET))
+        vae = builder.build(lambda: AutoencoderKL(**cm.SD_VAE))
+        height, width, steps = options.height, options.width, options.steps
+    size = (TINY_VISION if tiny else BLIP_DIFFUSION_QFORMER["vision_config"])["image_size"]
+    queries, length = encoder.num_query_tokens, text.max_positions
+    cfg = options.guidance > 1.0
+
+    def subject() -> torch.Tensor:
+        return encoder(torch.randn(1, 3, size, size, dtype=builder.dtype), cm.token_ids(SUBJECT_TOKENS))
+
+    def prompt() -> torch.Tensor:
+        return text(cm.token_ids(length - queries), torch.randn(1, queries, text.text_model.config.hidden_size,
+                                                                dtype=builder.dtype), 2)
+
+    builder.add("subject encoder (ViT + Q-Former)", subject, 1, f"{size}x{size} reference, {queries} queries")
+    builder.add("text encoder, prompt + subject", prompt, 1, f"{length - queries} tokens + {queries} subject tokens")
+    if cfg:
+        builder.add("text encoder, negative prompt", lambda: text(cm.token_ids(length)), 1, f"{length} tokens")
+    calls = cm.denoiser_calls(PNDMScheduler(**PNDM_CONFIG), steps)
+    cm.sd_stage(builder, unet, vae, steps=calls, cfg=cfg, height=height, width=width,
+                context=(length, int(unet.config.cross_attention_dim)))
+    return builder.cost("stage 1: BLIP-Diffusion (SD 1.5)" + (" (tiny)" if tiny else ""),
+                        notes=f"{steps} PNDM steps ({calls} UNet calls), guidance {options.guidance}, "
+                              f"{height}x{width}, {cm.dtype_name(builder.dtype)}")
+
+
 def _build(options: BlipDiffusionOptions, context: MethodContext) -> BlipDiffusionPersonalizer:
     return BlipDiffusionPersonalizer(options, context)
 
@@ -440,5 +505,5 @@ register_two_stage(
     "blip-diffusion+i2v",
     description="BLIP-Diffusion (Salesforce/blipdiffusion: zero-shot subject-driven SD 1.5) + CogVideoX-5B-I2V",
     options=BlipDiffusionOptions, build_stage1=_build, stage1_weights=blip_diffusion_weight_specs,
-    paper_row="BLIP-Diffusion",
+    paper_row="BLIP-Diffusion", stage1_cost=stage1_cost,
 )

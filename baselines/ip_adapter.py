@@ -48,6 +48,7 @@ import torch
 from PIL import Image
 
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -695,6 +696,97 @@ class IPAdapterPersonalizer:
         return output.images[0].convert("RGB")
 
 
+# ------------------------------------------------------------------------------------------- stage 1's cost
+
+#: The Plus Resampler's sizes per base family (upstream ``IPAdapterPlus.init_proj``: width = SD 1.5's
+#: cross_attention_dim 768, 12 heads of 64; ``IPAdapterPlusXL.init_proj``: width 1280, 20 heads of 64; 16 queries).
+PLUS_SIZES = {"sd15": {"queries": 16, "dim": 768, "inner": 768}, "sdxl": {"queries": 16, "dim": 1280, "inner": 1280}}
+
+
+def stage1_cost(options: IPAdapterOptions, context: MethodContext) -> StageCost:
+    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`): the variant's base UNet with the
+    adapter installed by diffusers (``_load_ip_adapter_weights`` from meta tensors in the official key layout), its
+    text encoder(s) on the prompt and the negative prompt, the CLIP image encoder (twice for Plus: the image and
+    the zero image), ``steps`` UNet calls on the CFG batch, one VAE decode; the tiny preset's components with
+    ``context.preset == "tiny"``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from baselines import cost_models as cm
+    from baselines.ms_diffusion import SDXL_SCHEDULER
+    from baselines.ssr_encoder import SD15_SCHEDULER
+
+    variant = VARIANTS[options.variant]
+    sdxl, tiny = variant.family == "sdxl", context.preset == "tiny"
+    builder = cm.StageBuilder(gpu_dtype(context))
+    plus_sizes = TINY_PLUS if tiny else PLUS_SIZES[variant.family]
+
+    def with_adapter(unet, encoder_config):
+        """``unet`` with the adapter installed as diffusers' load_ip_adapter does (placeholder tensors in the
+        official key layout: on the meta device, or random on the GPU for a timing run)."""
+        shapes = expected_adapter_shapes(unet, int(encoder_config.projection_dim), int(encoder_config.hidden_size),
+                                         variant.plus, **(plus_sizes if variant.plus else {}))
+        state = {group: {key: torch.empty(shape) for key, shape in keys.items()} for group, keys in shapes.items()}
+        unet._load_ip_adapter_weights([state], low_cpu_mem_usage=False)
+        for processor in unet.attn_processors.values():
+            if hasattr(processor, "scale"):
+                processor.scale = [options.scale]  # set_ip_adapter_scale
+        return unet
+
+    if tiny:
+        pipe = build_tiny_pipeline(variant.family)
+        unet = builder.adopt(with_adapter(pipe.unet, pipe.image_encoder.config))
+        vae, encoder = builder.adopt(pipe.vae), builder.adopt(pipe.image_encoder)
+        texts = [builder.adopt(pipe.text_encoder)] + ([builder.adopt(pipe.text_encoder_2)] if sdxl else [])
+        height = width = TINY_SIZE
+        steps = min(options.steps, TINY_STEPS)
+    else:
+        vision = CLIPVisionConfig(**(cm.CLIP_BIGG_VISION if variant.encoder_name == _VIT_BIGG else cm.CLIP_H_VISION))
+        unet = builder.build(lambda: with_adapter(UNet2DConditionModel(**(cm.SDXL_UNET if sdxl else cm.SD15_UNET)),
+                                                  vision))
+        vae = builder.build(lambda: AutoencoderKL(**(cm.SDXL_VAE if sdxl else cm.SD_VAE)))
+        encoder = builder.build(lambda: CLIPVisionModelWithProjection(vision))
+        texts = [builder.build(lambda: CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT)))]
+        if sdxl:
+            texts.append(builder.build(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cm.CLIP_BIGG_TEXT))))
+        height, width, steps = options.height, options.width, options.steps
+
+    cfg = options.guidance > 1.0
+    size, patch = int(encoder.config.image_size), int(encoder.config.patch_size)
+    length = texts[0].config.max_position_embeddings
+    for index, text in enumerate(texts):
+        builder.add(f"text encoder {index + 1}", cm.text_call(text, length, output_hidden_states=sdxl),
+                    2 if cfg else 1, f"{length} tokens; prompt and negative prompt")
+    builder.add("image encoder", cm.image_call(encoder, size, output_hidden_states=variant.plus),
+                2 if variant.plus else 1, f"{variant.encoder_name}, {size}x{size}" + (
+                    "; the image and the zero image" if variant.plus else ""))
+    embed = ((1, (size // patch) ** 2 + 1, int(encoder.config.hidden_size)) if variant.plus
+             else (1, int(encoder.config.projection_dim)))
+
+    def unet_kwargs(batch: int) -> dict[str, Any]:
+        added: dict[str, Any] = {"image_embeds": [torch.randn(batch, *embed, dtype=builder.dtype)]}
+        if sdxl:
+            added.update(text_embeds=torch.randn(batch, int(texts[-1].config.projection_dim), dtype=builder.dtype),
+                         time_ids=torch.randn(batch, 6, dtype=builder.dtype))
+        return {"added_cond_kwargs": added}
+
+    if options.scheduler == "ddim":
+        scheduler = upstream_ddim_scheduler()
+    else:  # the base model's own: SDXL's Euler, SD 1.5's PNDM
+        scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER) if sdxl else PNDMScheduler(**SD15_SCHEDULER)
+    cm.sd_stage(builder, unet, vae, steps=cm.denoiser_calls(scheduler, steps), cfg=cfg, height=height, width=width,
+                context=(length, int(unet.config.cross_attention_dim)), unet_kwargs=unet_kwargs)
+    return builder.cost(f"stage 1: IP-Adapter {variant.name}" + (" (tiny)" if tiny else ""),
+                        notes=f"{steps} {options.scheduler} steps, guidance {options.guidance}, {height}x{width}, "
+                              f"{cm.dtype_name(builder.dtype)}")
+
+
 def _build(options: IPAdapterOptions, context: MethodContext) -> IPAdapterPersonalizer:
     return IPAdapterPersonalizer(options, context)
 
@@ -704,4 +796,5 @@ register_two_stage(
     description="IP-Adapter (h94/IP-Adapter via diffusers' load_ip_adapter, SD 1.5 by default) makes the subject "
                 "image, CogVideoX-5B-I2V animates it",
     options=IPAdapterOptions, build_stage1=_build, stage1_weights=ip_adapter_weights, paper_row="IP-Adapter",
+    stage1_cost=stage1_cost,
 )

@@ -47,6 +47,7 @@ from baselines.lambda_eclipse_model import (
     load_prior,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -495,6 +496,87 @@ class LambdaEclipse:
         return output.images[0].convert("RGB")
 
 
+# ------------------------------------------------------------------------------------------- stage 1's cost
+
+#: kandinsky-community/kandinsky-2-2-decoder ``unet/config.json``: Kandinsky 2.1's decoder UNet (diffusers
+#: ``scripts/convert_kandinsky_to_diffusers.py`` ``UNET_CONFIG``) conditioned on the image embedding only
+#: (``addition_embed_type="image"``, ``encoder_hid_dim_type="image_proj"`` from 1280-d CLIP-G embeddings).
+KANDINSKY22_UNET: dict[str, Any] = {
+    "in_channels": 4, "out_channels": 8, "sample_size": 64, "layers_per_block": 3,
+    "block_out_channels": (384, 768, 1152, 1536), "attention_head_dim": 64, "cross_attention_dim": 768,
+    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
+                         "SimpleCrossAttnDownBlock2D"),
+    "up_block_types": ("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
+                       "ResnetUpsampleBlock2D"),
+    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "addition_embed_type": "image",
+    "addition_embed_type_num_heads": 64, "encoder_hid_dim": 1280, "encoder_hid_dim_type": "image_proj",
+    "resnet_time_scale_shift": "scale_shift", "class_embed_type": None, "norm_num_groups": 32,
+}
+#: kandinsky-2-2-decoder ``movq/config.json`` (diffusers ``convert_kandinsky_to_diffusers.py`` ``MOVQ_CONFIG``).
+KANDINSKY22_MOVQ: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "vq_embed_dim": 4, "num_vq_embeddings": 16384,
+    "layers_per_block": 2, "block_out_channels": (128, 256, 256, 512),
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    "up_block_types": ("AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "norm_type": "spatial",
+}
+
+
+def stage1_cost(options: LambdaEclipseOptions, context: MethodContext) -> StageCost:
+    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`LambdaEclipse` runs: the
+    CLIP-G text tower on the prompt and its vision tower on the reference (the zero-image embedding is computed
+    once per run, not per video), one pass of the prior, the Kandinsky 2.2 decoder UNet on the CFG batch per DDPM
+    step and one MoVQ decode; the tiny preset's components with ``context.preset == "tiny"``."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel, VQModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from baselines import cost_models as cm
+
+    tiny = context.preset == "tiny"
+    builder = cm.StageBuilder(gpu_dtype(context))
+    if tiny:
+        parts = build_tiny_components()
+        text, vision, prior, unet, movq = (builder.adopt(module) for module in (
+            parts.encoders.text_encoder, parts.encoders.image_encoder, parts.prior, parts.decoder.unet,
+            parts.decoder.movq))
+        height = width = TINY_IMAGE_SIZE
+        steps = min(options.steps, TINY_DECODER_STEPS)
+    else:
+        text = builder.build(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cm.CLIP_BIGG_TEXT)))
+        vision = builder.build(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cm.CLIP_BIGG_VISION)))
+        prior = builder.build(lambda: LambdaEclipsePrior(LambdaPriorConfig()))
+        unet = builder.build(lambda: UNet2DConditionModel(**KANDINSKY22_UNET))
+        movq = builder.build(lambda: VQModel(**KANDINSKY22_MOVQ))
+        height, width, steps = options.height, options.width, options.steps
+    length, embed = prior.config.num_embeddings, prior.config.embedding_dim
+    dtype = builder.dtype
+
+    def run_prior() -> torch.Tensor:
+        vector = torch.randn(1, embed, dtype=dtype)
+        return prior(vector, vector, torch.randn(1, length, embed, dtype=dtype), torch.ones(1, length), vector)
+
+    builder.add("CLIP-G text encoder", lambda: text(cm.token_ids(length), attention_mask=torch.ones(1, length)), 1,
+                f"{length} tokens")
+    size = int(vision.config.image_size)
+    builder.add("CLIP-G image encoder", cm.image_call(vision, size), 1, f"the reference at {size}x{size}")
+    builder.add("λ-ECLIPSE prior", run_prior, 1, f"one pass over {prior.config.sequence_length} tokens")
+
+    def unet_kwargs(batch: int) -> dict[str, Any]:
+        return {"added_cond_kwargs": {"image_embeds": torch.randn(batch, embed, dtype=dtype)}}
+
+    calls = cm.denoiser_calls(DDPMScheduler(**KANDINSKY_DECODER_SCHEDULER), steps)
+    cm.sd_stage(builder, unet, movq, steps=calls, cfg=options.guidance > 1.0, height=height, width=width,
+                context=None, unet_kwargs=unet_kwargs, decode_kwargs={"force_not_quantize": True})
+    return builder.cost("stage 1: λ-ECLIPSE prior + Kandinsky 2.2 decoder" + (" (tiny)" if tiny else ""),
+                        notes=f"{steps} DDPM steps, guidance {options.guidance}, {height}x{width}, "
+                              f"{cm.dtype_name(dtype)}")
+
+
 # ------------------------------------------------------------------------------------------- registration
 
 
@@ -524,4 +606,5 @@ register_two_stage(
     NAME,
     description="λ-ECLIPSE (CLIP-space prior + Kandinsky 2.2 decoder) subject image, animated by CogVideoX-5B-I2V",
     options=LambdaEclipseOptions, build_stage1=build_personalizer, stage1_weights=weight_specs, paper_row=PAPER_ROW,
+    stage1_cost=stage1_cost,
 )

@@ -36,6 +36,7 @@ from PIL import Image
 
 from baselines.ms_diffusion_model import MSAdapterConfig, MSDiffusionPipeline, validate_box
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -344,10 +345,94 @@ def build_personalizer(options: MSDiffusionOptions, context: MethodContext) -> M
     return MSDiffusionPersonalizer(pipeline, options, tiny=False, models=models)
 
 
+def stage1_cost(options: MSDiffusionOptions, context: MethodContext) -> StageCost:
+    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`): SDXL with MS-Diffusion's processors
+    (:func:`~baselines.ms_diffusion_model.install_ms_attention`) and grounding resampler, as
+    :class:`MSDiffusionPipeline` runs them: CLIP-G on the reference, CLIP-L on the phrase, the resampler, both
+    text encoders on the prompt and the negative prompt, ``steps`` UNet calls on the CFG batch, one VAE decode
+    (fp32 under fp16: SDXL's force_upcast); the tiny preset's components with ``context.preset == "tiny"``."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    from baselines import cost_models as cm
+
+    tiny = context.preset == "tiny"
+    builder = cm.StageBuilder(gpu_dtype(context, auto="float16"))  # stage1_dtype: upstream's fp16 on CUDA
+    if tiny:
+        pipeline = build_tiny_ms_diffusion()
+        parts = {"unet": pipeline.pipe.unet, "text_encoder": pipeline.pipe.text_encoder,
+                 "text_encoder_2": pipeline.pipe.text_encoder_2, "vae": pipeline.pipe.vae,
+                 "image_encoder": pipeline.image_encoder, "resampler": pipeline.resampler}
+        resolution, steps = min(options.resolution, TINY_RESOLUTION), min(options.steps, TINY_STEPS)
+    else:
+        def sdxl_with_adapter() -> dict[str, torch.nn.Module]:
+            unet = UNet2DConditionModel(**cm.SDXL_UNET)
+            text_encoder = CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT))
+            encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cm.CLIP_BIGG_VISION))
+            pipe = SimpleNamespace(unet=unet, text_encoder=text_encoder,
+                                   tokenizer=SimpleNamespace(model_max_length=cm.CLIP_TEXT_LENGTH))
+            ms = MSDiffusionPipeline.from_components(pipe, encoder, OFFICIAL_ADAPTER)
+            return {"unet": unet, "text_encoder": text_encoder, "image_encoder": encoder, "resampler": ms.resampler,
+                    "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**cm.CLIP_BIGG_TEXT)),
+                    "vae": AutoencoderKL(**cm.SDXL_VAE)}
+
+        with builder.constructing():
+            parts = sdxl_with_adapter()
+        resolution, steps = options.resolution, options.steps
+    vae_upcast = builder.dtype == torch.float16 and parts["vae"].config.force_upcast
+    modules = {key: builder.adopt(module, torch.float32 if key == "vae" and vae_upcast else None)
+               for key, module in parts.items()}
+    unet, encoder, resampler = modules["unet"], modules["image_encoder"], modules["resampler"]
+    config = resampler.config
+    for processor in unet.attn_processors.values():
+        if hasattr(processor, "configure"):
+            processor.configure(options.scale, options.mask_threshold, options.start_step)
+
+    cfg = options.guidance > 1.0
+    length, size = cm.CLIP_TEXT_LENGTH, int(encoder.config.image_size)
+    tokens = (size // int(encoder.config.patch_size)) ** 2 + 1
+
+    def image_prompt() -> torch.Tensor:
+        pixels = torch.randn(1, 3, size, size, dtype=builder.dtype)
+        hidden = encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        return resampler(hidden, torch.randn(1, config.phrase_dim, dtype=builder.dtype),
+                         torch.tensor([validate_box(options.box)], dtype=builder.dtype))
+
+    builder.add("image prompt (CLIP-G + resampler)", image_prompt, 1, f"{size}x{size} reference, {tokens} tokens")
+    builder.add("phrase (text encoder 1)", cm.text_call(modules["text_encoder"], length), 1, f"{length} tokens")
+    for index, key in enumerate(("text_encoder", "text_encoder_2")):
+        builder.add(f"text encoder {index + 1}", cm.text_call(modules[key], length, output_hidden_states=True),
+                    2 if cfg else 1, f"{length} tokens; prompt and negative prompt")
+    context_tokens = length + config.num_dummy_tokens + config.num_tokens
+
+    def unet_kwargs(batch: int) -> dict[str, Any]:
+        boxes = torch.tensor([[list(validate_box(options.box))]] * batch, dtype=builder.dtype)
+        added = {"text_embeds": torch.randn(batch, int(modules["text_encoder_2"].config.projection_dim),
+                                            dtype=builder.dtype),
+                 "time_ids": torch.randn(batch, 6, dtype=builder.dtype)}
+        phrase = torch.tensor([[[3, 4]]] * batch)
+        return {"added_cond_kwargs": added, "cross_attention_kwargs": {"boxes": boxes, "phrase_idxes": phrase}}
+
+    calls = cm.denoiser_calls(EulerDiscreteScheduler(**SDXL_SCHEDULER), steps)
+    cm.sd_stage(builder, unet, modules["vae"], steps=calls, cfg=cfg, height=resolution, width=resolution,
+                context=(context_tokens, int(unet.config.cross_attention_dim)), unet_kwargs=unet_kwargs)
+    return builder.cost("stage 1: MS-Diffusion (SDXL)" + (" (tiny)" if tiny else ""),
+                        notes=f"{steps} Euler steps, guidance {options.guidance}, {resolution}x{resolution}, "
+                              f"{cm.dtype_name(builder.dtype)}" + (", VAE in float32" if vae_upcast else ""))
+
+
 register_two_stage(
     "ms-diffusion+i2v",
     description="MS-Diffusion (SDXL + grounding resampler + box-masked multi-subject cross-attention) makes the "
                 "subject image, CogVideoX-5B-I2V animates it",
     options=MSDiffusionOptions, build_stage1=build_personalizer, stage1_weights=stage1_weight_specs,
-    paper_row="MS-Diffusion",
+    paper_row="MS-Diffusion", stage1_cost=stage1_cost,
 )

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost
 from videobench.methods import MethodContext
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -46,8 +47,12 @@ def _no_weights(options: ReferenceI2VOptions, context: MethodContext) -> list[We
     return []
 
 
+def _no_compute(options: ReferenceI2VOptions, context: MethodContext) -> StageCost:
+    return StageCost.free("stage 1: the reference image as it is")
+
+
 register_two_stage(
     "reference+i2v",
     description="CogVideoX-5B-I2V on the reference image itself (shows what a stage-1 model contributes)",
-    options=ReferenceI2VOptions, build_stage1=_build, stage1_weights=_no_weights,
+    options=ReferenceI2VOptions, build_stage1=_build, stage1_weights=_no_weights, stage1_cost=_no_compute,
 )

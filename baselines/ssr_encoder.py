@@ -37,6 +37,7 @@ from baselines.ssr_encoder_model import (
     set_ssr_scale,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
+from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -299,10 +300,62 @@ def build_ssr_encoder(options: SSREncoderOptions, context: MethodContext) -> SSR
     return SSREncoderPersonalizer(pipe, encoder, options, tiny=tiny, device=context.device, describe=describe)
 
 
+def stage1_cost(options: SSREncoderOptions, context: MethodContext) -> StageCost:
+    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`SSREncoderPersonalizer`
+    runs: SD 1.5's text encoder on the entity, the empty query, the prompt and the negative prompt; the subject
+    encoder (CLIP ViT-L/14 at 6 scales + the aligner) on the references and on the zero image; ``steps`` UniPC
+    calls of the UNet (SSR processors in every cross-attention) on the CFG batch; one VAE decode. In the stage's
+    ``precision`` (upstream: fp32); the tiny preset's components with ``context.preset == "tiny"``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from baselines import cost_models as cm
+
+    tiny = context.preset == "tiny"
+    dtype = gpu_dtype(context) if options.precision == "auto" else _stage1_dtype(options, context)
+    builder = cm.StageBuilder(dtype)
+    if tiny:
+        pipe, subject = build_tiny_components()
+        unet, text, vae = pipe.unet, pipe.text_encoder, pipe.vae
+        height = width = TINY_IMAGE_SIZE
+        steps = min(options.steps, TINY_STEPS)
+    else:
+        with builder.constructing():
+            unet, vae = UNet2DConditionModel(**cm.SD15_UNET), AutoencoderKL(**cm.SD_VAE)
+            text = CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT))
+            vision = CLIPVisionModel(CLIPVisionConfig(**cm.CLIP_L_VISION))
+            subject = SSRSubjectEncoder(vision, TokenToPatchAligner(AlignerConfig(
+                query_dim=text.config.hidden_size, image_dim=vision.config.hidden_size)))
+        height, width, steps = options.height, options.width, options.steps
+    length = text.config.max_position_embeddings
+    install_ssr_processors(unet, length, options.scale)
+    unet, text, vae, subject = (builder.adopt(module) for module in (unet, text, vae, subject))
+    cfg = options.guidance > 1.0
+    references = options.num_references
+    size, width_text = subject.image_size, text.config.hidden_size
+
+    def subject_tokens() -> torch.Tensor:
+        return subject(torch.randn(references, 3, size, size, dtype=dtype),
+                       torch.randn(1, length, width_text, dtype=dtype))
+
+    builder.add("text encoder", cm.text_call(text, length), 4,
+                f"{length} tokens; entity, empty query, prompt, negative prompt")
+    builder.add("subject encoder (CLIP ViT-L/14 + aligner)", subject_tokens, 2,
+                f"{references} reference(s) at {size}x{size}; then the zero image")
+    scales = subject.aligner.config.num_scales
+    calls = cm.denoiser_calls(UniPCMultistepScheduler.from_config(SD15_SCHEDULER, final_sigmas_type="sigma_min"),
+                              steps)
+    cm.sd_stage(builder, unet, vae, steps=calls, cfg=cfg, height=height, width=width,
+                context=(length * (1 + references * scales), int(unet.config.cross_attention_dim)))
+    return builder.cost("stage 1: SSR-Encoder (SD 1.5)" + (" (tiny)" if tiny else ""),
+                        notes=f"{steps} UniPC steps, guidance {options.guidance}, {height}x{width}, "
+                              f"{cm.dtype_name(dtype)}")
+
+
 register_two_stage(
     "ssr-encoder+i2v",
     description="SSR-Encoder (SD 1.5; CLIP ViT-L/14 token-to-patch aligner queried with the entity word) makes the "
                 "subject image, CogVideoX-5B-I2V animates it",
     options=SSREncoderOptions, build_stage1=build_ssr_encoder, stage1_weights=ssr_weight_specs,
-    paper_row="SSR-Encoder",
+    paper_row="SSR-Encoder", stage1_cost=stage1_cost,
 )

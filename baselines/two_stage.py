@@ -18,6 +18,7 @@ The stage-1 image is put on the video canvas before stage 2: ``-o canvas=cover``
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from PIL import Image
 
 from mediaio.images import fit_to_canvas, load_reference_image
 from videobench.cases import Case
+from videobench.costs import MethodCost, StageCost, gpu_dtype
 from videobench.methods import MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -204,9 +206,82 @@ class CogVideoXI2V:
         return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
 
 
+# ----------------------------------------------------------------------------------------- stage 2's cost
+
+
+def i2v_cost(options: TwoStageOptions, context: MethodContext) -> StageCost:
+    """Stage 2's cost per video (on FakeTensors, or timed inside :func:`mediaio.fakecost.run_for_real`):
+    CogVideoX-5B-I2V at the run's size (default 49x480x720), T5-XXL on the
+    prompt (and the negative prompt under CFG), one VAE encode of the image, ``i2v_steps`` transformer calls on the
+    CFG batch, one tiled VAE decode; the tiny preset's components with ``context.preset == "tiny"``.
+
+    The same for every two-stage method: computed once per process and setting.
+    """
+    from mediaio.fakecost import current_execution
+
+    tiny = context.preset == "tiny"
+    call = CogVideoXI2V(options, context).call
+    return _i2v_cost(tiny, call["num_frames"], call["height"], call["width"], call["num_inference_steps"],
+                     options.i2v_guidance > 1.0, gpu_dtype(context), current_execution())
+
+
+@functools.lru_cache(maxsize=8)
+def _i2v_cost(tiny: bool, frames: int, height: int, width: int, steps: int, cfg: bool, dtype: torch.dtype,
+              execution: Any = None) -> StageCost:
+    """:func:`i2v_cost` (``execution``: the :func:`mediaio.fakecost.run_for_real` in effect, part of the key)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from baselines.cost_models import StageBuilder, denoiser_calls, dtype_name, text_call, vae_decode_call
+    from customvideox import presets
+    from customvideox.positions import video_rotary_pos_embed
+
+    if tiny:
+        latent = presets.TINY_VAE["latent_channels"]
+        transformer_config = {**presets.TINY_TRANSFORMER, "in_channels": 2 * latent, "out_channels": latent,
+                              "use_learned_positional_embeddings": True}
+        vae_config, t5_config, text_length = presets.TINY_VAE, presets.TINY_T5, TINY_TEXT_LENGTH
+    else:
+        transformer_config, vae_config = presets.COGVIDEOX_5B_I2V_TRANSFORMER, presets.COGVIDEOX_5B_VAE
+        t5_config, text_length = presets.T5_XXL, transformer_config["max_text_seq_length"]
+    builder = StageBuilder(dtype)
+    transformer = builder.build(lambda: CogVideoXTransformer3DModel(**transformer_config))
+    text_encoder = builder.build(lambda: T5EncoderModel(T5Config(**t5_config)))
+    vae = builder.build(lambda: AutoencoderKLCogVideoX(**vae_config))
+    if not tiny:
+        vae.enable_tiling()  # CogVideoXI2V._load: the real pipeline decodes tiled
+    spatial = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_frames = (frames - 1) // vae.config.temporal_compression_ratio + 1
+    grid = (height // spatial, width // spatial)
+    latent_channels = vae.config.latent_channels
+    batch = 2 if cfg else 1
+
+    def step() -> torch.Tensor:
+        rotary = video_rotary_pos_embed(transformer.config, latent_frames, *grid)
+        hidden = torch.randn(batch, latent_frames, transformer.config.in_channels, *grid, dtype=dtype)
+        text = torch.randn(batch, text_length, transformer.config.text_embed_dim, dtype=dtype)
+        return transformer(hidden, text, torch.full((batch,), 500), image_rotary_emb=rotary, return_dict=False)[0]
+
+    def encode_image() -> torch.Tensor:
+        return vae.encode(torch.randn(1, 3, 1, height, width, dtype=dtype)).latent_dist.mode()
+
+    calls = denoiser_calls(CogVideoXDDIMScheduler(**presets.COGVIDEOX_5B_SCHEDULER), steps)
+    builder.add("T5 prompt encode", text_call(text_encoder, text_length), batch, f"{text_length} tokens")
+    builder.add("VAE encode (image)", encode_image, 1, f"1 frame, {height}x{width}")
+    builder.add("transformer step", step, calls, f"batch {batch}, {latent_frames}x{grid[0]}x{grid[1]} latents, "
+                                                 f"{text_length} text tokens")
+    builder.add("VAE decode" + ("" if tiny else " (tiled)"),
+                vae_decode_call(vae, (1, latent_channels, latent_frames, *grid)), 1,
+                f"{frames}x{height}x{width}, {dtype_name(dtype)}")
+    name = "stage 2: CogVideoX-5B-I2V" + (" (tiny)" if tiny else "")
+    return builder.cost(name, notes=f"{calls} steps, CFG {'on' if cfg else 'off'}, {frames}x{height}x{width}, "
+                                    f"{dtype_name(dtype)}; all components resident (no offload)")
+
+
 # ------------------------------------------------------------------------------------------- the generator
 
 Stage1Builder = Callable[[Any, MethodContext], ImagePersonalizer]
+Stage1Cost = Callable[[Any, MethodContext], StageCost]
 
 
 def release_memory() -> None:
@@ -278,13 +353,16 @@ def register_two_stage(
     stage1_weights: Callable[[Any, MethodContext], list[WeightSpec]],
     paper_row: str | None = None,
     presets: tuple[str, ...] = ("tiny",),
+    stage1_cost: Stage1Cost | None = None,
 ) -> None:
     """Register ``name`` (``<stage-1 method>+i2v``) as a ``two-stage`` method.
 
     ``build_stage1(options, context)`` builds the personaliser (called lazily, once, at the first image; with
     ``context.preset == "tiny"`` it builds random tiny components). ``stage1_weights(options, context)`` lists its
     files (none for the tiny preset). The weights a run needs follow ``stage``: stage 1's for ``1``, CogVideoX-5B-I2V
-    for ``2``, both for ``both``.
+    for ``2``, both for ``both``. ``stage1_cost(options, context)`` is stage 1's cost per video
+    (:class:`~videobench.costs.StageCost`); the method's cost is it plus :func:`i2v_cost` (both stages, whatever
+    ``stage`` a run does).
     """
     if not issubclass(options, TwoStageOptions):
         raise TypeError(f"{name}: options must subclass TwoStageOptions")
@@ -298,5 +376,11 @@ def register_two_stage(
     def factory(opts: TwoStageOptions, context: MethodContext) -> TwoStageGenerator:
         return TwoStageGenerator(name, opts, context, build_stage1)
 
+    def cost(opts: TwoStageOptions, context: MethodContext) -> MethodCost:
+        stage2 = i2v_cost(opts, context)
+        setting = {key: value for key, value in vars(opts).items() if key not in ("stage", "offload")}
+        return MethodCost(name, [stage1_cost(opts, context), stage2],
+                          setting={"preset": context.preset, "options": _plain(setting)})
+
     register_method(name, description=description, kind="two-stage", options=options, paper_row=paper_row,
-                    weights=weights, presets=presets)(factory)
+                    weights=weights, presets=presets, cost=cost if stage1_cost is not None else None)(factory)

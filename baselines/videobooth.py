@@ -55,6 +55,7 @@ from baselines.videobooth_model import (
 )
 from mediaio.images import load_reference_image
 from videobench.cases import Case
+from videobench.costs import MethodCost, gpu_dtype
 from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import (
@@ -664,12 +665,80 @@ class VideoBoothGenerator:
         return GenerationOutput(result.frames, diagnostics={**result.diagnostics, "subject_box": box is not None})
 
 
+def cost(options: VideoBoothOptions, context: MethodContext) -> MethodCost:
+    """The cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`VideoBoothPipeline` runs: CLIP's
+    vision tower + the mapper on the image prompt, CLIP's text tower on the prompt and the unconditional prompt, one
+    VAE encode of the image prompt, per DDPM step the UNet on the conditional pass (with the exemplar branch) and on
+    the unconditional one (batch 1 each), and the VAE decode in chunks of 8 frames; fp32 (upstream) unless
+    ``--dtype`` says otherwise. The tiny preset's components with ``context.preset == "tiny"``."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from baselines import cost_models as cm
+
+    tiny = context.preset == "tiny"
+    builder = cm.StageBuilder(gpu_dtype(context, auto="float32"))
+    if tiny:
+        pipeline = build_tiny_pipeline()
+        text, vision, mapper, unet, vae = (builder.adopt(module) for module in pipeline.modules())
+        config = pipeline.config
+    else:
+        config = VideoBoothConfig()
+        text = builder.build(lambda: CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT)))
+        vision = builder.build(lambda: CLIPVisionModel(CLIPVisionConfig(**cm.CLIP_L_VISION)))
+        mapper = builder.build(lambda: VideoBoothMapper(cm.CLIP_L_VISION["hidden_size"], cm.CLIP_L_TEXT["hidden_size"],
+                                                        config.mapper_hidden_dim, config.num_image_tokens))
+        unet = builder.build(lambda: VideoBoothUNet3D(UNetConfig()))
+        vae = builder.build(lambda: AutoencoderKL(**{**cm.SD_VAE, "sample_size": config.height}))  # sd-vae-ft-ema
+    dtype, steps = builder.dtype, int(options.steps or config.steps)
+    if tiny:
+        steps = min(steps, TINY_CONFIG.steps)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    grid = (config.height // factor, config.width // factor)
+    length, width = text.config.max_position_embeddings, text.config.hidden_size
+    channels = unet.config.in_channels
+
+    def image_prompt() -> torch.Tensor:
+        size = config.clip_image_size
+        output = vision(torch.randn(1, 3, size, size, dtype=dtype), output_hidden_states=True)
+        return mapper([output.last_hidden_state] + [output.hidden_states[i] for i in config.image_feature_layers])
+
+    def conditional_step() -> torch.Tensor:
+        latents = torch.randn(1, channels, config.num_frames, *grid, dtype=dtype)
+        exemplar = torch.randn(1, channels, 1, *grid, dtype=dtype)
+        states = torch.randn(1, length, width, dtype=dtype)
+        if options.injection_scale == 0:
+            return unet(latents, torch.tensor(500), states)
+        return unet(latents, torch.tensor(500), states, exemplar, torch.tensor(500), states, options.injection_scale)
+
+    def unconditional_step() -> torch.Tensor:
+        return unet(torch.randn(1, channels, config.num_frames, *grid, dtype=dtype), torch.tensor(500),
+                    torch.randn(1, length, width, dtype=dtype))
+
+    calls = len(make_scheduler(config, steps).timesteps)
+    chunks = -(-config.num_frames // 8)
+    builder.add("image prompt (CLIP vision + mapper)", image_prompt, 1, f"{config.clip_image_size} px")
+    builder.add("text encoder", cm.text_call(text, length), 2, f"{length} tokens; prompt and unconditional prompt")
+    builder.add("VAE encode (image prompt)", cm.vae_encode_call(vae, (1, 3, config.height, config.width)), 1,
+                f"{config.height}x{config.width}")
+    builder.add("UNet step, conditional + exemplar branch", conditional_step, calls,
+                f"batch 1, {config.num_frames}x{grid[0]}x{grid[1]} latents")
+    builder.add("UNet step, unconditional", unconditional_step, calls, "batch 1")
+    builder.add("VAE decode (8 frames)", cm.vae_decode_call(vae, (min(8, config.num_frames), vae.config.latent_channels,
+                                                                  *grid)), chunks, f"{chunks} chunk(s) of 8 frames")
+    stage = builder.cost("VideoBooth" + (" (tiny)" if tiny else ""),
+                         notes=f"{steps} DDPM steps, guidance {options.guidance}, {config.num_frames}x{config.height}x"
+                               f"{config.width} (native), {cm.dtype_name(dtype)}")
+    return MethodCost("videobooth", [stage], setting={"preset": context.preset, "steps": steps,
+                                                      "guidance": options.guidance, "dtype": cm.dtype_name(dtype)})
+
+
 @register_method(
     "videobooth",
     description="VideoBooth (CVPR 2024): SD-1.4 video UNet with image-prompt coarse (mapper) and fine (attention "
                 "injection) embeddings; native 16 frames of 256x256 at 8 fps (the suite's size is not applied)",
     kind="video-model", options=VideoBoothOptions, paper_row="VideoBooth", weights=videobooth_weights,
-    presets=("tiny",),
+    presets=("tiny",), cost=cost,
 )
 def build_videobooth(options: VideoBoothOptions, context: MethodContext) -> VideoBoothGenerator:
     """Build the VideoBooth generator (the harness resolved the weights before this call)."""

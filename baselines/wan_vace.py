@@ -41,6 +41,7 @@ from PIL import Image
 
 from mediaio.images import load_reference_image
 from videobench.cases import Case
+from videobench.costs import MethodCost, gpu_dtype
 from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
 from videobench.options import OptionError, option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -434,10 +435,79 @@ def _place(pipeline, context: MethodContext, offload: bool) -> bool:
     return False
 
 
+#: google/umt5-xxl's encoder (the ``text_encoder/config.json`` of the Wan2.1-VACE diffusers folders).
+UMT5_XXL: dict[str, Any] = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24,
+                            "num_heads": 64, "relative_attention_num_buckets": 32,
+                            "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu"}
+
+
+def cost(options: WanVACEOptions, context: MethodContext) -> MethodCost:
+    """The cost per video on FakeTensors (:mod:`baselines.cost_models`), as diffusers' ``WanVACEPipeline`` runs the
+    reference-to-video call: UMT5-XXL on the prompt and the negative prompt, the VAE (fp32) on the all-zero control
+    video twice (inactive and reactive halves) and on each reference, per UniPC step the transformer on the
+    conditional and the unconditional pass (batch 1 each, the reference latent frames in front, the VACE context
+    in every call), one VAE decode. The variant's real transformer config (``VARIANTS[...].signature`` over
+    diffusers' defaults, which are the 14B's); the tiny preset's components with ``context.preset == "tiny"``."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from baselines import cost_models as cm
+
+    tiny = context.preset == "tiny"
+    builder = cm.StageBuilder(gpu_dtype(context))
+    variant = VARIANTS[options.variant]
+    if tiny:
+        pipeline = build_tiny_pipeline(seed=0)
+        transformer, text = builder.adopt(pipeline.transformer), builder.adopt(pipeline.text_encoder)
+        vae = builder.adopt(pipeline.vae, torch.float32)
+        native, steps, length = TINY_GEOMETRY, options.steps or TINY_STEPS, TINY_TEXT_LENGTH
+    else:
+        transformer = builder.build(lambda: WanVACETransformer3DModel(**variant.signature))
+        text = builder.build(lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
+        vae = builder.build(lambda: AutoencoderKLWan(), torch.float32)  # diffusers' defaults: Wan2.1's VAE
+        native, steps, length = variant.native, options.steps or DEFAULT_STEPS, TEXT_LENGTH
+    geometry = resolve_geometry(options.geometry, native, context)
+    references = options.references or 1  # 0 (all): one per case in the suites here
+    frames = (geometry.num_frames - 1) // TEMPORAL_FACTOR + 1
+    grid = (geometry.height // 8, geometry.width // 8)
+    config, dtype = transformer.config, builder.dtype
+    cfg = options.guidance > 1.0
+
+    def step() -> torch.Tensor:
+        latents = torch.randn(1, config.in_channels, frames + references, *grid, dtype=dtype)
+        control = torch.randn(1, config.vace_in_channels, frames + references, *grid, dtype=dtype)
+        states = torch.randn(1, length, config.text_dim, dtype=dtype)
+        return transformer(latents, torch.tensor([500]), states, control_hidden_states=control,
+                           control_hidden_states_scale=torch.ones(len(config.vace_layers)) * options.conditioning_scale,
+                           return_dict=False)[0]
+
+    scheduler = UniPCMultistepScheduler(**{**WAN_SCHEDULER, "flow_shift": options.flow_shift})
+    calls = cm.denoiser_calls(scheduler, steps)
+    pixels = (geometry.num_frames, geometry.height, geometry.width)
+    builder.add("UMT5-XXL text encoder", lambda: text(cm.token_ids(length), torch.ones(1, length)),
+                2 if cfg else 1, f"{length} tokens; prompt and negative prompt")
+    builder.add("VAE encode (control video)", cm.vae_encode_call(vae, (1, 3, *pixels)), 2,
+                f"{'x'.join(map(str, pixels))}, float32; inactive and reactive halves of the all-zero video")
+    builder.add("VAE encode (reference)", cm.vae_encode_call(vae, (1, 3, 1, geometry.height, geometry.width)),
+                references, "1 frame, float32")
+    builder.add("transformer step", step, calls * (2 if cfg else 1),
+                f"batch 1 ({'conditional and unconditional' if cfg else 'conditional'} pass), "
+                f"{frames}+{references}x{grid[0]}x{grid[1]} latents, {length} text tokens")
+    builder.add("VAE decode", cm.vae_decode_call(vae, (1, vae.config.z_dim, frames, *grid)), 1,
+                f"{'x'.join(map(str, pixels))}, float32")
+    label = "tiny" if tiny else variant.label
+    stage = builder.cost(f"Wan2.1-VACE ({label})", notes=(
+        f"{steps} UniPC steps, guidance {options.guidance}, {'x'.join(map(str, pixels))} ({options.geometry}), "
+        f"{cm.dtype_name(dtype)} (VAE float32)"))
+    return MethodCost(METHOD_NAME, [stage], setting={"preset": context.preset, "variant": options.variant,
+                                                     "geometry": geometry.to_dict(), "steps": steps,
+                                                     "dtype": cm.dtype_name(dtype)})
+
+
 @register_method(
     METHOD_NAME,
     description="Wan2.1-VACE (1.3B / 14B) reference-to-video through diffusers' WanVACEPipeline (beyond the paper)",
-    kind="video-model", options=WanVACEOptions, weights=wan_vace_weights, presets=("tiny",),
+    kind="video-model", options=WanVACEOptions, weights=wan_vace_weights, presets=("tiny",), cost=cost,
 )
 def build_wan_vace(options: WanVACEOptions, context: MethodContext) -> WanVACEGenerator:
     """Build the generator (the harness resolved and checked the weights folder before this call)."""

@@ -13,7 +13,11 @@ Issue 8, section 6. GPU time comes in short slots; this runs, in order, each as 
    (``benchmarks/score_throughput.py``);
 5. ``train_step``: one optimizer step at 25x480x720 (LoRA rank 128, gradient checkpointing, bf16; the shared
    model's LoRA is trained in place and restored) with its time and peak memory (``benchmarks/train_step.py``);
-6. ``compiled``: vanilla and the full method after ``torch.compile``, variant by variant while the budget lasts,
+6. ``baselines`` (issue 10): every comparison baseline's stages at real size with random weights, each
+   method's cost model run for real (``baseline_timing.py``): stage 2 (CogVideoX-5B-I2V) once, the five stage-1
+   image models, VideoBooth and Wan2.1-VACE 1.3B, a few denoiser steps each extrapolated to the default count and
+   one of every other call (VAE decodes included), while the section's budget lasts;
+7. ``compiled``: vanilla and the full method after ``torch.compile``, variant by variant while the budget lasts,
    and the 50-step video extrapolated from the compiled step.
 
 Every weight is random (seeded): timings only. Each row states ``pass`` / ``fail`` / ``unmeasured`` against its
@@ -27,7 +31,7 @@ atomically after every row and every section, so a SIGTERM / SIGINT / ``timeout`
 sections done so far on disk; on SIGTERM/SIGINT the report says so (``"interrupted"``) and the exit code is
 128 + the signal number.
 
-**Adding a section** (e.g. the comparison baselines' seconds per video per stage): write
+**Adding a section** (as ``baselines`` is added, through :func:`register_section`): write
 ``def my_rows(ctx: Context) -> Iterator[Row]`` (``ctx`` has the device, dtype, step counts, the shared 5B
 transformer via ``ctx.transformer()``, the earlier sections' numbers in ``ctx.results`` and the time left), and
 register it with ``register_section(Section("baselines", "title", my_rows, budget_s=..., min_s=...,
@@ -74,6 +78,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import baseline_timing  # noqa: E402
 import diffusers  # noqa: E402
 import estimate  # noqa: E402
 import score_throughput  # noqa: E402
@@ -460,6 +465,40 @@ def register_section(section: Section, before: str | None = None) -> None:
     if unknown:
         raise ValueError(f"section {section.name!r}: unknown target(s) {unknown}; add them to TARGETS first")
     SECTIONS.insert(names.index(before) if before is not None else len(SECTIONS), section)
+
+
+# --- 7. the comparison baselines, seconds per video per stage (issue 10) -----------------------------------------
+def baselines_section(ctx: Context) -> Iterator[Row]:
+    """Each baseline's stages at real size with random weights (``baseline_timing``: its cost model run for real):
+    a few denoiser steps extrapolated to the default count, one of every other call; in
+    :data:`baseline_timing.ORDER`, each only if about its time is left (else a row says why)."""
+    measured: dict[str, Any] = ctx.results.setdefault("baselines", {})
+    stage2_done = False
+    for name in baseline_timing.ORDER:
+        need = baseline_timing.need_seconds(name, ctx.tiny)
+        if ctx.time_left() < need:
+            yield Row(f"{name}, s/video", None, "s", status=UNMEASURED,
+                      note=f"not run: about {need:.0f} s needed, {ctx.time_left():.0f} s left")
+            continue
+        cost = baseline_timing.measure_method(name, ctx.device, ctx.tiny, warmup=ctx.warmup or 1,
+                                              repeats=min(ctx.steps, 2))
+        measured[name] = cost.to_dict()
+        for index, stage in enumerate(cost.stages):
+            if not stage.measured or (index == 1 and stage2_done):
+                continue  # a stage without a model; stage 2 reported once (the same for every two-stage method)
+            rate = stage.tflops / stage.seconds if stage.seconds else 0.0
+            yield Row(f"{name}: {stage.name}, s/video", stage.seconds, "s",
+                      note=f"peak {stage.peak_gib:.1f} GiB, {stage.tflops:.3g} TFLOP ({rate:.3g} TFLOP/s); "
+                           f"{stage.notes}", data={"stage": dataclasses.asdict(stage)})
+        if len(cost.stages) > 1:
+            stage2_done = True
+            yield Row(f"{name}: video (stage 1 + stage 2), s/video", cost.seconds_per_video, "s",
+                      note=f"peak {cost.peak_gib:.1f} GiB (stages run one after the other)",
+                      data={"tflops": cost.tflops})
+
+
+register_section(Section("baselines", "comparison baselines, s/video per stage (random weights)", baselines_section,
+                         budget_s=150, min_s=40), before="compiled")
 
 
 # --- the report ---------------------------------------------------------------------------------------------------

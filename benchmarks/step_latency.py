@@ -43,24 +43,15 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0  # no
 from customvideox import attention  # noqa: E402
 from customvideox.attention import lse_backend_status  # noqa: E402
 from customvideox.config import ReferenceConfig  # noqa: E402
+from customvideox.cost import cfg_step_inputs as step_inputs  # noqa: E402
 from customvideox.lora import has_reference_lora  # noqa: E402
-from customvideox.positions import video_rotary_pos_embed  # noqa: E402
+from customvideox.presets import (  # noqa: E402, F401  (the real configs, re-exported for the other scripts)
+    COGVIDEOX_5B_SCHEDULER,
+    COGVIDEOX_5B_TRANSFORMER,
+    COGVIDEOX_5B_VAE,
+)
 from customvideox.transformer import CustomVideoXTransformer3DModel  # noqa: E402
 
-#: CogVideoX-5B ``transformer/config.json``.
-COGVIDEOX_5B_TRANSFORMER: dict[str, Any] = dict(
-    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
-    text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
-    max_text_seq_length=226, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
-)
-#: CogVideoX-5B ``vae/config.json`` differs from ``AutoencoderKLCogVideoX``'s defaults only in the scaling factor.
-COGVIDEOX_5B_VAE: dict[str, Any] = dict(scaling_factor=0.7)
-#: CogVideoX-5B ``scheduler/scheduler_config.json`` (DDIM, v-prediction, zero terminal SNR).
-COGVIDEOX_5B_SCHEDULER: dict[str, Any] = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=True, steps_offset=0, prediction_type="v_prediction",
-    rescale_betas_zero_snr=True, snr_shift_scale=1.0, timestep_spacing="trailing",
-)
 #: (latent frames, latent height, latent width, text tokens) of 49 frames at 480x720.
 REAL_SHAPE = (13, 60, 90, 226)
 
@@ -142,28 +133,6 @@ def build(device: torch.device, dtype: torch.dtype, tiny: bool = False,
     model.set_attn_processor(CogVideoXAttnProcessor2_0())  # vanilla runs diffusers' own processor
     inputs = step_inputs(model, shape, device, dtype)
     return model, vae_cfg, reference_config, inputs
-
-
-def step_inputs(model: CogVideoXTransformer3DModel, shape: tuple[int, int, int, int], device: torch.device,
-                dtype: torch.dtype) -> dict[str, Any]:
-    """The inputs of one CFG step (batch 2) at latent ``shape`` = (frames, height, width, text tokens), seeded."""
-    frames, height, width, text_len = shape
-    g = torch.Generator(device).manual_seed(1)
-    channels, text_dim = model.config.in_channels, model.config.text_embed_dim
-    entity = torch.zeros(2, text_len, dtype=torch.bool, device=device)
-    entity[:, 3:5] = True  # a two-token entity word in both CFG halves
-    # ... and its indices, gathered once per video as the pipeline does (no host sync or graph break per step)
-    entity_tokens = (torch.arange(3, 5, device=device).expand(2, 2), torch.ones(2, 2, dtype=torch.bool, device=device))
-    return dict(
-        latents=torch.randn(2, frames, channels, height, width, generator=g, device=device, dtype=dtype),
-        prompt_embeds=torch.randn(2, text_len, text_dim, generator=g, device=device, dtype=dtype),
-        timestep=torch.full((2,), 500, device=device, dtype=torch.long),
-        rotary=video_rotary_pos_embed(model.config, frames, height, width, device=device),
-        reference=torch.randn(1, 1, channels, height, width, generator=g, device=device, dtype=dtype),
-        entity=entity,
-        entity_tokens=entity_tokens,
-        pixels=(height * 8, width * 8),
-    )
 
 
 def step_fn(model: CustomVideoXTransformer3DModel, inputs: dict, config: ReferenceConfig | None, cache=None,

@@ -34,6 +34,7 @@ from customvideox.lora import LORA_WEIGHT_NAME
 from customvideox.weights import COGVIDEOX_5B, MODEL_LAYOUT
 from mediaio.images import load_reference_image
 from videobench.cases import Case
+from videobench.costs import MethodCost
 from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -177,11 +178,100 @@ def _table2_setting(options: CustomVideoXOptions) -> str | None:
     return TABLE2_SETTINGS[options.ablation or FULL_METHOD]
 
 
+#: The entity word's T5 tokens in the cost model (ERAE's cost grows with it; a two-token word like "teddy bear").
+COST_ENTITY_TOKENS = 2
+
+
+def customvideox_cost(options: CustomVideoXOptions, context: MethodContext) -> MethodCost:
+    """The cost per video on FakeTensors (:mod:`mediaio.fakecost`), as :class:`~customvideox.pipeline.
+    CustomVideoXPipeline` runs: T5-XXL on the prompt and the negative prompt, one VAE encode of the reference, the
+    cached mode's reference extraction (once), ``steps`` transformer calls on the CFG batch with the reference
+    branch of the options' ablation and mode (a two-token entity word), one VAE decode (untiled, as the method
+    runs it). The paper's reference settings (LoRA rank 128, joint mode, the full method) with the options'
+    explicit overrides; the tiny preset's components with ``context.preset == "tiny"``."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    from customvideox import presets
+    from customvideox.cost import cfg_step_inputs
+    from customvideox.transformer import CustomVideoXTransformer3DModel
+    from mediaio.fakecost import FakeStage, denoiser_calls, dtype_name, text_call, vae_decode_call, vae_encode_call
+    from videobench.costs import StageCost, gpu_dtype
+
+    tiny = context.preset == "tiny"
+    stage = FakeStage(gpu_dtype(context))
+    overrides = options.reference_overrides()
+    if tiny:
+        pipeline = presets.build_tiny_pipeline(seed=0, reference_overrides=overrides)
+        config = pipeline.reference_config
+        transformer, text, vae = (stage.adopt(m) for m in (pipeline.transformer, pipeline.text_encoder, pipeline.vae))
+        call = presets.TINY_CALL_DEFAULTS
+        frames, height, width = (context.num_frames or call["num_frames"], context.height or call["height"],
+                                 context.width or call["width"])
+    else:
+        config = ReferenceConfig(**overrides)
+
+        def transformer_with_lora() -> CustomVideoXTransformer3DModel:
+            model = CustomVideoXTransformer3DModel(**presets.COGVIDEOX_5B_TRANSFORMER)
+            model.add_reference_lora(config)
+            return model
+
+        transformer = stage.build(transformer_with_lora)
+        text = stage.build(lambda: T5EncoderModel(T5Config(**presets.T5_XXL)))
+        vae = stage.build(lambda: AutoencoderKLCogVideoX(**presets.COGVIDEOX_5B_VAE))
+        frames, height, width = context.num_frames or 49, context.height or 480, context.width or 720
+    steps = int(options.steps or (min(DEFAULT_STEPS, presets.TINY_CALL_DEFAULTS["num_inference_steps"]) if tiny
+                                  else DEFAULT_STEPS))
+    guidance = float(options.guidance if options.guidance is not None else DEFAULT_GUIDANCE)
+    spatial = 2 ** (len(vae.config.block_out_channels) - 1)
+    shape = ((frames - 1) // vae.config.temporal_compression_ratio + 1, height // spatial, width // spatial,
+             transformer.config.max_text_seq_length)
+    uses_reference, cached = config.uses_reference_branch, config.mode == "cached"
+    built: dict[str, Any] = {}  # the cached mode's reference cache, built once by its own piece
+
+    def inputs() -> dict[str, Any]:
+        x = cfg_step_inputs(transformer, shape, torch.device("cpu"), stage.dtype)
+        x["entity_tokens"] = tuple(part[:, :COST_ENTITY_TOKENS] for part in x["entity_tokens"])
+        x["reference"] = torch.cat([x["reference"]] * x["latents"].shape[0])  # the pipeline's CFG layout
+        return x
+
+    def step() -> torch.Tensor:  # the pipeline passes the reference whatever the ablation (naive: an extra frame)
+        x = inputs()
+        return transformer(x["latents"], x["prompt_embeds"], x["timestep"], image_rotary_emb=x["rotary"],
+                           reference_latents=x["reference"], entity_tokens=x["entity_tokens"],
+                           reference_cache=built.get("cache"), reference_config=config, return_dict=False)[0]
+
+    def cache_build() -> None:  # from the one unique reference (the pipeline's reference_latents[:1])
+        built["cache"] = transformer.build_reference_cache(inputs()["reference"][:1], reference_config=config)
+
+    def cache_tensors() -> list[torch.Tensor]:
+        return [*built["cache"].keys, *built["cache"].values] if "cache" in built else []
+
+    length = shape[3]
+    stage.add("T5 prompt encode", text_call(text, length), 2 if guidance > 1 else 1, f"{length} tokens")
+    stage.add("VAE encode (reference)", vae_encode_call(vae, (1, 3, 1, height, width)), 1, f"1 frame, {height}x{width}")
+    if uses_reference and cached:
+        stage.add("reference cache build (once)", cache_build, 1, "cached mode's reference keys/values")
+    calls = denoiser_calls(CogVideoXDDIMScheduler(**presets.COGVIDEOX_5B_SCHEDULER), steps)
+    stage.add(f"transformer step ({config.ablation}, {config.mode})", step, calls,
+              f"batch 2, {shape[0]}x{shape[1]}x{shape[2]} latents + 1 reference frame, {length} text tokens",
+              tracked=cache_tensors)
+    stage.add("VAE decode", vae_decode_call(vae, (1, vae.config.latent_channels, shape[0], shape[1], shape[2])), 1,
+              f"{frames}x{height}x{width}, {dtype_name(stage.dtype)}, untiled")
+    name = "CustomVideoX" + (" (tiny)" if tiny else " (CogVideoX-5B)")
+    notes = (f"{steps} DDIM steps, guidance {guidance}, {frames}x{height}x{width}, {dtype_name(stage.dtype)}; "
+             f"{config.ablation}, {config.mode} mode, LoRA rank {config.lora_rank}")
+    result = StageCost.from_pieces(name, stage.measure(), notes=notes)
+    return MethodCost("customvideox", [result], setting={"preset": context.preset, "ablation": config.ablation,
+                                                         "mode": config.mode, "steps": steps, "guidance": guidance,
+                                                         "dtype": dtype_name(stage.dtype)})
+
+
 @register_method(
     "customvideox",
     description="CustomVideoX (3D reference attention, TAB, ERAE) on CogVideoX-5B; -o ablation=... for Table 2 rows",
     kind="ours", options=CustomVideoXOptions, paper_row=_table1_row, table2_setting=_table2_setting,
-    weights=customvideox_weights, presets=("tiny",), default_run=True,
+    weights=customvideox_weights, presets=("tiny",), default_run=True, cost=customvideox_cost,
     table2_rows={setting: {"ablation": ablation} for ablation, setting in TABLE2_SETTINGS.items()},
 )
 def build_customvideox(options: CustomVideoXOptions, context: MethodContext) -> CustomVideoXGenerator:

@@ -30,6 +30,28 @@ COGVIDEOX_5B_SCHEDULER: dict[str, Any] = dict(
     rescale_betas_zero_snr=True, snr_shift_scale=1.0, timestep_spacing="trailing",
 )
 
+#: CogVideoX-5B ``transformer/config.json`` (THUDM/CogVideoX-5b; the I2V model differs in ``in_channels`` and its
+#: learned positional embeddings, :data:`COGVIDEOX_5B_I2V_TRANSFORMER`).
+COGVIDEOX_5B_TRANSFORMER: dict[str, Any] = dict(
+    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
+    text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
+    max_text_seq_length=226, use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+)
+#: CogVideoX-5B-I2V ``transformer/config.json`` (THUDM/CogVideoX-5b-I2V): the image latents are concatenated to
+#: the noise (32 channels in) and the positions are learned as well as rotary.
+COGVIDEOX_5B_I2V_TRANSFORMER: dict[str, Any] = dict(
+    COGVIDEOX_5B_TRANSFORMER, in_channels=32, use_learned_positional_embeddings=True,
+)
+#: CogVideoX-5B ``vae/config.json`` differs from ``AutoencoderKLCogVideoX``'s defaults only in the scaling factor
+#: (the same VAE in CogVideoX-5B-I2V).
+COGVIDEOX_5B_VAE: dict[str, Any] = dict(scaling_factor=0.7)
+#: CogVideoX-5B's text encoder (``text_encoder/config.json``): the T5 v1.1 XXL encoder, 226 tokens.
+T5_XXL: dict[str, Any] = dict(
+    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False, dropout_rate=0.0,
+)
+
 TINY_TEXT_LENGTH = 32
 
 #: ``CogVideoXTransformer3DModel`` config of the tiny preset (5B: 48 heads x 64, 42 layers, 226 text tokens).
@@ -53,7 +75,8 @@ TINY_T5: dict[str, Any] = dict(
 )
 
 #: Sampling defaults of the tiny preset (the video size comes from the transformer config: 9x128x192).
-TINY_CALL_DEFAULTS: dict[str, Any] = dict(num_frames=9, height=128, width=192, num_inference_steps=8, guidance_scale=6.0)
+TINY_CALL_DEFAULTS: dict[str, Any] = dict(num_frames=9, height=128, width=192, num_inference_steps=8,
+                                          guidance_scale=6.0)
 
 #: The tiny reference LoRA's rank (the real one: 128, paper section 6.1).
 TINY_LORA_RANK = 8

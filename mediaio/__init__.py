@@ -1,4 +1,5 @@
-"""Small file helpers shared by ``videobench`` and ``customvideox``: atomic writes, hashing, images, video.
+"""Small helpers shared by ``videobench``, ``customvideox`` and ``baselines``: atomic writes, hashing, images,
+video, and the model-agnostic FakeTensor cost machinery (:mod:`mediaio.fakecost`).
 
 Neither package's model code depends on the other; both depend on this one.
 """

@@ -285,8 +285,8 @@ def test_score_throughput_table_sums_families_and_the_speed_up(acceptance, capsy
 # --- the tiny CPU path --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_cpu_run_reports_every_section(acceptance, tmp_path, capsys, one_thread):
-    budgets = [arg for name in ("cuda_tests", "step_latency", "end_to_end", "scoring", "train_step", "compiled")
-               for arg in ("--section-budget", f"{name}=600")]  # a loaded CI machine: structure, not speed
+    names = ("cuda_tests", "step_latency", "end_to_end", "scoring", "train_step", "baselines", "compiled")
+    budgets = [arg for name in names for arg in ("--section-budget", f"{name}=600")]  # loaded CI: structure only
     report = _run(acceptance, tmp_path, "--budget-s", "1800", *budgets)
     printed = capsys.readouterr().out
 
@@ -297,7 +297,7 @@ def test_tiny_cpu_run_reports_every_section(acceptance, tmp_path, capsys, one_th
     assert report["torch"] == torch.__version__ and report["diffusers"] and report["device"] == "cpu"
     assert report["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", report["git_commit"])
     sections = {s["name"]: s for s in report["sections"]}
-    assert list(sections) == ["cuda_tests", "step_latency", "end_to_end", "scoring", "train_step", "compiled"]
+    assert list(sections) == list(names)
     for section in sections.values():
         assert section["status"] == "ok" and section["rows"] and section["wall_s"] > 0, section
         assert all(row["status"] in STATUSES for row in section["rows"])
@@ -321,6 +321,8 @@ def test_tiny_cpu_run_reports_every_section(acceptance, tmp_path, capsys, one_th
     assert set(batched["data"]) == {"clip", "dino", "dynamic"}
     training, memory = sections["train_step"]["rows"]
     assert training["value"] > 0 and memory["status"] == "unmeasured"  # peak memory is CUDA-only
+    baselines = [row["name"].split(":")[0] for row in sections["baselines"]["rows"]]
+    assert sorted(set(baselines)) == sorted(acceptance.baseline_timing.ORDER)  # tests/test_method_costs.py: details
     compiled = [row["name"] for row in sections["compiled"]["rows"]]
     assert compiled == ["vanilla, compiled", "cached, TAB+ERAE on, compiled", "joint, TAB+ERAE on, compiled",
                         "50-step video, compiled"]

@@ -80,13 +80,24 @@ def _calibration(context: MethodContext, name: str, pan: bool) -> ReferenceCalib
                                 width=context.width or 720, fps=context.fps, pan=pan)
 
 
-@register_method("reference-still", kind="reference", default_run=True,
+def _no_model_cost(name: str):
+    """A calibration row's cost: no model, a few milliseconds of CPU image work per video (0 FLOPs counted)."""
+    from videobench.costs import MethodCost, StageCost
+
+    def cost(options: NoOptions, context: MethodContext) -> MethodCost:
+        stage = StageCost.free("frames from the reference image (CPU, no model)")
+        return MethodCost(name, [stage], setting={"preset": context.preset})
+
+    return cost
+
+
+@register_method("reference-still", kind="reference", default_run=True, cost=_no_model_cost("reference-still"),
                  description="reference image held still (copy-paste ceiling, zero motion)")
 def reference_still(options: NoOptions, context: MethodContext) -> ReferenceCalibration:
     return _calibration(context, "reference-still", pan=False)
 
 
-@register_method("reference-pan", kind="reference", default_run=True,
+@register_method("reference-pan", kind="reference", default_run=True, cost=_no_model_cost("reference-pan"),
                  description="reference image with a slow pan and zoom (pure camera motion)")
 def reference_pan(options: NoOptions, context: MethodContext) -> ReferenceCalibration:
     return _calibration(context, "reference-pan", pan=True)

@@ -462,12 +462,23 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
 
 
 def _cost_estimate(spec, options, context) -> tuple[float, str] | None:
-    """Seconds per video of a method on one reference GPU, from its registered cost model (when it has one)."""
-    cost = getattr(spec, "cost", None)
+    """Seconds per video of a row on one reference GPU, from the cached cost model (``reports/estimate_methods.json``,
+    written by ``benchmarks/estimate_methods.py``): the row's options when cached, else the method's defaults."""
+    from videobench.costs import cached_cost
+    from videobench.options import options_to_dict
+
+    defaults = options_to_dict(spec.parse_options({}))
+    overrides = {key: value for key, value in options_to_dict(options).items() if defaults.get(key) != value}
+    cost = cached_cost(spec.name, overrides) if overrides else None
+    source = "cost model"
+    if cost is None:
+        cost = cached_cost(spec.name)
+        source = "cost model of the default options" if overrides else source
     if cost is None:
         return None
-    estimate = cost(options, context)
-    return (estimate.seconds, estimate.source) if estimate is not None else None
+    measured = any(stage.measured for stage in cost.stages)
+    where = "measured" if measured else f"{cost.tflops_per_s:.0f} TFLOP/s"
+    return cost.seconds_per_video, f"{source}, {cost.reference_gpu}, {where}"
 
 
 # --------------------------------------------------------------------------------------------- info

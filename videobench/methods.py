@@ -22,6 +22,9 @@ A method is one module with one decorated factory::
 * ``weights``: ``weights(options, context) -> [WeightSpec]``, the files the run needs; the harness resolves them
   all, reports every missing one in one message, and hands the resolved paths to the factory
   (``context.weights[key]``). ``videobench weights`` and ``videobench methods NAME`` list them.
+* ``cost``: ``cost(options, context) -> MethodCost`` (:mod:`videobench.costs`), the FLOPs, peak memory and
+  seconds per video of each stage at the real sizes (the tiny preset's with ``context.preset == "tiny"``), computed
+  without weights or a GPU; ``benchmarks/estimate_methods.py`` caches them for the harness.
 
 The runner (:mod:`videobench.generate`) owns files; a generator owns pixels: ``generate(case, seed)`` returns
 ``(T, H, W, 3)`` uint8 frames, or a :class:`GenerationOutput` that adds an intermediate image and diagnostics.
@@ -35,7 +38,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -44,6 +47,9 @@ from videobench.cases import Case
 from videobench.options import NoOptions, OptionError, describe_options, options_to_dict, parse_options
 from videobench.plugins import METHODS_GROUP, load_plugin, load_plugins
 from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, check_weights
+
+if TYPE_CHECKING:
+    from videobench.costs import MethodCost
 
 #: What a method is, for the leaderboard: our model, an image model + image-to-video, a video model, or a
 #: weight-free reference (calibration) row.
@@ -143,6 +149,7 @@ class ImageFirstGenerator(Protocol):
 
 MethodFactory = Callable[[Any, MethodContext], Generator]
 WeightsFn = Callable[[Any, MethodContext], list[WeightSpec]]
+CostFn = Callable[[Any, MethodContext], "MethodCost"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,7 @@ class MethodSpec(Generic[OptionsT]):
     presets: tuple[str, ...] = ()
     default_run: bool = False
     table2_rows: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cost: CostFn | None = None
 
     def parse_options(self, raw: Mapping[str, Any] | None = None) -> Any:
         """The options dataclass from ``raw`` (texts or typed values). ``OptionError`` names method and key."""
@@ -203,6 +211,16 @@ class MethodSpec(Generic[OptionsT]):
     def describe_options(self):
         return describe_options(self.options)
 
+    def estimate_cost(self, options: Any = None, context: MethodContext | None = None) -> MethodCost | None:
+        """The cost per video of a run with ``options`` (default: the defaults) on the reference GPU, computed now
+        on FakeTensors (seconds to minutes; :func:`videobench.costs.cached_cost` reads the cache instead); None
+        without a cost model."""
+        if self.cost is None:
+            return None
+        context = context or MethodContext(device="cuda")
+        self.check_preset(context.preset)
+        return self.cost(self.parse_options() if options is None else options, context)
+
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
@@ -219,6 +237,7 @@ def register_method(
     presets: tuple[str, ...] = (),
     default_run: bool = False,
     table2_rows: Mapping[str, Mapping[str, Any]] | None = None,
+    cost: CostFn | None = None,
 ) -> Callable[[MethodFactory], MethodFactory]:
     """Decorator registering ``factory(options, context) -> Generator`` under ``name`` (see the module docstring)."""
     if kind not in KINDS:
@@ -230,7 +249,7 @@ def register_method(
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"method {name!r} is already registered")
         _REGISTRY[name] = MethodSpec(name, description, kind, options, factory, paper_row, table2_setting, weights,
-                                     tuple(presets), default_run, dict(table2_rows or {}))
+                                     tuple(presets), default_run, dict(table2_rows or {}), cost)
         return factory
 
     return decorator

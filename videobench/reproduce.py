@@ -24,7 +24,7 @@ from typing import Any
 
 from videobench.methods import MethodContext, MethodSpec, available_methods, methods_by_paper_row
 from videobench.options import OptionError
-from videobench.suites import load_suite
+from videobench.suites import get_suite, load_suite
 from videobench.weights import ResolvedWeights, WeightsConfig, resolve_weights
 
 TABLES = ("table1", "table2")
@@ -39,7 +39,8 @@ class PlanRow:
     paper_label: str
     options: dict[str, Any]
     suites: tuple[str, ...]
-    cases: dict[str, int] = field(default_factory=dict)  # suite -> number of cases (-1: data missing)
+    cases: dict[str, int] = field(default_factory=dict)  # suite -> number of cases
+    cases_missing_data: tuple[str, ...] = ()  # suites whose data is missing (their counts are the declared ones)
     weights: list[ResolvedWeights] = field(default_factory=list)
     seconds_per_video: float | None = None
     estimate_source: str = ""
@@ -51,7 +52,7 @@ class PlanRow:
 
     @property
     def n_cases(self) -> int:
-        return sum(max(0, count) for count in self.cases.values())
+        return sum(max(0, count) for count in self.cases.values())  # -1: data missing, count unknown
 
     def hours(self, gpus: int = 1) -> float | None:
         if self.seconds_per_video is None:
@@ -145,7 +146,12 @@ def plan(
                     loaded[name] = min(count, limit) if limit is not None else count
                 except (FileNotFoundError, KeyError, ValueError) as error:
                     data_missing[name] = str(error).splitlines()[0]
+                    declared = _declared_count(name)
+                    if declared is not None:
+                        loaded[name] = min(declared, limit) if limit is not None else declared
             row.cases[name] = loaded.get(name, -1)
+            if name in data_missing:
+                row.cases_missing_data += (name,)
         spec = methods[row.method]
         row.options = _row_options(row, overrides)
         row_context = _context_for(spec, context)
@@ -161,6 +167,15 @@ def plan(
     return Plan(table, rows, unreproducible, data_missing)
 
 
+def _declared_count(name: str) -> int | None:
+    """A suite's case count without its data (None: unknown suite or one that does not declare it)."""
+    try:
+        spec = get_suite(name)
+    except KeyError:
+        return None
+    return spec.count() if spec.count is not None else None
+
+
 def _context_for(spec: MethodSpec, context: MethodContext) -> MethodContext:
     """The run's context for one method: the preset only where the method has it."""
     preset = context.preset if context.preset in spec.presets else None
@@ -168,11 +183,18 @@ def _context_for(spec: MethodSpec, context: MethodContext) -> MethodContext:
                          random_weights=context.random_weights, weights_config=context.weights_config)
 
 
+def _count_text(count: int, data_missing: bool) -> str:
+    if count < 0:
+        return "data missing"
+    return f"{count} (data missing)" if data_missing else str(count)
+
+
 def describe(plan_: Plan, gpus: Sequence[int] = (1, 8)) -> list[str]:
     """The plan as lines: one per row (suites x cases, weights, estimate), then what is missing."""
     lines = [f"{plan_.table}: {len(plan_.rows)} row(s)"]
     for row in plan_.rows:
-        cases = ", ".join(f"{name} {count if count >= 0 else 'data missing'}" for name, count in row.cases.items())
+        cases = ", ".join(f"{name} {_count_text(count, name in row.cases_missing_data)}"
+                          for name, count in row.cases.items())
         weights = ("weights: none needed" if not row.weights else
                    f"weights: {len(row.weights) - len(row.missing_weights)}/{len(row.weights)} present")
         hours = row.hours()

@@ -111,7 +111,7 @@ def _subject_ids() -> list[str]:
 
 @register_suite(NAME, label="DreamBench", version=load_spec()["version"], description=load_spec()["description"],
                 order=10, files=lambda subjects: data_files(subjects=subjects), shipped=shipped_files,
-                subjects=_subject_ids)
+                subjects=_subject_ids, count=lambda: len(make_cases(Path("."))))
 def build(root: Path) -> Suite:
     """The DreamBench suite over ``root``; raises :class:`~videobench.data.MissingDataError` without the images."""
     spec = load_spec()

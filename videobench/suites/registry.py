@@ -67,6 +67,7 @@ class SuiteSpec:
     shipped: Callable[[], list[ShippedFile]] | None = None
     subjects: Callable[[], list[str]] | None = None
     default: bool = False
+    count: Callable[[], int] | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -102,14 +103,17 @@ def register_suite(
     shipped: Callable[[], list[ShippedFile]] | None = None,
     subjects: Callable[[], list[str]] | None = None,
     default: bool = False,
+    count: Callable[[], int] | None = None,
 ) -> Callable[[SuiteBuilder], SuiteBuilder]:
     """Decorator registering ``build(data_root) -> Suite`` as suite ``name`` (``default``: the suite commands use
-    when none is named; the embedded smoke suite is)."""
+    when none is named; the embedded smoke suite is; ``count``: its number of cases without its data, for plans
+    and time estimates before a download)."""
 
     def decorator(build: SuiteBuilder) -> SuiteBuilder:
         if name in _SUITES and _SUITES[name].build is not build:
             raise ValueError(f"suite {name!r} is already registered")
-        _SUITES[name] = SuiteSpec(name, label, version, description, order, build, files, shipped, subjects, default)
+        _SUITES[name] = SuiteSpec(name, label, version, description, order, build, files, shipped, subjects, default,
+                                   count)
         return build
 
     return decorator
