@@ -70,6 +70,28 @@ def test_plan_only_prints_rows_and_every_missing_weight_in_one_message(env):
     assert refused.exit_code == EXIT_SETUP_ERROR and not (env / "r").exists()  # nothing runs while weights lack
 
 
+def test_published_plan_without_data_counts_the_declared_cases_and_estimates_from_the_cost_cache(env, monkeypatch):
+    from videobench.costs import MethodCost, StageCost
+
+    def cost(method: str, seconds: float) -> dict:
+        return MethodCost(method, [StageCost("all", 1.0, 1.0, seconds)]).to_dict()
+
+    cache = {"methods": {"customvideox": cost("customvideox", 100.0),
+                         "customvideox[ablation=naive]": cost("customvideox", 40.0)}}
+    (env / "costs.json").write_text(json.dumps(cache))
+    monkeypatch.setenv("VIDEOBENCH_COST_ESTIMATES", str(env / "costs.json"))
+    out = invoke("reproduce", "table2", "--out", str(env / "r"), "--plan-only")
+    assert out.exit_code == 0, out.output
+    lines = {line.split()[0]: line for line in out.output.splitlines() if line.startswith("  customvideox@")}
+    assert all("videobench 530 (data missing)" in line for line in lines.values())
+    # the row's own cached cost: 530 x 40 s; a row whose options are not cached: the defaults' 530 x 100 s
+    assert "est. 5.9 h on 1 GPU, 0.74 h on 8 (cost model," in lines["customvideox@naive"]
+    assert "est. 14.7 h on 1 GPU, 1.84 h on 8 (cost model of the default options" in lines["customvideox@3D-RA"]
+    assert "total: 50.1 h on 1 GPU, 6.3 h on 8 GPUs" in out.output
+    refused = invoke("reproduce", "table2", "--out", str(env / "r"))
+    assert refused.exit_code == EXIT_SETUP_ERROR and not (env / "r").exists()
+
+
 def test_table2_whole_plan_on_cpu_with_the_tiny_preset(env):
     out_dir = env / "r"
     args = ("reproduce", "table2", "--out", str(out_dir), "--suite", "smoke", "--preset", "tiny",
