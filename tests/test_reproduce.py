@@ -52,6 +52,9 @@ def test_table2_rows_and_options_by_row_or_method(env):
         "customvideox@+ERAE": {"ablation": "3d-ra+tab+erae", "steps": "2"},
     }
     assert all(not row.weights for row in table.rows)  # the tiny preset needs none
+    # cost models cost the real sizes: a preset's rows get no (misleading) real-size estimate
+    assert all(row.hours() is None and row.estimate_source == "not estimated for the tiny preset"
+               for row in table.rows)
     with pytest.raises(ValueError, match="'ip-adapter\\+i2v', which are not rows of table2"):
         plan("table2", MethodContext(), overrides={"ip-adapter+i2v": {"scale": "1"}})
     with pytest.raises(ValueError, match="row customvideox@naive: method customvideox: unknown option"):

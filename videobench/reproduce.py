@@ -161,6 +161,9 @@ def plan(
             raise ValueError(f"row {row.row_id}: {error}") from None
         weights_config = context.weights_config or WeightsConfig()
         row.weights = [resolve_weights(weight, weights_config) for weight in spec.weight_specs(parsed, row_context)]
+        if row_context.preset is not None:  # cost models cost the real sizes, not a preset's
+            row.estimate_source = f"not estimated for the {row_context.preset} preset"
+            continue
         result = estimate(spec, parsed, row_context) if estimate is not None else None
         if result is not None:
             row.seconds_per_video, row.estimate_source = result
@@ -199,7 +202,7 @@ def describe(plan_: Plan, gpus: Sequence[int] = (1, 8)) -> list[str]:
                    f"weights: {len(row.weights) - len(row.missing_weights)}/{len(row.weights)} present")
         hours = row.hours()
         estimate = (f"est. {hours:.1f} h on 1 GPU, {row.hours(max(gpus)):.2f} h on {max(gpus)}"
-                    f" ({row.estimate_source})" if hours is not None else "est. unknown (no cost estimate)")
+                    f" ({row.estimate_source})" if hours is not None else f"est. unknown ({row.estimate_source or 'no cost estimate'})")
         options = ", ".join(f"{key}={value}" for key, value in row.options.items())
         lines.append(f"  {row.row_id:28s} [{row.paper_label}] {cases}; {weights}; {estimate}"
                      + (f"; options: {options}" if options else ""))
