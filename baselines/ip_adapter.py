@@ -37,6 +37,7 @@ official key layout, writes the adapter to a temporary ``.safetensors`` file and
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -639,7 +640,6 @@ class IPAdapterPersonalizer:
         self.dtype = resolve_torch_dtype(context.dtype, context.device)
         self.height, self.width = (TINY_SIZE, TINY_SIZE) if self.tiny else (options.height, options.width)
         self.steps = min(options.steps, TINY_STEPS) if self.tiny else options.steps
-        self._pipeline: Any = None
 
     @property
     def random_weights(self) -> bool:
@@ -660,11 +660,10 @@ class IPAdapterPersonalizer:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    @property
+    @functools.cached_property
     def pipeline(self):
-        if self._pipeline is None:
-            self._pipeline = self._load()
-        return self._pipeline
+        """The pipeline, loaded on first use (once per run)."""
+        return self._load()
 
     def _load(self):
         if self.tiny:

@@ -147,7 +147,6 @@ class CogVideoXI2V:
         self.options, self.context = options, context
         self.tiny = context.preset == "tiny"
         self.dtype = resolve_torch_dtype(context.dtype, context.device)
-        self._pipeline: Any = None
         self.call = dict(TINY_I2V_CALL) if self.tiny else dict(num_frames=49, height=480, width=720,
                                                                 num_inference_steps=options.i2v_steps)
         for key, value in (("num_frames", context.num_frames), ("height", context.height), ("width", context.width)):
@@ -168,11 +167,10 @@ class CogVideoXI2V:
             "canvas": self.options.canvas, "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    @property
+    @functools.cached_property
     def pipeline(self):
-        if self._pipeline is None:
-            self._pipeline = self._load()
-        return self._pipeline
+        """The pipeline, loaded on first use (once per run)."""
+        return self._load()
 
     def _load(self):
         if self.tiny:
