@@ -23,6 +23,7 @@ from videobench.metrics.dynamic import (
     is_dynamic,
     kept_frame_indices,
     pad_for_raft,
+    raft_consecutive_flows,
     raft_final_flow,
 )
 from videobench.scoring.compute import metric_config_hash
@@ -239,6 +240,16 @@ def test_final_flow_equals_torchvision_forward(raft):
     with torch.no_grad():
         expected = raft(image1, image2, num_flow_updates=2)[-1]
         assert torch.allclose(raft_final_flow(raft, image1, image2, 2), expected, atol=1e-5)
+
+
+def test_consecutive_flows_equal_the_flows_of_each_pair(raft):
+    torch.manual_seed(1)
+    frames = torch.rand(4, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        shared = raft_consecutive_flows(raft, frames, 2)
+        for i in range(3):
+            assert torch.allclose(shared[i : i + 1], raft_final_flow(raft, frames[i : i + 1], frames[i + 1 : i + 2], 2),
+                                  atol=1e-5)
 
 
 def test_metric_batches_pairs_like_one_pair_at_a_time(raft):
