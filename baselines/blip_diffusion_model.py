@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from transformers.activations import ACT2FN
 
 #: LAVIS's and the diffusers example's negative prompt (projects/blip-diffusion/README.md, notebooks).
 NEGATIVE_PROMPT = (
@@ -49,6 +48,13 @@ NEGATIVE_PROMPT = (
 #: OpenAI CLIP's pixel statistics (``model_index.json`` ``mean``/``std`` of Salesforce/blipdiffusion).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _activation(name: str) -> torch.nn.Module:
+    """transformers' activation ``name`` (imported on use: registering the method needs no transformers)."""
+    from transformers.activations import ACT2FN
+
+    return ACT2FN[name]
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -107,7 +113,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
-        self.act = ACT2FN[act]
+        self.act = _activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -226,7 +232,7 @@ class Intermediate(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACT2FN[config.hidden_act]
+        self.act = _activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.dense(x))
@@ -278,7 +284,7 @@ class ProjLayer(nn.Module):
     def __init__(self, width: int, eps: float = 1e-12) -> None:
         super().__init__()
         self.dense1 = nn.Linear(width, 4 * width)
-        self.act_fn = ACT2FN["quick_gelu"]
+        self.act_fn = _activation("quick_gelu")
         self.dense2 = nn.Linear(4 * width, width)
         self.LayerNorm = nn.LayerNorm(width, eps=eps)
 

@@ -40,7 +40,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from baselines.videobooth_model import (
@@ -183,6 +182,8 @@ def load_image_prompt(path: str | Path) -> tuple[Image.Image, tuple[int, int, in
 def square_on_white(image: Image.Image, box: Sequence[float] | None = None) -> torch.Tensor:
     """``load_data_pair``: crop to ``box`` (x1, y1, x2, y2, truncated to int), pad to a square with white
     (the shorter side padded, ``diff // 2`` before). Returns ``(3, S, S)`` uint8."""
+    import torchvision.transforms.functional as TF  # imported here: registering the method needs no torchvision
+
     pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
     if box is not None:
         x1, y1, x2, y2 = (int(v) for v in box)
@@ -198,12 +199,16 @@ def square_on_white(image: Image.Image, box: Sequence[float] | None = None) -> t
 
 def resize_uint8(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """torchvision 0.15's ``Resize`` on a uint8 tensor (upstream): bilinear, no antialiasing, rounded to uint8."""
+    import torchvision.transforms.functional as TF
+
     return TF.resize(pixels, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
 
 
 def image_prompt_tensors(image: Image.Image, box: Sequence[float] | None, config: VideoBoothConfig,
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(CLIP pixels (1, 3, S, S) normalised, VAE pixels (1, 3, H, W) in [-1, 1])`` of the image prompt."""
+    import torchvision.transforms.functional as TF
+
     square = square_on_white(image, box)
     clip = resize_uint8(square, config.clip_image_size, config.clip_image_size).float() / 255.0
     clip = TF.normalize(clip, CLIP_MEAN, CLIP_STD)

@@ -17,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+#: diffusers' default LoRA file name (``LORA_WEIGHT_NAME_SAFE``): where a saved reference LoRA lives in a folder.
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
 #: Table 2 rows, from the paper's baseline to the full method.
 ABLATIONS: tuple[str, ...] = ("naive", "3d-ra", "3d-ra+tab", "3d-ra+tab+erae")
 #: How the reference stream is computed, see :class:`ReferenceConfig`.

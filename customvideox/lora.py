@@ -29,15 +29,19 @@ from safetensors.torch import save_file
 
 from mediaio.atomic import atomic_path
 
-from .config import REFERENCE_ADAPTER_NAME, ReferenceConfig, legacy_overrides, resolve_reference_config
+from .config import (  # noqa: F401 (LORA_WEIGHT_NAME re-exported)
+    LORA_WEIGHT_NAME,
+    REFERENCE_ADAPTER_NAME,
+    ReferenceConfig,
+    legacy_overrides,
+    resolve_reference_config,
+)
 
 if TYPE_CHECKING:
     from diffusers import ModelMixin
 
 logger = logging.getLogger(__name__)
 
-#: diffusers' default LoRA file name (``LORA_WEIGHT_NAME_SAFE``).
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 #: diffusers' metadata key for the packed peft config.
 LORA_METADATA_KEY = "lora_adapter_metadata"
 #: Our metadata key for the full :class:`ReferenceConfig` used at training time.

@@ -29,8 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from customvideox.config import ReferenceConfig
-from customvideox.lora import LORA_WEIGHT_NAME
+from customvideox.config import LORA_WEIGHT_NAME, ReferenceConfig
 from customvideox.weights import COGVIDEOX_5B, MODEL_LAYOUT
 from mediaio.images import load_reference_image
 from videobench.cases import Case

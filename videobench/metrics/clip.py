@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
-import open_clip
 import torch
 
 from videobench.metrics.base import MetricInput
@@ -61,6 +60,8 @@ def clip_file_stem(model: str, pretrained: str) -> str:
 
 def clip_hf_repo(model: str, pretrained: str) -> str | None:
     """The Hugging Face repository open_clip downloads ``model``/``pretrained`` from, if any."""
+    import open_clip
+
     try:
         cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
     except Exception:  # unknown model names have no hub entry
@@ -107,6 +108,8 @@ def build_clip_model(
     ``weights`` is an open_clip / OpenAI state dict (``.safetensors``, or ``.bin``/``.pt``/``.pth`` read with
     ``torch.load(weights_only=True)`` by open_clip's own :func:`open_clip.load_checkpoint`).
     """
+    import open_clip
+
     with _quiet_open_clip(), seeded(seed):
         model = open_clip.create_model(model_name, pretrained=None)
     if weights is not None:
@@ -168,6 +171,8 @@ class ClipMetric(ModelMetric):
     @classmethod
     def _from_model(cls, model: torch.nn.Module, options: ClipOptions, stamp: WeightsStamp) -> ClipMetric:
         """Add the model's tokenizer and names; ``pretrained`` reads ``random`` for random weights."""
+        import open_clip
+
         pretrained = "random" if stamp["random_weights"] else options.pretrained
         return cls(model, open_clip.get_tokenizer(options.model), model_name=options.model, pretrained=pretrained,
                    batch_size=options.batch_size,

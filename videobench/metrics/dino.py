@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
-import timm
 import torch
 
 from videobench.metrics.base import MetricInput
@@ -70,6 +69,8 @@ def build_dino_model(
     architecture (tests use a shallow model; ``dynamic_img_size=True`` for any input size); they are part of the
     config.
     """
+    import timm
+
     def factory() -> torch.nn.Module:
         return timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
 

@@ -41,8 +41,6 @@ from typing import Any, Literal, Unpack
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.models.optical_flow import raft_large
-from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
@@ -182,6 +180,8 @@ def raft_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def build_raft_model(weights: str | Path | None = None, seed: int = 0) -> torch.nn.Module:
     """torchvision ``raft_large``; loaded strictly from ``weights`` (either format) or seeded random init."""
+    from torchvision.models.optical_flow import raft_large
+
     if weights is not None:
         return build_loaded(raft_large, raft_state_dict(load_state_dict(weights)), weights).eval()
     with seeded(seed):
@@ -216,6 +216,8 @@ def raft_consecutive_flows(
 def _refine_flow(model: torch.nn.Module, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
                  num_flow_updates: int) -> torch.Tensor:
     """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow."""
+    from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
+
     batch, _, h, w = image1.shape
     model.corr_block.build_pyramid(fmap1, fmap2)
     context = model.context_encoder(image1)

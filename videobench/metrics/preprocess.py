@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from videobench.devices import check_device  # noqa: F401 (re-export: the metrics' device check)
 
@@ -102,6 +100,9 @@ def preprocess(images: torch.Tensor, cfg: Preprocess, dtype: torch.dtype = torch
     """``(N, 3, H, W)`` uint8 -> ``(N, 3, h, w)`` normalised ``dtype`` on the same device (see :class:`Preprocess`)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
+    from torchvision.transforms import InterpolationMode  # imported here: describing a metric needs no torchvision
+    from torchvision.transforms.v2 import functional as TF
+
     mode = InterpolationMode(cfg.interpolation)
     if cfg.resize_mode == "squash":
         resized = TF.resize(images, [cfg.resize, cfg.resize], interpolation=mode, antialias=cfg.antialias)

@@ -58,9 +58,7 @@ def _error(value: float, low: float | None, high: float | None) -> list[list[flo
 def draw_plot(spec: dict[str, str], board: pd.DataFrame) -> Plot:
     """One scatter plot (see the module docstring) as an SVG string."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend, no figure manager
 
     x, y = spec["x"], spec["y"]
     plot = Plot(spec["id"], spec["title"])
@@ -71,7 +69,8 @@ def draw_plot(spec: dict[str, str], board: pd.DataFrame) -> Plot:
     suites = suite_order(list(board["suite"].astype(str)) + list(paper["suite"].astype(str)))
     marker = {suite: MARKERS[i % len(MARKERS)] for i, suite in enumerate(suites)}
     with matplotlib.rc_context({"svg.hashsalt": "videobench", "text.parse_math": False, "svg.fonttype": "none"}):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig = Figure(figsize=(6.4, 4.4))
+        ax = fig.subplots()
         drawn = 0
         for index, record in enumerate(board.to_dict("records")):
             (vx, lx, hx), (vy, ly, hy) = _value(record, x), _value(record, y)
@@ -102,7 +101,6 @@ def draw_plot(spec: dict[str, str], board: pd.DataFrame) -> Plot:
         ax.grid(alpha=0.3)
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-        plt.close(fig)
     plot.svg = _titled(buffer.getvalue(), board, paper)
     if not drawn:
         plot.note = "none of our runs has both values yet; only the paper's points are drawn"
