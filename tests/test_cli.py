@@ -15,13 +15,6 @@ from click.testing import CliRunner
 from videobench.cli import EXIT_CASE_FAILURES, EXIT_SETUP_ERROR, main
 
 
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIDEOBENCH_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("VIDEOBENCH_WEIGHTS", str(tmp_path / "no-weights"))
-    return tmp_path
-
-
 def invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

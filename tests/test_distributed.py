@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from mediaio.video import is_valid_video
+from tests.test_cli import invoke
 from tests.test_score import refs  # noqa: F401 (fixture)
-from videobench.cli import EXIT_SETUP_ERROR, main
+from videobench.cli import EXIT_SETUP_ERROR
 from videobench.distributed import Launch, launch_from_environment, local_device, resolve_shard
 from videobench.generate import _TEMP_FILE
 from videobench.results import read_cases_jsonl
@@ -199,17 +199,6 @@ def test_a_share_is_a_slice_of_the_scorable_cases(tmp_path, refs):
 
 
 # ------------------------------------------------------------------------------------------ CLI, launcher
-
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIDEOBENCH_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("VIDEOBENCH_WEIGHTS", str(tmp_path / "no-weights"))
-    return tmp_path
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def test_cli_refuses_a_shard_that_disagrees_with_the_launch(env, monkeypatch):

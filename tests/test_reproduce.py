@@ -6,23 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
+from tests.test_cli import invoke
 from tests.test_report import read_tables
-from videobench.cli import EXIT_SETUP_ERROR, main
+from videobench.cli import EXIT_SETUP_ERROR
 from videobench.methods import MethodContext
 from videobench.reproduce import plan
-
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIDEOBENCH_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("VIDEOBENCH_WEIGHTS", str(tmp_path / "no-weights"))
-    return tmp_path
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def test_table1_plan_has_every_published_row_and_the_reference_rows(env):
