@@ -24,12 +24,10 @@ This module also builds the tiny preset's offline CLIP tokenizer (:func:`build_t
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
 import re
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
@@ -39,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from baselines.bpe import learn_bpe_merges
 from videobench.weights import WeightsLoadError, build_loaded, load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -292,45 +291,6 @@ def byte_unicode_table() -> dict[int, str]:
     return table
 
 
-def _learn_merges(words: Sequence[str]) -> list[tuple[str, str]]:
-    """Byte-pair merges that turn every word of ``words`` into one token (``</w>`` ends a word, as in CLIP).
-
-    A plain BPE training run (most frequent pair first, ties broken by the pair itself, so it is deterministic).
-    """
-    sequences = [tuple(word[:-1]) + (word[-1] + "</w>",) for word in words]
-    counts: Counter = Counter()
-    where: dict[tuple[str, str], set[int]] = defaultdict(set)
-
-    def account(index: int, sign: int) -> None:
-        symbols = sequences[index]
-        for pair in itertools.pairwise(symbols):
-            counts[pair] += sign
-            if sign > 0:
-                where[pair].add(index)
-            elif counts[pair] == 0:
-                del counts[pair]
-
-    for index in range(len(sequences)):
-        account(index, +1)
-    merges = []
-    while counts:
-        best = min(counts.items(), key=lambda item: (-item[1], item[0]))[0]
-        merges.append(best)
-        for index in sorted(where.pop(best)):
-            account(index, -1)
-            symbols, merged, i = sequences[index], [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    merged.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            sequences[index] = tuple(merged)
-            account(index, +1)
-    return merges
-
-
 @lru_cache(maxsize=1)
 def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """The tiny CLIP tokenizer's ``(vocab, merges)``: CLIP's byte alphabet, whole words of the tiny corpus."""
@@ -338,7 +298,7 @@ def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
 
     alphabet = list(byte_unicode_table().values())
     words = sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
-    merges = _learn_merges(words)
+    merges = learn_bpe_merges(words)
     pieces = alphabet + [symbol + "</w>" for symbol in alphabet] + [left + right for left, right in merges]
     pieces += ["<|startoftext|>", "<|endoftext|>"]
     vocab: dict[str, int] = {}

@@ -22,9 +22,6 @@ runs on a CPU in seconds; its images are meaningless.
 
 from __future__ import annotations
 
-import collections
-import functools
-import itertools
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from baselines.bpe import learn_bpe_merges
 from baselines.ms_diffusion_model import MSAdapterConfig, MSDiffusionPipeline, validate_box
 from baselines.two_stage import TwoStageOptions, register_two_stage
 from videobench.costs import StageCost, gpu_dtype
@@ -206,38 +204,6 @@ SDXL_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end"
                   "use_karras_sigmas": False, "steps_offset": 1, "timestep_spacing": "leading"}
 
 
-@functools.lru_cache(maxsize=4)
-def tiny_bpe_merges(words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """BPE merges learned on ``words`` (each counted once) until every word is one token.
-
-    Plain BPE training: repeatedly merge the most frequent adjacent pair (ties: the smallest pair), so applying the
-    merges in rank order segments each training word back into one token.
-    """
-    pieces = [[*word[:-1], word[-1] + "</w>"] for word in sorted(set(words)) if word]
-    counts: collections.Counter[tuple[str, str]] = collections.Counter(
-        pair for word in pieces for pair in itertools.pairwise(word))
-    merges: list[tuple[str, str]] = []
-    while counts:
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        for index, word in enumerate(pieces):
-            if best[0] not in word or best not in itertools.pairwise(word):
-                continue
-            counts.subtract(itertools.pairwise(word))
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    merged.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            pieces[index] = merged
-            counts.update(itertools.pairwise(merged))
-        counts = +counts  # drop pairs that no longer occur
-    return tuple(merges)
-
-
 def build_tiny_clip_tokenizer(model_max_length: int = 77):
     """An offline CLIP BPE tokenizer: every printable character (alone and word-final ``</w>``) plus BPE merges
     that make each word of :data:`TINY_WORDS` one token; identical on every machine."""
@@ -247,7 +213,7 @@ def build_tiny_clip_tokenizer(model_max_length: int = 77):
     vocab: dict[str, int] = {}
     for token in ["<|startoftext|>", "<|endoftext|>", *characters, *(c + "</w>" for c in characters)]:
         vocab.setdefault(token, len(vocab))
-    merges = list(tiny_bpe_merges(TINY_WORDS))
+    merges = learn_bpe_merges(sorted(set(TINY_WORDS)))
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
