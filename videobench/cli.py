@@ -416,6 +416,7 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
     nothing runs while any is missing), and the estimated time per row. Finished videos are skipped, so the same
     command resumes.
     """
+    from videobench.costs import row_estimator
     from videobench.methods import MethodContext, get_method
     from videobench.options import OptionError, read_config_file
     from videobench.report import write_report
@@ -429,7 +430,7 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
         context = MethodContext(device=opts["device"], dtype=opts["dtype"], preset=opts["preset"],
                                 random_weights=random_weights, weights_config=_weights_config(opts))
         the_plan = plan(table, context, overrides, suite=opts["suite"], data_root=opts["data_root"],
-                        limit=opts["limit"], estimate=_cost_estimate)
+                        limit=opts["limit"], estimate=row_estimator())
     except (OptionError, ValueError) as error:
         _fail(str(error))
     for line in describe(the_plan):
@@ -459,26 +460,6 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
         ok = _score(out / name, opts, random_weights) and ok
     click.echo(f"report: {write_report([out / name for name in suites], out / f'{table}.html')}")
     sys.exit(0 if ok else EXIT_CASE_FAILURES)
-
-
-def _cost_estimate(spec, options, context) -> tuple[float, str] | None:
-    """Seconds per video of a row on one reference GPU, from the cached cost model (``reports/estimate_methods.json``,
-    written by ``benchmarks/estimate_methods.py``): the row's options when cached, else the method's defaults."""
-    from videobench.costs import cached_cost
-    from videobench.options import options_to_dict
-
-    defaults = options_to_dict(spec.parse_options({}))
-    overrides = {key: value for key, value in options_to_dict(options).items() if defaults.get(key) != value}
-    cost = cached_cost(spec.name, overrides) if overrides else None
-    source = "cost model"
-    if cost is None:
-        cost = cached_cost(spec.name)
-        source = "cost model of the default options" if overrides else source
-    if cost is None:
-        return None
-    measured = any(stage.measured for stage in cost.stages)
-    where = "measured" if measured else f"{cost.tflops_per_s:.0f} TFLOP/s"
-    return cost.seconds_per_video, f"{source}, {cost.reference_gpu}, {where}"
 
 
 # --------------------------------------------------------------------------------------------- info

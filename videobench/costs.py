@@ -183,6 +183,29 @@ def cached_cost(method: str, overrides: Mapping[str, Any] | None = None, path: s
     return cost
 
 
+def row_estimator(costs: Mapping[str, MethodCost] | None = None):
+    """``estimate(spec, options, context) -> (seconds per video, source) | None`` for :func:`videobench.reproduce.plan`,
+    from ``costs`` (default: the cache, read once): the row's options when cached, else the method's defaults."""
+    from videobench.options import options_to_dict
+
+    costs = load_estimates() if costs is None else costs
+
+    def estimate(spec: Any, options: Any, context: Any) -> tuple[float, str] | None:
+        defaults = options_to_dict(spec.parse_options({}))
+        overrides = {key: value for key, value in options_to_dict(options).items() if defaults.get(key) != value}
+        cost = costs.get(cost_key(spec.name, overrides)) if overrides else None
+        source = "cost model"
+        if cost is None:
+            cost = costs.get(spec.name)
+            source = "cost model of the default options" if overrides else source
+        if cost is None:
+            return None
+        where = "measured" if any(stage.measured for stage in cost.stages) else f"{cost.tflops_per_s:.0f} TFLOP/s"
+        return cost.seconds_per_video, f"{source}, {cost.reference_gpu}, {where}"
+
+    return estimate
+
+
 # --- reproducing a table -----------------------------------------------------------------------------------------
 def run_seconds(seconds_per_video: float, cases: int, gpus: int = 1) -> float:
     """Wall time of ``cases`` videos on ``gpus`` GPUs, each GPU generating whole videos (the cases split evenly;
