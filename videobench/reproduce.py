@@ -39,12 +39,10 @@ class PlanRow:
     paper_label: str
     options: dict[str, Any]
     suites: tuple[str, ...]
-    cases: dict[str, int] = field(default_factory=dict)  # suite -> number of cases
-    cases_missing_data: tuple[str, ...] = ()  # suites whose data is missing (their counts are the declared ones)
+    cases: dict[str, int] = field(default_factory=dict)  # suite -> number of cases (-1: unknown, data missing)
     weights: list[ResolvedWeights] = field(default_factory=list)
     seconds_per_video: float | None = None
     estimate_source: str = ""
-    problem: str = ""
 
     @property
     def missing_weights(self) -> list[ResolvedWeights]:
@@ -135,23 +133,20 @@ def plan(
         raise ValueError(f"options for {', '.join(map(repr, stray))}, which are not rows of {table}; rows: "
                          f"{', '.join(row.row_id for row in rows)}")
     data_missing: dict[str, str] = {}
-    loaded: dict[str, int] = {}
+    counts: dict[str, int] = {}  # suite -> cases (its declared count when its data is missing; -1: unknown)
     for row in rows:
         if suite is not None:
             row.suites = (suite,)
         for name in row.suites:
-            if name not in loaded and name not in data_missing:
+            if name not in counts:
                 try:
                     count = len(load_suite(name, data_root).cases)
-                    loaded[name] = min(count, limit) if limit is not None else count
                 except (FileNotFoundError, KeyError, ValueError) as error:
                     data_missing[name] = str(error).splitlines()[0]
-                    declared = _declared_count(name)
-                    if declared is not None:
-                        loaded[name] = min(declared, limit) if limit is not None else declared
-            row.cases[name] = loaded.get(name, -1)
-            if name in data_missing:
-                row.cases_missing_data += (name,)
+                    count = _declared_count(name)
+                    count = -1 if count is None else count
+                counts[name] = min(count, limit) if limit is not None and count >= 0 else count
+            row.cases[name] = counts[name]
         spec = methods[row.method]
         row.options = _row_options(row, overrides)
         row_context = _context_for(spec, context)
@@ -196,7 +191,7 @@ def describe(plan_: Plan, gpus: Sequence[int] = (1, 8)) -> list[str]:
     """The plan as lines: one per row (suites x cases, weights, estimate), then what is missing."""
     lines = [f"{plan_.table}: {len(plan_.rows)} row(s)"]
     for row in plan_.rows:
-        cases = ", ".join(f"{name} {_count_text(count, name in row.cases_missing_data)}"
+        cases = ", ".join(f"{name} {_count_text(count, name in plan_.data_missing)}"
                           for name, count in row.cases.items())
         weights = ("weights: none needed" if not row.weights else
                    f"weights: {len(row.weights) - len(row.missing_weights)}/{len(row.weights)} present")
