@@ -50,7 +50,7 @@ from baselines.blip_diffusion_model import (
     build_prompt,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from videobench.costs import StageCost, gpu_dtype
+from costmodel.method_cost import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, build_loaded, load_state_dict
@@ -451,14 +451,14 @@ SUBJECT_TOKENS = 3
 
 
 def stage1_cost(options: BlipDiffusionOptions, context: MethodContext) -> StageCost:
-    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`BlipDiffusionSampler`
+    """Stage 1's cost per video on FakeTensors (:mod:`costmodel.configs`), as :class:`BlipDiffusionSampler`
     runs: the subject encoder (ViT-L + Q-Former) on the reference, the context text encoder on the prompt (with the
     subject embeddings) and on the negative prompt, a UNet call on the CFG batch per PNDM timestep (steps + 1), one
     VAE decode; the tiny preset's components with ``context.preset == "tiny"``."""
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import Blip2Config, CLIPTextConfig
 
-    from baselines import cost_models as cm
+    from costmodel import configs as cm
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context))

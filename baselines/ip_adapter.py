@@ -49,7 +49,7 @@ import torch
 from PIL import Image
 
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from videobench.costs import StageCost, gpu_dtype
+from costmodel.method_cost import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -703,7 +703,7 @@ PLUS_SIZES = {"sd15": {"queries": 16, "dim": 768, "inner": 768}, "sdxl": {"queri
 
 
 def stage1_cost(options: IPAdapterOptions, context: MethodContext) -> StageCost:
-    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`): the variant's base UNet with the
+    """Stage 1's cost per video on FakeTensors (:mod:`costmodel.configs`): the variant's base UNet with the
     adapter installed by diffusers (``_load_ip_adapter_weights`` from meta tensors in the official key layout), its
     text encoder(s) on the prompt and the negative prompt, the CLIP image encoder (twice for Plus: the image and
     the zero image), ``steps`` UNet calls on the CFG batch, one VAE decode; the tiny preset's components with
@@ -717,9 +717,9 @@ def stage1_cost(options: IPAdapterOptions, context: MethodContext) -> StageCost:
         CLIPVisionModelWithProjection,
     )
 
-    from baselines import cost_models as cm
     from baselines.ms_diffusion import SDXL_SCHEDULER
     from baselines.ssr_encoder import SD15_SCHEDULER
+    from costmodel import configs as cm
 
     variant = VARIANTS[options.variant]
     sdxl, tiny = variant.family == "sdxl", context.preset == "tiny"

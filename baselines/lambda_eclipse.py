@@ -47,7 +47,7 @@ from baselines.lambda_eclipse_model import (
     load_prior,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from videobench.costs import StageCost, gpu_dtype
+from costmodel.method_cost import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -523,7 +523,7 @@ KANDINSKY22_MOVQ: dict[str, Any] = {
 
 
 def stage1_cost(options: LambdaEclipseOptions, context: MethodContext) -> StageCost:
-    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`LambdaEclipse` runs: the
+    """Stage 1's cost per video on FakeTensors (:mod:`costmodel.configs`), as :class:`LambdaEclipse` runs: the
     CLIP-G text tower on the prompt and its vision tower on the reference (the zero-image embedding is computed
     once per run, not per video), one pass of the prior, the Kandinsky 2.2 decoder UNet on the CFG batch per DDPM
     step and one MoVQ decode; the tiny preset's components with ``context.preset == "tiny"``."""
@@ -535,7 +535,7 @@ def stage1_cost(options: LambdaEclipseOptions, context: MethodContext) -> StageC
         CLIPVisionModelWithProjection,
     )
 
-    from baselines import cost_models as cm
+    from costmodel import configs as cm
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context))

@@ -34,7 +34,7 @@ from PIL import Image
 from baselines.bpe import learn_bpe_merges
 from baselines.ms_diffusion_model import MSAdapterConfig, MSDiffusionPipeline, validate_box
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from videobench.costs import StageCost, gpu_dtype
+from costmodel.method_cost import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -312,7 +312,7 @@ def build_personalizer(options: MSDiffusionOptions, context: MethodContext) -> M
 
 
 def stage1_cost(options: MSDiffusionOptions, context: MethodContext) -> StageCost:
-    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`): SDXL with MS-Diffusion's processors
+    """Stage 1's cost per video on FakeTensors (:mod:`costmodel.configs`): SDXL with MS-Diffusion's processors
     (:func:`~baselines.ms_diffusion_model.install_ms_attention`) and grounding resampler, as
     :class:`MSDiffusionPipeline` runs them: CLIP-G on the reference, CLIP-L on the phrase, the resampler, both
     text encoders on the prompt and the negative prompt, ``steps`` UNet calls on the CFG batch, one VAE decode
@@ -328,7 +328,7 @@ def stage1_cost(options: MSDiffusionOptions, context: MethodContext) -> StageCos
         CLIPVisionModelWithProjection,
     )
 
-    from baselines import cost_models as cm
+    from costmodel import configs as cm
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context, auto="float16"))  # stage1_dtype: upstream's fp16 on CUDA

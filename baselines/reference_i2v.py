@@ -15,7 +15,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from videobench.costs import StageCost
+from costmodel.method_cost import StageCost
 from videobench.methods import MethodContext
 from videobench.options import option
 from videobench.weights import WeightSpec

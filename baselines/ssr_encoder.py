@@ -37,7 +37,7 @@ from baselines.ssr_encoder_model import (
     set_ssr_scale,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from videobench.costs import StageCost, gpu_dtype
+from costmodel.method_cost import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -301,7 +301,7 @@ def build_ssr_encoder(options: SSREncoderOptions, context: MethodContext) -> SSR
 
 
 def stage1_cost(options: SSREncoderOptions, context: MethodContext) -> StageCost:
-    """Stage 1's cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`SSREncoderPersonalizer`
+    """Stage 1's cost per video on FakeTensors (:mod:`costmodel.configs`), as :class:`SSREncoderPersonalizer`
     runs: SD 1.5's text encoder on the entity, the empty query, the prompt and the negative prompt; the subject
     encoder (CLIP ViT-L/14 at 6 scales + the aligner) on the references and on the zero image; ``steps`` UniPC
     calls of the UNet (SSR processors in every cross-attention) on the CFG batch; one VAE decode. In the stage's
@@ -309,7 +309,7 @@ def stage1_cost(options: SSREncoderOptions, context: MethodContext) -> StageCost
     from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from baselines import cost_models as cm
+    from costmodel import configs as cm
 
     tiny = context.preset == "tiny"
     dtype = gpu_dtype(context) if options.precision == "auto" else _stage1_dtype(options, context)

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from costmodel.method_cost import MethodCost, StageCost, gpu_dtype
 from mediaio.images import fit_to_canvas, load_reference_image
 from videobench.cases import Case
-from videobench.costs import MethodCost, StageCost, gpu_dtype
 from videobench.methods import MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -208,14 +208,14 @@ class CogVideoXI2V:
 
 
 def i2v_cost(options: TwoStageOptions, context: MethodContext) -> StageCost:
-    """Stage 2's cost per video (on FakeTensors, or timed inside :func:`mediaio.fakecost.run_for_real`):
+    """Stage 2's cost per video (on FakeTensors, or timed inside :func:`costmodel.counting.run_for_real`):
     CogVideoX-5B-I2V at the run's size (default 49x480x720), T5-XXL on the
     prompt (and the negative prompt under CFG), one VAE encode of the image, ``i2v_steps`` transformer calls on the
     CFG batch, one tiled VAE decode; the tiny preset's components with ``context.preset == "tiny"``.
 
     The same for every two-stage method: computed once per process and setting.
     """
-    from mediaio.fakecost import current_execution
+    from costmodel.counting import current_execution
 
     tiny = context.preset == "tiny"
     call = CogVideoXI2V(options, context).call
@@ -226,11 +226,11 @@ def i2v_cost(options: TwoStageOptions, context: MethodContext) -> StageCost:
 @functools.lru_cache(maxsize=8)
 def _i2v_cost(tiny: bool, frames: int, height: int, width: int, steps: int, cfg: bool, dtype: torch.dtype,
               execution: Any = None) -> StageCost:
-    """:func:`i2v_cost` (``execution``: the :func:`mediaio.fakecost.run_for_real` in effect, part of the key)."""
+    """:func:`i2v_cost` (``execution``: the :func:`costmodel.counting.run_for_real` in effect, part of the key)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from baselines.cost_models import StageBuilder, denoiser_calls, dtype_name, text_call, vae_decode_call
+    from costmodel.configs import StageBuilder, denoiser_calls, dtype_name, text_call, vae_decode_call
     from customvideox import presets
     from customvideox.positions import video_rotary_pos_embed
 
@@ -359,7 +359,7 @@ def register_two_stage(
     ``context.preset == "tiny"`` it builds random tiny components). ``stage1_weights(options, context)`` lists its
     files (none for the tiny preset). The weights a run needs follow ``stage``: stage 1's for ``1``, CogVideoX-5B-I2V
     for ``2``, both for ``both``. ``stage1_cost(options, context)`` is stage 1's cost per video
-    (:class:`~videobench.costs.StageCost`); the method's cost is it plus :func:`i2v_cost` (both stages, whatever
+    (:class:`~costmodel.method_cost.StageCost`); the method's cost is it plus :func:`i2v_cost` (both stages, whatever
     ``stage`` a run does).
     """
     if not issubclass(options, TwoStageOptions):

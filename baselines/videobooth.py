@@ -52,9 +52,9 @@ from baselines.videobooth_model import (
     inject_word_embeddings,
     split_mapper_state_dict,
 )
+from costmodel.method_cost import MethodCost, gpu_dtype
 from mediaio.images import load_reference_image
 from videobench.cases import Case
-from videobench.costs import MethodCost, gpu_dtype
 from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import (
@@ -671,7 +671,7 @@ class VideoBoothGenerator:
 
 
 def cost(options: VideoBoothOptions, context: MethodContext) -> MethodCost:
-    """The cost per video on FakeTensors (:mod:`baselines.cost_models`), as :class:`VideoBoothPipeline` runs: CLIP's
+    """The cost per video on FakeTensors (:mod:`costmodel.configs`), as :class:`VideoBoothPipeline` runs: CLIP's
     vision tower + the mapper on the image prompt, CLIP's text tower on the prompt and the unconditional prompt, one
     VAE encode of the image prompt, per DDPM step the UNet on the conditional pass (with the exemplar branch) and on
     the unconditional one (batch 1 each), and the VAE decode in chunks of 8 frames; fp32 (upstream) unless
@@ -679,7 +679,7 @@ def cost(options: VideoBoothOptions, context: MethodContext) -> MethodCost:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from baselines import cost_models as cm
+    from costmodel import configs as cm
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context, auto="float32"))

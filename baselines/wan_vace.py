@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from costmodel.method_cost import MethodCost, gpu_dtype
 from mediaio.images import load_reference_image
 from videobench.cases import Case
-from videobench.costs import MethodCost, gpu_dtype
 from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
 from videobench.options import OptionError, option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
@@ -442,7 +442,7 @@ UMT5_XXL: dict[str, Any] = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "
 
 
 def cost(options: WanVACEOptions, context: MethodContext) -> MethodCost:
-    """The cost per video on FakeTensors (:mod:`baselines.cost_models`), as diffusers' ``WanVACEPipeline`` runs the
+    """The cost per video on FakeTensors (:mod:`costmodel.configs`), as diffusers' ``WanVACEPipeline`` runs the
     reference-to-video call: UMT5-XXL on the prompt and the negative prompt, the VAE (fp32) on the all-zero control
     video twice (inactive and reactive halves) and on each reference, per UniPC step the transformer on the
     conditional and the unconditional pass (batch 1 each, the reference latent frames in front, the VACE context
@@ -451,7 +451,7 @@ def cost(options: WanVACEOptions, context: MethodContext) -> MethodCost:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACETransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from baselines import cost_models as cm
+    from costmodel import configs as cm
 
     tiny = context.preset == "tiny"
     builder = cm.StageBuilder(gpu_dtype(context))

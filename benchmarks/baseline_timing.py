@@ -1,8 +1,8 @@
 """Seconds per video of the comparison baselines at real sizes with random weights: their cost models run for real.
 
-Issue 10, section 7 ("Measured"). Each method's cost model (``MethodSpec.cost``, :mod:`videobench.costs`) lists the
+Issue 10, section 7 ("Measured"). Each method's cost model (``MethodSpec.cost``, :mod:`costmodel.method_cost`) lists the
 calls one video makes on the components it builds from the real configs; inside
-:func:`mediaio.fakecost.run_for_real` the same code builds those components on the GPU with random weights (in the
+:func:`costmodel.counting.run_for_real` the same code builds those components on the GPU with random weights (in the
 method's own dtype) and times each call: a denoiser step ``warmup`` + ``repeats`` times (the median, extrapolated to
 the default number of steps), every other call (text/image encoders, the VAE encode and decode) once. Stage 2
 (CogVideoX-5B-I2V, shared by every two-stage method) is measured once per process and reused.
@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mediaio.fakecost import run_for_real  # noqa: E402
-from videobench.costs import MethodCost  # noqa: E402
+from costmodel.counting import run_for_real  # noqa: E402
+from costmodel.method_cost import MethodCost  # noqa: E402
 from videobench.methods import MethodContext, get_method  # noqa: E402
 
 #: Measurement order: stage 2 first (every two-stage row needs it), the cheap SD-1.5-sized stage 1s, SDXL, then the

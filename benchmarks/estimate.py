@@ -1,7 +1,7 @@
 """Estimated FLOPs and peak memory of CustomVideoX at the real CogVideoX-5B size, on any machine (no GPU needed).
 
 The companion of ``step_latency.py`` (issue 3, section 6) and ``train_step.py`` (issue 4, section 4) for machines
-without a GPU: the same model, shapes and variants, run on FakeTensors (:mod:`customvideox.cost`: shapes only, no
+without a GPU: the same model, shapes and variants, run on FakeTensors (:mod:`customvideox.fake_tensors`: shapes only, no
 weights, no memory, seconds to minutes on a CPU).
 
 * Inference, one CFG step (batch 2, 49 frames at 480x720, bf16): the FLOPs of vanilla CogVideoX and of the four
@@ -20,7 +20,7 @@ Usage::
     python benchmarks/estimate.py --out reports/estimate.json
     python benchmarks/estimate.py --tiny          # the tiny preset's configs (a quick check of the script)
 
-Estimates, not measurements: see :mod:`customvideox.cost` for what the model cannot see. Measure on a GPU with
+Estimates, not measurements: see :mod:`customvideox.fake_tensors` for what the model cannot see. Measure on a GPU with
 ``step_latency.py`` and ``train_step.py``.
 """
 
@@ -50,7 +50,7 @@ from step_latency import (  # noqa: E402
 )
 
 from customvideox.config import ReferenceConfig  # noqa: E402
-from customvideox.cost import count_flops, fake_transformer, fixed_entity_tokens, track_peak_memory  # noqa: E402
+from customvideox.fake_tensors import count_flops, fake_transformer, fixed_entity_tokens, track_peak_memory  # noqa: E402
 from customvideox.lora import lora_parameters  # noqa: E402
 from customvideox.train import v_prediction_loss  # noqa: E402
 

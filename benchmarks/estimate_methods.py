@@ -2,10 +2,10 @@
 
 Issue 10, section 7. For every registered method with a cost model (``MethodSpec.cost``; all baselines,
 CustomVideoX and the calibration rows), at the real sizes and default options: the FLOPs per video and the peak
-memory of each stage on FakeTensors (no weights, no GPU: :mod:`videobench.costs`, :mod:`mediaio.fakecost`), and a
+memory of each stage on FakeTensors (no weights, no GPU: :mod:`costmodel.method_cost`, :mod:`costmodel.counting`), and a
 FLOP-proportional time at ``--tflops-per-s`` (default 359 TFLOP/s, the H100 measurement of issue 3). Then the
 wall-clock estimate of Table 1 (every Table 1 row on DreamBench's 750 and VideoBench's 530 cases) on 1 and on 8
-GPUs. The results are cached in ``reports/estimate_methods.json``, which ``videobench.costs`` (and ``videobench
+GPUs. The results are cached in ``reports/estimate_methods.json``, which ``costmodel.method_cost`` (and ``videobench
 reproduce``) read; ``--methods`` recomputes some methods and keeps the file's others.
 
 Usage::
@@ -43,8 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from videobench import costs  # noqa: E402
-from videobench.costs import MethodCost, cost_key, format_duration  # noqa: E402
+from costmodel import method_cost as costs  # noqa: E402
+from costmodel.method_cost import MethodCost, cost_key, format_duration  # noqa: E402
 
 #: Extra settings costed besides the defaults (``method[key=value]`` in the cache).
 VARIANTS: dict[str, list[dict[str, Any]]] = {
@@ -126,7 +126,7 @@ def cpu_run(name: str) -> dict[str, Any]:
     """Run :data:`CPU_RUNS` ``[name]`` in this process; its calls' seconds, the wall time and the peak RSS."""
     import torch
 
-    from mediaio.fakecost import run_for_real
+    from costmodel.counting import run_for_real
     from videobench.methods import MethodContext, get_method
 
     run = CPU_RUNS[name]

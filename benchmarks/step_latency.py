@@ -43,7 +43,7 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0  # no
 from customvideox import attention  # noqa: E402
 from customvideox.attention import lse_backend_status  # noqa: E402
 from customvideox.config import ReferenceConfig  # noqa: E402
-from customvideox.cost import cfg_step_inputs as step_inputs  # noqa: E402
+from customvideox.fake_tensors import cfg_step_inputs as step_inputs  # noqa: E402
 from customvideox.lora import has_reference_lora  # noqa: E402
 from customvideox.presets import (  # noqa: E402, F401  (the real configs, re-exported for the other scripts)
     COGVIDEOX_5B_SCHEDULER,

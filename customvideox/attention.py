@@ -139,7 +139,7 @@ def entity_token_indices(entity_token_mask: torch.Tensor) -> EntityTokens | None
     """:func:`gather_entity_tokens`, or ``None`` when no sample has an entity token (ERAE off for the batch).
 
     The two data-dependent decisions of a forward call (is there an entity; how many tokens) live here, so a
-    shape-only run (:mod:`customvideox.cost`) can replace this one function.
+    shape-only run (:mod:`customvideox.fake_tensors`) can replace this one function.
     """
     mask = entity_token_mask.bool()
     return gather_entity_tokens(mask) if mask.any() else None

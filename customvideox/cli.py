@@ -221,9 +221,9 @@ def _rope_shift_option(ctx: click.Context, param: click.Parameter, value: str) -
 def train_command(data: Path, output_dir: Path, model: str | None, preset: str | None, cache_dir: Path | None,
                   resume: str | None, report_to: str, no_progress: bool, **options) -> None:
     """Train the reference LoRA (paper section 6.1); run it under `accelerate launch` for several GPUs/nodes."""
+    from customvideox.base_model import MissingWeightsError
     from customvideox.train import TrainConfig, train
     from customvideox.train_data import TrainDataError
-    from customvideox.weights import MissingWeightsError
 
     try:
         config = TrainConfig(data=str(data), output_dir=str(output_dir), model=model, preset=preset,

@@ -29,11 +29,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from costmodel.method_cost import MethodCost
+from customvideox.base_model import COGVIDEOX_5B, MODEL_LAYOUT
 from customvideox.config import LORA_WEIGHT_NAME, ReferenceConfig
-from customvideox.weights import COGVIDEOX_5B, MODEL_LAYOUT
 from mediaio.images import load_reference_image
 from videobench.cases import Case
-from videobench.costs import MethodCost
 from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -182,7 +182,7 @@ COST_ENTITY_TOKENS = 2
 
 
 def customvideox_cost(options: CustomVideoXOptions, context: MethodContext) -> MethodCost:
-    """The cost per video on FakeTensors (:mod:`mediaio.fakecost`), as :class:`~customvideox.pipeline.
+    """The cost per video on FakeTensors (:mod:`costmodel.counting`), as :class:`~customvideox.pipeline.
     CustomVideoXPipeline` runs: T5-XXL on the prompt and the negative prompt, one VAE encode of the reference, the
     cached mode's reference extraction (once), ``steps`` transformer calls on the CFG batch with the reference
     branch of the options' ablation and mode (a two-token entity word), one VAE decode (untiled, as the method
@@ -191,11 +191,11 @@ def customvideox_cost(options: CustomVideoXOptions, context: MethodContext) -> M
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler
     from transformers import T5Config, T5EncoderModel
 
+    from costmodel.counting import FakeStage, denoiser_calls, dtype_name, text_call, vae_decode_call, vae_encode_call
+    from costmodel.method_cost import StageCost, gpu_dtype
     from customvideox import presets
-    from customvideox.cost import cfg_step_inputs
+    from customvideox.fake_tensors import cfg_step_inputs
     from customvideox.transformer import CustomVideoXTransformer3DModel
-    from mediaio.fakecost import FakeStage, denoiser_calls, dtype_name, text_call, vae_decode_call, vae_encode_call
-    from videobench.costs import StageCost, gpu_dtype
 
     tiny = context.preset == "tiny"
     stage = FakeStage(gpu_dtype(context))

@@ -292,7 +292,7 @@ def build_training_model(config: TrainConfig, reference_config: ReferenceConfig,
     The LoRA starts as PEFT initialises it (A random, B zero: the reference branch starts as the base weights).
 
     Raises:
-        customvideox.weights.MissingWeightsError: CogVideoX-5B is not where ``config.model`` says.
+        customvideox.base_model.MissingWeightsError: CogVideoX-5B is not where ``config.model`` says.
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler
     from transformers import AutoTokenizer, T5EncoderModel
@@ -311,7 +311,7 @@ def build_training_model(config: TrainConfig, reference_config: ReferenceConfig,
         tokenizer, text_encoder, vae = pipe.tokenizer, pipe.text_encoder, pipe.vae
         transformer, scheduler, model_name, random_weights = pipe.transformer, pipe.scheduler, "tiny", True
     else:
-        from .weights import locate_base_model
+        from .base_model import locate_base_model
 
         folder = locate_base_model(config.model)
         model_name = str(config.model or folder)
@@ -523,7 +523,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Train the reference LoRA (see the module docstring); call it under ``accelerate launch`` for many processes.
 
     Raises:
-        customvideox.weights.MissingWeightsError: before any work, when CogVideoX-5B is missing.
+        customvideox.base_model.MissingWeightsError: before any work, when CogVideoX-5B is missing.
         FileNotFoundError: the pair dataset or the ``resume`` checkpoint is missing.
         customvideox.train_data.TrainDataError: a pair or the cache cannot be used (names it).
     """
@@ -550,7 +550,7 @@ def train(config: TrainConfig) -> TrainResult:
     output_dir = Path(config.output_dir)
     reference_config = config.reference_config()
     if config.preset is None:  # the clear missing-weights error comes before anything is loaded or launched
-        from .weights import locate_base_model
+        from .base_model import locate_base_model
 
         locate_base_model(config.model)
     pairs = PairTrainDataset(config.data, config.height, config.width, config.num_frames)

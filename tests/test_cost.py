@@ -1,4 +1,4 @@
-"""customvideox.cost: FLOPs and peak memory on FakeTensors, checked against closed forms and real-tensor runs."""
+"""customvideox.fake_tensors: FLOPs and peak memory on FakeTensors, checked against closed forms and real-tensor runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from customvideox.config import ReferenceConfig
-from customvideox.cost import count_flops, fake_module, fake_transformer, fixed_entity_tokens, track_peak_memory
+from customvideox.fake_tensors import count_flops, fake_module, fake_transformer, fixed_entity_tokens, track_peak_memory
 from customvideox.positions import video_rotary_pos_embed
 
 TINY = dict(

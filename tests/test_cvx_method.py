@@ -9,9 +9,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-import customvideox.weights as customvideox_weights
+import customvideox.base_model as customvideox_weights
+from customvideox.base_model import MODEL_LAYOUT, check_model_folder, locate_base_model
 from customvideox.method import build_customvideox, frames_to_uint8, run_name_for
-from customvideox.weights import MODEL_LAYOUT, check_model_folder, locate_base_model
 from mediaio.images import ImageError
 from videobench.cases import Case
 from videobench.methods import Generator, MethodContext, build_generator, get_method

@@ -26,7 +26,7 @@ from videobench.cli import EXIT_SETUP_ERROR
 from videobench.distributed import Launch, launch_from_environment, local_device, resolve_shard
 from videobench.generate import _TEMP_FILE
 from videobench.results import read_cases_jsonl
-from videobench.score import score_results
+from videobench.scoring.runner import score_results
 from videobench.scoring.shares import compute_share, score_share
 from videobench.sync import FileBoard, RankSync, SyncError
 

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from mediaio.fakecost import (
+from costmodel import method_cost as costs
+from costmodel.counting import (
     FakeStage,
     Piece,
     count_flops,
@@ -25,10 +26,9 @@ from mediaio.fakecost import (
     text_call,
     track_peak_memory,
 )
+from costmodel.method_cost import MethodCost, StageCost
 from tests.test_gpu_acceptance import _run, acceptance  # noqa: F401 (acceptance is a fixture)
-from videobench import costs
 from videobench.cases import Case
-from videobench.costs import MethodCost, StageCost
 from videobench.methods import MethodContext, available_methods, build_generator, get_method
 
 REPO = Path(__file__).resolve().parents[1]

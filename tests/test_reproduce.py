@@ -63,7 +63,7 @@ def test_plan_only_prints_rows_and_every_missing_weight_in_one_message(env):
 
 
 def test_published_plan_without_data_counts_the_declared_cases_and_estimates_from_the_cost_cache(env, monkeypatch):
-    from videobench.costs import MethodCost, StageCost
+    from costmodel.method_cost import MethodCost, StageCost
 
     def cost(method: str, seconds: float) -> dict:
         return MethodCost(method, [StageCost("all", 1.0, 1.0, seconds)]).to_dict()

@@ -19,8 +19,8 @@ from mediaio.video import write_video
 from videobench import results as layout
 from videobench.leaderboard import aggregate, bootstrap_ci
 from videobench.metrics.base import Metric, MetricInput
-from videobench.score import read_scores, score_results
 from videobench.scoring.compute import select_columns
+from videobench.scoring.runner import read_scores, score_results
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
 H, W = 128, 160

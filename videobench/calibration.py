@@ -82,7 +82,7 @@ def _calibration(context: MethodContext, name: str, pan: bool) -> ReferenceCalib
 
 def _no_model_cost(name: str):
     """A calibration row's cost: no model, a few milliseconds of CPU image work per video (0 FLOPs counted)."""
-    from videobench.costs import MethodCost, StageCost
+    from costmodel.method_cost import MethodCost, StageCost
 
     def cost(options: NoOptions, context: MethodContext) -> MethodCost:
         stage = StageCost.free("frames from the reference image (CPU, no model)")

@@ -236,7 +236,7 @@ def _metric_setup(opts: Mapping[str, Any], random_weights: bool) -> tuple[list[s
 def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progress: bool = True) -> bool:
     from videobench.distributed import is_main_process, local_device, resolve_shard
     from videobench.metrics import build_metrics
-    from videobench.score import check_not_method_folder, score_results
+    from videobench.scoring.runner import check_not_method_folder, score_results
     from videobench.scoring.shares import score_share
     from videobench.sync import SyncError, join_launch
     from videobench.weights import MissingWeightsError
@@ -416,7 +416,7 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
     nothing runs while any is missing), and the estimated time per row. Finished videos are skipped, so the same
     command resumes.
     """
-    from videobench.costs import row_estimator
+    from costmodel.method_cost import row_estimator
     from videobench.methods import MethodContext, get_method
     from videobench.options import OptionError, read_config_file
     from videobench.report import write_report

@@ -22,7 +22,7 @@ A method is one module with one decorated factory::
 * ``weights``: ``weights(options, context) -> [WeightSpec]``, the files the run needs; the harness resolves them
   all, reports every missing one in one message, and hands the resolved paths to the factory
   (``context.weights[key]``). ``videobench weights`` and ``videobench methods NAME`` list them.
-* ``cost``: ``cost(options, context) -> MethodCost`` (:mod:`videobench.costs`), the FLOPs, peak memory and
+* ``cost``: ``cost(options, context) -> MethodCost`` (:mod:`costmodel.method_cost`), the FLOPs, peak memory and
   seconds per video of each stage at the real sizes (the tiny preset's with ``context.preset == "tiny"``), computed
   without weights or a GPU; ``benchmarks/estimate_methods.py`` caches them for the harness.
 
@@ -49,7 +49,7 @@ from videobench.plugins import METHODS_GROUP, load_plugin, load_plugins
 from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, check_weights
 
 if TYPE_CHECKING:
-    from videobench.costs import MethodCost
+    from costmodel.method_cost import MethodCost
 
 #: What a method is, for the leaderboard: our model, an image model + image-to-video, a video model, or a
 #: weight-free reference (calibration) row.
@@ -213,7 +213,7 @@ class MethodSpec(Generic[OptionsT]):
 
     def estimate_cost(self, options: Any = None, context: MethodContext | None = None) -> MethodCost | None:
         """The cost per video of a run with ``options`` (default: the defaults) on the reference GPU, computed now
-        on FakeTensors (seconds to minutes; :func:`videobench.costs.cached_cost` reads the cache instead); None
+        on FakeTensors (seconds to minutes; :func:`costmodel.method_cost.cached_cost` reads the cache instead); None
         without a cost model."""
         if self.cost is None:
             return None

@@ -1,6 +1,6 @@
 """The metric interface: a metric takes decoded frames and a case's references/prompt, returns raw numbers.
 
-Metrics never read files; the scorer (:mod:`videobench.score`) owns decoding, batching, caching and devices.
+Metrics never read files; the scorer (:mod:`videobench.scoring.runner`) owns decoding, batching, caching and devices.
 """
 
 from __future__ import annotations

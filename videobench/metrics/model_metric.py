@@ -6,7 +6,7 @@ Each family wraps one network. They share:
   from seeded random weights behind an explicit ``random_weights=True``, never silently (:meth:`ModelMetric.build`);
 * the precision contract: fp32 anywhere, fp16/bf16 autocast only on CUDA (:func:`check_precision`);
 * the cache key: :meth:`ModelMetric.config` names everything that changes the numbers, and
-  :func:`videobench.score.metric_config_hash` hashes it; :meth:`ModelMetric._base_config` is the common part
+  :func:`videobench.scoring.runner.metric_config_hash` hashes it; :meth:`ModelMetric._base_config` is the common part
   (family, model, weights sha256 or ``random(seed=N)``, dtype).
 
 A family subclasses :class:`ModelMetric`, declares its registry description (``family``, ``description``,

@@ -11,7 +11,7 @@ A family is one class decorated with :func:`register_metric`. It declares
 * ``build(options, context) -> Metric``: the built metric (see :class:`~videobench.metrics.base.Metric`), from
   the resolved weights in ``context.weights`` or, with ``context.random_weights``, from seeded random weights.
 
-The scorer (:mod:`videobench.score`), the leaderboard and the report name no family: they ask this module.
+The scorer (:mod:`videobench.scoring.runner`), the leaderboard and the report name no family: they ask this module.
 Other packages add families through the ``videobench.metrics`` entry-point group (:mod:`videobench.plugins`).
 """
 

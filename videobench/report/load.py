@@ -17,7 +17,7 @@ import pandas as pd
 
 from videobench import results as layout
 from videobench.scoring.inputs import is_reference_run, run_suite
-from videobench.scoring.tables import read_scores
+from videobench.scoring.outputs import read_scores
 from videobench.suites import suite_order
 
 

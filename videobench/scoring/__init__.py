@@ -1,1 +1,1 @@
-"""The three steps of ``videobench score`` (collect, compute, write); :mod:`videobench.score` runs them."""
+"""The three steps of ``videobench score`` (collect, compute, write); :mod:`videobench.scoring.runner` runs them."""

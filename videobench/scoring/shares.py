@@ -6,7 +6,7 @@
    cases a full run would score), starting at ``i``, goes through the same :class:`~videobench.scoring.compute.
    Scorer` as a single-process run; its values land in the shared score cache and nowhere else;
 2. under a launcher, a barrier (:mod:`videobench.sync`) waits for every rank; then rank 0 runs the ordinary
-   single-process :func:`videobench.score.score_results`, which finds every value in the cache (it hashes each
+   single-process :func:`videobench.scoring.runner.score_results`, which finds every value in the cache (it hashes each
    video, decodes none) and writes ``scores.csv`` and ``leaderboard.csv`` exactly as one process would have;
 3. without a launcher (``--shard i/n``, e.g. tasks of a SLURM array), the share stops after step 1: a final
    ``videobench score RESULTS`` without ``--shard`` writes the tables once every share finished.
@@ -32,9 +32,9 @@ from videobench import results as layout
 from videobench.distributed import launch_from_environment
 from videobench.generate import parse_shard
 from videobench.metrics.base import Metric
-from videobench.score import ScoreSummary, _prefetch, score_results
 from videobench.scoring.compute import ScoreCache, Scorer, default_cache_dir, make_plans
 from videobench.scoring.inputs import CaseError, Log, case_id_of, check_not_method_folder, collect_case, read_case_lines
+from videobench.scoring.runner import ScoreSummary, _prefetch, score_results
 from videobench.sync import wait_for_all_ranks
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class ShareSummary:
 def scorable_cases(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     """``(method folder, record)`` of every case a full run computes, in the order shares are dealt from.
 
-    The same cases :func:`videobench.score.score_method` computes: a parseable line that is the last one of its
+    The same cases :func:`videobench.scoring.runner.score_method` computes: a parseable line that is the last one of its
     case id. Records whose generation failed are included (they fail at once, as in a full run).
     """
     cases = []
@@ -117,7 +117,7 @@ def score_share(results_dir: str | os.PathLike, metrics: Sequence[Metric], shard
                 progress: bool = True, log: Log | None = None) -> ScoreSummary | ShareSummary:
     """Compute share ``shard``; under a launcher, wait for every rank and let rank 0 write the tables.
 
-    Returns the :class:`~videobench.score.ScoreSummary` of the writer (rank 0 of a launch), else a
+    Returns the :class:`~videobench.scoring.runner.ScoreSummary` of the writer (rank 0 of a launch), else a
     :class:`ShareSummary`. Raises :class:`videobench.sync.SyncError` when another rank died before the end.
     """
     results_dir = Path(results_dir)

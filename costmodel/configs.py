@@ -3,7 +3,7 @@ a stage's components on FakeTensors.
 
 Each method module has one small cost function next to its code (``ip_adapter.stage1_cost``, ``videobooth.cost``,
 ...) that builds its components at the real sizes (or the tiny preset's) with :class:`StageBuilder` and lists the
-calls one video makes (:class:`~mediaio.fakecost.Piece`); :mod:`videobench.costs` describes the result. The
+calls one video makes (:class:`~costmodel.counting.Piece`); :mod:`costmodel.method_cost` describes the result. The
 configs here are the official ``config.json`` files of the public checkpoints (source named at each), which the
 project otherwise reads from the weight folders at load time; models built from them on the meta device have the
 real parameter counts and run the real shapes on FakeTensors, with no weights and no GPU.
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mediaio.fakecost import (  # noqa: F401  (the call helpers the method modules use as cost_models.*)
+from costmodel.counting import (  # noqa: F401  (the call helpers the method modules use as cm.*)
     FakeStage,
     denoiser_calls,
     dtype_name,
@@ -27,7 +27,7 @@ from mediaio.fakecost import (  # noqa: F401  (the call helpers the method modul
     vae_decode_call,
     vae_encode_call,
 )
-from videobench.costs import EFFECTIVE_TFLOPS_PER_S, StageCost
+from costmodel.method_cost import EFFECTIVE_TFLOPS_PER_S, StageCost
 
 # --- Stable Diffusion 1.x / SDXL --------------------------------------------------------------------------------
 #: ``unet/config.json`` of stable-diffusion-v1-5/stable-diffusion-v1-5 (identical in CompVis/stable-diffusion-v1-4
@@ -91,7 +91,7 @@ CLIP_TEXT_LENGTH = 77
 
 
 class StageBuilder(FakeStage):
-    """A :class:`~mediaio.fakecost.FakeStage` whose :meth:`cost` is a :class:`~videobench.costs.StageCost`: the
+    """A :class:`~costmodel.counting.FakeStage` whose :meth:`cost` is a :class:`~costmodel.method_cost.StageCost`: the
     method modules build their components with it, list the calls one video makes, then cost the stage."""
 
     def cost(self, name: str, rate: float = EFFECTIVE_TFLOPS_PER_S, notes: str = "", memory: bool = True

@@ -1,6 +1,6 @@
 """FLOPs and peak memory of a CustomVideoX step without running it: no GPU, no weights, no memory.
 
-The model-agnostic machinery lives in :mod:`mediaio.fakecost` (re-exported here): the model is built on the meta
+The model-agnostic machinery lives in :mod:`costmodel.counting` (re-exported here): the model is built on the meta
 device, :func:`fake_module` turns its parameters and buffers into FakeTensors, and every operator then runs only
 its shape and dtype logic, so a whole CogVideoX-5B step (or a training step with backward and AdamW) "runs" in
 seconds on a laptop, under :func:`count_flops` (FlopCounterMode) and :func:`track_peak_memory` (MemTracker).
@@ -25,13 +25,13 @@ from unittest import mock
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from customvideox.positions import video_rotary_pos_embed
-from mediaio.fakecost import (  # noqa: F401  (the generic machinery, re-exported for existing callers)
+from costmodel.counting import (  # noqa: F401  (the generic machinery, re-exported for existing callers)
     count_flops,
     fake_module,
     register_cpu_attention_flops,
     track_peak_memory,
 )
+from customvideox.positions import video_rotary_pos_embed
 
 
 @contextlib.contextmanager

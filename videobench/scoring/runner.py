@@ -6,7 +6,7 @@ One results folder goes through three steps, each in its own module and in this 
    the video and reference images, hashed (and decoded when a metric has to run);
 2. compute (:mod:`videobench.scoring.compute`): which metric computes which column, the score cache (outside
    RESULTS), the metric calls, and carrying over the columns a ``--metrics`` subset does not compute;
-3. write (:mod:`videobench.scoring.tables`): ``scores.csv`` per method and ``leaderboard.csv``.
+3. write (:mod:`videobench.scoring.outputs`): ``scores.csv`` per method and ``leaderboard.csv``.
 
 Metrics are built once by the caller and passed in; they never read files. Hashing and decoding of the next cases
 run on a worker thread while the metrics work on the current one (PyAV releases the GIL).
@@ -53,7 +53,7 @@ from videobench.scoring.inputs import (
     stray_in_method,
     stray_in_results,
 )
-from videobench.scoring.tables import build_leaderboard, is_layout_column, partial_columns, read_scores, scores_frame
+from videobench.scoring.outputs import build_leaderboard, is_layout_column, partial_columns, read_scores, scores_frame
 
 __all__ = ["CaseError", "MethodSummary", "ScoreSummary", "check_not_method_folder", "read_scores", "score_results"]
 

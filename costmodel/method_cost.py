@@ -3,7 +3,7 @@
 Every registered method may carry a ``cost`` function (``register_method(..., cost=fn)``; two-stage methods give
 ``register_two_stage(..., stage1_cost=fn)``): ``fn(options, context) -> MethodCost``. It computes, at the real sizes
 and the method's default options, per stage (a two-stage baseline's image model, then CogVideoX-5B-I2V; a video
-model's whole generation) the FLOPs per video and the peak memory on FakeTensors (:mod:`mediaio.fakecost`: the real
+model's whole generation) the FLOPs per video and the peak memory on FakeTensors (:mod:`costmodel.counting`: the real
 configs built on the meta device, no weights, no GPU), and a FLOP-proportional time at the effective rate of the
 reference GPU. With ``context.preset == "tiny"`` it computes the same at the tiny preset's sizes (a quick check).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mediaio.fakecost import PiecesCost
+    from costmodel.counting import PiecesCost
     from videobench.methods import MethodContext
 
 GIB = 2**30
@@ -64,8 +64,8 @@ class StageCost:
     @classmethod
     def from_pieces(cls, name: str, pieces: PiecesCost, rate: float = EFFECTIVE_TFLOPS_PER_S, notes: str = ""
                     ) -> StageCost:
-        """A stage from its pieces: run on FakeTensors (:func:`mediaio.fakecost.measure_pieces`: FLOP-proportional
-        seconds at ``rate``) or timed for real (:func:`mediaio.fakecost.time_pieces`: the measured seconds)."""
+        """A stage from its pieces: run on FakeTensors (:func:`costmodel.counting.measure_pieces`: FLOP-proportional
+        seconds at ``rate``) or timed for real (:func:`costmodel.counting.time_pieces`: the measured seconds)."""
         tflops = pieces.flops / 1e12
         parts = [piece.to_dict() for piece in pieces.pieces]
         if pieces.seconds is not None:
@@ -248,8 +248,10 @@ def table1_methods() -> dict[str, str]:
         row = spec.paper(spec.parse_options({})).table1_row
         if row is not None:
             rows[row] = name
-    with (Path(__file__).parent / "paper" / "table1.csv").open(encoding="utf-8") as handle:
-        order = {line["method"]: int(line["row"]) for line in csv.DictReader(handle)}
+    from importlib import resources
+
+    text = resources.files("videobench").joinpath("paper", "table1.csv").read_text(encoding="utf-8")
+    order = {line["method"]: int(line["row"]) for line in csv.DictReader(text.splitlines())}
     return dict(sorted(rows.items(), key=lambda item: (order.get(item[0], len(order) + 1), item[0])))
 
 

@@ -20,8 +20,8 @@ time ratios; elementwise ops are not counted at all), CUDA workspaces and the ca
 device-specific paths (the shapes run on the CPU's kernels: e.g. SDPA dispatches to the CPU flash kernel, which, like
 CUDA's flash and memory-efficient kernels, never holds the attention matrix).
 
-Used by :mod:`customvideox.cost` (the CustomVideoX transformer) and the per-method cost models of the comparison
-baselines (:mod:`baselines.cost_models`); depends on torch only.
+Used by :mod:`customvideox.fake_tensors` (the CustomVideoX transformer) and the per-method cost models of the comparison
+baselines (:mod:`costmodel.configs`); depends on torch only.
 """
 
 from __future__ import annotations
