@@ -50,8 +50,8 @@ from baselines.blip_diffusion_model import (
     build_prompt,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from costmodel.method_cost import StageCost, gpu_dtype
-from videobench.methods import MethodContext, resolve_torch_dtype
+from costmodel.method_cost import StageCost
+from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, build_loaded, load_state_dict
 

@@ -47,8 +47,8 @@ from baselines.lambda_eclipse_model import (
     load_prior,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from costmodel.method_cost import StageCost, gpu_dtype
-from videobench.methods import MethodContext, resolve_torch_dtype
+from costmodel.method_cost import StageCost
+from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 

@@ -37,8 +37,8 @@ from baselines.ssr_encoder_model import (
     set_ssr_scale,
 )
 from baselines.two_stage import TwoStageOptions, register_two_stage
-from costmodel.method_cost import StageCost, gpu_dtype
-from videobench.methods import MethodContext, resolve_torch_dtype
+from costmodel.method_cost import StageCost
+from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
 

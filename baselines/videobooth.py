@@ -52,10 +52,10 @@ from baselines.videobooth_model import (
     inject_word_embeddings,
     split_mapper_state_dict,
 )
-from costmodel.method_cost import MethodCost, gpu_dtype
+from costmodel.method_cost import MethodCost
 from mediaio.images import load_reference_image
 from videobench.cases import Case
-from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
+from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import (
     WeightsLoadError,

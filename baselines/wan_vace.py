@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from costmodel.method_cost import MethodCost, gpu_dtype
+from costmodel.method_cost import MethodCost
 from mediaio.images import load_reference_image
 from videobench.cases import Case
-from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
+from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, register_method, resolve_torch_dtype
 from videobench.options import OptionError, option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 

@@ -2,10 +2,10 @@
 
 Issue 10, section 7. For every registered method with a cost model (``MethodSpec.cost``; all baselines,
 CustomVideoX and the calibration rows), at the real sizes and default options: the FLOPs per video and the peak
-memory of each stage on FakeTensors (no weights, no GPU: :mod:`costmodel.method_cost`, :mod:`costmodel.counting`), and a
-FLOP-proportional time at ``--tflops-per-s`` (default 359 TFLOP/s, the H100 measurement of issue 3). Then the
+memory of each stage on FakeTensors (no weights, no GPU: :mod:`costmodel.method_cost`, :mod:`costmodel.counting`),
+and a FLOP-proportional time at ``--tflops-per-s`` (default 359 TFLOP/s, the H100 measurement of issue 3). Then the
 wall-clock estimate of Table 1 (every Table 1 row on DreamBench's 750 and VideoBench's 530 cases) on 1 and on 8
-GPUs. The results are cached in ``reports/estimate_methods.json``, which ``costmodel.method_cost`` (and ``videobench
+GPUs. The results are cached in ``reports/estimate_methods.json``, which :mod:`costmodel.estimates` (and ``videobench
 reproduce``) read; ``--methods`` recomputes some methods and keeps the file's others.
 
 Usage::
@@ -43,8 +43,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from costmodel import estimates  # noqa: E402
 from costmodel import method_cost as costs  # noqa: E402
-from costmodel.method_cost import MethodCost, cost_key, format_duration  # noqa: E402
+from costmodel.estimates import cost_key, format_duration  # noqa: E402
+from costmodel.method_cost import MethodCost  # noqa: E402
 
 #: Extra settings costed besides the defaults (``method[key=value]`` in the cache).
 VARIANTS: dict[str, list[dict[str, Any]]] = {
@@ -72,7 +74,9 @@ def compute(names: Sequence[str], tiny: bool, rate: float, variants: bool, log=p
             key = cost_key(name, overrides)
             started = time.perf_counter()
             context = MethodContext(device="cuda", preset=preset)
-            cost = costs.compute_cost(name, overrides, context, rate)
+            spec = get_method(name)
+            cost = spec.estimate_cost(spec.parse_options(dict(overrides)), context)
+            cost = cost.at_rate(rate) if rate != cost.tflops_per_s else cost
             results[key] = cost
             log(f"[{time.perf_counter() - started:6.1f} s] {key}: {cost.tflops:.2f} TFLOP, {cost.peak_gib:.1f} GiB, "
                 f"{cost.seconds_per_video:.1f} s/video")
@@ -211,12 +215,15 @@ def parts_table(methods: Mapping[str, MethodCost]) -> str:
 
 def reproduction(methods: Mapping[str, MethodCost], gpus: Sequence[int]) -> dict[str, Any]:
     """Table 1's rows on both suites from ``methods``: the rows, the Markdown table, totals per GPU count."""
-    rows = costs.reproduction_estimate(methods)
+    from videobench.methods import methods_by_paper_row
+    from videobench.published import in_published_order
+
+    rows = estimates.reproduction_estimate(in_published_order("table1", methods_by_paper_row()), methods)
     return {
-        "suites": costs.TABLE1_SUITES,
+        "suites": estimates.TABLE1_SUITES,
         "rows": [{**row.__dict__, **{f"seconds_{g}_gpu": row.seconds(g) for g in gpus}} for row in rows],
-        "total_seconds": {str(g): costs.total_seconds(rows, g) for g in gpus},
-        "markdown": costs.reproduction_table(rows, gpus),
+        "total_seconds": {str(g): estimates.total_seconds(rows, g) for g in gpus},
+        "markdown": estimates.reproduction_table(rows, gpus),
     }
 
 
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--gpus", type=lambda text: [int(n) for n in text.split(",")], default=[1, 8],
                         help="GPU counts of the Table 1 estimate (default 1,8)")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"the JSON cache (default {costs.ESTIMATES_FILE}; --tiny: not written unless given)")
+                        help=f"the JSON cache (default {estimates.ESTIMATES_FILE}; --tiny: not written unless given)")
     parser.add_argument("--report-only", action="store_true", help="print the tables of the cache, compute nothing")
     parser.add_argument("--cpu-runs", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
                         default=None, help=f"real-config CPU runs, one at a time (of {', '.join(CPU_RUNS)})")
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(cpu_run(args.cpu_run), default=str), flush=True)
         return {}
 
-    out = args.out or (None if args.tiny else costs.ESTIMATES_FILE)
+    out = args.out or (None if args.tiny else estimates.ESTIMATES_FILE)
     previous = json.loads(out.read_text(encoding="utf-8")) if out is not None and out.is_file() else {}
     methods = {key: MethodCost.from_dict(value) for key, value in previous.get("methods", {}).items()}
     methods = {key: cost.at_rate(args.tflops_per_s) for key, cost in methods.items()}

@@ -34,7 +34,7 @@ from customvideox.base_model import COGVIDEOX_5B, MODEL_LAYOUT
 from customvideox.config import LORA_WEIGHT_NAME, ReferenceConfig
 from mediaio.images import load_reference_image
 from videobench.cases import Case
-from videobench.methods import GenerationOutput, MethodContext, register_method, resolve_torch_dtype
+from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
 
@@ -192,7 +192,7 @@ def customvideox_cost(options: CustomVideoXOptions, context: MethodContext) -> M
     from transformers import T5Config, T5EncoderModel
 
     from costmodel.counting import FakeStage, denoiser_calls, dtype_name, text_call, vae_decode_call, vae_encode_call
-    from costmodel.method_cost import StageCost, gpu_dtype
+    from costmodel.method_cost import StageCost
     from customvideox import presets
     from customvideox.fake_tensors import cfg_step_inputs
     from customvideox.transformer import CustomVideoXTransformer3DModel

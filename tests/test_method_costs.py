@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from costmodel import method_cost as costs
+from costmodel import estimates as costs
 from costmodel.counting import (
     FakeStage,
     Piece,
@@ -26,10 +26,11 @@ from costmodel.counting import (
     text_call,
     track_peak_memory,
 )
-from costmodel.method_cost import MethodCost, StageCost
+from costmodel.method_cost import EFFECTIVE_TFLOPS_PER_S, MethodCost, StageCost
 from tests.test_gpu_acceptance import _run, acceptance  # noqa: F401 (acceptance is a fixture)
 from videobench.cases import Case
-from videobench.methods import MethodContext, available_methods, build_generator, get_method
+from videobench.methods import MethodContext, available_methods, build_generator, get_method, methods_by_paper_row
+from videobench.published import in_published_order
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT, ENTITY = "a dog swimming in the pool", "dog"
@@ -139,14 +140,14 @@ def test_tiny_costs_are_sane_and_round_trip(name, one_thread):
     assert cost.seconds_per_video == pytest.approx(sum(stage.seconds for stage in cost.stages))
     for stage in cost.stages:
         assert stage.tflops == pytest.approx(sum(part["tflops"] for part in stage.parts), abs=1e-12)
-        assert stage.seconds == pytest.approx(stage.tflops / costs.EFFECTIVE_TFLOPS_PER_S)
+        assert stage.seconds == pytest.approx(stage.tflops / EFFECTIVE_TFLOPS_PER_S)
         assert stage.peak_gib >= 0 and all(part["calls"] > 0 for part in stage.parts)
     if get_method(name).kind == "reference":
         assert cost.tflops == 0 and cost.peak_gib == 0
     else:
         assert cost.tflops > 0 and cost.peak_gib > 0
     assert MethodCost.from_dict(json.loads(json.dumps(cost.to_dict()))) == cost
-    doubled = cost.at_rate(2 * costs.EFFECTIVE_TFLOPS_PER_S)
+    doubled = cost.at_rate(2 * EFFECTIVE_TFLOPS_PER_S)
     assert doubled.seconds_per_video == pytest.approx(cost.seconds_per_video / 2) and doubled.tflops == cost.tflops
 
 
@@ -235,19 +236,20 @@ def test_cached_costs_give_run_times_on_one_and_eight_gpus(tmp_path, monkeypatch
     assert costs.cached_cost("customvideox") is None and costs.estimated_run_seconds("customvideox", 10) is None
     assert costs.estimated_run_seconds("videobooth", 750) == 750 * 6.0
     assert costs.estimated_run_seconds("videobooth", 750, gpus=8) == math.ceil(750 / 8) * 6.0 == 94 * 6.0
-    assert costs.cached_cost("videobooth", tflops_per_s=2 * costs.EFFECTIVE_TFLOPS_PER_S).seconds_per_video == (
-        pytest.approx(1.0 / (2 * costs.EFFECTIVE_TFLOPS_PER_S)))  # rescaled FLOP-proportionally
+    assert costs.cached_cost("videobooth", tflops_per_s=2 * EFFECTIVE_TFLOPS_PER_S).seconds_per_video == (
+        pytest.approx(1.0 / (2 * EFFECTIVE_TFLOPS_PER_S)))  # rescaled FLOP-proportionally
     with pytest.raises(ValueError, match="gpus must be >= 1"):
         costs.run_seconds(1.0, 10, 0)
 
 
 def test_table1_reproduction_covers_every_row_on_both_suites():
-    assert list(costs.table1_methods()) == ["BLIP-Diffusion", "IP-Adapter", "λ-Eclipse", "SSR-Encoder",
-                                            "MS-Diffusion", "VideoBooth", "CustomVideoX"]
+    table1 = in_published_order("table1", methods_by_paper_row())
+    assert list(table1) == ["BLIP-Diffusion", "IP-Adapter", "λ-Eclipse", "SSR-Encoder",
+                            "MS-Diffusion", "VideoBooth", "CustomVideoX"]
     seconds = {"blip-diffusion+i2v": 90.0, "videobooth": 6.0}
-    rows = costs.reproduction_estimate({name: _cost(name, s) for name, s in seconds.items()})
+    rows = costs.reproduction_estimate(table1, {name: _cost(name, s) for name, s in seconds.items()})
     assert [(row.suite, row.cases) for row in rows][::7] == [("dreambench", 750), ("videobench", 530)]
-    assert len(rows) == 14 and {row.method for row in rows} == set(costs.table1_methods().values())
+    assert len(rows) == 14 and {row.method for row in rows} == {name for names in table1.values() for name in names}
     by_key = {(row.method, row.suite): row for row in rows}
     assert by_key["videobooth", "videobench"].seconds(8) == math.ceil(530 / 8) * 6.0
     assert by_key["customvideox", "dreambench"].seconds(1) is None  # not cached: no estimate, counted 0
@@ -316,3 +318,32 @@ def test_text_call_makes_its_tokens_inside_the_stage_mode():
     embedding = stage.build(lambda: torch.nn.Embedding(10, 4))
     stage.add("embed", text_call(embedding, 7, batch=3))
     assert stage.measure().pieces[0].flops_per_call == 0  # a lookup: no matmul, but it runs on FakeTensors
+
+
+def test_cost_key_writes_option_values_as_their_json_reads():
+    assert costs.cost_key("m") == "m" and costs.cost_key("m", {}) == "m"
+    assert costs.cost_key("m", {"size": (1, 2), "lora": Path("a") / "b.safetensors"}) == (
+        "m[lora=a/b.safetensors,size=[1, 2]]")
+
+
+def test_row_estimator_takes_any_spec_and_prefers_the_rows_own_options():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Options:
+        variant: str = "small"
+        steps: int = 50
+
+    class Spec:
+        name = "toy"
+
+        @staticmethod
+        def parse_options(raw):
+            return Options(**raw)
+
+    estimate = costs.row_estimator({"toy": _cost("toy", 10.0), "toy[variant=big]": _cost("toy", 30.0)})
+    assert estimate(Spec, Options(), None)[0] == 10.0
+    assert estimate(Spec, Options(variant="big"), None)[0] == 30.0
+    seconds, source = estimate(Spec, Options(steps=20), None)  # not cached with these options: the defaults' cost
+    assert seconds == 10.0 and source.startswith("cost model of the default options")
+    assert costs.row_estimator({})(Spec, Options(), None) is None

@@ -118,3 +118,16 @@ def test_table1_whole_plan_on_cpu_with_the_tiny_presets(env):
         assert labels[labels.index(published) + 1].startswith("ours: "), published
     # the two-stage rows kept their stage-1 image
     assert (out_dir / "smoke" / "ip-adapter+i2v-tiny" / "images").is_dir()
+
+
+def test_the_published_tables_have_one_reader():
+    from videobench.published import in_published_order, published_caption, published_frame, published_rows
+
+    assert [row["setting"] for row in published_rows("table2")] == ["naive", "3D-RA", "+TAB", "+ERAE"]
+    frame = published_frame("table1")
+    assert len(frame) == len(published_rows("table1")) == 14 and frame["clip_t"].dtype.kind == "f"
+    assert published_caption("table1")["title"]
+    assert list(in_published_order("table1", {"Other": 0, "CustomVideoX": 1, "BLIP-Diffusion": 2})) == [
+        "BLIP-Diffusion", "CustomVideoX", "Other"]
+    with pytest.raises(ValueError, match=r"^unknown published table 'table3'; choose table1 or table2$"):
+        published_rows("table3")

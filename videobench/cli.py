@@ -416,7 +416,7 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
     nothing runs while any is missing), and the estimated time per row. Finished videos are skipped, so the same
     command resumes.
     """
-    from costmodel.method_cost import row_estimator
+    from costmodel.estimates import row_estimator
     from videobench.methods import MethodContext, get_method
     from videobench.options import OptionError, read_config_file
     from videobench.report import write_report

@@ -213,7 +213,7 @@ class MethodSpec(Generic[OptionsT]):
 
     def estimate_cost(self, options: Any = None, context: MethodContext | None = None) -> MethodCost | None:
         """The cost per video of a run with ``options`` (default: the defaults) on the reference GPU, computed now
-        on FakeTensors (seconds to minutes; :func:`costmodel.method_cost.cached_cost` reads the cache instead); None
+        on FakeTensors (seconds to minutes; :func:`costmodel.estimates.cached_cost` reads the cache instead); None
         without a cost model."""
         if self.cost is None:
             return None
@@ -296,6 +296,14 @@ def resolve_torch_dtype(dtype: str, device: str):
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose auto, fp32, fp16 or bf16")
     return getattr(torch, _TORCH_DTYPES[dtype])
+
+
+def gpu_dtype(context: MethodContext, auto: str = "bfloat16"):
+    """The dtype a method's cost model runs in on the reference GPU: ``context.dtype``, ``auto`` meaning ``auto``'s
+    dtype (the method's own choice on CUDA)."""
+    import torch
+
+    return getattr(torch, auto) if context.dtype == "auto" else resolve_torch_dtype(context.dtype, "cuda")
 
 
 def build_generator(method: str | MethodSpec, raw_options: Mapping[str, Any] | None = None,

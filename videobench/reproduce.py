@@ -16,14 +16,13 @@ skipped), scores each suite folder and writes one report ``OUT/<table>.html`` be
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from videobench.methods import MethodContext, MethodSpec, available_methods, methods_by_paper_row
 from videobench.options import OptionError
+from videobench.published import published_rows
 from videobench.suites import get_suite, load_suite
 from videobench.weights import ResolvedWeights, WeightsConfig, resolve_weights
 
@@ -70,14 +69,9 @@ class Plan:
         return [(row.row_id, resolved) for row in self.rows for resolved in row.missing_weights]
 
 
-def _paper_rows(table: str) -> list[dict[str, str]]:
-    text = resources.files("videobench").joinpath("paper", f"{table}.csv").read_text(encoding="utf-8")
-    return list(csv.DictReader(text.splitlines()))
-
-
 def _declared_rows(table: str, methods: Mapping[str, MethodSpec]) -> tuple[list[PlanRow], list[str]]:
     """The plan's rows as the published table and the registry declare them (before options and suites)."""
-    published = _paper_rows(table)
+    published = published_rows(table)
     rows: list[PlanRow] = []
     missing: list[str] = []
     if table == "table1":

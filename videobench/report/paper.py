@@ -8,28 +8,16 @@ not reproduced", with what is missing: the method to run, or that no installed m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import pandas as pd
 
 from videobench.methods import methods_by_paper_row
+from videobench.published import published_caption, published_frame
 from videobench.report.load import MethodData
 from videobench.report.tables import Row, Table, cell_from, mark_rows, suite_table
 from videobench.suites import suite_order
-
-
-def read_paper_table(name: str) -> pd.DataFrame:
-    with resources.files("videobench").joinpath("paper", name).open("r", encoding="utf-8") as handle:
-        return pd.read_csv(handle)
-
-
-def paper_caption(table: str) -> dict[str, str]:
-    """The title and caption of a published table (``videobench/paper/captions.json``)."""
-    text = resources.files("videobench").joinpath("paper", "captions.json").read_text(encoding="utf-8")
-    return json.loads(text)[table]
 
 
 def paper_columns(paper: pd.DataFrame) -> list[str]:
@@ -91,7 +79,7 @@ def paper_table1(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
     Our runs are keyed by method folder name, so one folder name found in several RESULTS folders (one per suite)
     is one row with every suite it was run on; suites beyond the paper's (smoke) get their own column group.
     """
-    paper = read_paper_table("table1.csv")
+    paper = published_frame("table1")
     runs = _runs_by(methods, "paper_row")
     installed = methods_by_paper_row() if set(paper["method"].astype(str)) - set(runs) else {}
 
@@ -101,7 +89,7 @@ def paper_table1(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
 
     rows, suites, columns, notes = _paper_rows_with_ours(
         paper, "method", label, lambda name: missing_note(name, installed), board, runs)
-    text = paper_caption("table1")
+    text = published_caption("table1")
     table = suite_table(text["title"], suites, columns, rows, table_id="paper-table1", caption=text["caption"])
     table.notes = notes
     return table
@@ -109,20 +97,20 @@ def paper_table1(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
 
 def paper_table2(board: pd.DataFrame, methods: Sequence[MethodData]) -> Table:
     """The published Table 2 (ablation) with our runs of each setting (run.json's ``table2_setting``) under it."""
-    paper = read_paper_table("table2.csv")
+    paper = published_frame("table2")
     runs = _runs_by(methods, "table2_setting")
     rows, suites, columns, notes = _paper_rows_with_ours(
         paper, "setting", lambda group: str(group["setting"].iloc[0]),
         lambda name: ("published, not reproduced", f"{name}: not in these results"), board, runs)
-    text = paper_caption("table2")
+    text = published_caption("table2")
     table = suite_table(text["title"], suites, columns, rows, table_id="paper-table2", caption=text["caption"],
                         first_header="Setting")
     table.notes = notes
     return table
 
 
-def paper_points(table: str = "table1.csv") -> list[dict[str, Any]]:
+def paper_points(table: str = "table1") -> list[dict[str, Any]]:
     """The published rows as records (for the plots)."""
-    paper = read_paper_table(table)
+    paper = published_frame(table)
     return [{**record, "label": str(record.get("method") or record.get("setting"))}
             for record in paper.to_dict("records")]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from videobench.report.paper import read_paper_table
+from videobench.published import published_frame
 from videobench.report.tables import column_label, flag, number
 from videobench.suites import suite_label, suite_order
 
@@ -65,7 +65,7 @@ def draw_plot(spec: dict[str, str], board: pd.DataFrame) -> Plot:
     if x not in board or y not in board:
         plot.note = f"not drawn: the leaderboard has no {x if x not in board else y} column (score it to see this plot)"
         return plot
-    paper = read_paper_table("table1.csv")
+    paper = published_frame("table1")
     suites = suite_order(list(board["suite"].astype(str)) + list(paper["suite"].astype(str)))
     marker = {suite: MARKERS[i % len(MARKERS)] for i, suite in enumerate(suites)}
     with matplotlib.rc_context({"svg.hashsalt": "videobench", "text.parse_math": False, "svg.fonttype": "none"}):
