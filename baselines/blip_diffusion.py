@@ -49,7 +49,7 @@ from baselines.blip_diffusion_model import (
     ReferencePreprocess,
     build_prompt,
 )
-from baselines.two_stage import TwoStageOptions, register_two_stage
+from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
@@ -262,7 +262,7 @@ TINY_STEPS = 4
 
 
 def _tiny_words() -> list[str]:
-    from customvideox.tokenizer import TINY_CORPUS
+    from toytokenizers.corpus import TINY_CORPUS
 
     return sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
 
@@ -385,7 +385,7 @@ def subject_prompt(prompt: str, entity: str, prompt_format: str = "auto") -> tup
     return prompt.strip(), entity
 
 
-class BlipDiffusionPersonalizer:
+class BlipDiffusionPersonalizer(TinyPresetModel):
     """Stage 1 of ``blip-diffusion+i2v`` (an :class:`~baselines.two_stage.ImagePersonalizer`)."""
 
     def __init__(self, options: BlipDiffusionOptions, context: MethodContext) -> None:
@@ -403,10 +403,6 @@ class BlipDiffusionPersonalizer:
                 raise RuntimeError("BLIP-Diffusion's weights were not resolved (the harness resolves them first)")
             sampler = load_sampler(folder, tokenizer_folder, crop=options.reference_crop, dtype=self.dtype)
         self.sampler = sampler.to(context.device, self.dtype)
-
-    @property
-    def random_weights(self) -> bool:
-        return self.tiny
 
     def config(self) -> dict[str, Any]:
         opts = self.options

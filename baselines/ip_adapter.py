@@ -48,7 +48,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from baselines.two_stage import TwoStageOptions, register_two_stage
+from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
@@ -630,7 +630,7 @@ def image_prompt(pipe, references: Sequence[Image.Image], mode: str, guidance: f
     raise ValueError(f"references mode {mode!r}: first, all or mean")
 
 
-class IPAdapterPersonalizer:
+class IPAdapterPersonalizer(TinyPresetModel):
     """Stage 1: IP-Adapter on SD 1.5 / SDXL (or the tiny preset), loaded on first use."""
 
     def __init__(self, options: IPAdapterOptions, context: MethodContext) -> None:
@@ -640,10 +640,6 @@ class IPAdapterPersonalizer:
         self.dtype = resolve_torch_dtype(context.dtype, context.device)
         self.height, self.width = (TINY_SIZE, TINY_SIZE) if self.tiny else (options.height, options.width)
         self.steps = min(options.steps, TINY_STEPS) if self.tiny else options.steps
-
-    @property
-    def random_weights(self) -> bool:
-        return self.tiny
 
     def config(self) -> dict[str, Any]:
         options = self.options

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from baselines.bpe import learn_bpe_merges
+from toytokenizers.bpe import learn_bpe_merges
 from videobench.weights import WeightsLoadError, build_loaded, load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def byte_unicode_table() -> dict[int, str]:
 @lru_cache(maxsize=1)
 def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """The tiny CLIP tokenizer's ``(vocab, merges)``: CLIP's byte alphabet, whole words of the tiny corpus."""
-    from customvideox.tokenizer import TINY_CORPUS
+    from toytokenizers.corpus import TINY_CORPUS
 
     alphabet = list(byte_unicode_table().values())
     words = sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
@@ -311,7 +311,7 @@ def build_tiny_clip_tokenizer(model_max_length: int = 32):
     """A deterministic offline :class:`~transformers.CLIPTokenizer` for the tiny preset.
 
     CLIP's byte-level BPE (lower-casing, ``</w>`` word ends) over a vocabulary defined in code: the 256 byte
-    symbols, alone and word-final, and merges that make every word of :data:`customvideox.tokenizer.TINY_CORPUS` a
+    symbols, alone and word-final, and merges that make every word of :data:`toytokenizers.corpus.TINY_CORPUS` a
     single token. Padding is ``!`` (id 0), as in the CLIP-ViT-bigG-14 tokenizer.
     """
     from transformers import CLIPTokenizer

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from baselines.bpe import learn_bpe_merges
 from baselines.ms_diffusion_model import MSAdapterConfig, MSDiffusionPipeline, validate_box
-from baselines.two_stage import TwoStageOptions, register_two_stage
+from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
+from toytokenizers.bpe import learn_bpe_merges
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
 from videobench.weights import WeightSpec
@@ -171,7 +171,7 @@ def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str 
 #: Sizes of the tiny preset (SDXL's structure: DownBlock2D then cross-attention blocks, linear projections,
 #: ``text_time`` added embeddings of 6 size/crop numbers plus the second encoder's pooled output).
 def _tiny_words() -> tuple[str, ...]:
-    from customvideox.tokenizer import TINY_CORPUS
+    from toytokenizers.corpus import TINY_CORPUS
 
     return tuple(sorted(set(TINY_CORPUS.lower().split()) | set(DEFAULT_PREFIX.replace(",", " ").split())))
 
@@ -255,7 +255,7 @@ def build_tiny_ms_diffusion(seed: int = 0) -> MSDiffusionPipeline:
 # --------------------------------------------------------------------------------------------- the personaliser
 
 
-class MSDiffusionPersonalizer:
+class MSDiffusionPersonalizer(TinyPresetModel):
     """Stage 1 of ``ms-diffusion+i2v``: one SDXL image of the case's subject (first reference image) for its prompt."""
 
     def __init__(self, pipeline: MSDiffusionPipeline, options: MSDiffusionOptions, *, tiny: bool,
@@ -263,10 +263,6 @@ class MSDiffusionPersonalizer:
         self.pipeline, self.options, self.tiny, self.models = pipeline, options, tiny, models
         self.steps = min(options.steps, TINY_STEPS) if tiny else options.steps
         self.resolution = min(options.resolution, TINY_RESOLUTION) if tiny else options.resolution
-
-    @property
-    def random_weights(self) -> bool:
-        return self.tiny
 
     def config(self) -> dict[str, Any]:
         options = self.options

@@ -36,7 +36,7 @@ from baselines.ssr_encoder_model import (
     load_ssr_layers,
     set_ssr_scale,
 )
-from baselines.two_stage import TwoStageOptions, register_two_stage
+from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
@@ -202,7 +202,7 @@ def load_official_components(context: MethodContext, dtype: torch.dtype) -> tupl
 # ---------------------------------------------------------------------------------------------- stage 1
 
 
-class SSREncoderPersonalizer:
+class SSREncoderPersonalizer(TinyPresetModel):
     """Stage 1: SSR-Encoder on SD 1.5 (upstream ``SSR_encoder.generate`` with a text query)."""
 
     def __init__(self, pipe, encoder: SSRSubjectEncoder, options: SSREncoderOptions, *, tiny: bool,
@@ -222,10 +222,6 @@ class SSREncoderPersonalizer:
         self.steps = min(options.steps, TINY_STEPS) if tiny else options.steps
         self.height, self.width = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) if tiny else (options.height, options.width)
         self._describe = describe
-
-    @property
-    def random_weights(self) -> bool:
-        return self.tiny
 
     def config(self) -> dict[str, Any]:
         options = self.options

@@ -117,7 +117,7 @@ def build_tiny_i2v_pipeline(seed: int = 0):
     from transformers import T5Config, T5EncoderModel
 
     from customvideox.presets import COGVIDEOX_5B_SCHEDULER, TINY_T5, TINY_TEXT_LENGTH, TINY_TRANSFORMER, TINY_VAE
-    from customvideox.tokenizer import build_tiny_tokenizer
+    from toytokenizers.t5 import build_tiny_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -140,7 +140,19 @@ TINY_I2V_CALL: dict[str, Any] = dict(num_frames=9, height=128, width=192, num_in
                                      max_sequence_length=TINY_TEXT_LENGTH)
 
 
-class CogVideoXI2V:
+class TinyPresetModel:
+    """A baseline's model run (a stage-1 personalizer or the stage-2 I2V model) whose weights are random exactly when
+    it runs the tiny preset (``self.tiny``, set by the subclass): the one place the harness's ``random_weights``
+    comes from for these runs (recorded in run.json and shown on the report)."""
+
+    tiny: bool = False
+
+    @property
+    def random_weights(self) -> bool:
+        return self.tiny
+
+
+class CogVideoXI2V(TinyPresetModel):
     """Stage 2: CogVideoX-5B-I2V (or the tiny preset) through diffusers, loaded on first use."""
 
     def __init__(self, options: TwoStageOptions, context: MethodContext) -> None:
@@ -154,10 +166,6 @@ class CogVideoXI2V:
                 self.call[key] = value
         if self.tiny:
             self.call["num_inference_steps"] = min(options.i2v_steps, TINY_I2V_CALL["num_inference_steps"])
-
-    @property
-    def random_weights(self) -> bool:
-        return self.tiny
 
     def config(self) -> dict[str, Any]:
         return {

@@ -519,14 +519,14 @@ def build_tiny_tokenizer(model_max_length: int = TINY_TEXT_LENGTH, placeholder: 
     """An offline :class:`~transformers.CLIPTokenizer` (byte-level BPE, ``</w>`` word ends, CLIP's specials last).
 
     Its vocabulary: every byte, alone and as a word end, and whole-word merges for the words of
-    :data:`customvideox.tokenizer.TINY_CORPUS` plus ``sdk``/``sd</w>`` so that the placeholder ``sdksd`` is two
+    :data:`toytokenizers.corpus.TINY_CORPUS` plus ``sdk``/``sd</w>`` so that the placeholder ``sdksd`` is two
     tokens, as a multi-token placeholder (the real CLIP tokenizer also splits it).
     """
     import re
 
     from transformers import CLIPTokenizer
 
-    from customvideox.tokenizer import TINY_CORPUS
+    from toytokenizers.corpus import TINY_CORPUS
 
     alphabet = _byte_alphabet()
     vocab: dict[str, int] = {}

@@ -156,13 +156,13 @@ WAN_SCHEDULER: dict[str, Any] = {"prediction_type": "flow_prediction", "use_flow
 def build_tiny_pipeline(seed: int = 0):
     """A random-initialised ``WanVACEPipeline`` at toy size (CPU, seconds per video), fully offline.
 
-    The tokenizer is the offline T5-style Unigram tokenizer of :mod:`customvideox.tokenizer` (UMT5 uses the same
+    The tokenizer is the offline T5-style Unigram tokenizer of :mod:`toytokenizers.t5` (UMT5 uses the same
     ``<pad>=0, </s>=1, <unk>=2`` SentencePiece conventions).
     """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanVACEPipeline, WanVACETransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from customvideox.tokenizer import build_tiny_tokenizer
+    from toytokenizers.t5 import build_tiny_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

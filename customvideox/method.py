@@ -1,5 +1,5 @@
-"""``videobench generate --method customvideox``: CustomVideoX as a VideoBench method (the only module of
-``customvideox`` that knows about ``videobench``).
+"""``videobench generate --method customvideox``: CustomVideoX as a VideoBench method (with ``cli.py`` and
+``curation/``, one of the three parts of ``customvideox`` that import ``videobench``; see the package docstring).
 
 Options (``-o key=value`` or ``--config FILE``; ``videobench methods customvideox`` lists them): the base
 model (``model``: CogVideoX-5B folder or hub id), the reference LoRA (``lora``), the Table 2 row

@@ -4,7 +4,7 @@ The tiny preset has CogVideoX-5B's *structure* (the same component classes, rota
 DDIM with zero-terminal-SNR, the reference LoRA) at toy sizes: 2 transformer blocks of width 32, a 4-level
 3D causal VAE with 4-8 channels (8x spatial, 4x temporal compression, like the real one; 4 channels at the
 two finest levels, where the VAE's 3D convolutions cost most on a CPU), a 2-layer T5
-encoder of width 32 and the offline tokenizer of :mod:`customvideox.tokenizer`. It renders 9 frames of
+encoder of width 32 and the offline tokenizer of :mod:`toytokenizers.t5`. It renders 9 frames of
 128x192 (3 latent frames of 16x24) in 8 DDIM steps. Every weight is random (``torch.manual_seed(seed)``),
 so the videos are noise-like textures; the pipeline and everything it writes carry ``random_weights=True``.
 """
@@ -20,8 +20,8 @@ from transformers import T5Config, T5EncoderModel
 
 from customvideox.config import ReferenceConfig, explicit_overrides, resolve_reference_config
 from customvideox.pipeline import CustomVideoXPipeline
-from customvideox.tokenizer import build_tiny_tokenizer
 from customvideox.transformer import CustomVideoXTransformer3DModel
+from toytokenizers.t5 import build_tiny_tokenizer
 
 #: CogVideoX-5B's scheduler config (``scheduler/scheduler_config.json``): DDIM, v-prediction, zero terminal SNR.
 COGVIDEOX_5B_SCHEDULER: dict[str, Any] = dict(

@@ -17,7 +17,7 @@ from customvideox.pipeline import (
     prepare_reference_image,
 )
 from customvideox.presets import TINY_CALL_DEFAULTS, build_tiny_pipeline, randomize_reference_lora
-from customvideox.tokenizer import build_tiny_tokenizer
+from toytokenizers.t5 import build_tiny_tokenizer
 
 FAST = dict(num_frames=9, height=128, width=192, num_inference_steps=2, guidance_scale=6.0, output_type="latent")
 
