@@ -24,6 +24,7 @@ OpenVid-1M) and the 51K kept pairs entering stages 2 and 3 (a lower bound for th
 Usage::
 
     python benchmarks/training_route_cost.py --out reports/training_route_cost.json   # minutes on a CPU
+    python benchmarks/training_route_cost.py --report-only reports/training_route_cost.json
 """
 
 from __future__ import annotations
@@ -189,9 +190,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| step | per | TFLOP per | s per (floor) | count | GPU-hours | wall hours | peak GiB |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        wall = f"{row['hours']:.1f} on {row['gpus']} GPU{'s' if row['gpus'] > 1 else ''}"
+        wall = f"{row['hours']:.2f} on {row['gpus']} GPU{'s' if row['gpus'] > 1 else ''}"
         lines.append(f"| {row['name']} | {row['unit']} | {row['tflops_per_item']:.2f} | {row['seconds_per_item']:.3f} "
-                     f"| {row['items']:,} | {row['gpu_hours']:,.0f} | {wall} | {row['peak_gib']:.1f} |")
+                     f"| {row['items']:,} | {row['gpu_hours']:,.1f} | {wall} | {row['peak_gib']:.1f} |")
     return "\n".join(lines)
 
 
@@ -207,7 +208,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="benchmarks/estimate.py's output (the training micro-step)")
     parser.add_argument("--no-memory", action="store_true", help="FLOPs only (faster; peaks = weights)")
     parser.add_argument("--out", type=Path, default=None, help="write the numbers as JSON here")
+    parser.add_argument("--report-only", type=Path, default=None, metavar="JSON",
+                        help="print the table of a JSON this script wrote, computing nothing")
     args = parser.parse_args(argv)
+    if args.report_only is not None:
+        result = json.loads(args.report_only.read_text(encoding="utf-8"))
+        print(markdown(result["rows"]))
+        return result
     memory, rate = not args.no_memory, args.tflops_per_s
     rows = []
     for name, build, items in [

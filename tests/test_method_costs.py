@@ -347,3 +347,17 @@ def test_row_estimator_takes_any_spec_and_prefers_the_rows_own_options():
     seconds, source = estimate(Spec, Options(steps=20), None)  # not cached with these options: the defaults' cost
     assert seconds == 10.0 and source.startswith("cost model of the default options")
     assert costs.row_estimator({})(Spec, Options(), None) is None
+
+
+def test_training_route_rows_follow_the_papers_schedule(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repo on sys.path
+    script = _load_script("training_route_cost", monkeypatch)
+    micro = {"gradient_checkpointing": False, "micro_step_tflops": 100.0, "peak_gib": 47.5}
+    (row,) = script.training_rows({"training": [micro]}, 50.0)
+    assert row["seconds_per_item"] == 2 * 100.0 / 50.0  # gradient accumulation 2
+    assert row["hours"] == 4.0 * 10_000 / 3600 and row["gpu_hours"] == row["hours"] * 16
+    saved = tmp_path / "route.json"
+    saved.write_text(json.dumps({"rows": [row]}))
+    assert script.main(["--report-only", str(saved)])["rows"] == [row]
+    assert "| customvideox train (gradient checkpointing off) | optimizer step | 200.00 | 4.000 | 10,000 | 177.8 |" \
+        in capsys.readouterr().out
