@@ -49,8 +49,9 @@ from step_latency import (  # noqa: E402
     step_inputs,
 )
 
+from costmodel.counting import count_flops, track_peak_memory  # noqa: E402
 from customvideox.config import ReferenceConfig  # noqa: E402
-from customvideox.fake_tensors import count_flops, fake_transformer, fixed_entity_tokens, track_peak_memory  # noqa: E402
+from customvideox.fake_tensors import fake_transformer, fixed_entity_tokens  # noqa: E402
 from customvideox.lora import lora_parameters  # noqa: E402
 from customvideox.train import v_prediction_loss  # noqa: E402
 

@@ -1,9 +1,10 @@
 """FLOPs and peak memory of a CustomVideoX step without running it: no GPU, no weights, no memory.
 
-The model-agnostic machinery lives in :mod:`costmodel.counting` (re-exported here): the model is built on the meta
+The model-agnostic machinery lives in :mod:`costmodel.counting`: the model is built on the meta
 device, :func:`fake_module` turns its parameters and buffers into FakeTensors, and every operator then runs only
 its shape and dtype logic, so a whole CogVideoX-5B step (or a training step with backward and AdamW) "runs" in
-seconds on a laptop, under :func:`count_flops` (FlopCounterMode) and :func:`track_peak_memory` (MemTracker).
+seconds on a laptop, under :func:`~costmodel.counting.count_flops` (FlopCounterMode) and
+:func:`~costmodel.counting.track_peak_memory` (MemTracker).
 
 The one data-dependent decision of a CustomVideoX forward (which prompt tokens are the entity,
 :func:`customvideox.attention.entity_token_indices`) is replaced by :func:`fixed_entity_tokens`.
@@ -25,12 +26,7 @@ from unittest import mock
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from costmodel.counting import (  # noqa: F401  (the generic machinery, re-exported for existing callers)
-    count_flops,
-    fake_module,
-    register_cpu_attention_flops,
-    track_peak_memory,
-)
+from costmodel.counting import fake_module
 from customvideox.positions import video_rotary_pos_embed
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from costmodel.counting import count_flops, fake_module, track_peak_memory
 from customvideox.config import ReferenceConfig
-from customvideox.fake_tensors import count_flops, fake_module, fake_transformer, fixed_entity_tokens, track_peak_memory
+from customvideox.fake_tensors import fake_transformer, fixed_entity_tokens
 from customvideox.positions import video_rotary_pos_embed
 
 TINY = dict(
