@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from mediaio.images import fit_to_canvas, load_reference_image
@@ -34,7 +33,10 @@ from videobench.cases import Case
 from videobench.costs import MethodCost, StageCost, gpu_dtype
 from videobench.methods import MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
+
+torch = lazy_module("torch")  # imported on first use: listing this method does not load torch
 
 logger = logging.getLogger(__name__)
 
