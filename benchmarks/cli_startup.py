@@ -1,6 +1,6 @@
 """Wall time of the quick ``videobench`` commands, each in fresh processes: median of several runs vs. its target.
 
-    python benchmarks/cli_startup.py [--runs 5] [--only methods]
+    python benchmarks/cli_startup.py [--runs 5] [--only methods] [--root OTHER_CHECKOUT]
 
 Measures ``videobench --help``, ``methods``, ``methods NAME`` for every registered method, ``suites``, ``weights``
 (targets 2 s) and ``python -c "import videobench"`` (1 s). Each command runs as ``python -m videobench.cli ...``
@@ -22,23 +22,31 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "videobench.cli"]
 
 
-def commands() -> list[tuple[str, list[str], float]]:
-    """``(label, argv, target seconds)`` of every command measured."""
-    sys.path.insert(0, str(ROOT))
-    from videobench.methods import available_methods
+def method_names(root: Path) -> list[str]:
+    """The methods ``root`` registers (listed in a subprocess, so that this process stays light)."""
+    code = "from videobench.methods import available_methods; print(' '.join(available_methods()))"
+    listed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
+    return listed.stdout.split()
 
+
+def commands(root: Path, only: str | None) -> list[tuple[str, list[str], float]]:
+    """``(label, argv, target seconds)`` of the commands measured whose label contains ``only``."""
     rows = [("import videobench", [sys.executable, "-c", "import videobench"], 1.0),
             ("videobench --help", [*CLI, "--help"], 2.0),
             ("videobench methods", [*CLI, "methods"], 2.0)]
-    rows += [(f"videobench methods {name}", [*CLI, "methods", name], 2.0) for name in available_methods()]
+    named = only.split("methods ", 1)[-1].split() if only and "methods " in only else None
+    if only is None or "methods" in only:
+        rows += [(f"videobench methods {name}", [*CLI, "methods", name], 2.0)
+                 for name in (named or method_names(root))]
     rows += [("videobench suites", [*CLI, "suites"], 2.0), ("videobench weights", [*CLI, "weights"], 2.0)]
-    return rows
+    return [row for row in rows if only is None or only in row[0]]
 
 
-def time_once(argv: list[str]) -> float:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+def time_once(argv: list[str], root: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(root)}
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
@@ -49,13 +57,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per command (default 5)")
     parser.add_argument("--only", default=None, help="only the commands whose label contains this text")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
     args = parser.parse_args()
-    rows = [row for row in commands() if args.only is None or args.only in row[0]]
+    root = args.root.resolve()
+    rows = commands(root, args.only)
+    print(f"checkout: {root}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  ({os.cpu_count()} CPUs)")
     print(f"{'command':42s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'target s':>9s}  ok")
     failures = 0
     for label, argv, target in rows:
-        times = [time_once(argv) for _ in range(args.runs)]
+        times = [time_once(argv, root) for _ in range(args.runs)]
         median = statistics.median(times)
         failures += median >= target
         print(f"{label:42s} {median:9.2f} {min(times):7.2f} {max(times):7.2f} {target:9.1f}  "
