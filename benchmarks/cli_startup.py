@@ -31,7 +31,8 @@ def method_names(root: Path) -> list[str]:
 
 
 def commands(root: Path, only: str | None) -> list[tuple[str, list[str], float]]:
-    """``(label, argv, target seconds)`` of the commands measured whose label contains ``only``."""
+    """``(label, argv, target seconds)`` of the commands measured: the one labelled ``only``, else those whose label
+    contains it."""
     rows = [("import videobench", [sys.executable, "-c", "import videobench"], 1.0),
             ("videobench --help", [*CLI, "--help"], 2.0),
             ("videobench methods", [*CLI, "methods"], 2.0)]
@@ -40,7 +41,8 @@ def commands(root: Path, only: str | None) -> list[tuple[str, list[str], float]]
         rows += [(f"videobench methods {name}", [*CLI, "methods", name], 2.0)
                  for name in (named or method_names(root))]
     rows += [("videobench suites", [*CLI, "suites"], 2.0), ("videobench weights", [*CLI, "weights"], 2.0)]
-    return [row for row in rows if only is None or only in row[0]]
+    exact = [row for row in rows if row[0] == only]
+    return exact or [row for row in rows if only is None or only in row[0]]
 
 
 def time_once(argv: list[str], root: Path) -> float:
@@ -56,7 +58,8 @@ def time_once(argv: list[str], root: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per command (default 5)")
-    parser.add_argument("--only", default=None, help="only the commands whose label contains this text")
+    parser.add_argument("--only", default=None,
+                        help="only the command with this label (e.g. 'videobench methods'), else those containing it")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
     args = parser.parse_args()
     root = args.root.resolve()
