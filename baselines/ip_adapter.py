@@ -45,16 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from PIL import Image
 
 from baselines.two_stage import TwoStageOptions, register_two_stage
 from videobench.costs import StageCost, gpu_dtype
 from videobench.methods import MethodContext, resolve_torch_dtype
 from videobench.options import option
-from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
-
-torch = lazy_module("torch")  # imported on first use: listing this method does not load torch
 
 logger = logging.getLogger(__name__)
 
