@@ -214,14 +214,12 @@ def capture_library_messages() -> Iterator[list[str]]:
     lines: list[str] = []
     collect = _Collect(lines)
     root = logging.getLogger()
-    drop_third_party = logging.Filter()
-    drop_third_party.filter = _is_own  # type: ignore[method-assign]
     silenced = [logger for logger in logging.Logger.manager.loggerDict.values()
                 if isinstance(logger, logging.Logger) and logger.handlers and not logger.propagate
                 and logger.name.split(".", 1)[0] not in OWN_LOGGERS]
     saved = {logger: logger.handlers for logger in silenced}
     for handler in root.handlers:
-        handler.addFilter(drop_third_party)
+        handler.addFilter(_is_own)  # a callable filter: keeps only our own records
     root.addHandler(collect)
     for logger in silenced:
         logger.handlers = [collect]
@@ -237,7 +235,7 @@ def capture_library_messages() -> Iterator[list[str]]:
             logger.handlers = handlers
         root.removeHandler(collect)
         for handler in root.handlers:
-            handler.removeFilter(drop_third_party)
+            handler.removeFilter(_is_own)
         lines[:] = list(dict.fromkeys(lines))
 
 
