@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from costmodel.method_cost import MethodCost, StageCost
@@ -34,7 +33,10 @@ from mediaio.images import fit_to_canvas, load_reference_image
 from videobench.cases import Case
 from videobench.methods import MethodContext, gpu_dtype, register_method, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
+
+torch = lazy_module("torch")  # imported on first use: listing this method does not load torch
 
 logger = logging.getLogger(__name__)
 

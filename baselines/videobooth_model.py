@@ -42,8 +42,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention import FeedForward
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 from videobench.weights import WeightsLoadError, strip_prefixes
@@ -278,6 +276,8 @@ class BasicTransformerBlock3D(nn.Module):
     """Sparse-causal self-attention, text cross-attention, GEGLU feed-forward, temporal self-attention."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: int) -> None:
+        from diffusers.models.attention import FeedForward  # diffusers loads when a model is built, not to list it
+
         super().__init__()
         self.attn1 = SparseCausalAttention(dim, heads, dim_head)
         self.norm1 = nn.LayerNorm(dim)
@@ -527,6 +527,8 @@ class VideoBoothUNet3D(nn.Module):
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps  # loads with a model, not to list it
+
         config = config or UNetConfig()
         self.config = config
         channels, heads = config.block_out_channels, config.heads()

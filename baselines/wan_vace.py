@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
 from costmodel.method_cost import MethodCost
@@ -44,7 +43,10 @@ from mediaio.images import load_reference_image
 from videobench.cases import Case
 from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, register_method, resolve_torch_dtype
 from videobench.options import OptionError, option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
+
+torch = lazy_module("torch")  # imported on first use: listing this method does not load torch
 
 logger = logging.getLogger(__name__)
 

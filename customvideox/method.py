@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from costmodel.method_cost import MethodCost
 from customvideox.base_model import COGVIDEOX_5B, MODEL_LAYOUT
@@ -36,7 +35,10 @@ from mediaio.images import load_reference_image
 from videobench.cases import Case
 from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, register_method, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
+
+torch = lazy_module("torch")  # imported on first use: listing this method does not load torch
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import re
 import string
+from typing import TYPE_CHECKING
 
-from transformers import T5Tokenizer
+if TYPE_CHECKING:
+    from transformers import T5Tokenizer
 
 from toytokenizers.corpus import TINY_CORPUS
 
@@ -46,4 +48,6 @@ def tiny_vocab() -> list[tuple[str, float]]:
 
 def build_tiny_tokenizer(model_max_length: int = 226) -> T5Tokenizer:
     """A deterministic, offline :class:`~transformers.T5Tokenizer` over :func:`tiny_vocab` (no sentinels)."""
+    from transformers import T5Tokenizer  # imported here: the tiny corpus is read without loading transformers
+
     return T5Tokenizer(vocab=tiny_vocab(), extra_ids=0, model_max_length=model_max_length)

@@ -324,13 +324,14 @@ def report(results: tuple[Path, ...], out_path: Path | None) -> None:
 def _run_methods(names: list[str] | None) -> list[str]:
     """``--methods``, or every method registered as part of the default run (``default_run=True``)."""
     from videobench.methods import available_methods
+    from videobench.options import did_you_mean
 
     known = available_methods()
     if names is None:
         return [name for name, spec in known.items() if spec.default_run]
     missing = [name for name in names if name not in known]
     if missing:
-        _fail(f"unknown method(s) {', '.join(missing)}; available: {', '.join(known)}")
+        _fail(f"unknown method(s) {', '.join(missing)}{did_you_mean(missing, known)}; available: {', '.join(known)}")
     return names
 
 
@@ -557,11 +558,11 @@ def _defaults_parse(spec) -> bool:
 def metrics(family: str | None) -> None:
     """List the metric families and their columns, or describe one family's options."""
     from videobench.metrics.registry import metric_families
-    from videobench.options import describe_options
+    from videobench.options import describe_options, did_you_mean
 
     families = metric_families()
     if family is not None and family not in families:
-        _fail(f"unknown metric family {family!r}; families: {', '.join(families)}")
+        _fail(f"unknown metric family {family!r}{did_you_mean(family, families)}; families: {', '.join(families)}")
     for name, cls in families.items():
         if family is not None and name != family:
             continue

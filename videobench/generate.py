@@ -10,17 +10,21 @@ The runner owns files, the generator owns pixels. It
 - records a failing case with its error and goes on with the others;
 - runs an :class:`~videobench.methods.ImageFirstGenerator` in two phases (every image, then every video);
 - removes temporary files that a killed run left behind;
-- shows progress with an ETA.
+- shows progress with an ETA, and keeps third-party libraries' console noise (warnings, their loggers' messages,
+  e.g. a tokenizer's "sequence longer than 77 tokens") out of it: what a case's models say while it runs goes into
+  that case's ``diagnostics`` (``library_messages``) in cases.jsonl (:func:`capture_library_messages`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +181,70 @@ def _update_record(method_dir: Path, record: dict[str, Any], order: Sequence[str
         write_cases_jsonl(method_dir / CASES_FILE, ordered)
 
 
+#: Loggers of this repository: their messages stay on the console; every other library's are captured per case.
+OWN_LOGGERS = ("videobench", "customvideox", "baselines", "mediaio")
+
+
+def _is_own(record: logging.LogRecord) -> bool:
+    return record.name.split(".", 1)[0] in OWN_LOGGERS
+
+
+class _Collect(logging.Handler):
+    """Collects third-party log records as ``LEVEL logger: message`` lines."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _is_own(record):
+            self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def capture_library_messages() -> Iterator[list[str]]:
+    """Route third-party warnings and log messages (WARNING and up) emitted inside the block into a list.
+
+    Python warnings are recorded with :func:`warnings.catch_warnings` (every occurrence, as ``Category: text``).
+    Log records are taken from the root logger's handlers (a filter drops the third-party ones there) and from
+    loggers that print on their own (``propagate=False`` with handlers, as transformers' and diffusers' default
+    stream handlers do); this repository's own loggers (:data:`OWN_LOGGERS`) keep printing as before. The list
+    holds each distinct line once, in first-seen order.
+    """
+    lines: list[str] = []
+    collect = _Collect(lines)
+    root = logging.getLogger()
+    silenced = [logger for logger in logging.Logger.manager.loggerDict.values()
+                if isinstance(logger, logging.Logger) and logger.handlers and not logger.propagate
+                and logger.name.split(".", 1)[0] not in OWN_LOGGERS]
+    saved = {logger: logger.handlers for logger in silenced}
+    for handler in root.handlers:
+        handler.addFilter(_is_own)  # a callable filter: keeps only our own records
+    root.addHandler(collect)
+    for logger in silenced:
+        logger.handlers = [collect]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield lines
+            finally:
+                lines.extend(f"{item.category.__name__}: {item.message}" for item in caught)
+    finally:
+        for logger, handlers in saved.items():
+            logger.handlers = handlers
+        root.removeHandler(collect)
+        for handler in root.handlers:
+            handler.removeFilter(_is_own)
+        lines[:] = list(dict.fromkeys(lines))
+
+
+def _with_messages(diagnostics: Mapping[str, Any] | None, messages: Sequence[str]) -> dict[str, Any] | None:
+    """A case's diagnostics plus the library messages captured while it ran (None when both are empty)."""
+    merged = {**(diagnostics or {}), **({"library_messages": list(messages)} if messages else {})}
+    return merged or None
+
+
 def _case_record(case: Case, seed: int, status: str, **extra: Any) -> dict[str, Any]:
     record = {
         "case_id": case.case_id,
@@ -293,16 +361,20 @@ class _Run:
                 continue
             bar.set_postfix_str(case.case_id)
             start = time.perf_counter()
+            messages: list[str] = []
             try:
-                _write_image(path, self.generator.generate_image(case, self.seed))
+                with capture_library_messages() as messages:
+                    image = self.generator.generate_image(case, self.seed)
+                _write_image(path, image)
             except Exception as error:  # noqa: BLE001 - one failing case must not stop the run
-                self.fail(case, f"{type(error).__name__}: {error}")
+                self.fail(case, f"{type(error).__name__}: {error}", diagnostics=_with_messages(None, messages))
                 continue
             self.summary.images.append(case.case_id)
             _update_record(self.method_dir, _case_record(
                 case, self.seed, "pending", image=image_relpath(case.case_id),
                 image_seconds=round(time.perf_counter() - start, 3),
-                error="image made; the video phase has not run yet"), self.order)
+                error="image made; the video phase has not run yet",
+                diagnostics=_with_messages(None, messages)), self.order)
 
     def video_phase(self, cases: Sequence[Case], needs_image: bool) -> None:
         bar = tqdm(cases, desc=f"generate {self.generator.run_name}", unit="video", disable=not self.progress)
@@ -312,14 +384,17 @@ class _Run:
                 continue
             bar.set_postfix_str(case.case_id)
             start = time.perf_counter()
+            messages: list[str] = []
             try:
                 if needs_image:
                     image_path = self.method_dir / image_relpath(case.case_id)
                     if not _valid_image(image_path):
                         raise FileNotFoundError(f"no intermediate image {image_path} (run the image phase first)")
-                    result = self.generator.generate(case, self.seed, load_reference_image(image_path))
+                    with capture_library_messages() as messages:
+                        result = self.generator.generate(case, self.seed, load_reference_image(image_path))
                 else:
-                    result = self.generator.generate(case, self.seed)
+                    with capture_library_messages() as messages:
+                        result = self.generator.generate(case, self.seed)
                 output = as_output(result, case)
                 write_video(self.method_dir / video_relpath(case.case_id), output.frames, fps=self.generator.fps)
                 image = None
@@ -327,12 +402,12 @@ class _Run:
                     _write_image(self.method_dir / image_relpath(case.case_id), output.image)
                     image = image_relpath(case.case_id)
             except Exception as error:  # noqa: BLE001 - one failing case must not stop the run
-                self.fail(case, f"{type(error).__name__}: {error}")
+                self.fail(case, f"{type(error).__name__}: {error}", diagnostics=_with_messages(None, messages))
                 continue
             self.summary.generated.append(case.case_id)
             _update_record(self.method_dir, _case_record(
                 case, self.seed, "ok", image=image, seconds=round(time.perf_counter() - start, 3),
-                diagnostics=output.diagnostics or None), self.order)
+                diagnostics=_with_messages(output.diagnostics, messages)), self.order)
 
 
 def selection_outcome(method_dir: Path, case_ids: Sequence[str]) -> tuple[list[str], dict[str, str], list[str]]:

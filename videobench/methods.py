@@ -44,7 +44,14 @@ import numpy as np
 from PIL import Image
 
 from videobench.cases import Case
-from videobench.options import NoOptions, OptionError, describe_options, options_to_dict, parse_options
+from videobench.options import (
+    NoOptions,
+    OptionError,
+    describe_options,
+    did_you_mean,
+    options_to_dict,
+    parse_options,
+)
 from videobench.plugins import METHODS_GROUP, load_plugin, load_plugins
 from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, check_weights
 
@@ -194,7 +201,8 @@ class MethodSpec(Generic[OptionsT]):
     def check_preset(self, preset: str | None) -> None:
         if preset is not None and preset not in self.presets:
             accepted = ", ".join(self.presets) or "none"
-            raise OptionError(f"method {self.name}: unknown preset {preset!r}; its presets: {accepted}")
+            raise OptionError(f"method {self.name}: unknown preset {preset!r}{did_you_mean(preset, self.presets)}; "
+                              f"its presets: {accepted}")
 
     def metadata(self, options: Any) -> dict[str, Any]:
         """What run.json records about the method: identity, kind, paper row and setting, resolved options."""
@@ -280,7 +288,7 @@ def get_method(name: str) -> MethodSpec:
         load_plugin(METHODS_GROUP, name)
     if name not in _REGISTRY:
         methods = available_methods()
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(methods)}")
+        raise KeyError(f"unknown method {name!r}{did_you_mean(name, methods)}; available: {', '.join(methods)}")
     return _REGISTRY[name]
 
 

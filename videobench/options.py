@@ -20,9 +20,10 @@ it is reported the same way.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -36,6 +37,22 @@ _NONE = {"none", "null", ""}
 
 class OptionError(ValueError):
     """An option that cannot be accepted; the message names the owner, the key and the accepted values."""
+
+
+def did_you_mean(names: str | Sequence[str], choices: Iterable[str]) -> str:
+    """The ``" (did you mean 'x'?)"`` part of an error about unknown ``names`` (empty when none is close).
+
+    Each unknown name gets its closest choice by :func:`difflib.get_close_matches` (ratio >= 0.6); with several
+    unknown names each hint says which name it is for.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    choices = [str(choice) for choice in choices]
+    hints = []
+    for name in names:
+        close = difflib.get_close_matches(str(name), choices, n=1)
+        if close:
+            hints.append(repr(close[0]) if len(names) == 1 else f"{close[0]!r} for {name!r}")
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def option(default: Any = MISSING, help: str = "", *, minimum: float | None = None,
@@ -176,7 +193,8 @@ def parse_options(cls: type[T], raw: Mapping[str, Any], owner: str) -> T:
     unknown = [key for key in raw if key not in fields]
     if unknown:
         accepted = ", ".join(fields) or "none"
-        raise OptionError(f"{owner}: unknown option(s) {', '.join(map(repr, unknown))}; accepted: {accepted}")
+        raise OptionError(f"{owner}: unknown option(s) {', '.join(map(repr, unknown))}{did_you_mean(unknown, fields)}; "
+                          f"accepted: {accepted}")
     values = {}
     for key, value in raw.items():
         info, annotation = fields[key]
@@ -251,6 +269,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "NoOptions", "OptionError", "OptionInfo", "describe_options", "option", "option_fields", "options_to_dict",
+    "NoOptions", "OptionError", "OptionInfo", "describe_options", "did_you_mean", "option", "option_fields", "options_to_dict",
     "parse_assignments", "parse_options", "read_config_file", "type_name",
 ]

@@ -1,4 +1,4 @@
-"""Where plugins come from: the built-in modules, and other packages' entry points.
+"""Where plugins come from: the built-in modules, and other packages' entry points; and how they stay cheap to load.
 
 A plugin module registers its methods, metrics or suites when it is imported (``@register_method``,
 ``@register_metric``, ``@register_suite``). Built-in plugins are listed below; any installed package adds its own
@@ -11,16 +11,33 @@ through the entry-point groups ``videobench.methods``, ``videobench.metrics`` an
 Each entry point names a module (or an object inside one); loading it imports the module, which registers. A
 plugin that fails to import is reported once as a warning naming the entry point, and the others still load.
 
-Asking for one plugin by name (:func:`load_plugin`) imports only the module that defines it when the name is known
-(:data:`BUILTIN_METHODS`, or an entry point of that name), so ``videobench generate --method X`` does not import
-every other method's libraries; listing all of them imports everything.
+Loading is lazy in two ways:
+
+* Asking for one plugin by name (:func:`load_plugin`) imports only the module that defines it when the name is
+  known (:data:`BUILTIN_METHODS`, or an entry point of that name); an unknown name loads everything (correct, only
+  slower), so a new built-in plugin works before it is added to that map.
+* A plugin module is its own metadata: ``videobench methods`` reads the names, kinds, descriptions, options and
+  weights from the registrations, so importing a plugin module must be cheap. Plugin modules therefore import
+  the model libraries (diffusers, transformers, open_clip, timm, peft, torchvision, and torch where the module's
+  top level does not need it) lazily: inside the functions that build models, or through :func:`lazy_module`,
+  a module stand-in that imports on first attribute access (the pattern of Scientific Python's SPEC 1,
+  ``lazy_loader.load``). The model code runs unchanged; only the import moves.
+
+  The alternative, a table of light metadata beside the modules (names, descriptions, options), was weighed and
+  not taken: a contributor would describe a method twice (the table and ``@register_method``), the two would
+  drift, and third-party packages would need a second mechanism; with cheap modules, one file that registers
+  itself stays the whole contract.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
+import sys
+import types
 from importlib import metadata
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +45,8 @@ METHODS_GROUP = "videobench.methods"
 METRICS_GROUP = "videobench.metrics"
 SUITES_GROUP = "videobench.suites"
 
-#: The modules of this distribution that register plugins, per group (data: the harness names no plugin).
+#: The modules of this distribution that register plugins, per group (data: the harness names no plugin). A
+#: package stands for every module in it, so a new file in ``baselines/`` registers by being there.
 BUILTIN_PLUGINS: dict[str, tuple[str, ...]] = {
     METHODS_GROUP: ("videobench.calibration", "customvideox.method", "baselines"),
     METRICS_GROUP: (
@@ -63,7 +81,7 @@ def load_plugins(group: str) -> None:
         return
     _LOADED.add(group)
     for module in BUILTIN_PLUGINS.get(group, ()):
-        importlib.import_module(module)
+        _import_with_submodules(module)
     for entry_point in metadata.entry_points(group=group):
         try:
             entry_point.load()
@@ -89,3 +107,45 @@ def load_plugin(group: str, name: str) -> None:
 def reload_plugins(group: str) -> None:
     """Forget that ``group`` was loaded, so the next :func:`load_plugins` looks at the entry points again."""
     _LOADED.discard(group)
+
+
+def _import_with_submodules(name: str) -> None:
+    """Import module ``name``; when it is a package, also every module in it (in name order)."""
+    module = importlib.import_module(name)
+    for info in sorted(pkgutil.iter_modules(getattr(module, "__path__", [])), key=lambda info: info.name):
+        importlib.import_module(f"{name}.{info.name}")
+
+
+class LazyModule(types.ModuleType):
+    """A stand-in for module ``name`` that imports it on first attribute access (see the module docstring).
+
+    ``torch = lazy_module("torch")`` at a plugin's top level lets ``torch.zeros(...)`` in its functions work as
+    with ``import torch``, while importing the plugin (to list it) does not import torch.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__dict__["_lazy_target"] = None
+
+    def _load(self) -> types.ModuleType:
+        target = self.__dict__["_lazy_target"]
+        if target is None:
+            target = importlib.import_module(self.__name__)
+            self.__dict__["_lazy_target"] = target
+        return target
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._load(), attribute)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._load())
+
+    def __repr__(self) -> str:
+        state = "imported" if self.__dict__["_lazy_target"] is not None else "not imported yet"
+        return f"<lazy module {self.__name__!r} ({state})>"
+
+
+def lazy_module(name: str) -> Any:
+    """Module ``name``, imported when first used: the real module when it is already imported, else a
+    :class:`LazyModule` (typed ``Any`` so that ``torch.Tensor`` and friends type-check as attributes)."""
+    return sys.modules.get(name) or LazyModule(name)

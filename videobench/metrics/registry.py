@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from videobench.options import parse_options
+from videobench.options import did_you_mean, parse_options
 from videobench.plugins import METRICS_GROUP, load_plugins
 from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, check_weights
 
@@ -144,7 +144,8 @@ def expand_columns(names: Sequence[str] | None) -> list[str]:
         else:
             unknown.append(name)
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; choose from columns "
+        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}{did_you_mean(unknown, [*owner, *families])}; "
+                         f"choose from columns "
                          f"{', '.join(owner)} or families {', '.join(families)}")
     if not wanted:
         raise ValueError("nothing to score: no metric columns selected")
@@ -156,7 +157,7 @@ def families_for(columns: Sequence[str]) -> list[str]:
     owner = column_family()
     unknown = [column for column in columns if column not in owner]
     if unknown:
-        raise ValueError(f"unknown metric column(s) {unknown}; known: {list(owner)}")
+        raise ValueError(f"unknown metric column(s) {unknown}{did_you_mean(unknown, owner)}; known: {list(owner)}")
     return list(dict.fromkeys(owner[column] for column in ordered_columns(columns)))
 
 
@@ -167,7 +168,7 @@ def parse_metric_options(raw: Mapping[str, Mapping[str, Any]] | None) -> dict[st
     unknown = [family for family in raw if family not in families]
     if unknown:
         raise ValueError(f"options for unknown metric famil{'y' if len(unknown) == 1 else 'ies'} "
-                         f"{', '.join(map(repr, unknown))}; families: {', '.join(families)}")
+                         f"{', '.join(map(repr, unknown))}{did_you_mean(unknown, families)}; families: {', '.join(families)}")
     return {family: parse_options(cls.Options, dict(raw.get(family) or {}), owner=f"metric {family}")
             for family, cls in families.items()}
 
@@ -175,6 +176,11 @@ def parse_metric_options(raw: Mapping[str, Mapping[str, Any]] | None) -> dict[st
 def metric_weight_specs(families: Iterable[str], options: Mapping[str, Any]) -> list[tuple[str, WeightSpec]]:
     """``(family, spec)`` for every weight file the ``families`` need with ``options`` (parsed)."""
     registry = metric_families()
+    families = list(families)
+    unknown = [family for family in families if family not in registry]
+    if unknown:
+        raise ValueError(f"unknown metric famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}"
+                         f"{did_you_mean(unknown, registry)}; families: {', '.join(registry)}")
     return [(family, spec) for family in families for spec in registry[family].weight_specs(options[family])]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from videobench.cases import Case
 from videobench.data import DataFile, ShippedFile, resolve_data_root
+from videobench.options import did_you_mean
 from videobench.plugins import SUITES_GROUP, load_plugins
 
 
@@ -136,7 +137,7 @@ def downloadable_suites() -> list[str]:
 def get_suite(name: str) -> SuiteSpec:
     specs = suite_specs()
     if name not in specs:
-        raise KeyError(f"unknown suite {name!r}; available: {', '.join(specs)}")
+        raise KeyError(f"unknown suite {name!r}{did_you_mean(name, specs)}; available: {', '.join(specs)}")
     return specs[name]
 
 
