@@ -575,17 +575,91 @@ def metrics(family: str | None) -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
 @data_root_option
-def suites(data_root: Path | None) -> None:
-    """List the suites and their versions."""
-    from videobench.suites import load_suite, suite_specs
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With NAME: write the suite's cases to FILE.jsonl or FILE.csv (case id, prompt, subject, entity, "
+                   "reference paths, seed) for another tool to generate from.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --export: the seed written per case.")
+def suites(name: str | None, data_root: Path | None, export_path: Path | None, seed: int) -> None:
+    """List the suites and their versions, or show one suite (and --export its cases)."""
+    from videobench.suites import get_suite, load_suite, suite_specs
 
-    for name, spec in suite_specs().items():
+    if name is None:
+        if export_path is not None:
+            _fail("--export needs a suite NAME")
+        for key, spec in suite_specs().items():
+            try:
+                suite = load_suite(key, data_root)
+                click.echo(f"{key:12s} {suite.version:16s} {len(suite.cases):5d} cases  {suite.description}")
+            except (FileNotFoundError, ValueError) as error:
+                click.echo(f"{key:12s} {spec.version:16s} (not available: {str(error).splitlines()[0]})")
+        return
+    try:
+        spec = get_suite(name)
+    except KeyError as error:
+        _fail(_first_line(error))
+    try:
+        suite = load_suite(name, data_root)
+    except (FileNotFoundError, ValueError) as error:
+        click.secho(f"{name} ({spec.version}): {spec.description}", bold=True)
+        click.secho(f"  data: missing: {str(error).splitlines()[0]}", fg="red")
+        click.echo(f"  fix:  videobench data download {name}" + (f" --data-root {data_root}" if data_root else ""))
+        sys.exit(EXIT_SETUP_ERROR)
+    from videobench.interchange import export_cases
+
+    subjects = sorted({case.subject for case in suite.cases})
+    prompts = sorted({case.prompt_id or case.prompt for case in suite.cases})
+    click.secho(f"{name} ({suite.version}): {suite.description}", bold=True)
+    click.echo(f"  cases: {len(suite.cases)}   subjects: {len(subjects)}   prompts: {len(prompts)}   "
+               f"video: {suite.num_frames} frames, {suite.height}x{suite.width}, {suite.fps} fps")
+    click.echo(f"  data: present" + (f" (verify: videobench data verify {name})" if spec.downloadable else
+                                     " (drawn by code)"))
+    click.echo(f"  subjects: {', '.join(subjects)}")
+    if export_path is not None:
         try:
-            suite = load_suite(name, data_root)
-            click.echo(f"{name:12s} {suite.version:16s} {len(suite.cases):5d} cases  {suite.description}")
-        except (FileNotFoundError, ValueError) as error:
-            click.echo(f"{name:12s} {spec.version:16s} (not available: {str(error).splitlines()[0]})")
+            path = export_cases(suite, export_path, seed=seed)
+        except (ValueError, OSError) as error:
+            _fail(str(error))
+        click.echo(f"exported {len(suite.cases)} case(s) -> {path}")
+
+
+@main.command("import")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--suite", required=True, help="The suite the videos answer (`videobench suites`).")
+@click.option("--method", "label", required=True, help="The method folder's name and the leaderboard row's name.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="RESULTS folder.")
+@click.option("--mapping", type=click.Path(path_type=Path), default=None,
+              help="A CSV with the columns file,case_id (default: videos are named <case_id>.mp4/.webm/...).")
+@data_root_option
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N cases of the suite.")
+@click.option("--cases", "case_ids", default=None, help="Comma-separated case ids.")
+@click.option("--seed", type=int, default=None, help="The seed the videos were made with, if any (recorded).")
+@click.option("--allow-missing", is_flag=True, help="Record cases without a video as failed instead of refusing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing method folder of the same name.")
+def import_videos(folder: Path, suite: str, label: str, out: Path, mapping: Path | None, data_root: Path | None,
+                  limit: int | None, case_ids: str | None, seed: int | None, allow_missing: bool,
+                  overwrite: bool) -> None:
+    """Make RESULTS/<method>/ from a folder of videos generated elsewhere, named by case id.
+
+    Every case must have a video that decodes (else one error lists them and nothing is written); the files are
+    copied unchanged. `videobench score` and `report` then treat the folder like any method's (its row says
+    imported). Export the cases for your tool with `videobench suites NAME --export cases.jsonl`.
+    """
+    from videobench import interchange
+    from videobench.suites import load_suite
+
+    try:
+        loaded = load_suite(suite, data_root)
+        cases = loaded.select(_split(case_ids), limit)
+        pairs = interchange.read_mapping(mapping) if mapping is not None else None
+        result = interchange.import_videos(folder, loaded, label, out, mapping=pairs, cases=cases, seed=seed,
+                                           allow_missing=allow_missing, overwrite=overwrite)
+    except (KeyError, FileNotFoundError, ValueError, OSError) as error:
+        _fail(_first_line(error))
+    click.echo(f"{label}: {len(result.imported)} video(s) imported, {len(result.missing)} missing "
+               f"-> {result.method_dir}")
+    sys.exit(0 if result.ok else EXIT_CASE_FAILURES)
 
 
 @main.group()
