@@ -613,7 +613,7 @@ def suites(name: str | None, data_root: Path | None, export_path: Path | None, s
     click.secho(f"{name} ({suite.version}): {suite.description}", bold=True)
     click.echo(f"  cases: {len(suite.cases)}   subjects: {len(subjects)}   prompts: {len(prompts)}   "
                f"video: {suite.num_frames} frames, {suite.height}x{suite.width}, {suite.fps} fps")
-    click.echo(f"  data: present" + (f" (verify: videobench data verify {name})" if spec.downloadable else
+    click.echo("  data: present" + (f" (verify: videobench data verify {name})" if spec.downloadable else
                                      " (drawn by code)"))
     click.echo(f"  subjects: {', '.join(subjects)}")
     if export_path is not None:
