@@ -200,7 +200,7 @@ def test_documented_command_is_accepted_by_the_cli(command):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("videobench generate --lora x.safetensors --method customvideox --out r", "No such option: --lora"),
+    ("videobench generate --lora x.safetensors --method customvideox --out r", "No such option '--lora'"),
     ("videobench generate --method customvideox", "missing required option --out"),
     ("videobench generate --method no-such-method --out r", "unknown method 'no-such-method'"),
     ("videobench frobnicate", "unknown subcommand"),
