@@ -475,7 +475,7 @@ def _print_weight_rows(rows: list[dict[str, Any]]) -> None:
                 click.echo(f"    {key:8s} {row[key]}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--method", "method_names", multiple=True, help="Only this method (repeatable).")
 @click.option("--metric", "metric_families", multiple=True, help="Only this metric family (repeatable).")
 @click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE",
@@ -483,9 +483,15 @@ def _print_weight_rows(rows: list[dict[str, Any]]) -> None:
 @click.option("-M", "--metric-option", "metric_options", multiple=True, metavar="FAMILY.KEY=VALUE")
 @click.option("--preset", default=None, help="List what a run with this preset needs (usually nothing).")
 @with_weights_options
-def weights(method_names: tuple[str, ...], metric_families: tuple[str, ...], method_options: tuple[str, ...],
-            metric_options: tuple[str, ...], preset: str | None, **opts) -> None:
-    """Where each model's weights come from: every metric family and every method (with default options)."""
+@click.pass_context
+def weights(ctx: click.Context, method_names: tuple[str, ...], metric_families: tuple[str, ...],
+            method_options: tuple[str, ...], metric_options: tuple[str, ...], preset: str | None, **opts) -> None:
+    """Where each model's weights come from: every metric family and every method (with default options).
+
+    `videobench weights download --for TARGET` fetches them.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from videobench.methods import MethodContext, available_methods, get_method
     from videobench.metrics.registry import metric_families as registered_families
     from videobench.metrics.registry import metric_weight_specs, parse_metric_options
@@ -508,6 +514,72 @@ def weights(method_names: tuple[str, ...], metric_families: tuple[str, ...], met
     except (KeyError, ValueError) as error:
         _fail(_first_line(error))
     _print_weight_rows(weights_table(specs, config))
+
+
+@weights.command("download")
+@click.option("--for", "target", required=True, metavar="TARGET",
+              help="table1, table2, metrics, all, or comma-separated method names (metrics may be one of them).")
+@click.option("--dry-run", is_flag=True, help="List each model once (rows, size, gated or not) and the total; "
+                                              "download nothing.")
+@click.option("--from", "source_dir", type=click.Path(path_type=Path), default=None,
+              help="Import the models from a folder copied from a machine with network (a Hugging Face cache, "
+                   "torch hub checkpoints, or weights-folder files) instead of downloading.")
+@with_weights_options
+def weights_download(target: str, dry_run: bool, source_dir: Path | None, **opts) -> None:
+    """Fetch every model TARGET needs (through huggingface_hub: HF_HOME, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE).
+
+    Models already present are skipped; each published sha256 is checked. Offline, the first connection error
+    stops with one line saying how to proceed (a mirror, or --from DIR).
+    """
+    from videobench import weight_downloads as wd
+
+    config = _weights_config(opts)
+    try:
+        needs = wd.collect_needs(target, config)
+    except (KeyError, ValueError) as error:
+        _fail(_first_line(error))
+    if source_dir is not None:
+        try:
+            for line in wd.import_folder(source_dir, needs, config):
+                click.echo(f"imported {line}")
+        except wd.WeightsDownloadError as error:
+            _fail(str(error))
+    missing = [need for need in needs if not need.resolve(config).found]
+    click.echo(f"{target}: {len(needs)} model(s), {len(needs) - len(missing)} present, {len(missing)} to fetch")
+    if source_dir is not None:
+        for need in missing:
+            click.secho(f"  still missing: {need.spec.model} (needed by {', '.join(need.owners)})", fg="red")
+        sys.exit(0 if not missing else EXIT_CASE_FAILURES)
+    listings, failures = [], []
+    for need in missing:
+        try:
+            listings.append(wd.list_remote(need))
+        except wd.HubUnreachable as error:
+            _fail(str(error))
+        except wd.WeightsDownloadError as error:
+            failures.append(f"{need.spec.model}: {error}")
+    total = 0
+    for listing in listings:
+        spec = listing.need.spec
+        where = spec.explicit or spec.hf_repo if listing.source == "hub" else spec.url
+        gated = f"  GATED ({listing.gated}): needs HF_TOKEN and the licence accepted" if listing.gated else ""
+        click.echo(f"  {spec.model}  [{where}]  {wd.human_size(listing.size)}{gated}")
+        click.echo(f"      needed by: {', '.join(listing.need.owners)}")
+        total += listing.size or 0
+    unknown = sum(1 for listing in listings if listing.size is None)
+    click.echo(f"total to download: {wd.human_size(total)}" + (f" (+{unknown} of unknown size)" if unknown else ""))
+    if not dry_run:
+        for listing in listings:
+            try:
+                path = wd.download(listing)
+                click.secho(f"  ok {listing.need.spec.model} -> {path}", fg="green")
+            except wd.HubUnreachable as error:
+                _fail(str(error))
+            except wd.WeightsDownloadError as error:
+                failures.append(f"{listing.need.spec.model}: {error}")
+    for failure in failures:
+        click.secho(f"  failed {failure}", fg="red", err=True)
+    sys.exit(EXIT_CASE_FAILURES if failures else 0)
 
 
 @main.command()
