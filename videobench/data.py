@@ -261,7 +261,7 @@ def _fetch_one(item: DataFile, root: Path, base_urls, source_dir: Path | None, r
                 url = item.url(_base_for(item.repo, base_urls))
                 raise _Unreachable(f"{urllib.parse.urlsplit(url).netloc} ({err.reason})") from None
             last_error = f"{type(err).__name__}: {err}"
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as err:
+        except (http.client.HTTPException, ConnectionError, TimeoutError, OSError) as err:
             last_error = f"{type(err).__name__}: {err}"
     raise DataError(f"{item.path}: failed after {max(1, retries)} attempt(s): {last_error}")
 
