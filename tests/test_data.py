@@ -6,6 +6,7 @@ import copy
 import functools
 import http.server
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -286,3 +287,29 @@ def test_missing_data_names_files_and_command(tmp_path):
         assert f"{count} reference image(s) missing" in str(err.value)
         assert "dreambench/backpack/00.jpg" in str(err.value)
         assert f"videobench data download {suite} --data-root {tmp_path.resolve()}" in str(err.value)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_source_stops_at_the_first_connection_error(tmp_path):
+    """Offline: one line that says what to do, not one error per file after retries."""
+    suite = get_suite("dreambench")
+    files = suite.data_files()
+    assert len(files) > 100
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        data.download(suite, tmp_path, base_urls=f"http://127.0.0.1:{_closed_port()}", progress=False,
+                      retries=3, backoff=1.0)
+    elapsed = time.monotonic() - start
+    message = str(err.value)
+    assert message.count("\n") == 0 and "cannot reach 127.0.0.1:" in message
+    assert "videobench data download dreambench --from DIR" in message and "--base-url" in message
+    assert elapsed < 10  # no back-off sleeps: a refused connection is not retried
+    assert not any(path.is_file() for path in tmp_path.rglob("*"))

@@ -476,7 +476,7 @@ def _print_weight_rows(rows: list[dict[str, Any]]) -> None:
                 click.echo(f"    {key:8s} {row[key]}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--method", "method_names", multiple=True, help="Only this method (repeatable).")
 @click.option("--metric", "metric_families", multiple=True, help="Only this metric family (repeatable).")
 @click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE",
@@ -484,9 +484,15 @@ def _print_weight_rows(rows: list[dict[str, Any]]) -> None:
 @click.option("-M", "--metric-option", "metric_options", multiple=True, metavar="FAMILY.KEY=VALUE")
 @click.option("--preset", default=None, help="List what a run with this preset needs (usually nothing).")
 @with_weights_options
-def weights(method_names: tuple[str, ...], metric_families: tuple[str, ...], method_options: tuple[str, ...],
-            metric_options: tuple[str, ...], preset: str | None, **opts) -> None:
-    """Where each model's weights come from: every metric family and every method (with default options)."""
+@click.pass_context
+def weights(ctx: click.Context, method_names: tuple[str, ...], metric_families: tuple[str, ...],
+            method_options: tuple[str, ...], metric_options: tuple[str, ...], preset: str | None, **opts) -> None:
+    """Where each model's weights come from: every metric family and every method (with default options).
+
+    `videobench weights download --for TARGET` fetches them.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from videobench.methods import MethodContext, available_methods, get_method
     from videobench.metrics.registry import metric_families as registered_families
     from videobench.metrics.registry import metric_weight_specs, parse_metric_options
@@ -509,6 +515,72 @@ def weights(method_names: tuple[str, ...], metric_families: tuple[str, ...], met
     except (KeyError, ValueError) as error:
         _fail(_first_line(error))
     _print_weight_rows(weights_table(specs, config))
+
+
+@weights.command("download")
+@click.option("--for", "target", required=True, metavar="TARGET",
+              help="table1, table2, metrics, all, or comma-separated method names (metrics may be one of them).")
+@click.option("--dry-run", is_flag=True, help="List each model once (rows, size, gated or not) and the total; "
+                                              "download nothing.")
+@click.option("--from", "source_dir", type=click.Path(path_type=Path), default=None,
+              help="Import the models from a folder copied from a machine with network (a Hugging Face cache, "
+                   "torch hub checkpoints, or weights-folder files) instead of downloading.")
+@with_weights_options
+def weights_download(target: str, dry_run: bool, source_dir: Path | None, **opts) -> None:
+    """Fetch every model TARGET needs (through huggingface_hub: HF_HOME, HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE).
+
+    Models already present are skipped; each published sha256 is checked. Offline, the first connection error
+    stops with one line saying how to proceed (a mirror, or --from DIR).
+    """
+    from videobench import weight_downloads as wd
+
+    config = _weights_config(opts)
+    try:
+        needs = wd.collect_needs(target, config)
+    except (KeyError, ValueError) as error:
+        _fail(_first_line(error))
+    if source_dir is not None:
+        try:
+            for line in wd.import_folder(source_dir, needs, config):
+                click.echo(f"imported {line}")
+        except wd.WeightsDownloadError as error:
+            _fail(str(error))
+    missing = [need for need in needs if not need.resolve(config).found]
+    click.echo(f"{target}: {len(needs)} model(s), {len(needs) - len(missing)} present, {len(missing)} to fetch")
+    if source_dir is not None:
+        for need in missing:
+            click.secho(f"  still missing: {need.spec.model} (needed by {', '.join(need.owners)})", fg="red")
+        sys.exit(0 if not missing else EXIT_CASE_FAILURES)
+    listings, failures = [], []
+    for need in missing:
+        try:
+            listings.append(wd.list_remote(need))
+        except wd.HubUnreachable as error:
+            _fail(str(error))
+        except wd.WeightsDownloadError as error:
+            failures.append(f"{need.spec.model}: {error}")
+    total = 0
+    for listing in listings:
+        spec = listing.need.spec
+        where = spec.explicit or spec.hf_repo if listing.source == "hub" else spec.url
+        gated = f"  GATED ({listing.gated}): needs HF_TOKEN and the licence accepted" if listing.gated else ""
+        click.echo(f"  {spec.model}  [{where}]  {wd.human_size(listing.size)}{gated}")
+        click.echo(f"      needed by: {', '.join(listing.need.owners)}")
+        total += listing.size or 0
+    unknown = sum(1 for listing in listings if listing.size is None)
+    click.echo(f"total to download: {wd.human_size(total)}" + (f" (+{unknown} of unknown size)" if unknown else ""))
+    if not dry_run:
+        for listing in listings:
+            try:
+                path = wd.download(listing)
+                click.secho(f"  ok {listing.need.spec.model} -> {path}", fg="green")
+            except wd.HubUnreachable as error:
+                _fail(str(error))
+            except wd.WeightsDownloadError as error:
+                failures.append(f"{listing.need.spec.model}: {error}")
+    for failure in failures:
+        click.secho(f"  failed {failure}", fg="red", err=True)
+    sys.exit(EXIT_CASE_FAILURES if failures else 0)
 
 
 @main.command()
@@ -576,17 +648,91 @@ def metrics(family: str | None) -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
 @data_root_option
-def suites(data_root: Path | None) -> None:
-    """List the suites and their versions."""
-    from videobench.suites import load_suite, suite_specs
+@click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With NAME: write the suite's cases to FILE.jsonl or FILE.csv (case id, prompt, subject, entity, "
+                   "reference paths, seed) for another tool to generate from.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --export: the seed written per case.")
+def suites(name: str | None, data_root: Path | None, export_path: Path | None, seed: int) -> None:
+    """List the suites and their versions, or show one suite (and --export its cases)."""
+    from videobench.suites import get_suite, load_suite, suite_specs
 
-    for name, spec in suite_specs().items():
+    if name is None:
+        if export_path is not None:
+            _fail("--export needs a suite NAME")
+        for key, spec in suite_specs().items():
+            try:
+                suite = load_suite(key, data_root)
+                click.echo(f"{key:12s} {suite.version:16s} {len(suite.cases):5d} cases  {suite.description}")
+            except (FileNotFoundError, ValueError) as error:
+                click.echo(f"{key:12s} {spec.version:16s} (not available: {str(error).splitlines()[0]})")
+        return
+    try:
+        spec = get_suite(name)
+    except KeyError as error:
+        _fail(_first_line(error))
+    try:
+        suite = load_suite(name, data_root)
+    except (FileNotFoundError, ValueError) as error:
+        click.secho(f"{name} ({spec.version}): {spec.description}", bold=True)
+        click.secho(f"  data: missing: {str(error).splitlines()[0]}", fg="red")
+        click.echo(f"  fix:  videobench data download {name}" + (f" --data-root {data_root}" if data_root else ""))
+        sys.exit(EXIT_SETUP_ERROR)
+    from videobench.interchange import export_cases
+
+    subjects = sorted({case.subject for case in suite.cases})
+    prompts = sorted({case.prompt_id or case.prompt for case in suite.cases})
+    click.secho(f"{name} ({suite.version}): {suite.description}", bold=True)
+    click.echo(f"  cases: {len(suite.cases)}   subjects: {len(subjects)}   prompts: {len(prompts)}   "
+               f"video: {suite.num_frames} frames, {suite.height}x{suite.width}, {suite.fps} fps")
+    click.echo("  data: present" + (f" (verify: videobench data verify {name})" if spec.downloadable else
+                                     " (drawn by code)"))
+    click.echo(f"  subjects: {', '.join(subjects)}")
+    if export_path is not None:
         try:
-            suite = load_suite(name, data_root)
-            click.echo(f"{name:12s} {suite.version:16s} {len(suite.cases):5d} cases  {suite.description}")
-        except (FileNotFoundError, ValueError) as error:
-            click.echo(f"{name:12s} {spec.version:16s} (not available: {str(error).splitlines()[0]})")
+            path = export_cases(suite, export_path, seed=seed)
+        except (ValueError, OSError) as error:
+            _fail(str(error))
+        click.echo(f"exported {len(suite.cases)} case(s) -> {path}")
+
+
+@main.command("import")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--suite", required=True, help="The suite the videos answer (`videobench suites`).")
+@click.option("--method", "label", required=True, help="The method folder's name and the leaderboard row's name.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="RESULTS folder.")
+@click.option("--mapping", type=click.Path(path_type=Path), default=None,
+              help="A CSV with the columns file,case_id (default: videos are named <case_id>.mp4/.webm/...).")
+@data_root_option
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Only the first N cases of the suite.")
+@click.option("--cases", "case_ids", default=None, help="Comma-separated case ids.")
+@click.option("--seed", type=int, default=None, help="The seed the videos were made with, if any (recorded).")
+@click.option("--allow-missing", is_flag=True, help="Record cases without a video as failed instead of refusing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing method folder of the same name.")
+def import_videos(folder: Path, suite: str, label: str, out: Path, mapping: Path | None, data_root: Path | None,
+                  limit: int | None, case_ids: str | None, seed: int | None, allow_missing: bool,
+                  overwrite: bool) -> None:
+    """Make RESULTS/<method>/ from a folder of videos generated elsewhere, named by case id.
+
+    Every case must have a video that decodes (else one error lists them and nothing is written); the files are
+    copied unchanged. `videobench score` and `report` then treat the folder like any method's (its row says
+    imported). Export the cases for your tool with `videobench suites NAME --export cases.jsonl`.
+    """
+    from videobench import interchange
+    from videobench.suites import load_suite
+
+    try:
+        loaded = load_suite(suite, data_root)
+        cases = loaded.select(_split(case_ids), limit)
+        pairs = interchange.read_mapping(mapping) if mapping is not None else None
+        result = interchange.import_videos(folder, loaded, label, out, mapping=pairs, cases=cases, seed=seed,
+                                           allow_missing=allow_missing, overwrite=overwrite)
+    except (KeyError, FileNotFoundError, ValueError, OSError) as error:
+        _fail(_first_line(error))
+    click.echo(f"{label}: {len(result.imported)} video(s) imported, {len(result.missing)} missing "
+               f"-> {result.method_dir}")
+    sys.exit(0 if result.ok else EXIT_CASE_FAILURES)
 
 
 @main.group()

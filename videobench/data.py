@@ -16,7 +16,9 @@ Layout under the root (every path comes from a versioned spec in ``videobench/su
 ``download`` fetches every file of a suite from ``https://raw.githubusercontent.com/<repo>/<commit>/<path>``
 (or a mirror laid out the same way, or a local folder laid out like ``shared/datasets``), checks its sha256
 while streaming, writes it atomically, skips files that already verify (resume), retries transient failures
-and reports each failed file in one line. ``verify`` re-hashes every file of a suite. No path taken from a
+and reports each failed file in one line. When the source cannot be reached at all (no route, name resolution or
+connection refused: an offline machine), it stops after that first error with one line saying what to do instead
+(``--from DIR``, ``--base-url``), rather than trying every file. ``verify`` re-hashes every file of a suite. No path taken from a
 spec may leave the data root: absolute paths and ``..`` are rejected when the spec is read, and every join
 goes through :func:`join_inside`.
 """
@@ -28,6 +30,8 @@ import hashlib
 import http.client
 import os
 import shutil
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -65,6 +69,21 @@ class DownloadError(DataError):
 
 class _Fatal(Exception):
     """A per-file failure that retrying cannot fix (404, checksum mismatch)."""
+
+
+class _Unreachable(Exception):
+    """The source host cannot be reached at all: no other file will fare better."""
+
+
+class _NotTried(Exception):
+    """Skipped: an earlier file found the source unreachable."""
+
+
+def _connection_refused(error: BaseException) -> bool:
+    """No route, no name resolution or a refused connection: the host is unreachable, not the file."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    return isinstance(reason, (socket.gaierror, ConnectionRefusedError)) or (
+        isinstance(reason, OSError) and reason.errno in (101, 113))  # ENETUNREACH, EHOSTUNREACH
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -202,13 +221,16 @@ def _open_source(item: DataFile, base_urls, source_dir: Path | None, timeout: fl
 
 
 def _fetch_one(item: DataFile, root: Path, base_urls, source_dir: Path | None, retries: int,
-               backoff: float, timeout: float) -> str:
-    """Fetch, hash and atomically place one file. Returns 'downloaded' or 'skipped'; raises DataError."""
+               backoff: float, timeout: float, stop: threading.Event | None = None) -> str:
+    """Fetch, hash and atomically place one file. Returns 'downloaded' or 'skipped'; raises DataError,
+    :class:`_Unreachable` (setting ``stop``) or :class:`_NotTried` (``stop`` was already set)."""
     target = join_inside(root, item.path)
     if target.is_file() and target.stat().st_size == item.size and file_sha256(target, memoize=False) == item.sha256:
         return "skipped"
     last_error = "unknown error"
     for attempt in range(max(1, retries)):
+        if stop is not None and stop.is_set():
+            raise _NotTried()
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
@@ -232,7 +254,14 @@ def _fetch_one(item: DataFile, root: Path, base_urls, source_dir: Path | None, r
             return "downloaded"
         except _Fatal as err:
             raise DataError(f"{item.path}: {err}") from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as err:
+        except urllib.error.URLError as err:
+            if _connection_refused(err) and not isinstance(err, urllib.error.HTTPError):
+                if stop is not None:
+                    stop.set()
+                url = item.url(_base_for(item.repo, base_urls))
+                raise _Unreachable(f"{urllib.parse.urlsplit(url).netloc} ({err.reason})") from None
+            last_error = f"{type(err).__name__}: {err}"
+        except (http.client.HTTPException, ConnectionError, TimeoutError, OSError) as err:
             last_error = f"{type(err).__name__}: {err}"
     raise DataError(f"{item.path}: failed after {max(1, retries)} attempt(s): {last_error}")
 
@@ -292,6 +321,8 @@ def download(
     report = DownloadReport(suite=name, data_root=root)
     root.mkdir(parents=True, exist_ok=True)
     bar = None
+    stop = threading.Event()
+    unreachable: list[str] = []
     if progress:
         from tqdm.auto import tqdm
 
@@ -299,13 +330,18 @@ def download(
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = {
-                pool.submit(_fetch_one, item, root, base_urls, source, retries, backoff, timeout): item
+                pool.submit(_fetch_one, item, root, base_urls, source, retries, backoff, timeout, stop): item
                 for item in files
             }
             for future in as_completed(futures):
                 item = futures[future]
                 try:
                     outcome = future.result()
+                except _NotTried:
+                    continue
+                except _Unreachable as err:
+                    unreachable.append(str(err))
+                    continue
                 except DataError as err:
                     report.failed[item.path] = str(err)
                 else:
@@ -318,6 +354,15 @@ def download(
     order = {item.path: i for i, item in enumerate(files)}
     report.downloaded.sort(key=order.__getitem__)
     report.skipped.sort(key=order.__getitem__)
+    if unreachable:
+        done = len(report.downloaded) + len(report.skipped)
+        raise DownloadError(
+            f"videobench data download {name}: cannot reach {unreachable[0]}; stopped after the first connection "
+            f"error ({done} of {len(files)} file(s) verified, kept). Offline? Copy a folder laid out like the "
+            f"upstream repositories here and run `videobench data download {name} --from DIR`, or give a mirror "
+            "with --base-url URL.",
+            {"*": unreachable[0]},
+        )
     _write_shipped(root, suite.shipped_files())
     if report.failed:
         lines = "\n".join(f"  {report.failed[path]}" for path in sorted(report.failed, key=order.__getitem__))
