@@ -505,5 +505,5 @@ register_two_stage(
     "blip-diffusion+i2v",
     description="BLIP-Diffusion (Salesforce/blipdiffusion: zero-shot subject-driven SD 1.5) + CogVideoX-5B-I2V",
     options=BlipDiffusionOptions, build_stage1=_build, stage1_weights=blip_diffusion_weight_specs,
-    paper_row="BLIP-Diffusion", stage1_cost=stage1_cost,
+    paper_row="BLIP-Diffusion", stage1_cost=stage1_cost, stage1_dtype="fp32",
 )

@@ -795,5 +795,5 @@ register_two_stage(
     description="IP-Adapter (h94/IP-Adapter via diffusers' load_ip_adapter, SD 1.5 by default) makes the subject "
                 "image, CogVideoX-5B-I2V animates it",
     options=IPAdapterOptions, build_stage1=_build, stage1_weights=ip_adapter_weights, paper_row="IP-Adapter",
-    stage1_cost=stage1_cost,
+    stage1_cost=stage1_cost, stage1_dtype="fp16",
 )

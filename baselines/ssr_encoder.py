@@ -357,5 +357,5 @@ register_two_stage(
     description="SSR-Encoder (SD 1.5; CLIP ViT-L/14 token-to-patch aligner queried with the entity word) makes the "
                 "subject image, CogVideoX-5B-I2V animates it",
     options=SSREncoderOptions, build_stage1=build_ssr_encoder, stage1_weights=ssr_weight_specs,
-    paper_row="SSR-Encoder", stage1_cost=stage1_cost,
+    paper_row="SSR-Encoder", stage1_cost=stage1_cost, stage1_dtype="fp32",
 )
