@@ -659,3 +659,18 @@ def test_generation_through_the_runner(tiny_generator, tmp_path):
     run = json.loads((summary.method_dir / "run.json").read_text())
     assert run["run_name"] == "videobooth-tiny" and run["config"]["native_size"] is True
     assert TINY_CONFIG.num_frames == 4
+
+
+def test_mapper_file_holds_the_published_parameter_count():
+    """``mapper.pt`` (yumingj/VideoBooth_models) holds ``model`` and ``ema``, each 97.64 M parameters (the published
+    size: 2 x 97.64 M fp32). At real size (SD 1.4's UNet, CLIP ViT-L/14 widths, meta device) the tensors the loader
+    expects in one of them are the mapper heads plus the 96 attention projections it overrides or adds."""
+    from baselines.videobooth_model import mapper_key_map
+
+    with torch.device("meta"):
+        video = VideoBoothUNet3D(UNetConfig.from_sd_unet_config(SD14_UNET))
+        mapper = VideoBoothMapper()  # upstream's Mapper(input_dim=1024, output_dim=768), 5 embeddings
+    shapes = video.state_dict()
+    projections = sum(shapes[target].numel() for target in mapper_key_map(video).values())
+    heads = sum(parameter.numel() for parameter in mapper.parameters())
+    assert round((projections + heads) / 1e6, 2) == 97.64
