@@ -455,8 +455,8 @@ def register_two_stage(
     files (none for the tiny preset). The weights a run needs follow ``stage``: stage 1's for ``1``, CogVideoX-5B-I2V
     for ``2``, both for ``both``. ``stage1_cost(options, context)`` is stage 1's cost per video
     (:class:`~videobench.costs.StageCost`); the method's cost is it plus :func:`i2v_cost` (both stages, whatever
-    ``stage`` a run does). ``stage1_dtype`` is the stage-1 upstream's precision, what ``-o stage1_dtype=auto`` runs
-    on CUDA (:func:`stage_dtype`).
+    ``stage`` a run does), each costed in the dtype it runs in on CUDA. ``stage1_dtype`` is the stage-1 upstream's
+    precision, what ``-o stage1_dtype=auto`` runs on CUDA (:func:`stage_dtype`).
     """
     if not issubclass(options, TwoStageOptions):
         raise TypeError(f"{name}: options must subclass TwoStageOptions")
@@ -473,7 +473,8 @@ def register_two_stage(
     def cost(opts: TwoStageOptions, context: MethodContext) -> MethodCost:
         stage2 = i2v_cost(opts, context)
         setting = {key: value for key, value in vars(opts).items() if key not in ("stage", "offload")}
-        return MethodCost(name, [stage1_cost(opts, context), stage2],
+        on_gpu = stage1_context(opts, dataclasses.replace(context, device="cuda"), stage1_dtype)
+        return MethodCost(name, [stage1_cost(opts, on_gpu), stage2],
                           setting={"preset": context.preset, "options": _plain(setting)})
 
     register_method(name, description=description, kind="two-stage", options=options, paper_row=paper_row,
