@@ -93,9 +93,9 @@ class BlipDiffusionOptions(TwoStageOptions):
     reference: Literal["first", "mean"] = option(
         "first", "several reference images: the first, or the mean of their subject embeddings (LAVIS's blending)")
     prompt_format: Literal["auto", "prefix"] = option(
-        "auto", "auto: a case prompt opening with the subject ('a dog ...', 'a red dog ...') is used as it is "
-                "(upstream builds 'a {subject} {prompt}'), others get 'a <entity> ' in front; prefix: always "
-                "'a <entity> <prompt>'")
+        "prefix", "prefix: upstream's 'a {subject} {prompt}' (LAVIS _build_prompt) for every prompt; auto: a case "
+                  "prompt opening with the subject ('a dog ...', 'a red dog ...') is used as it is, others get "
+                  "'a <entity> ' in front")
     reference_crop: Literal["center", "squash"] = option(
         "center", "reference preprocessing: center (LAVIS: shorter side to 224, centre crop) or squash "
                   "(diffusers' BlipImageProcessor: resize to 224x224)")
@@ -160,11 +160,24 @@ def component_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     return {key: value for key, value in state.items() if not key.endswith("position_ids")}, path
 
 
+#: The vision encoder's LayerNorm epsilon the weights were trained with: LAVIS ``eva_vit.py``/``clip_vit.py``
+#: (``nn.LayerNorm(..., eps=1e-5)``). Salesforce/blipdiffusion's ``qformer/config.json`` omits it, so transformers
+#: would fill in ``Blip2VisionConfig``'s default (1e-6).
+LAVIS_VISION_LAYER_NORM_EPS = 1e-5
+
+
 def load_subject_encoder(folder: Path) -> BlipSubjectEncoder:
-    """``qformer/``: ``Blip2Config`` + weights, assigned strictly (every key, every shape)."""
+    """``qformer/``: ``Blip2Config`` + weights, assigned strictly (every key, every shape).
+
+    A config without the vision ``layer_norm_eps`` (the published one) gets LAVIS's
+    :data:`LAVIS_VISION_LAYER_NORM_EPS`; a config that states one keeps it.
+    """
     from transformers import Blip2Config
 
     config = Blip2Config.from_pretrained(str(folder), local_files_only=True)
+    raw = json.loads((folder / "config.json").read_text())
+    if "layer_norm_eps" not in (raw.get("vision_config") or {}):
+        config.vision_config.layer_norm_eps = LAVIS_VISION_LAYER_NORM_EPS
     state, path = component_state_dict(folder)
     return build_loaded(lambda: BlipSubjectEncoder(config), state, path).eval()
 
@@ -501,5 +514,5 @@ register_two_stage(
     "blip-diffusion+i2v",
     description="BLIP-Diffusion (Salesforce/blipdiffusion: zero-shot subject-driven SD 1.5) + CogVideoX-5B-I2V",
     options=BlipDiffusionOptions, build_stage1=_build, stage1_weights=blip_diffusion_weight_specs,
-    paper_row="BLIP-Diffusion", stage1_cost=stage1_cost,
+    paper_row="BLIP-Diffusion", stage1_cost=stage1_cost, stage1_dtype="fp32",
 )

@@ -111,14 +111,17 @@ class Variant:
 
 _VIT_H = "OpenCLIP ViT-H/14"
 _VIT_BIGG = "OpenCLIP ViT-bigG/14"
-# SD 1.5: ip_adapter_multimodal_prompts_demo.ipynb (DDIM, 50 steps, guidance 7.5 by default, scale 0.6).
-# SDXL: ip_adapter_sdxl_demo / ip_adapter-plus_sdxl_demo (the pipeline's own scheduler, 30 steps, the pipeline's
-# guidance 5.0); README "Best Practice": "For multimodal prompts ... In most cases, setting scale=0.5".
+# Scale: README "Best Practice": "For multimodal prompts [image + text, as every case here] ... In most cases,
+# setting scale=0.5 can get good results" (``generate()``'s own default, 1.0, is for the image prompt alone).
+# Steps and guidance, SD 1.5: ``ip_adapter/ip_adapter.py`` ``IPAdapter.generate(num_inference_steps=30,
+# guidance_scale=7.5)`` with the demos' DDIM scheduler. SDXL: ``IPAdapterXL.generate(num_inference_steps=30)`` and
+# the pipeline's own scheduler and guidance (5.0), as ip_adapter_sdxl_demo. The SD 1.5 setting used before (scale
+# 0.6, 50 steps) stays reachable with ``-o scale=0.6 -o steps=50``.
 VARIANTS: dict[str, Variant] = {
     "sd15": Variant("sd15", "sd15", "models/ip-adapter_sd15", "models/image_encoder", _VIT_H, False,
-                    0.6, 50, 7.5, 512, "ddim"),
+                    0.5, 30, 7.5, 512, "ddim"),
     "sd15-plus": Variant("sd15-plus", "sd15", "models/ip-adapter-plus_sd15", "models/image_encoder", _VIT_H, True,
-                         0.6, 50, 7.5, 512, "ddim"),
+                         0.5, 30, 7.5, 512, "ddim"),
     "sdxl": Variant("sdxl", "sdxl", "sdxl_models/ip-adapter_sdxl", "sdxl_models/image_encoder", _VIT_BIGG, False,
                     0.5, 30, 5.0, 1024, "base"),
     "sdxl-plus": Variant("sdxl-plus", "sdxl", "sdxl_models/ip-adapter-plus_sdxl_vit-h", "models/image_encoder", _VIT_H,
@@ -145,8 +148,8 @@ class IPAdapterOptions(TwoStageOptions):
         None, "a diffusers AutoencoderKL folder or hub id replacing the base model's VAE "
               "(the upstream SD 1.5 demos use stabilityai/sd-vae-ft-mse)")
     scale: float | None = option(
-        None, "IP-Adapter scale (default: 0.6 for SD 1.5, the multimodal demo; 0.5 for SDXL, the README)", minimum=0.0)
-    steps: int | None = option(None, "stage-1 denoising steps (default: 50 for SD 1.5, 30 for SDXL)", minimum=1)
+        None, "IP-Adapter scale (default 0.5: upstream README's advice for multimodal prompts)", minimum=0.0)
+    steps: int | None = option(None, "stage-1 denoising steps (default 30: upstream generate())", minimum=1)
     guidance: float | None = option(
         None, "stage-1 classifier-free guidance (default: 7.5 for SD 1.5, 5.0 for SDXL)", minimum=0.0)
     height: int | None = option(None, "stage-1 image height, a multiple of 8 (default 512 / 1024)", minimum=8)
@@ -791,5 +794,5 @@ register_two_stage(
     description="IP-Adapter (h94/IP-Adapter via diffusers' load_ip_adapter, SD 1.5 by default) makes the subject "
                 "image, CogVideoX-5B-I2V animates it",
     options=IPAdapterOptions, build_stage1=_build, stage1_weights=ip_adapter_weights, paper_row="IP-Adapter",
-    stage1_cost=stage1_cost,
+    stage1_cost=stage1_cost, stage1_dtype="fp16",
 )

@@ -606,5 +606,5 @@ register_two_stage(
     NAME,
     description="λ-ECLIPSE (CLIP-space prior + Kandinsky 2.2 decoder) subject image, animated by CogVideoX-5B-I2V",
     options=LambdaEclipseOptions, build_stage1=build_personalizer, stage1_weights=weight_specs, paper_row=PAPER_ROW,
-    stage1_cost=stage1_cost,
+    stage1_cost=stage1_cost, stage1_dtype="fp32",
 )

@@ -396,5 +396,5 @@ register_two_stage(
     description="MS-Diffusion (SDXL + grounding resampler + box-masked multi-subject cross-attention) makes the "
                 "subject image, CogVideoX-5B-I2V animates it",
     options=MSDiffusionOptions, build_stage1=build_personalizer, stage1_weights=stage1_weight_specs,
-    paper_row="MS-Diffusion", stage1_cost=stage1_cost,
+    paper_row="MS-Diffusion", stage1_cost=stage1_cost, stage1_dtype="fp16",
 )

@@ -2,19 +2,20 @@
 
 The control row of the two-stage baselines: what image-to-video alone does with the subject's photo. The gap
 between it and ``<method>+i2v`` is what that method's stage 1 (putting the subject into the prompt's scene)
-contributes. The reference is fitted inside the canvas with white padding by default (``-o canvas=contain``):
-reference photos are object shots that a centre crop would cut.
+contributes. The reference is fitted inside the video with white padding by default (``-o fit=pad``): reference
+photos are object shots that a centre crop would cut and a squash would distort (``squash`` and ``cover`` remain
+options).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
 
-from baselines.two_stage import TwoStageOptions, register_two_stage
+from baselines.two_stage import FitMode, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
 from videobench.methods import MethodContext
 from videobench.options import option
@@ -23,8 +24,9 @@ from videobench.weights import WeightSpec
 
 @dataclass(frozen=True)
 class ReferenceI2VOptions(TwoStageOptions):
-    canvas: Literal["cover", "contain"] = option(
-        "contain", "the reference on the video canvas: contain (white padding) or cover (scale + centre crop)")
+    fit: FitMode = option(  # noqa: RUF009  (option() is a dataclasses.field)
+        "pad", "the reference to the video size: pad (fit inside, white padding), squash (resize) or cover (scale + "
+               "centre crop)")
 
 
 class ReferenceImage:

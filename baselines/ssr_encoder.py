@@ -44,11 +44,11 @@ from videobench.weights import WeightSpec
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_VIT_L14 = "openai/clip-vit-large-patch14"
-#: The Hugging Face mirror of the official files named in the project brief (upstream's README links a Google
-#: Drive folder, drive.google.com/drive/folders/1pMwzGRA8QzHjEH5Hc4zDwdsSDwjwQKMW, holding the same two files).
-SSR_REPO = "ByteDance/SSR_Encoder"
-SSR_ALIGNER_FILE = "models/ssr_model/pytorch_model.bin"
-SSR_LAYERS_FILE = "models/ssr_model/pytorch_model_1.bin"
+#: Where the official checkpoints are published: upstream's README ("Pretrained Models") links this Google Drive
+#: folder, holding ``pytorch_model.bin`` and ``pytorch_model_1.bin`` for ``models/ssr_model/``. No Hugging Face
+#: repository is named anywhere upstream, so these files are never downloaded: they go in the weights folder
+#: (``ssr_model/``) or are given with ``-o aligner=`` / ``-o layers=``.
+SSR_DRIVE_FOLDER = "drive.google.com/drive/folders/1pMwzGRA8QzHjEH5Hc4zDwdsSDwjwQKMW"
 
 SD15_LAYOUT = ("model_index.json", "unet/", "vae/", "text_encoder/", "tokenizer/", "scheduler/")
 #: The parts of the SD 1.5 repository a download fetches (fp32 safetensors; no EMA/full checkpoints).
@@ -130,14 +130,12 @@ def ssr_weight_specs(options: SSREncoderOptions, context: MethodContext) -> list
         WeightSpec(key="clip_vit_l14", model="CLIP ViT-L/14 (transformers)", folder=True,
                    file_names=("clip-vit-large-patch14",), layout=("config.json",), hf_repo=CLIP_VIT_L14,
                    hf_files=CLIP_FILES, explicit=options.image_encoder, option="-o image_encoder=FOLDER|HUB_ID"),
-        WeightSpec(key="ssr_aligner", model="SSR-Encoder token-to-patch aligner",
-                   file_names=("ssr_model/pytorch_model.bin", "ssr_aligner.safetensors"), hf_repo=SSR_REPO,
-                   hf_files=(SSR_ALIGNER_FILE,), explicit=options.aligner, option="-o aligner=FILE",
-                   formats=SSR_FORMATS),
-        WeightSpec(key="ssr_layers", model="SSR-Encoder subject cross-attention layers",
-                   file_names=("ssr_model/pytorch_model_1.bin", "ssr_layers.safetensors"), hf_repo=SSR_REPO,
-                   hf_files=(SSR_LAYERS_FILE,), explicit=options.layers, option="-o layers=FILE",
-                   formats=SSR_FORMATS),
+        WeightSpec(key="ssr_aligner", model=f"SSR-Encoder token-to-patch aligner ({SSR_DRIVE_FOLDER})",
+                   file_names=("ssr_model/pytorch_model.bin", "ssr_aligner.safetensors"),
+                   explicit=options.aligner, option="-o aligner=FILE", formats=SSR_FORMATS),
+        WeightSpec(key="ssr_layers", model=f"SSR-Encoder subject cross-attention layers ({SSR_DRIVE_FOLDER})",
+                   file_names=("ssr_model/pytorch_model_1.bin", "ssr_layers.safetensors"),
+                   explicit=options.layers, option="-o layers=FILE", formats=SSR_FORMATS),
     ]
 
 
@@ -353,5 +351,5 @@ register_two_stage(
     description="SSR-Encoder (SD 1.5; CLIP ViT-L/14 token-to-patch aligner queried with the entity word) makes the "
                 "subject image, CogVideoX-5B-I2V animates it",
     options=SSREncoderOptions, build_stage1=build_ssr_encoder, stage1_weights=ssr_weight_specs,
-    paper_row="SSR-Encoder", stage1_cost=stage1_cost,
+    paper_row="SSR-Encoder", stage1_cost=stage1_cost, stage1_dtype="fp32",
 )

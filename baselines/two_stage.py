@@ -12,12 +12,28 @@ videos, so two large models are never resident at once. ``-o stage=1`` / ``-o st
 commands (a small GPU, or stage 1 on another machine); ``stage`` is not part of the run's identity, so both
 commands write into the same method folder.
 
-The stage-1 image is put on the video canvas before stage 2: ``-o canvas=cover`` (default: scaled to cover
-480x720, centre-cropped; personalisation models draw whole scenes) or ``contain`` (fitted inside, white padding).
+The stage-1 image is fitted to the video's 480x720 before stage 2 (``-o fit``): ``squash`` (default) resizes it to
+480x720 without keeping the aspect, exactly what diffusers' ``CogVideoXImageToVideoPipeline`` does with any image it
+is given (``VideoProcessor.preprocess`` -> ``VaeImageProcessor.resize``, ``resize_mode="default"``, Lanczos);
+``cover`` scales it to cover 480x720 and centre-crops (a square loses 120 rows at the top and the bottom; this
+module's earlier default); ``pad`` fits it inside with white padding. The paper does not say how its stage-1 images
+met the I2V model.
+
+Stage 2 runs as THUDM's ``inference/cli_demo.py`` runs CogVideoX-5B-I2V (github.com/THUDM/CogVideo): the checkpoint's
+scheduler config loaded into ``CogVideoXDPMScheduler`` with ``timestep_spacing="trailing"`` ("using
+CogVideoXDPMScheduler for CogVideoX-5B / CogVideoX-5B-I2V"), ``use_dynamic_cfg=True`` ("used for DPM scheduler"),
+50 steps, guidance 6, bf16. ``-o i2v_scheduler=ddim`` keeps the checkpoint's ``CogVideoXDDIMScheduler`` (the call of
+diffusers' pipeline example; with ``-o i2v_dynamic_cfg=false`` the pipeline's own defaults).
+
+Precision per stage: ``-o stage1_dtype`` and ``-o i2v_dtype`` (``auto``, ``fp32``, ``fp16``, ``bf16``). ``auto`` is
+the stage's upstream precision on CUDA (stage 1: registered by each method; stage 2: bf16, the precision CogVideoX-5B
+was trained in and its authors recommend) and fp32 elsewhere; a ``--dtype`` other than ``auto`` replaces both
+``auto`` defaults; an explicit per-stage option wins over ``--dtype``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import logging
@@ -44,6 +60,17 @@ COGVIDEOX_5B_I2V = "THUDM/CogVideoX-5b-I2V"
 #: The diffusers folder layout of CogVideoX-5B-I2V.
 I2V_LAYOUT = ("model_index.json", "transformer/", "vae/", "text_encoder/", "tokenizer/", "scheduler/")
 I2V_WEIGHT_KEY = "i2v"
+#: Stage 2's precision on CUDA under ``auto``: CogVideoX-5B was trained in bf16 and THUDM recommend it
+#: (CogVideo ``README.md``, "Inference Precision"; ``inference/cli_demo.py`` ``--dtype bfloat16``).
+I2V_UPSTREAM_DTYPE = "bf16"
+#: Stage 2's schedulers: ``dpm`` as THUDM's ``inference/cli_demo.py`` (``CogVideoXDPMScheduler.from_config(
+#: pipe.scheduler.config, timestep_spacing="trailing")``), ``ddim`` the checkpoint's own ``CogVideoXDDIMScheduler``.
+I2V_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpm": ("CogVideoXDPMScheduler", {"timestep_spacing": "trailing"}),
+    "ddim": ("CogVideoXDDIMScheduler", {}),
+}
+DtypeChoice = Literal["auto", "fp32", "fp16", "bf16"]
+FitMode = Literal["squash", "cover", "pad"]
 
 
 @runtime_checkable
@@ -73,21 +100,54 @@ class TwoStageOptions:
         None, f"CogVideoX-5B-I2V: a diffusers folder or hub id (default {COGVIDEOX_5B_I2V} from the HF cache)")
     i2v_steps: int = option(50, "stage-2 denoising steps (paper: 50)", minimum=1)
     i2v_guidance: float = option(6.0, "stage-2 classifier-free guidance (CogVideoX: 6)", minimum=0.0)
-    i2v_dynamic_cfg: bool = option(True, "CogVideoX's dynamic CFG schedule, as in diffusers' CogVideoX-5B-I2V example")
-    canvas: Literal["cover", "contain"] = option(
-        "cover", "the stage-1 image on the video canvas: cover (scale + centre crop) or contain (white padding)")
+    i2v_scheduler: Literal["dpm", "ddim"] = option(
+        "dpm", "stage-2 scheduler: dpm (CogVideoXDPMScheduler, trailing spacing, as THUDM's cli_demo.py) or ddim "
+               "(the checkpoint's CogVideoXDDIMScheduler, as diffusers' example)")
+    i2v_dynamic_cfg: bool = option(
+        True, "CogVideoX's dynamic CFG schedule (THUDM's cli_demo.py: on, meant for the DPM scheduler; the "
+              "pipeline's default: off)")
+    fit: FitMode = option(  # noqa: RUF009  (option() is a dataclasses.field)
+        "squash", "the stage-1 image to the video size: squash (resize, as diffusers' I2V pipeline does), cover "
+                  "(scale + centre crop) or pad (fit inside, white padding)")
+    stage1_dtype: DtypeChoice = option(  # noqa: RUF009
+        "auto", "stage-1 precision: auto (the stage-1 upstream's on CUDA, fp32 elsewhere; --dtype replaces it)")
+    i2v_dtype: DtypeChoice = option(  # noqa: RUF009
+        "auto", "stage-2 precision: auto (bf16 on CUDA as CogVideoX's authors recommend, fp32 elsewhere; --dtype "
+                "replaces it)")
     offload: bool = option(False, "enable_model_cpu_offload for stage 2 (GPUs with little memory)")
 
 
 # ------------------------------------------------------------------------------------------------ stage 2
 
 
+def stage_dtype(choice: str, run_dtype: str, device: str, upstream: str) -> str:
+    """The dtype name (``fp32``/``fp16``/``bf16``) one stage runs in.
+
+    An explicit ``choice`` wins; else a ``--dtype`` (``run_dtype``) other than ``auto``; else ``upstream`` on CUDA
+    and ``fp32`` elsewhere (half precision on the CPU is slow and not every kernel has it).
+    """
+    if choice != "auto":
+        return choice
+    if run_dtype != "auto":
+        return run_dtype
+    return upstream if str(device).startswith("cuda") else "fp32"
+
+
 def image_on_canvas(image: Image.Image, height: int, width: int, mode: str) -> Image.Image:
-    """``image`` as a ``height x width`` picture: scaled to cover and centre-cropped, or fitted with white padding."""
-    if mode == "contain":
+    """``image`` as a ``height x width`` picture.
+
+    ``squash``: resized to ``width x height`` with Lanczos, aspect not kept: what diffusers'
+    ``CogVideoXImageToVideoPipeline`` does to its ``image`` (``VaeImageProcessor.resize``, ``resize_mode="default"``,
+    ``resample="lanczos"``), so the pipeline then leaves it as it is. ``cover``: scaled to cover and
+    centre-cropped. ``pad``: fitted inside with white padding.
+    """
+    if mode == "squash":
+        rgb = image.convert("RGB")
+        return rgb if rgb.size == (width, height) else rgb.resize((width, height), Image.Resampling.LANCZOS)
+    if mode == "pad":
         return fit_to_canvas(image, height, width)
     if mode != "cover":
-        raise ValueError(f"canvas mode {mode!r}: cover or contain")
+        raise ValueError(f"fit mode {mode!r}: squash, cover or pad")
     rgb = image.convert("RGB")
     scale = max(width / rgb.width, height / rgb.height)
     size = (max(width, round(rgb.width * scale)), max(height, round(rgb.height * scale)))
@@ -160,7 +220,8 @@ class CogVideoXI2V(TinyPresetModel):
     def __init__(self, options: TwoStageOptions, context: MethodContext) -> None:
         self.options, self.context = options, context
         self.tiny = context.preset == "tiny"
-        self.dtype = resolve_torch_dtype(context.dtype, context.device)
+        self.dtype = resolve_torch_dtype(stage_dtype(options.i2v_dtype, context.dtype, context.device,
+                                                     I2V_UPSTREAM_DTYPE), context.device)
         self.call = dict(TINY_I2V_CALL) if self.tiny else dict(num_frames=49, height=480, width=720,
                                                                 num_inference_steps=options.i2v_steps)
         for key, value in (("num_frames", context.num_frames), ("height", context.height), ("width", context.width)):
@@ -169,12 +230,21 @@ class CogVideoXI2V(TinyPresetModel):
         if self.tiny:
             self.call["num_inference_steps"] = min(options.i2v_steps, TINY_I2V_CALL["num_inference_steps"])
 
+    def scheduler_setting(self) -> dict[str, Any]:
+        """The scheduler's class and config: CogVideoX-5B-I2V's ``scheduler/scheduler_config.json``
+        (:data:`customvideox.presets.COGVIDEOX_5B_SCHEDULER`) with the overrides of ``i2v_scheduler``."""
+        from customvideox.presets import COGVIDEOX_5B_SCHEDULER
+
+        name, overrides = I2V_SCHEDULERS[self.options.i2v_scheduler]
+        return {"class": name, "config": {**COGVIDEOX_5B_SCHEDULER, **overrides}, "overrides": dict(overrides)}
+
     def config(self) -> dict[str, Any]:
         return {
             "model": "tiny" if self.tiny else str(self.options.i2v_model or COGVIDEOX_5B_I2V),
             "pipeline": "diffusers.CogVideoXImageToVideoPipeline", **self.call,
             "guidance_scale": self.options.i2v_guidance, "use_dynamic_cfg": self.options.i2v_dynamic_cfg,
-            "canvas": self.options.canvas, "dtype": str(self.dtype).removeprefix("torch."),
+            "scheduler": self.scheduler_setting(), "fit": self.options.fit,
+            "dtype": str(self.dtype).removeprefix("torch."),
         }
 
     @functools.cached_property
@@ -195,6 +265,7 @@ class CogVideoXI2V(TinyPresetModel):
                 raise RuntimeError("CogVideoX-5B-I2V was not resolved (the harness resolves it before building)")
             pipe = CogVideoXImageToVideoPipeline.from_pretrained(str(folder), torch_dtype=self.dtype)
             pipe.vae.enable_tiling()
+        pipe.scheduler = self._scheduler(pipe.scheduler.config)
         if self.options.offload and torch.device(self.context.device).type == "cuda":
             pipe.enable_model_cpu_offload(device=self.context.device)
         else:
@@ -202,9 +273,23 @@ class CogVideoXI2V(TinyPresetModel):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def _scheduler(self, checkpoint_config: Any):
+        """``i2v_scheduler``'s class from the checkpoint's scheduler config (as ``cli_demo.py``); a checkpoint whose
+        config differs from the one run.json records is named in a warning."""
+        import diffusers
+
+        setting = self.scheduler_setting()
+        scheduler = getattr(diffusers, setting["class"]).from_config(checkpoint_config, **setting["overrides"])
+        differing = {key: (scheduler.config.get(key), value) for key, value in setting["config"].items()
+                     if scheduler.config.get(key) != value}
+        if differing:
+            logger.warning("CogVideoX-5B-I2V's scheduler config differs from the recorded one: %s "
+                           "(loaded, recorded)", differing)
+        return scheduler
+
     def animate(self, image: Image.Image, prompt: str, seed: int) -> np.ndarray:
-        """``(T, H, W, 3)`` uint8 frames of ``image`` (put on the canvas) animated as ``prompt`` says."""
-        canvas = image_on_canvas(image, self.call["height"], self.call["width"], self.options.canvas)
+        """``(T, H, W, 3)`` uint8 frames of ``image`` (fitted to the video size) animated as ``prompt`` says."""
+        canvas = image_on_canvas(image, self.call["height"], self.call["width"], self.options.fit)
         output = self.pipeline(
             image=canvas, prompt=prompt, guidance_scale=self.options.i2v_guidance,
             use_dynamic_cfg=self.options.i2v_dynamic_cfg, generator=torch.Generator("cpu").manual_seed(seed),
@@ -230,7 +315,9 @@ def i2v_cost(options: TwoStageOptions, context: MethodContext) -> StageCost:
     tiny = context.preset == "tiny"
     call = CogVideoXI2V(options, context).call
     return _i2v_cost(tiny, call["num_frames"], call["height"], call["width"], call["num_inference_steps"],
-                     options.i2v_guidance > 1.0, gpu_dtype(context), current_execution())
+                     options.i2v_guidance > 1.0,
+                     resolve_torch_dtype(stage_dtype(options.i2v_dtype, context.dtype, "cuda", I2V_UPSTREAM_DTYPE),
+                                         "cuda"), current_execution())
 
 
 @functools.lru_cache(maxsize=8)
@@ -298,12 +385,19 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def stage1_context(options: TwoStageOptions, context: MethodContext, upstream_dtype: str) -> MethodContext:
+    """``context`` with stage 1's dtype (:func:`stage_dtype`) in place of ``--dtype``: what stage 1 is built with."""
+    return dataclasses.replace(context, dtype=stage_dtype(options.stage1_dtype, context.dtype, context.device,
+                                                          upstream_dtype))
+
+
 class TwoStageGenerator:
     """An :class:`~videobench.methods.ImageFirstGenerator`: stage 1 for every case, then stage 2."""
 
-    def __init__(self, name: str, options: TwoStageOptions, context: MethodContext, build_stage1: Stage1Builder
-                 ) -> None:
+    def __init__(self, name: str, options: TwoStageOptions, context: MethodContext, build_stage1: Stage1Builder,
+                 stage1_upstream_dtype: str = "fp32") -> None:
         self.name, self.options, self.context = name, options, context
+        self.stage1_context = stage1_context(options, context, stage1_upstream_dtype)
         self._build_stage1 = build_stage1
         self._stage1: ImagePersonalizer | None = None
         self.stage2 = CogVideoXI2V(options, context)
@@ -314,7 +408,7 @@ class TwoStageGenerator:
     @property
     def stage1(self) -> ImagePersonalizer:
         if self._stage1 is None:
-            self._stage1 = self._build_stage1(self.options, self.context)
+            self._stage1 = self._build_stage1(self.options, self.stage1_context)
         return self._stage1
 
     @property
@@ -325,7 +419,7 @@ class TwoStageGenerator:
         """The run's identity: the options without ``stage`` (which stages a command runs changes no output)."""
         options = {key: value for key, value in vars(self.options).items() if key != "stage"}
         return {"method": self.name, "preset": self.context.preset, "options": _plain(options),
-                "stage2": self.stage2.config()}
+                "stage1_dtype": self.stage1_context.dtype, "stage2": self.stage2.config()}
 
     def generate_image(self, case: Case, seed: int) -> Image.Image:
         if not case.references:
@@ -362,6 +456,7 @@ def register_two_stage(
     paper_row: str | None = None,
     presets: tuple[str, ...] = ("tiny",),
     stage1_cost: Stage1Cost | None = None,
+    stage1_dtype: str = "fp32",
 ) -> None:
     """Register ``name`` (``<stage-1 method>+i2v``) as a ``two-stage`` method.
 
@@ -370,7 +465,8 @@ def register_two_stage(
     files (none for the tiny preset). The weights a run needs follow ``stage``: stage 1's for ``1``, CogVideoX-5B-I2V
     for ``2``, both for ``both``. ``stage1_cost(options, context)`` is stage 1's cost per video
     (:class:`~costmodel.method_cost.StageCost`); the method's cost is it plus :func:`i2v_cost` (both stages, whatever
-    ``stage`` a run does).
+    ``stage`` a run does), each costed in the dtype it runs in on CUDA. ``stage1_dtype`` is the stage-1 upstream's
+    precision, what ``-o stage1_dtype=auto`` runs on CUDA (:func:`stage_dtype`).
     """
     if not issubclass(options, TwoStageOptions):
         raise TypeError(f"{name}: options must subclass TwoStageOptions")
@@ -382,12 +478,13 @@ def register_two_stage(
         return specs + ([i2v_weight_spec(opts)] if opts.stage in ("2", "both") else [])
 
     def factory(opts: TwoStageOptions, context: MethodContext) -> TwoStageGenerator:
-        return TwoStageGenerator(name, opts, context, build_stage1)
+        return TwoStageGenerator(name, opts, context, build_stage1, stage1_dtype)
 
     def cost(opts: TwoStageOptions, context: MethodContext) -> MethodCost:
         stage2 = i2v_cost(opts, context)
         setting = {key: value for key, value in vars(opts).items() if key not in ("stage", "offload")}
-        return MethodCost(name, [stage1_cost(opts, context), stage2],
+        on_gpu = stage1_context(opts, dataclasses.replace(context, device="cuda"), stage1_dtype)
+        return MethodCost(name, [stage1_cost(opts, on_gpu), stage2],
                           setting={"preset": context.preset, "options": _plain(setting)})
 
     register_method(name, description=description, kind="two-stage", options=options, paper_row=paper_row,

@@ -79,6 +79,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SD_UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                    "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin")
 CfgChannels = Literal["upstream", "all"]
+ExemplarFrames = Literal["all", "first"]
 
 CONVERSION_RECIPE = (
     "Convert it once, where you trust the file, into a safetensors of its tensors and pass that instead:\n"
@@ -306,11 +307,18 @@ class VideoBoothPipeline:
     @torch.no_grad()
     def __call__(self, image: Image.Image, prompt: str, entity: str, seed: int, box: Sequence[float] | None = None,
                  steps: int | None = None, guidance: float | None = None, negative_prompt: str = "None",
-                 injection_scale: float = 1.0, cfg_channels: CfgChannels = "upstream") -> VideoBoothResult:
+                 injection_scale: float = 1.0, cfg_channels: CfgChannels = "upstream",
+                 exemplar_frames: ExemplarFrames = "all") -> VideoBoothResult:
         """One video ``(F, H, W, 3)`` uint8 of ``prompt`` with the subject of ``image`` standing for ``entity``.
 
         The noise comes from a CPU generator seeded with ``seed`` in upstream's order: the initial latents, the
         VAE posterior sample of the image prompt, then per step the exemplar's noise and the DDPM step's noise.
+
+        ``exemplar_frames="all"`` is upstream's exemplar branch (``sample_scripts/sample.py``: the image prompt's
+        latent ``x[:, :, :1].repeat(1, 1, 16, 1, 1)``; ``diffusion/gaussian_diffusion.py`` ``p_sample``:
+        ``q_sample(exemplar_latent_ori, t, noise=th.randn_like(exemplar_latent_ori))`` at every step), so every
+        frame of the branch carries its own noise and the branch's temporal attention and frame-pooled GroupNorm
+        mix them before frame 0's features are injected. ``"first"`` runs the branch on one noised frame.
         """
         config = self.config
         steps = int(steps or config.steps)
@@ -332,6 +340,10 @@ class VideoBoothPipeline:
 
         posterior = self.vae.encode(vae_pixels.to(device, self.vae.dtype)).latent_dist
         exemplar = (posterior.sample(generator=generator) * config.vae_scaling_factor).to(dtype)[:, :, None]
+        if exemplar_frames == "all":
+            exemplar = exemplar.repeat(1, 1, config.num_frames, 1, 1)
+        elif exemplar_frames != "first":
+            raise ValueError(f"exemplar_frames {exemplar_frames!r}: all or first")
 
         scheduler = make_scheduler(config, steps)
         for t in scheduler.timesteps:
@@ -596,6 +608,9 @@ class VideoBoothOptions:
              "(coarse embeddings only), between: values blended", minimum=0.0, maximum=1.0)
     cfg_channels: CfgChannels = option(  # noqa: RUF009  (option() is a dataclasses.field)
         "upstream", "latent channels that get guidance: upstream (0-2, channel 3 conditional, as sample.py) or all")
+    exemplar_frames: ExemplarFrames = option(  # noqa: RUF009  (option() is a dataclasses.field)
+        "all", "the exemplar branch's frames: all (upstream: the image prompt's latent repeated to every frame, each "
+               "frame noised independently at every step) or first (one frame noised once per step, the port's earlier default)")
     base_model: str | None = option(None, f"Stable Diffusion v1.4 folder or hub id, for its unet/ (default "
                                           f"{SD14_REPO} from the HF cache)")
     mapper: Path | None = option(None, f"mapper.pt (default: {VIDEOBOOTH_REPO} from the HF cache)")  # noqa: RUF009
@@ -710,7 +725,8 @@ def cost(options: VideoBoothOptions, context: MethodContext) -> MethodCost:
 
     def conditional_step() -> torch.Tensor:
         latents = torch.randn(1, channels, config.num_frames, *grid, dtype=dtype)
-        exemplar = torch.randn(1, channels, 1, *grid, dtype=dtype)
+        frames = config.num_frames if options.exemplar_frames == "all" else 1
+        exemplar = torch.randn(1, channels, frames, *grid, dtype=dtype)
         states = torch.randn(1, length, width, dtype=dtype)
         if options.injection_scale == 0:
             return unet(latents, torch.tensor(500), states)
@@ -763,7 +779,7 @@ def build_videobooth(options: VideoBoothOptions, context: MethodContext) -> Vide
     config = pipeline.config
     call = {"steps": int(options.steps or config.steps), "guidance": options.guidance,
             "negative_prompt": options.negative_prompt, "injection_scale": options.injection_scale,
-            "cfg_channels": options.cfg_channels}
+            "cfg_channels": options.cfg_channels, "exemplar_frames": options.exemplar_frames}
     settings = {
         "method": "videobooth", "preset": context.preset, **models, "dtype": str(dtype).removeprefix("torch."),
         "native_size": True, "num_frames": config.num_frames, "height": config.height, "width": config.width,

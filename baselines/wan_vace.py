@@ -107,6 +107,9 @@ class WanVACEVariant:
     native: VideoGeometry
     #: ``transformer/config.json`` values that tell the sizes apart (``scripts/convert_wan_to_diffusers.py``).
     signature: Mapping[str, Any]
+    #: ``(height, width)`` pairs the official code accepts (Wan2.1 ``wan/configs/__init__.py`` ``SUPPORTED_SIZES``,
+    #: ``vace-1.3B`` / ``vace-14B``).
+    supported_sizes: tuple[tuple[int, int], ...] = ((480, 832), (832, 480))
 
     @property
     def folder_name(self) -> str:
@@ -125,8 +128,25 @@ VARIANTS: dict[str, WanVACEVariant] = {
         native=VideoGeometry(num_frames=81, height=720, width=1280, fps=16),
         signature={"num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824,
                    "vace_layers": list(range(0, 40, 5))},
+        supported_sizes=((720, 1280), (1280, 720), (480, 832), (832, 480)),
     ),
 }
+
+#: Why this row's temporal metrics are not directly comparable with Table 1's (said in run.json and the docs).
+COMPARABILITY_NOTE = ("Wan2.1-VACE's native clip is 81 frames at 16 fps (5 s), Table 1's rows 49 frames at 8 fps "
+                      "(CogVideoX) or 16 at 8 fps (VideoBooth): T.Cons averages over more, closer frames and the "
+                      "RAFT dynamic degree sees smaller steps per frame, so T.Cons and D.D are not directly "
+                      "comparable with the paper's rows")
+
+
+def unsupported_size(variant: WanVACEVariant, geometry: VideoGeometry) -> str | None:
+    """A warning when ``geometry``'s size is not one the official code supports for ``variant`` (e.g. the suite's
+    480x720 under ``-o geometry=suite``); None when it is."""
+    if (geometry.height, geometry.width) in variant.supported_sizes:
+        return None
+    sizes = ", ".join(f"{h}x{w}" for h, w in variant.supported_sizes)
+    return (f"{variant.label} at {geometry.height}x{geometry.width}: outside the sizes the official code supports "
+            f"({sizes}); the model was not trained for it and its numbers are not upstream's")
 
 # ------------------------------------------------------------------------------------------------ tiny preset
 
@@ -539,6 +559,9 @@ def build_wan_vace(options: WanVACEOptions, context: MethodContext) -> WanVACEGe
         raise WeightsLoadError(f"{model}: VAE/patch factors {multiple}/{pipeline.vae_scale_factor_temporal}, expected "
                                f"Wan2.1's {SPATIAL_MULTIPLE}/{TEMPORAL_FACTOR}")
     geometry = resolve_geometry(options.geometry, native, context)
+    size_warning = unsupported_size(variant, geometry) if context.preset is None else None
+    if size_warning:
+        logger.warning(size_warning)
     call_kwargs = {
         "negative_prompt": options.resolved_negative_prompt() or None,
         "num_inference_steps": int(steps),
@@ -556,7 +579,10 @@ def build_wan_vace(options: WanVACEOptions, context: MethodContext) -> WanVACEGe
                       "prediction_type": pipeline.scheduler.config.prediction_type,
                       "use_flow_sigmas": bool(pipeline.scheduler.config.use_flow_sigmas)},
         "geometry": {"mode": options.geometry, **geometry.to_dict(),
-                     **({"suite": requested} if options.geometry == "suite" else {})},
+                     **({"suite": requested} if options.geometry == "suite" else {}),
+                     **({"upstream_supported": size_warning is None} if context.preset is None else {})},
+        **({"size_warning": size_warning} if size_warning else {}),
+        "comparability": COMPARABILITY_NOTE,
         "references": options.references, "reference_canvas": "fit inside the frame, white padding (pipeline)",
         "dtype": str(dtype).removeprefix("torch."), "vae_dtype": "float32", "offload": offloaded,
         **load_info, **call_kwargs,

@@ -526,3 +526,26 @@ def test_tiny_preset_through_two_stage_generator(tmp_path):
     generator.end_image_phase()
     frames = generator.generate(case, 0, image)
     assert frames.dtype == np.uint8 and frames.shape == (9, 128, 192, 3)
+
+
+@pytest.mark.parametrize(("stated", "expected"), [(None, 1e-5), (1e-6, 1e-6)])
+def test_vision_layer_norm_eps_is_lavis_unless_the_config_states_one(tmp_path, stated, expected):
+    """Salesforce/blipdiffusion's qformer/config.json omits the vision ``layer_norm_eps``; LAVIS trained with 1e-5
+    (transformers' Blip2VisionConfig default is 1e-6). A config that states a value keeps it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    blip2, _ = tiny_configs(len(tiny_bert_vocab()) + 1, 8)
+    folder = tmp_path / "qformer"
+    blip2.save_pretrained(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    raw["vision_config"].pop("layer_norm_eps", None)
+    if stated is not None:
+        raw["vision_config"]["layer_norm_eps"] = stated
+    (folder / "config.json").write_text(json.dumps(raw))
+    save_file(BlipSubjectEncoder(blip2).state_dict(), str(folder / "model.safetensors"))
+    encoder = load_subject_encoder(folder)
+    vision_norms = [module.eps for name, module in encoder.named_modules()
+                    if isinstance(module, torch.nn.LayerNorm) and name.startswith("visual_encoder")]
+    assert vision_norms and set(vision_norms) == {expected}

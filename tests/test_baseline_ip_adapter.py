@@ -105,8 +105,9 @@ def test_registered_as_two_stage_ip_adapter_row():
     table = Path(__file__).resolve().parents[1] / "videobench" / "paper" / "table1.csv"
     with table.open(encoding="utf-8") as handle:
         assert "IP-Adapter" in {row["method"] for row in csv.DictReader(handle)}
-    # the upstream demo's values are resolved at parse time, so run.json records them
-    assert metadata["options"]["scale"] == 0.6 and metadata["options"]["steps"] == 50
+    # upstream's values (README scale for multimodal prompts, generate()'s steps) are resolved at parse time, so
+    # run.json records them
+    assert metadata["options"]["scale"] == 0.5 and metadata["options"]["steps"] == 30
     json.dumps(metadata)
 
 
@@ -114,7 +115,7 @@ def test_defaults_follow_the_upstream_demos_per_variant():
     spec = get_method(METHOD)
     sd15 = spec.parse_options({})
     assert (sd15.variant, sd15.scale, sd15.steps, sd15.guidance, sd15.height, sd15.width, sd15.scheduler) == (
-        "sd15", 0.6, 50, 7.5, 512, 512, "ddim")
+        "sd15", 0.5, 30, 7.5, 512, 512, "ddim")
     assert sd15.negative_prompt == "monochrome, lowres, bad anatomy, worst quality, low quality"
     assert sd15.prompt_prefix == "best quality, high quality, " and sd15.text_prompt and sd15.references == "first"
     xl = spec.parse_options({"variant": "sdxl-plus"})
@@ -406,7 +407,7 @@ def test_text_prompt_follows_the_upstream_demo(tiny_personalizer):
     image_only = _sharing(tiny_personalizer, text_prompt=False)
     assert image_only.text(PROMPT) == "best quality, high quality"
     config = tiny_personalizer.config()
-    assert config["scale"] == 0.6 and config["num_inference_steps"] == ipa.TINY_STEPS
+    assert config["scale"] == 0.5 and config["num_inference_steps"] == ipa.TINY_STEPS
     assert config["negative_prompt"] == ipa.UPSTREAM_NEGATIVE_PROMPT and config["references"] == "first"
     json.dumps(config)
 
@@ -516,5 +517,5 @@ def test_tiny_preset_through_the_two_stage_generator(tmp_path):
     config = generator.config()
     json.dumps(config)
     assert config["method"] == METHOD and config["preset"] == "tiny"
-    assert config["options"]["variant"] == "sd15" and config["options"]["scale"] == 0.6
+    assert config["options"]["variant"] == "sd15" and config["options"]["scale"] == 0.5
     assert "stage" not in config["options"]

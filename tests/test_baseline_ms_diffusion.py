@@ -311,6 +311,26 @@ def test_sdxl_adapter_key_layout_on_meta():
     assert keys["139.to_v_ip.weight"][0] == "mid_block.attentions.0.transformer_blocks.9.attn2.processor"
 
 
+def test_real_size_adapter_matches_the_published_file_size():
+    """doge1516/MS-Diffusion's ``ms_adapter.bin`` is 1.84 GB, i.e. 459.76 M fp32 values counting its container.
+
+    At real size (SDXL's UNet from its published config, the released adapter config, meta device) the resampler,
+    the 70 ``to_k_ip``/``to_v_ip`` pairs and the 4 dummy tokens hold 459.74 M: the rest of the file is torch.save's
+    zip container (a header, alignment and a central-directory entry per tensor, a few hundred bytes each for about
+    300 tensors: under 0.05 M values' worth)."""
+    unet = sdxl_unet_on_meta()
+    with torch.device("meta"):
+        msm.install_ms_attention(unet, msd.OFFICIAL_ADAPTER)
+        resampler = msm.GroundingResampler(msd.OFFICIAL_ADAPTER)
+    processors = unet.attn_processors
+    adapter = sum(processors[name].get_parameter(parameter).numel()
+                  for name, parameter in msm.adapter_key_map(unet).values())
+    dummy = msd.OFFICIAL_ADAPTER.num_dummy_tokens * msd.OFFICIAL_ADAPTER.output_dim
+    total = adapter + sum(parameter.numel() for parameter in resampler.parameters()) + dummy
+    assert 0 <= 459.76 - total / 1e6 < 0.05
+    assert round(total * 4 / 1e9, 2) == 1.84
+
+
 # ------------------------------------------------------------------------------------------- the checkpoint
 
 

@@ -92,8 +92,9 @@ def test_registration_metadata_and_weights():
     assert list(specs) == ["sd15", "clip_vit_l14", "ssr_aligner", "ssr_layers", "i2v"]
     assert specs["sd15"].folder and specs["sd15"].hf_repo == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert specs["clip_vit_l14"].folder and specs["clip_vit_l14"].hf_repo == "openai/clip-vit-large-patch14"
-    assert specs["ssr_aligner"].hf_files == ("models/ssr_model/pytorch_model.bin",)
-    assert specs["ssr_layers"].hf_files == ("models/ssr_model/pytorch_model_1.bin",)
+    for key in ("ssr_aligner", "ssr_layers"):  # published only in upstream README's Google Drive folder
+        assert specs[key].hf_repo is None and specs[key].url is None
+        assert "drive.google.com/drive/folders/1pMwzGRA8QzHjEH5Hc4zDwdsSDwjwQKMW" in specs[key].model
     assert not specs["ssr_aligner"].folder and "ssr_model/pytorch_model.bin" in specs["ssr_aligner"].file_names
 
     explicit = spec.parse_options({"aligner": "/x/a.safetensors", "base_model": "me/sd15"})

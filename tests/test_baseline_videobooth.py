@@ -587,6 +587,67 @@ def test_fine_and_coarse_embeddings_each_condition_the_video(references):
     assert no_entity.diagnostics["entity_in_prompt"] is False and "placeholder_positions" in no_entity.diagnostics
 
 
+def _exemplar_inputs(pipeline, **call) -> tuple[list[torch.Tensor], np.ndarray]:
+    """The exemplar tensors the UNet receives during one sampling run (one per step), and the video."""
+    seen: list[torch.Tensor] = []
+
+    def record(module, args):
+        if len(args) > 3 and args[3] is not None:
+            seen.append(args[3].clone())
+
+    handle = pipeline.unet.register_forward_pre_hook(record)
+    try:
+        frames = pipeline(**call).frames
+    finally:
+        handle.remove()
+    return seen, frames
+
+
+def test_exemplar_branch_is_upstreams_independently_noised_frames(references):
+    """Upstream (``sample.py``: ``x[:, :, :1].repeat(1, 1, 16, 1, 1)``; ``gaussian_diffusion.py`` ``p_sample``:
+    ``q_sample(exemplar_latent_ori, t, noise=th.randn_like(exemplar_latent_ori))``): at every step the exemplar
+    branch gets the posterior sample on every frame, each frame with its own fresh noise. The reference draws from the
+    same seeded generator in upstream's order: initial latents, posterior sample, then per step the exemplar noise
+    (all frames) and the ancestral step's noise (none at t = 0)."""
+    from baselines.videobooth import image_prompt_tensors
+
+    pipeline = build_tiny_pipeline()
+    config = pipeline.config
+    image = Image.open(references[0]).convert("RGB")
+    seed, steps = 5, 3
+    seen, frames = _exemplar_inputs(pipeline, image=image, prompt="a dog on the beach", entity="dog", seed=seed,
+                                    steps=steps)
+
+    generator = torch.Generator().manual_seed(seed)
+    grid = config.height // pipeline.vae_factor
+    latent_shape = (1, 4, config.num_frames, grid, grid)
+    torch.randn(latent_shape, generator=generator)
+    _, vae_pixels = image_prompt_tensors(image, None, config)
+    with torch.no_grad():
+        posterior = pipeline.vae.encode(vae_pixels).latent_dist
+    x0 = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)).double()
+    x0 = (x0 * config.vae_scaling_factor)[:, :, None].repeat(1, 1, config.num_frames, 1, 1)
+    betas = torch.linspace(config.beta_start, config.beta_end, config.num_train_timesteps, dtype=torch.float64)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    timesteps = respaced_timesteps(config.num_train_timesteps, steps)
+    assert len(seen) == len(timesteps) == steps
+    for k, t in enumerate(timesteps):
+        noise = torch.randn(x0.shape, generator=generator).double()
+        expected = alpha_bar[t].sqrt() * x0 + (1 - alpha_bar[t]).sqrt() * noise
+        if t > 0:
+            torch.randn(latent_shape, generator=generator)
+        # fp32 alphas_cumprod over 1000 factors: relative error <= 1000 * 2**-24 (6e-5), halved by the square root
+        tolerance = 3e-5 * float(expected.abs().max()) + 1e-6
+        assert seen[k].shape == latent_shape
+        torch.testing.assert_close(seen[k].double(), expected, rtol=0, atol=tolerance)
+    assert not torch.allclose(seen[0][:, :, 0], seen[0][:, :, 1])  # each frame its own noise
+
+    first, first_frames = _exemplar_inputs(pipeline, image=image, prompt="a dog on the beach", entity="dog",
+                                           seed=seed, steps=steps, exemplar_frames="first")
+    assert [tensor.shape[2] for tensor in first] == [1] * steps
+    assert not np.array_equal(first_frames, frames)
+
+
 def test_generation_through_the_runner(tiny_generator, tmp_path):
     from videobench.generate import run_generation
     from videobench.suites import load_suite
@@ -598,3 +659,18 @@ def test_generation_through_the_runner(tiny_generator, tmp_path):
     run = json.loads((summary.method_dir / "run.json").read_text())
     assert run["run_name"] == "videobooth-tiny" and run["config"]["native_size"] is True
     assert TINY_CONFIG.num_frames == 4
+
+
+def test_mapper_file_holds_the_published_parameter_count():
+    """``mapper.pt`` (yumingj/VideoBooth_models) holds ``model`` and ``ema``, each 97.64 M parameters (the published
+    size: 2 x 97.64 M fp32). At real size (SD 1.4's UNet, CLIP ViT-L/14 widths, meta device) the tensors the loader
+    expects in one of them are the mapper heads plus the 96 attention projections it overrides or adds."""
+    from baselines.videobooth_model import mapper_key_map
+
+    with torch.device("meta"):
+        video = VideoBoothUNet3D(UNetConfig.from_sd_unet_config(SD14_UNET))
+        mapper = VideoBoothMapper()  # upstream's Mapper(input_dim=1024, output_dim=768), 5 embeddings
+    shapes = video.state_dict()
+    projections = sum(shapes[target].numel() for target in mapper_key_map(video).values())
+    heads = sum(parameter.numel() for parameter in mapper.parameters())
+    assert round((projections + heads) / 1e6, 2) == 97.64

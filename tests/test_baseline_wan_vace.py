@@ -27,6 +27,7 @@ from baselines.wan_vace import (
     resolve_geometry,
     round_num_frames,
     round_to_multiple,
+    unsupported_size,
 )
 from videobench.cases import Case
 from videobench.methods import Generator, MethodContext, get_method
@@ -434,3 +435,15 @@ def test_variant_signatures_match_the_published_architectures():
         counts[name] = sum(p.numel() for p in model.parameters())
         assert identify_variant(dict(model.config)) == name
     assert 1.5e9 < counts["1.3b"] < 2.5e9 and 14e9 < counts["14b"] < 19e9
+
+
+def test_sizes_outside_the_official_ones_are_warned_about():
+    """Wan2.1 ``wan/configs/__init__.py`` SUPPORTED_SIZES: vace-1.3B 480*832 / 832*480; vace-14B also 720p."""
+    small, large = VARIANTS["1.3b"], VARIANTS["14b"]
+    suite = VideoGeometry(num_frames=49, height=480, width=720, fps=8)
+    warning = unsupported_size(small, suite)
+    assert warning == ("Wan2.1-VACE-1.3B at 480x720: outside the sizes the official code supports (480x832, 832x480); "
+                       "the model was not trained for it and its numbers are not upstream's")
+    assert unsupported_size(small, small.native) is None and unsupported_size(large, large.native) is None
+    assert unsupported_size(large, VideoGeometry(num_frames=81, height=480, width=832, fps=16)) is None
+    assert unsupported_size(small, VideoGeometry(num_frames=81, height=720, width=1280, fps=16)) is not None
