@@ -134,6 +134,7 @@ class ClipMetric(ModelMetric):
         ColumnSpec("t_cons", "T.Cons", "mean CLIP cosine of consecutive frames", order=40),
     )
     Options = ClipOptions
+    inputs = ("prompt", "references")  # what the cache key holds besides the video
 
     def __init__(
         self,

@@ -90,6 +90,7 @@ class DinoMetric(ModelMetric):
         ColumnSpec("dino_i", "DINO-I", "mean DINO ViT-S/16 cosine over (reference image, frame) pairs", order=30),
     )
     Options = DinoOptions
+    inputs = ("references",)  # what the cache key holds besides the video (not the prompt)
 
     def __init__(
         self,
