@@ -22,18 +22,22 @@ is not included (the scorer overlaps it with compute on a worker thread).
     python benchmarks/score_throughput.py --device cuda --frames 49 --repeats 3
     python benchmarks/score_throughput.py --device cpu --frames 9 --height 128 --width 192 --repeats 3
 
-Levers, measured one by one on the 2-core CPU (9 frames at 128x192, the smoke suite's size; several other jobs were
-running, load average 6-20, so seconds are medians of interleaved runs and only the ratios carry over):
+Levers, measured one by one on the 2-core CPU at the smoke suite's size (9 frames at 128x192, 8 RAFT pairs). Seven
+other jobs shared the two cores (load average 15-25), so seconds are medians of interleaved A/B rounds in one
+process and only their ratio carries over; work counts are exact:
 
-| lever | before (s) | after (s) | kept |
+| lever | before | after | kept |
 |---|---|---|---|
-| RAFT: features once per frame, one upsampling per pair (already in place) | - | - | yes |
-| RAFT: GRU context share once per pair, z/r hidden and z/r/q motion convolutions fused (all 8 pairs, 20 updates) | 161.1 | 111.5 | yes (1.44x on RAFT refinement; pair scores within 3e-7 relative) |
-| cache: each family keyed on the inputs it reads (smoke: 10 distinct videos in 12 cases) | 36 computations | 32 computations | yes (exact) |
+| RAFT: features once per frame, one upsampling per pair, pairs batched (in place before) | - | - | yes |
+| RAFT: the GRU's context share once per pair, z/r hidden and z/r/q motion convolutions fused (refinement of 8 pairs, 20 updates, 3 rounds) | 161.1 s | 111.5 s | yes: 1.44x; pair scores within 2.5e-7 relative |
+| RAFT: ``channels_last`` model and frames | - | not timed (the A/B was stopped under load 25) | no: pair scores move 2.5e-7 relative, no measured gain |
+| cache keyed per family on the inputs it reads (dynamic: video; dino: video + references) and checked again before computing: the smoke suite's 12 cases hold 10 distinct videos | 36 metric computations, 12 RAFT passes | 32, 10 RAFT passes | yes (exact) |
+| CLIP/DINO embeddings of images seen before looked up by content (a subject's reference, a clip scored against several prompts) | 120 CLIP + 120 DINO images | 93 + 93 | yes (exact) |
 
-Not pursued (measured or reasoned): fp16/bf16 (CPU autocast is refused by the metrics' precision contract, and
-bf16 pair scores move by ~1e-3 relative, ten times the tolerance); ``torch.compile`` of the update block (CPU
-inductor compile takes longer than the smoke suite's whole RAFT time on this machine; worth trying on CUDA runs).
+Not tried: fp16/bf16 (the metrics' precision contract refuses CPU autocast, and bf16's 8-bit mantissa is far from pair scores within
+1e-4 relative); ``torch.compile`` of the update block (inductor's CPU compile would cost more than the smoke suite's
+whole RAFT time on this machine; a candidate for long CUDA runs); thread settings beyond torch's default (two
+threads, decoding on the scorer's one worker thread), not re-measured under this load.
 """
 
 from __future__ import annotations
