@@ -3,8 +3,8 @@
 torchvision's ``RAFT.forward`` (``torchvision/models/optical_flow/raft.py``, the architecture of princeton-vl's
 ``core/raft.py`` that VBench runs) encodes both images of a pair, builds the correlation pyramid, encodes the
 context of the first image and runs ``num_flow_updates`` GRU refinements, upsampling the flow after each one.
-:func:`videobench.metrics.dynamic.raft_consecutive_flows` computes the same last flow for every consecutive pair of a clip and saves three
-kinds of work, none of which changes the arithmetic beyond float summation order:
+:func:`videobench.metrics.dynamic.raft_consecutive_flows` computes the same last flow for every consecutive pair
+of a clip and saves three kinds of work, none of which changes the arithmetic beyond float summation order:
 
 * each frame goes through the feature encoder once (it is the second image of one pair and the first of the next;
   RAFT-large's feature encoder normalises per sample, so a frame's features do not depend on its batch);
