@@ -34,6 +34,10 @@ process and only their ratio carries over; work counts are exact:
 | cache keyed per family on the inputs it reads (dynamic: video; dino: video + references) and checked again before computing: the smoke suite's 12 cases hold 10 distinct videos | 36 metric computations, 12 RAFT passes | 32, 10 RAFT passes | yes (exact) |
 | CLIP/DINO embeddings of images seen before looked up by content (a subject's reference, a clip scored against several prompts) | 120 CLIP + 120 DINO images | 93 + 93 | yes (exact) |
 
+All levers together against the peers' loops (``--frames 5 --height 128 --width 160 --references 1 --repeats 1``,
+load average 19-24, values asserted equal): clip 102.2 -> 44.7 s, dino 73.4 -> 26.0 s, dynamic 439.4 -> 150.7 s,
+615.0 -> 221.4 s per video, 2.78x (one round: more rounds did not fit the shared machine's time).
+
 Not tried: fp16/bf16 (the metrics' precision contract refuses CPU autocast, and bf16's 8-bit mantissa is far from
 pair scores within 1e-4 relative); ``torch.compile`` of the update block (inductor's CPU compile would cost more than the smoke suite's
 whole RAFT time on this machine; a candidate for long CUDA runs); thread settings beyond torch's default (two
