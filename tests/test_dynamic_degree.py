@@ -26,6 +26,7 @@ from videobench.metrics.dynamic import (
     raft_consecutive_flows,
     raft_final_flow,
 )
+from videobench.metrics.raft import fused_update
 from videobench.scoring.compute import metric_config_hash
 from videobench.weights import WeightsConfig
 
@@ -240,6 +241,25 @@ def test_final_flow_equals_torchvision_forward(raft):
     with torch.no_grad():
         expected = raft(image1, image2, num_flow_updates=2)[-1]
         assert torch.allclose(raft_final_flow(raft, image1, image2, 2), expected, atol=1e-5)
+
+
+def test_fused_update_equals_torchvision_update_block_and_follows_new_weights():
+    """One update of :class:`FusedUpdate` (context share precomputed, convolutions split by input) equals
+    torchvision's ``UpdateBlock``: the same sums in another order (fp32 over 384 * 5 terms per output: well
+    under 1e-5 on the tanh/sigmoid-bounded hidden state); new weights rebuild the fused copy."""
+    model = build_raft_model(seed=7)
+    torch.manual_seed(0)
+    hidden, context = torch.tanh(torch.randn(2, 128, 16, 16)), torch.relu(torch.randn(2, 128, 16, 16))
+    corr, flow = torch.randn(2, 324, 16, 16), torch.randn(2, 2, 16, 16)
+    with torch.no_grad():
+        for _ in range(2):
+            update = fused_update(model)
+            expected_hidden, expected_delta = model.update_block(hidden, context, corr, flow)
+            got_hidden, got_delta = update(hidden, update.context_terms(context), corr, flow)
+            assert torch.allclose(got_hidden, expected_hidden, atol=1e-5, rtol=0)
+            assert torch.allclose(got_delta, expected_delta, atol=1e-4, rtol=1e-5)
+            model.load_state_dict(build_raft_model(seed=8).state_dict())
+    assert fused_update(model) is fused_update(model)  # built once per set of weights
 
 
 def test_consecutive_flows_equal_the_flows_of_each_pair(raft):

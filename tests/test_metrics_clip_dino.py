@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import numpy as np
 import open_clip
@@ -282,3 +283,29 @@ def test_subject_consistency_metric_end_to_end():
 
     assert value == pytest.approx(subject_consistency(features), abs=2e-3)
     assert metric.config()["model"] == "timm:vit_base_patch16_224.dino" and not SubjectConsistencyMetric.default
+
+
+@pytest.mark.parametrize("family", ["clip", "dino"])
+def test_embeddings_of_seen_images_are_looked_up_not_recomputed(family, clip_metric, dino_metric):
+    """The same reference (and the same clip) in another case reuses its embedding: same values, no encoder call;
+    new bytes are encoded."""
+    metric = {"clip": clip_metric, "dino": dino_metric}[family]
+    metric._memo.clear()
+    encoder = metric.model.encode_image if family == "clip" else metric.model.forward
+    calls = []
+
+    def counting(images):
+        calls.append(len(images))
+        return encoder(images)
+
+    reference = [Image.fromarray(_video(1, 150, 100, seed=4)[0])]
+    sample = MetricInput(_video(3, seed=5), 8.0, reference, PROMPT)
+    with mock.patch.object(metric.model, "encode_image" if family == "clip" else "forward", counting):
+        first = metric.score(sample)
+        assert sum(calls) == 4  # 3 frames + 1 reference
+        again = metric.score(MetricInput(sample.frames.copy(), 8.0, [reference[0].copy()], "another prompt"))
+        assert sum(calls) == 4
+        other = metric.score(MetricInput(_video(3, seed=6), 8.0, reference, PROMPT))
+        assert sum(calls) == 7  # new frames only
+    column = "clip_i" if family == "clip" else "dino_i"
+    assert again[column] == first[column] and other[column] != first[column]

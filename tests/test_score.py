@@ -265,6 +265,54 @@ def test_cache_second_run_computes_nothing_and_changes_recompute(tmp_path, refs)
     assert [m.calls for m in metrics] == [4, 0, 0]
 
 
+class ClipReadingPrompt(FakeClip):
+    inputs = ("prompt", "references")
+
+
+class DinoReadingReferences(FakeDino):
+    inputs = ("references",)
+
+
+class DynamicReadingTheVideoOnly(FakeDynamic):
+    inputs = ()
+
+
+def test_a_family_is_cached_on_the_inputs_it_reads(tmp_path, refs):
+    """A family declaring ``inputs`` is keyed on the video and those inputs only: one clip scored against three
+    prompts runs RAFT-like and reference-only families once, and a changed prompt or reference recomputes only
+    the families that read it."""
+    results = tmp_path / "RESULTS"
+    flash = solid([RED, BLUE] * 2)
+    add_method(results, "alpha", [
+        {"case_id": f"p{i}", "frames": flash, "references": [str(refs / "red.png")], "prompt": prompt}
+        for i, prompt in enumerate(["a cube", "a cube flashing", "a red and blue cube"])
+    ])
+    metrics = [ClipReadingPrompt(), DinoReadingReferences(), DynamicReadingTheVideoOnly()]
+    summary, _ = run(results, metrics)
+    assert [m.calls for m in metrics] == [3, 1, 1]  # the clip family reads the prompt; the others do not
+    assert (summary.metric_calls, summary.cache_hits) == (5, 4)
+    scores = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert list(scores["clip_t"]) == pytest.approx([len("a cube") / 1000, len("a cube flashing") / 1000,
+                                                   len("a red and blue cube") / 1000])
+    assert set(scores["dino_i"]) == {0.2} and set(scores["dynamic"]) == {1} and set(scores["dd_pairs"]) == {3}
+
+    # a new prompt: only the clip family runs; another reference: clip and dino run, dynamic is reused
+    lines = [json.loads(line) for line in (results / "alpha" / "cases.jsonl").read_text().splitlines()]
+    lines[0]["prompt"] = "a flashing cube"
+    lines[1]["references"] = [str(refs / "red_cmyk.jpg")]
+    (results / "alpha" / "cases.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    metrics = [ClipReadingPrompt(), DinoReadingReferences(), DynamicReadingTheVideoOnly()]
+    run(results, metrics)
+    assert [m.calls for m in metrics] == [2, 1, 0]
+    scores = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert scores.loc["p1", "dino_i"] == pytest.approx(0.22) and scores.loc["p0", "dino_i"] == pytest.approx(0.2)
+
+    # families without ``inputs`` are keyed on all of them (third-party plugins keep the safe default)
+    metrics = fake_metrics()
+    run(results, metrics, cache_dir=tmp_path / "fresh-cache")
+    assert [m.calls for m in metrics] == [3, 3, 3]
+
+
 def test_resume_after_interruption(tmp_path, refs):
     results = build_results(tmp_path, refs)
     with pytest.raises(KeyboardInterrupt):

@@ -27,6 +27,9 @@ class Metric(Protocol):
     columns: tuple[str, ...]  # the score columns this family can produce
     random_weights: bool
 
+    # Optional: ``inputs``, the names of the MetricInput fields read besides the frames and fps (of "prompt",
+    # "entity", "references"); the score cache keys the family on those only. Without it, on all of them.
+
     def config(self) -> dict[str, Any]:
         """Everything that changes the numbers (model, weights sha256, preprocessing): the cache key."""
 

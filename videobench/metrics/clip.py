@@ -30,6 +30,7 @@ import torch
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
+    EmbeddingMemo,
     Preprocess,
     embed_images,
     frames_to_tensor,
@@ -134,6 +135,7 @@ class ClipMetric(ModelMetric):
         ColumnSpec("t_cons", "T.Cons", "mean CLIP cosine of consecutive frames", order=40),
     )
     Options = ClipOptions
+    inputs = ("prompt", "references")  # what the cache key holds besides the video
 
     def __init__(
         self,
@@ -150,6 +152,7 @@ class ClipMetric(ModelMetric):
         self.tokenizer = tokenizer
         self.model_name, self.pretrained = model_name, pretrained
         self.batch_size = batch_size
+        self._memo = EmbeddingMemo()  # references recur across a subject's cases
         self.preprocess = preprocess or Preprocess.from_open_clip(model, model_name, pretrained)
 
     @classmethod
@@ -188,10 +191,10 @@ class ClipMetric(ModelMetric):
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm CLIP image embeddings (float32)."""
-        return embed_images(
-            self.model.encode_image, frames, self.preprocess,
+        return self._memo(frames, lambda images: embed_images(
+            self.model.encode_image, images, self.preprocess,
             batch_size=self.batch_size, device=self.device, dtype=self.dtype,
-        )
+        ), tag=self.dtype)
 
     def embed_text(self, prompt: str) -> torch.Tensor:
         """``(D,)`` unit-norm CLIP text embedding of ``prompt`` (float32)."""

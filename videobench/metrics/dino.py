@@ -24,6 +24,7 @@ import torch
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
+    EmbeddingMemo,
     Preprocess,
     embed_images,
     frames_to_tensor,
@@ -90,6 +91,7 @@ class DinoMetric(ModelMetric):
         ColumnSpec("dino_i", "DINO-I", "mean DINO ViT-S/16 cosine over (reference image, frame) pairs", order=30),
     )
     Options = DinoOptions
+    inputs = ("references",)  # what the cache key holds besides the video (not the prompt)
 
     def __init__(
         self,
@@ -102,6 +104,7 @@ class DinoMetric(ModelMetric):
     ) -> None:
         super().__init__(model, **stamp)
         self.batch_size = batch_size
+        self._memo = EmbeddingMemo()  # references recur across a subject's cases
         self.preprocess = preprocess or Preprocess.from_timm(model, crop_pct=DREAMBOOTH_CROP_PCT)
         self.model_kwargs = dict(model_kwargs or {})
 
@@ -133,9 +136,9 @@ class DinoMetric(ModelMetric):
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm DINO CLS features (float32)."""
-        return embed_images(
-            self.model, frames, self.preprocess, batch_size=self.batch_size, device=self.device, dtype=self.dtype
-        )
+        return self._memo(frames, lambda images: embed_images(
+            self.model, images, self.preprocess, batch_size=self.batch_size, device=self.device, dtype=self.dtype
+        ), tag=self.dtype)
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dino_i`` (mean cosine over all (reference, frame) pairs) plus ``num_frames`` / ``num_references``."""

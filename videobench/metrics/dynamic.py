@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import frames_to_tensor, precision_context, seeded
+from videobench.metrics.raft import fused_update
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import option
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
@@ -215,7 +216,11 @@ def raft_consecutive_flows(
 
 def _refine_flow(model: torch.nn.Module, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
                  num_flow_updates: int) -> torch.Tensor:
-    """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow."""
+    """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow.
+
+    The GRU runs as :class:`videobench.metrics.raft.FusedUpdate`: the context's share of its convolutions is
+    computed once per pair instead of once per update.
+    """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
     batch, _, h, w = image1.shape
@@ -224,11 +229,13 @@ def _refine_flow(model: torch.nn.Module, fmap1: torch.Tensor, fmap2: torch.Tenso
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
     hidden, context = torch.tanh(hidden), F.relu(context)
+    update = fused_update(model)
+    context_terms = update.context_terms(context)  # fixed for all updates of a pair (videobench.metrics.raft)
     coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device)
     coords1 = coords0.clone()
     for _ in range(num_flow_updates):
         corr = model.corr_block.index_pyramid(centroids_coords=coords1)
-        hidden, delta = model.update_block(hidden, context, corr, coords1 - coords0)
+        hidden, delta = update(hidden, context_terms, corr, coords1 - coords0)
         coords1 = coords1 + delta
     return upsample_flow(coords1 - coords0, up_mask=model.mask_predictor(hidden))
 
@@ -272,6 +279,7 @@ class DynamicDegreeMetric(ModelMetric):
                    "threshold", order=50, unit="%", binary=True),
     )
     Options = DynamicOptions
+    inputs = ()  # the video alone: cases sharing a video share its RAFT pass
 
     def __init__(
         self,

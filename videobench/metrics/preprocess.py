@@ -14,7 +14,9 @@ frame equal to the reference gets exactly the reference's embedding.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -184,3 +186,34 @@ def embed_images(
         for chunk in torch.split(images, batch_size):
             outputs.append(encode(preprocess(chunk.to(device), cfg)).float())
     return torch.nn.functional.normalize(torch.cat(outputs), dim=-1)
+
+
+class EmbeddingMemo:
+    """The last ``size`` embeddings a metric computed, by the content of the uint8 images they came from.
+
+    A subject's reference image comes back in every case of that subject, and a clip scored against several prompts
+    comes back whole: their embeddings are looked up instead of recomputed (the same function on the same bytes,
+    so the same numbers). Keyed by a BLAKE2b digest of the images' bytes and shape.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __call__(self, images: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor], tag: str = ""
+                 ) -> torch.Tensor:
+        """``embed(images)``, or the embedding computed before for the same bytes and ``tag`` (the precision)."""
+        data = images.detach().cpu().contiguous()
+        key = f"{tag}:{tuple(data.shape)}:{hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()}"
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = embed(images)
+        self._items[key] = value
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        """Forget every embedding (benchmarks time the computation, not the look-up)."""
+        self._items.clear()

@@ -83,6 +83,16 @@ def metric_config_hash(metric: Metric) -> str:
                         "config": metric.config()})
 
 
+def metric_inputs(metric: Metric) -> tuple[str, ...] | None:
+    """The case inputs a metric reads besides the video (its optional ``inputs`` attribute; ``None``: all).
+
+    A family that declares them (``dynamic``: none; ``dino``: the references) is cached per video and those inputs
+    only, so cases sharing a video (one clip scored against several prompts) compute it once.
+    """
+    names = getattr(metric, "inputs", None)
+    return None if names is None else tuple(names)
+
+
 def config_column(family: str) -> str:
     """The scores.csv column holding the config hash of the ``family`` metric that produced a row's values."""
     return f"{family}_config_sha256"
@@ -158,8 +168,8 @@ class Scorer:
         info = self.cache.get(info_key)
         for plan in self.plans:
             prepared.row[config_column(plan.metric.family)] = plan.config_hash
-            key = json_sha256({"v": CACHE_VERSION, "video": inputs.video_sha256, "inputs": inputs.inputs_sha256,
-                               "metric": plan.config_hash})
+            key = json_sha256({"v": CACHE_VERSION, "video": inputs.video_sha256,
+                               "inputs": inputs.inputs_key(metric_inputs(plan.metric)), "metric": plan.config_hash})
             entry = self.cache.get(key) or {}
             values = entry.get("values", {}) if isinstance(entry.get("values"), dict) else {}
             missing = tuple(column for column in plan.columns if column not in values)
@@ -181,6 +191,12 @@ class Scorer:
         """Run the metrics whose values were not cached; cache them; return the row. Raises CaseError."""
         row, where, video_path = prepared.row, prepared.inputs.where, prepared.inputs.video_path
         for plan, key, values, missing in prepared.pending:
+            entry = self.cache.get(key)  # an earlier case with the same video and inputs may have filled it since
+            cached = entry.get("values") if isinstance(entry, dict) else None
+            if isinstance(cached, dict) and all(column in cached for column in missing):
+                self.cache_hits += 1
+                row.update(cached)
+                continue
             self.metric_calls += 1
             try:
                 computed = plan.metric.score(prepared.sample, columns=missing)

@@ -10,6 +10,7 @@ Every problem with one case is a :class:`CaseError` whose message names the case
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -207,6 +208,18 @@ class CaseInputs:
     prompt: str
     entity: str
     references: list[Path] = field(default_factory=list)
+    #: Each input by name (``prompt``, ``entity``, ``references``: the reference images' sha256s), for the cache
+    #: key of a metric that reads only some of them (:func:`inputs_key`).
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    def inputs_key(self, names: Sequence[str] | None) -> str:
+        """The hash of the inputs ``names`` (``None``: all of them, :attr:`inputs_sha256`)."""
+        if names is None or set(names) >= set(self.parts):
+            return self.inputs_sha256
+        unknown = set(names) - set(self.parts)
+        if unknown:
+            raise ValueError(f"unknown metric inputs {sorted(unknown)}; known: {sorted(self.parts)}")
+        return json_sha256({"only": sorted(names), **{name: self.parts[name] for name in sorted(names)}})
 
 
 def collect_case(method_dir: Path, record: dict[str, Any], where: str) -> CaseInputs:
@@ -233,7 +246,7 @@ def collect_case(method_dir: Path, record: dict[str, Any], where: str) -> CaseIn
     prompt, entity = str(record.get("prompt", "")), str(record.get("entity", ""))
     inputs = {"prompt": prompt, "entity": entity,
               "references": [reference_sha256(path, where) for path in references]}
-    return CaseInputs(where, video_path, video_sha, json_sha256(inputs), prompt, entity, references)
+    return CaseInputs(where, video_path, video_sha, json_sha256(inputs), prompt, entity, references, inputs)
 
 
 def decode_video(inputs: CaseInputs) -> Video:

@@ -1,0 +1,105 @@
+"""RAFT-large inference for the dynamic degree: the final flow of torchvision's ``RAFT.forward`` with less work.
+
+torchvision's ``RAFT.forward`` (``torchvision/models/optical_flow/raft.py``, the architecture of princeton-vl's
+``core/raft.py`` that VBench runs) encodes both images of a pair, builds the correlation pyramid, encodes the
+context of the first image and runs ``num_flow_updates`` GRU refinements, upsampling the flow after each one.
+:func:`videobench.metrics.dynamic.raft_consecutive_flows` computes the same last flow for every consecutive pair
+of a clip and saves three kinds of work, none of which changes the arithmetic beyond float summation order:
+
+* each frame goes through the feature encoder once (it is the second image of one pair and the first of the next;
+  RAFT-large's feature encoder normalises per sample, so a frame's features do not depend on its batch);
+* the flow is upsampled (and the upsampling mask predicted) once, after the last update;
+* the GRU's input is ``cat([hidden, context, motion])`` and its convolutions are linear in it, so each of the six
+  GRU convolutions (``convz``, ``convr``, ``convq`` of the 1x5 and the 5x1 unit) splits into a hidden, a context and
+  a motion part. The context is fixed for all updates of a pair: its part (plus the bias) is computed once per pair
+  instead of once per update, a third of the GRU's work. The hidden parts of ``convz`` and ``convr`` (same input)
+  run as one convolution, and so do the three motion parts (:class:`FusedGRU`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FusedGRU(nn.Module):
+    """One ``ConvGRU`` of RAFT's recurrent block with its convolutions split by input (see the module docstring).
+
+    ``h' = (1 - z) h + z q`` with ``z = sigmoid(Wz [h, x])``, ``r = sigmoid(Wr [h, x])``,
+    ``q = tanh(Wq [r h, x])`` and ``x = [context, motion]``; :meth:`context_terms` is the context part of the three
+    pre-activations (bias included), :meth:`forward` adds the hidden and motion parts.
+    """
+
+    def __init__(self, gru: nn.Module, hidden_size: int, context_size: int) -> None:
+        super().__init__()
+        convs = (gru.convz, gru.convr, gru.convq)
+        self.padding = gru.convz.padding
+        split = [torch.split(conv.weight.detach(), [hidden_size, context_size,
+                                                    conv.in_channels - hidden_size - context_size], dim=1)
+                 for conv in convs]
+        self.register_buffer("w_context", torch.cat([parts[1] for parts in split]).contiguous())
+        self.register_buffer("b_context", torch.cat([conv.bias.detach() for conv in convs]))
+        self.register_buffer("w_motion", torch.cat([parts[2] for parts in split]).contiguous())
+        self.register_buffer("w_hidden_zr", torch.cat([split[0][0], split[1][0]]).contiguous())
+        self.register_buffer("w_hidden_q", split[2][0].contiguous())
+        self.hidden_size = hidden_size
+
+    def context_terms(self, context: torch.Tensor) -> torch.Tensor:
+        """``(B, 3 * hidden, H, W)``: the context part plus bias of the z, r and q pre-activations."""
+        return F.conv2d(context, self.w_context, self.b_context, padding=self.padding)
+
+    def forward(self, hidden: torch.Tensor, motion: torch.Tensor, context_terms: torch.Tensor) -> torch.Tensor:
+        n = self.hidden_size
+        from_motion = F.conv2d(motion, self.w_motion, padding=self.padding) + context_terms
+        zr = torch.sigmoid(F.conv2d(hidden, self.w_hidden_zr, padding=self.padding) + from_motion[:, : 2 * n])
+        z, r = zr[:, :n], zr[:, n:]
+        q = torch.tanh(F.conv2d(r * hidden, self.w_hidden_q, padding=self.padding) + from_motion[:, 2 * n :])
+        return (1 - z) * hidden + z * q
+
+
+class FusedUpdate(nn.Module):
+    """RAFT's update block (motion encoder, the two GRUs, flow head) with :class:`FusedGRU` units.
+
+    Built from a torchvision ``raft_large`` model; shares its motion encoder and flow head modules, copies only the
+    GRU weights (rearranged). Rebuild it after changing the model's weights.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        block = model.update_block
+        recurrent = block.recurrent_block
+        self.hidden_size = block.hidden_state_size
+        motion_size = block.motion_encoder.out_channels
+        context_size = recurrent.convgru1.convz.in_channels - self.hidden_size - motion_size
+        self.motion_encoder, self.flow_head = block.motion_encoder, block.flow_head
+        self.grus = nn.ModuleList(FusedGRU(gru, self.hidden_size, context_size)
+                                  for gru in (recurrent.convgru1, recurrent.convgru2))
+
+    def context_terms(self, context: torch.Tensor) -> list[torch.Tensor]:
+        return [gru.context_terms(context) for gru in self.grus]
+
+    def forward(self, hidden: torch.Tensor, context_terms: list[torch.Tensor], corr: torch.Tensor,
+                flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        motion = self.motion_encoder(flow, corr)
+        for gru, terms in zip(self.grus, context_terms):
+            hidden = gru(hidden, motion, terms)
+        return hidden, self.flow_head(hidden)
+
+
+def fused_update(model: nn.Module) -> FusedUpdate:
+    """The model's :class:`FusedUpdate`, built once and kept on the model (weights are fixed at inference)."""
+    fused = model.__dict__.get("_videobench_fused_update")
+    if fused is None or fused.source_version != _weights_version(model):
+        fused = FusedUpdate(model).to(next(model.parameters()).device)
+        fused.source_version = _weights_version(model)
+        model.__dict__["_videobench_fused_update"] = fused
+    return fused
+
+
+def _weights_version(model: nn.Module) -> tuple[int, ...]:
+    """Storage and in-place version of the GRU weights: new weights (a state dict loaded afterwards, a move to
+    another device) rebuild the fused block."""
+    recurrent = model.update_block.recurrent_block
+    return tuple(value for gru in (recurrent.convgru1, recurrent.convgru2) for p in gru.parameters()
+                 for value in (p.data_ptr(), p._version))
