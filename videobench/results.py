@@ -75,7 +75,7 @@ def provenance_problem(record: dict[str, Any], video_sha256: str | None, run_see
     recorded = record.get("video_sha256")
     if isinstance(recorded, str) and recorded and video_sha256 and recorded != video_sha256:
         return (f"the video is not the one this run wrote (sha256 {video_sha256[:12]}…, cases.jsonl records "
-                f"{recorded[:12]}…): replaced or copied from another run")
+                f"{recorded[:12]}…): damaged, replaced or copied from another run")
     seed = record.get("seed")
     if run_seed is not None and seed is not None and str(seed) != str(run_seed):
         return f"case seed {seed} differs from the run's seed {run_seed} (run.json): not made by this run"

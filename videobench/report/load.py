@@ -203,10 +203,12 @@ def identity_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     for key in sorted(set(a) | set(b), key=lambda k: list(a).index(k) if k in a else len(a)):
         if a.get(key) == b.get(key):
             continue
-        if key == "generation settings" and isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-            names = sorted(k for k in set(a[key]) | set(b[key]) if a[key].get(k) != b[key].get(k))
+        if key == "generation settings" and (isinstance(a.get(key), dict) or isinstance(b.get(key), dict)):
+            mine = a.get(key) if isinstance(a.get(key), dict) else {}
+            theirs = b.get(key) if isinstance(b.get(key), dict) else {}
+            names = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             parts.append("generation settings (" + ", ".join(
-                f"{k} {_short(a[key].get(k))} vs {_short(b[key].get(k))}" for k in names) + ")")
+                f"{k} {_short(mine.get(k))} vs {_short(theirs.get(k))}" for k in names) + ")")
         elif key.endswith("metric settings"):
             parts.append(f"{key} (config {_short(a.get(key))} vs {_short(b.get(key))})")
         else:

@@ -155,7 +155,8 @@ def scale_caption(columns: Sequence[str] | None = None) -> str:
 
 
 def video_sizes(methods: Sequence[Any]) -> dict[tuple[str, str], str]:
-    """``(method, suite) -> "TxHxW"``: the most common size of a method's scored videos on a suite."""
+    """``(row, suite) -> "TxHxW"``: the most common size of a method's scored videos on a suite (keyed by its table
+    row, the method folder name unless runs of that name are kept apart)."""
     sizes = {}
     for data in methods:
         scores = data.scores
@@ -165,7 +166,7 @@ def video_sizes(methods: Sequence[Any]) -> dict[tuple[str, str], str]:
             shapes = part[["num_frames", "height", "width"]].dropna().astype(int)
             if len(shapes):
                 t, h, w = shapes.value_counts().index[0]
-                sizes[(data.method, str(suite))] = f"{t}x{h}x{w}"
+                sizes[(getattr(data, "row", "") or data.method, str(suite))] = f"{t}x{h}x{w}"
     return sizes
 
 
@@ -225,7 +226,7 @@ def leaderboard_table(board: pd.DataFrame, methods_data: Sequence[Any] = ()) -> 
         first = firsts[key]
         cells = [cell_from(by_key.get((key, suite)), column) for suite in suites for column in columns]
         random = any(is_random(by_key.get((key, s))) for s in suites)
-        note = "; ".join(part for part in (notes.get(str(first["method"]), ""), apart.get(key, "")) if part)
+        note = "; ".join(part for part in (notes.get(key, ""), apart.get(key, "")) if part)
         rows.append(Row(key, cells, kind="reference" if flag(first.get("reference")) else "ours",
                         random=random, counts=counts_text(by_key, key, suites), note=note))
     mark_rows(rows, columns, ranked=("ours",))
