@@ -265,11 +265,11 @@ MEASURE = """
 """
 
 
-def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def _chromium(args: list[str], tmp_path: Path, window: str = "1400,2000") -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
     command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--window-size=1400,2000", *args]
+               f"--user-data-dir={profile}", f"--window-size={window}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -779,3 +779,36 @@ def test_metric_settings_are_shown_and_mixed_ones_named():
         f"b: its cases were scored with 2 dino configurations ({'d' * 12}, {'e' * 12}); its means mix them, score it "
         "again",
     ]
+
+
+CASE_WIDTHS = """
+<script>
+(function () {
+  document.querySelectorAll('details').forEach(details => { details.open = true; });
+  const pre = document.createElement('pre');
+  pre.id = 'measure';
+  pre.textContent = JSON.stringify({
+    viewport: document.documentElement.clientWidth,
+    tables: [...document.querySelectorAll('table.cases')].map(table => table.getBoundingClientRect().right),
+    strips: [...document.querySelectorAll('img.strip')].map(img => img.getBoundingClientRect().width),
+  });
+  document.body.appendChild(pre);
+})();
+</script>
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
+def test_per_case_tables_fit_a_1280_px_page(tmp_path, refs):
+    results = build_full_results(tmp_path, refs)
+    page = write_report(results, progress=False)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", CASE_WIDTHS + "</body>"))
+    dom = _chromium(["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], tmp_path, window="1280,1000")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    start = dom.stdout.index('<pre id="measure">') + len('<pre id="measure">')
+    measured = json.loads(html.unescape(dom.stdout[start:dom.stdout.index("</pre>", start)]))
+    assert 0 < measured["viewport"] <= 1280 and measured["tables"]
+    assert all(right <= measured["viewport"] for right in measured["tables"]), measured
+    assert measured["strips"] and all(width > 0 for width in measured["strips"])
