@@ -47,7 +47,7 @@ from PIL import Image
 from costmodel.method_cost import MethodCost, StageCost
 from mediaio.images import fit_to_canvas, load_reference_image
 from videobench.cases import Case
-from videobench.methods import MethodContext, gpu_dtype, register_method, resolve_torch_dtype
+from videobench.methods import MethodContext, register_method, resolve_torch_dtype
 from videobench.options import option
 from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -270,3 +271,37 @@ def test_stale_temporary_files_of_a_killed_run_are_swept(tmp_path):
     assert sorted(summary.swept) == sorted(str(path) for path in stale)
     assert not any(path.exists() for path in stale)
     assert fresh.exists() and held.exists() and user_file.exists()
+
+
+def test_each_video_is_recorded_with_its_sha256_and_seed(tmp_path):
+    suite = make_suite(2)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path, seed=4, progress=False)
+    method_dir = tmp_path / "colour"
+    for line in read_cases_jsonl(method_dir / "cases.jsonl"):
+        video = method_dir / line.record["video"]
+        assert line.record["video_sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
+        assert line.record["seed"] == 4
+
+
+def test_resume_makes_again_a_video_the_run_did_not_write(tmp_path):
+    """A video copied in from another run (other bytes than recorded) and a record whose seed is not the run's
+    are reported and generated again, not skipped."""
+    suite = make_suite(3)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path / "a", seed=1, progress=False)
+    run_generation(ColourGenerator(), suite, suite.cases, tmp_path / "b", seed=2, progress=False)
+    mine, other = tmp_path / "a" / "colour", tmp_path / "b" / "colour"
+    (mine / "videos" / "s0-p0.mp4").write_bytes((other / "videos" / "s0-p0.mp4").read_bytes())
+    records = [line.record for line in read_cases_jsonl(mine / "cases.jsonl")]
+    records[1]["seed"] = 7
+    with open(mine / "cases.jsonl", "w") as handle:
+        handle.writelines(json.dumps(record) + "\n" for record in records)
+
+    generator = ColourGenerator()
+    summary = run_generation(generator, suite, suite.cases, tmp_path / "a", seed=1, progress=False)
+    assert sorted(generator.calls) == ["s0-p0", "s1-p0"] and summary.skipped == ["s2-p0"]
+    assert "not the one this run wrote" in summary.replaced["s0-p0"]
+    assert summary.replaced["s1-p0"] == "case seed 7 differs from the run's seed 1 (run.json): not made by this run"
+    fresh = tmp_path / "c"
+    run_generation(ColourGenerator(), suite, suite.cases[:1], fresh, seed=1, progress=False)
+    assert (mine / "videos" / "s0-p0.mp4").read_bytes() == (fresh / "colour" / "videos" / "s0-p0.mp4").read_bytes()
+    assert all(line.record["seed"] == 1 for line in read_cases_jsonl(mine / "cases.jsonl"))

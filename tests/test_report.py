@@ -265,11 +265,11 @@ MEASURE = """
 """
 
 
-def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def _chromium(args: list[str], tmp_path: Path, window: str = "1400,2000") -> subprocess.CompletedProcess:
     profile = tmp_path / "chromium-profile"
     command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--window-size=1400,2000", *args]
+               f"--user-data-dir={profile}", f"--window-size={window}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -553,3 +553,262 @@ def test_a_method_scored_at_its_own_video_size_says_so(tmp_path, refs):
     rows = {label: kind for label, kind, _ in read_tables(write_report(results, progress=False).read_text())["ours"]}
     text = write_report(results, progress=False).read_text()
     assert "scored at its own size 4x160x160 on smoke (most: 3x128x160)" in text and set(rows) == {"a", "b", "native"}
+
+
+# ------------------------------------------------------------------------------------------- plot layout
+def synthetic_board(n_rows: int, random: bool, seed: int = 0) -> pd.DataFrame:
+    """``n_rows`` leaderboard rows on smoke with values spread over the axes (and a cluster of equal points)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(n_rows):
+        record = {"method": f"method-number-{index}-i2v", "suite": "smoke", "reference": int(index < 2),
+                  "random_weights": int(random), "method_random_weights": int(random)}
+        for column in ("clip_t", "clip_i", "dino_i", "t_cons", "dynamic"):
+            value = 100.0 if column == "dynamic" or index % 4 == 0 else float(rng.uniform(-5, 100))
+            record.update({column: value, f"{column}_ci_low": value - 2, f"{column}_ci_high": value + 2})
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n_rows, random", [(1, False), (5, False), (9, True), (9, False), (40, False)])
+def test_plot_text_overlaps_no_text_point_or_frame(n_rows, random):
+    """Measured from the figure's renderer at save time: no two texts overlap, no text overlaps a point or the axes
+    frame, and every text lies inside the saved (tight) figure, whatever the number of rows."""
+    from itertools import combinations
+
+    from videobench.report.plots import figure, plot_specs, text_boxes
+
+    board = synthetic_board(n_rows, random)
+    for spec in plot_specs():
+        boxes = text_boxes(figure(spec, board, random_panel=random))
+        texts, points = boxes["texts"], boxes["points"]
+        assert len(points) == n_rows + (0 if random else 14)  # ours, and the paper's 7 methods x 2 suites
+        assert len(texts) > n_rows  # every row is named in the legend
+        for (text_a, a), (text_b, b) in combinations(texts, 2):
+            assert not a.overlaps(b), f"{spec['id']}: {text_a!r} overlaps {text_b!r}"
+        for text, box in texts:
+            assert not box.overlaps(boxes["frame"]), f"{spec['id']}: {text!r} overlaps the axes frame"
+            for gid, point in points:
+                assert not box.overlaps(point), f"{spec['id']}: {text!r} overlaps point {gid}"
+            figure_box = boxes["figure"]
+            assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and figure_box.y0 <= box.y0 \
+                and box.y1 <= figure_box.y1, f"{spec['id']}: {text!r} is clipped"
+
+
+def test_plot_legend_explains_every_marker_and_colour():
+    """Suites are shapes (each in the legend), ours filled and the paper hollow (both explained), every method of
+    ours and of the paper its own colour, and none grey."""
+    from matplotlib.colors import to_rgb
+
+    from videobench.report.plots import figure, plot_specs
+
+    board = pd.concat([synthetic_board(9, False), synthetic_board(1, False).assign(suite="dreambench")])
+    fig = figure(plot_specs()[0], board)
+    legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    for label in ("DreamBench", "VideoBench", "smoke", "filled: ours (bars: 95% interval)", "hollow: paper, Table 1"):
+        assert label in legend
+    assert {f"method-number-{i}-i2v" for i in range(2, 9)} <= set(legend)
+    assert {"method-number-0-i2v (reference)", "SSR-Encoder (paper)", "CustomVideoX (paper)"} <= set(legend)
+    lines = [line for line in fig.axes[0].get_lines() if (line.get_gid() or "").startswith(("ours-", "paper-"))]
+    by_method: dict[str, set] = {}
+    for line in lines:
+        filled = line.get_gid().startswith("ours-")
+        colour = to_rgb(line.get_markerfacecolor() if filled else line.get_markeredgecolor())
+        method = line.get_gid().rsplit("-", 1)[0]
+        by_method.setdefault(method, set()).add(colour)
+    assert all(len(found) == 1 for found in by_method.values())  # one colour per method, over its suites
+    assigned = [next(iter(found)) for found in by_method.values()]
+    assert len(set(assigned)) == len(assigned) == 9 + 7
+    assert not any(max(rgb) - min(rgb) < 0.05 for rgb in assigned)  # no greys
+
+
+def test_random_rows_are_drawn_in_their_own_panel_not_beside_the_paper():
+    from videobench.report.plots import draw_plots
+
+    board = pd.concat([synthetic_board(3, True), synthetic_board(1, False).assign(method="real-run")])
+    plots = {plot.plot_id: plot for plot in draw_plots(board)}
+    assert list(plots) == ["fidelity-vs-motion", "fidelity-vs-motion-random", "text-vs-subject",
+                           "text-vs-subject-random"]
+    comparison, panel = plots["fidelity-vs-motion"], plots["fidelity-vs-motion-random"]
+    assert 'id="ours-real-run-smoke"' in comparison.svg and "method-number" not in comparison.svg
+    assert comparison.svg.count('<g id="paper-') == 14
+    assert panel.svg.count('<g id="ours-method-number-') == 3 and '<g id="paper-' not in panel.svg
+    assert "RANDOM WEIGHTS" in panel.svg and "(random weights)</title>" in panel.svg
+    assert comparison.title not in comparison.caption and panel.title not in panel.caption
+
+
+# ------------------------------------------------------------------------- published rows and our rows
+def _run_data(name: str, info: dict, results_dir: str = "R", scores: pd.DataFrame | None = None):
+    from videobench.report.load import MethodData
+
+    return MethodData(name, info, scores, {}, False, Path(results_dir) / name, results_dir=results_dir,
+                      label=name, row=name)
+
+
+def _board_row(name: str, suite: str, n_scored: int, random: int = 0, value: float = 50.0) -> dict:
+    row = {"method": name, "row": name, "suite": suite, "reference": 0, "n_cases": n_scored, "n_scored": n_scored,
+           "n_failed": 0, "random_weights": random, "method_random_weights": random}
+    for column in ("clip_t", "clip_i", "dino_i", "t_cons", "dynamic"):
+        row.update({column: value, f"{column}_ci_low": value - 1, f"{column}_ci_high": value + 1})
+    return row
+
+
+def test_a_published_row_is_reproduced_only_by_a_real_full_run():
+    """Random weights, a preset or part of a suite never relabel the paper's row; a real run of every case of both
+    published suites does. Our rows carry the random tag, never a mark, and every row has its counts."""
+    from videobench.report.paper import PAPER_COUNTS, paper_table1
+
+    board = pd.DataFrame([
+        _board_row("cvx-tiny", "smoke", 4, random=1, value=99.0),  # best on every column, but random
+        _board_row("ip-half", "dreambench", 375), _board_row("ip-half", "videobench", 530),
+        _board_row("ms-full", "dreambench", 750), _board_row("ms-full", "videobench", 530),
+    ])
+    methods = [
+        _run_data("cvx-tiny", {"paper_row": "CustomVideoX", "random_weights": True, "config": {"preset": "tiny"}}),
+        _run_data("ip-half", {"paper_row": "IP-Adapter", "config": {"steps": 50}}),
+        _run_data("ms-full", {"paper_row": "MS-Diffusion", "config": {"steps": 50}}),
+    ]
+    table = paper_table1(board, methods)
+    rows = {row.label: row for row in table.rows}
+    assert rows["CustomVideoX"].note == "published, not reproduced"
+    assert rows["IP-Adapter + CogVideoX-5B-I2V"].note == "published, not reproduced"
+    assert rows["MS-Diffusion + CogVideoX-5B-I2V"].note == "published; reproduced by ms-full"
+    assert "CustomVideoX: our runs do not reproduce it (cvx-tiny: random weights, tiny preset, not run on "\
+        "DreamBench, not run on VideoBench)" in table.notes
+    assert "IP-Adapter: our runs do not reproduce it (ip-half: 375 of 750 DreamBench cases scored)" in table.notes
+    tiny = rows["ours: cvx-tiny"]
+    assert tiny.random and tiny.kind == "ours-side" and tiny.counts == "smoke: 4/4"
+    assert all(cell.mark == "" for cell in tiny.cells)
+    assert not rows["ours: ms-full"].random and rows["ours: ms-full"].counts == "DreamBench: 750/750; VideoBench: 530/530"
+    assert all(row.counts == PAPER_COUNTS for row in table.rows if row.kind == "paper")
+    assert all(row.counts for row in table.rows)
+
+
+def test_random_rows_of_our_leaderboard_get_no_marks():
+    from videobench.report.tables import leaderboard_table
+
+    board = pd.DataFrame([_board_row("random-a", "smoke", 4, random=1, value=90.0),
+                          _board_row("real-b", "smoke", 4, value=50.0), _board_row("real-c", "smoke", 4, value=40.0)])
+    rows = {row.label: row for row in leaderboard_table(board).rows}
+    assert rows["random-a"].random and {cell.mark for cell in rows["random-a"].cells} == {""}
+    assert {cell.mark for cell in rows["real-b"].cells} == {"best"}
+    assert {cell.mark for cell in rows["real-c"].cells} == {"second"}
+
+
+# ------------------------------------------------------------------------------------ mixed runs
+def test_runs_that_differ_are_kept_apart_and_say_why():
+    """One folder name in two RESULTS folders shares a row only when generation settings, seed, key package
+    versions and metric configuration are equal."""
+    from videobench.report.load import assign_rows, label_methods
+
+    def scores(dino: str) -> pd.DataFrame:
+        return pd.DataFrame({"case_id": ["a", "b"], "error": ["", ""], "dino_config_sha256": [dino, dino],
+                             "clip_config_sha256": ["c" * 64] * 2})
+
+    base = {"config": {"steps": 50, "guidance": 6.0}, "seed": 0, "packages": {"torch": "2.4.0", "numpy": "1"}}
+    alike = [_run_data("m", base, "A", scores("d" * 64)), _run_data("m", {**base, "packages": {"torch": "2.4.0",
+                                                                                                "numpy": "2"}},
+                                                                        "B", scores("d" * 64))]
+    label_methods(alike)
+    assign_rows(alike)
+    assert [data.row for data in alike] == ["m", "m"] and not any(data.apart for data in alike)  # numpy is not key
+
+    mixed = [_run_data("m", base, "A", scores("d" * 64)),
+             _run_data("m", {**base, "config": {"steps": 4, "guidance": 6.0}, "seed": 1}, "B", scores("e" * 64))]
+    label_methods(mixed)
+    assign_rows(mixed)
+    assert [data.row for data in mixed] == ["m [A]", "m [B]"]
+    assert mixed[0].apart == ("kept apart from m [B]: generation settings (steps 50 vs 4); seed 0 vs 1; "
+                              "dino metric settings (config dddddddd vs eeeeeeee)")
+
+
+def test_mixed_folders_in_one_report_are_two_rows(tmp_path, refs):
+    parent = build_suite_folders(tmp_path, refs)
+    video = parent / "videobench"
+    info = json.loads((video / "customvideox" / "run.json").read_text())
+    (video / "customvideox" / "run.json").write_text(json.dumps({**info, "config": {"steps": 4}}))
+    context = report_module.build_context([parent / "dreambench", video], progress=False)
+    ours = {row.label: row for row in context["ours"].rows}
+    dream_row, video_row = f"customvideox [{parent / 'dreambench'}]", f"customvideox [{video}]"
+    assert dream_row in ours and video_row in ours and "customvideox" not in ours
+    assert ours[dream_row].counts == "DreamBench: 1/1" and ours[video_row].counts == "VideoBench: 1/1"
+    assert ours[dream_row].note == f"kept apart from {video_row}: generation settings (steps None vs 4)"
+    assert ours[video_row].note.endswith(f"kept apart from {dream_row}: generation settings (steps 4 vs None)")
+    paper = [row.label for row in context["paper_tables"][0].rows]
+    assert f"ours: {dream_row}" in paper and f"ours: {video_row}" in paper
+
+
+# ------------------------------------------------------------------------------------ provenance
+def test_report_flags_a_video_the_run_did_not_write(tmp_path, refs):
+    import hashlib
+
+    from mediaio.video import write_video
+
+    results = tmp_path / "RESULTS"
+    red = [str(refs / "red.png")]
+    folder = add_method(results, "alpha", [{"case_id": c, "frames": solid([RED] * 9), "references": red}
+                                           for c in ("mine", "copied")], run_info={"seed": 0})
+    records = [json.loads(line) for line in (folder / "cases.jsonl").read_text().splitlines()]
+    for record in records:
+        record["video_sha256"] = hashlib.sha256((folder / record["video"]).read_bytes()).hexdigest()
+    (folder / "cases.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    run(results)
+    write_video(folder / "videos" / "copied.mp4", solid([BLUE] * 9), fps=8)  # swapped in after scoring
+
+    context = report_module.build_context(results, progress=False)
+    rows = {row.case_id: row for row in context["cases"][0].rows}
+    assert rows["mine"].provenance == "" and rows["mine"].strip_caption == "6 of 9 frames"
+    assert rows["copied"].provenance.startswith("the video is not the one this run wrote (sha256 ")
+    assert context["n_provenance"] == 1
+    text = report_module.render_report(context)
+    assert 'id="provenance-banner"' in text and "not this run's video: the video is not the one" in text
+
+
+def test_metric_settings_are_shown_and_mixed_ones_named():
+    from videobench.report.page import metric_settings
+
+    def scores(*dino: str) -> pd.DataFrame:
+        return pd.DataFrame({"case_id": [str(i) for i in range(len(dino))], "error": [""] * len(dino),
+                             "dino_config_sha256": list(dino), "clip_config_sha256": ["c" * 64] * len(dino)})
+
+    methods = [_run_data("a", {}, "A", scores("d" * 64)), _run_data("b", {}, "A", scores("e" * 64, "d" * 64))]
+    assert metric_settings(methods) == [
+        f"clip: one configuration for every run (config {'c' * 12})",
+        f"dino: 2 configurations (numbers compare only within one) — config {'d' * 12}: a; "
+        f"config {'d' * 12}+{'e' * 12}: b",
+        f"b: its cases were scored with 2 dino configurations ({'d' * 12}, {'e' * 12}); its means mix them, score it "
+        "again",
+    ]
+
+
+CASE_WIDTHS = """
+<script>
+(function () {
+  document.querySelectorAll('details').forEach(details => { details.open = true; });
+  const pre = document.createElement('pre');
+  pre.id = 'measure';
+  pre.textContent = JSON.stringify({
+    viewport: document.documentElement.clientWidth,
+    tables: [...document.querySelectorAll('table.cases')].map(table => table.getBoundingClientRect().right),
+    strips: [...document.querySelectorAll('img.strip')].map(img => img.getBoundingClientRect().width),
+  });
+  document.body.appendChild(pre);
+})();
+</script>
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
+def test_per_case_tables_fit_a_1280_px_page(tmp_path, refs):
+    results = build_full_results(tmp_path, refs)
+    page = write_report(results, progress=False)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", CASE_WIDTHS + "</body>"))
+    dom = _chromium(["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], tmp_path, window="1280,1000")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    start = dom.stdout.index('<pre id="measure">') + len('<pre id="measure">')
+    measured = json.loads(html.unescape(dom.stdout[start:dom.stdout.index("</pre>", start)]))
+    assert 0 < measured["viewport"] <= 1280 and measured["tables"]
+    assert all(right <= measured["viewport"] for right in measured["tables"]), measured
+    assert measured["strips"] and all(width > 0 for width in measured["strips"])

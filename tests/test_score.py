@@ -639,3 +639,34 @@ def test_a_lone_surrogate_in_cases_jsonl_is_one_line_error(tmp_path, refs):
 
     html = write_report(results, progress=False).read_text(encoding="utf-8")  # the report does not crash
     assert "lone surrogate" in html
+
+
+def test_a_video_the_run_did_not_write_is_a_case_error(tmp_path, refs):
+    """cases.jsonl records each video's sha256 and seed: a video copied in from another run, or a case whose
+    seed is not run.json's, is one error naming the case and the file; the other cases are scored."""
+    import hashlib
+
+    results = tmp_path / "RESULTS"
+    red = [str(refs / "red.png")]
+    folder = add_method(results, "alpha", [
+        {"case_id": "mine", "frames": solid([RED] * 3), "references": red},
+        {"case_id": "copied", "frames": solid([RED] * 3), "references": red},
+        {"case_id": "reseeded", "frames": solid([RED] * 3), "references": red, "seed": 9},
+    ], run_info={"seed": 0})
+    records = [json.loads(line) for line in (folder / "cases.jsonl").read_text().splitlines()]
+    for record in records:
+        record["video_sha256"] = hashlib.sha256((folder / record["video"]).read_bytes()).hexdigest()
+    (folder / "cases.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    write_video(folder / "videos" / "copied.mp4", solid([BLUE] * 3), fps=8)  # another run's video
+
+    summary, lines = run(results)
+    scores = read_scores(folder / "scores.csv").set_index("case_id")
+    assert scores.loc["mine", "error"] == ""
+    copied = scores.loc["copied", "error"]
+    assert copied.startswith(f"alpha case copied: {folder.resolve() / 'videos' / 'copied.mp4'}: the video is not the "
+                             "one this run wrote (sha256 ")
+    assert scores.loc["reseeded", "error"] == (
+        f"alpha case reseeded: {folder.resolve() / 'videos' / 'reseeded.mp4'}: case seed 9 differs from the run's "
+        "seed 0 (run.json): not made by this run; generate it again (videobench generate resumes it)")
+    assert summary.exit_code == 1 and summary.n_scored == 1
+    assert sum("copied" in line for line in lines) == 1

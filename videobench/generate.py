@@ -4,7 +4,9 @@ The runner owns files, the generator owns pixels. It
 
 - gets a generator built once (:func:`videobench.methods.build_generator`: options validated, every weight file
   resolved and each missing one reported in one message, before any model loads);
-- resumes: a case whose record says ``ok`` and whose video decodes is skipped;
+- resumes: a case whose record says ``ok`` and whose video decodes is skipped, unless the video is not the one the
+  run wrote (its sha256 differs from the record's) or the record's seed is not the run's: that case is made again;
+- records each video's sha256 and seed in its cases.jsonl record (provenance, checked by ``score`` and ``report``);
 - writes each video, intermediate image and every update of ``cases.jsonl`` atomically, under a file lock, so that
   shards (``--shard i/n`` on several GPUs or nodes sharing a folder) and interrupted runs never lose a record;
 - records a failing case with its error and goes on with the others;
@@ -34,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mediaio.atomic import atomic_path
+from mediaio.hashing import file_sha256
 from mediaio.images import ImageError, load_reference_image
 from mediaio.video import encoder_settings, is_valid_video, write_video
 from videobench.cases import Case
@@ -46,6 +49,7 @@ from videobench.results import (
     check_case_id,
     image_relpath,
     package_versions,
+    provenance_problem,
     read_cases_jsonl,
     read_run_json,
     utc_now,
@@ -75,6 +79,8 @@ class GenerationSummary:
     failed: dict[str, str] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)
+    #: case id -> why its existing video was not accepted on resume (made again)
+    replaced: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -348,9 +354,19 @@ class _Run:
         _update_record(self.method_dir, _case_record(case, self.seed, "failed", error=message, **extra), self.order)
 
     def video_done(self, case: Case) -> bool:
+        """A finished case: an ``ok`` record whose video decodes and is the one this run wrote (see
+        :func:`videobench.results.provenance_problem`); a video that is not is reported and made again."""
         previous = self.existing.get(case.case_id)
-        return bool(previous and previous.get("status") == "ok"
-                    and is_valid_video(self.method_dir / video_relpath(case.case_id)))
+        path = self.method_dir / video_relpath(case.case_id)
+        if not (previous and previous.get("status") == "ok" and is_valid_video(path)):
+            return False
+        problem = provenance_problem(previous, file_sha256(path), self.seed)
+        if problem is not None:
+            if case.case_id not in self.summary.replaced:
+                logger.warning("case %s: %s: %s; generating it again", case.case_id, path, problem)
+            self.summary.replaced[case.case_id] = problem
+            return False
+        return True
 
     def image_phase(self, cases: Sequence[Case]) -> None:
         """Make the intermediate image of every case that lacks a valid one (and has no finished video)."""
@@ -396,7 +412,9 @@ class _Run:
                     with capture_library_messages() as messages:
                         result = self.generator.generate(case, self.seed)
                 output = as_output(result, case)
-                write_video(self.method_dir / video_relpath(case.case_id), output.frames, fps=self.generator.fps)
+                video_path = self.method_dir / video_relpath(case.case_id)
+                write_video(video_path, output.frames, fps=self.generator.fps)
+                video_sha256 = file_sha256(video_path, memoize=False)
                 image = None
                 if output.image is not None:
                     _write_image(self.method_dir / image_relpath(case.case_id), output.image)
@@ -407,7 +425,7 @@ class _Run:
             self.summary.generated.append(case.case_id)
             _update_record(self.method_dir, _case_record(
                 case, self.seed, "ok", image=image, seconds=round(time.perf_counter() - start, 3),
-                diagnostics=_with_messages(output.diagnostics, messages)), self.order)
+                diagnostics=_with_messages(output.diagnostics, messages), video_sha256=video_sha256), self.order)
 
 
 def selection_outcome(method_dir: Path, case_ids: Sequence[str]) -> tuple[list[str], dict[str, str], list[str]]:

@@ -3,7 +3,8 @@
     RESULTS/<method>/run.json       method, suite + version, config, seeds, package versions, timestamps
     RESULTS/<method>/cases.jsonl    one JSON object per case: case_id, subject, prompt, entity,
                                     references (list of image paths), video (path relative to the
-                                    method folder), seed, status ("ok" or "failed"), error (when failed)
+                                    method folder), seed, status ("ok" or "failed"), error (when failed),
+                                    video_sha256 (the bytes the run wrote: provenance)
     RESULTS/<method>/videos/<case_id>.mp4
     RESULTS/<method>/images/<case_id>.png    an intermediate image (two-stage methods), named in the record
 
@@ -61,6 +62,24 @@ def image_relpath(case_id: str) -> str:
 
 class RunFileError(ValueError):
     """A run.json that cannot be read (not JSON, or not a JSON object); the message names the file."""
+
+
+def provenance_problem(record: dict[str, Any], video_sha256: str | None, run_seed: Any = None) -> str | None:
+    """Why a case's video is not the one its run wrote, or None.
+
+    ``videobench generate`` records each video's sha256 and seed in its cases.jsonl record when it writes the
+    video. A file whose bytes differ from the recorded sha256 was replaced afterwards (copied in from another run,
+    re-encoded); a record whose seed differs from run.json's base seed was not written by this run (every case
+    uses the base seed). Records without these fields (other tools) are not checked.
+    """
+    recorded = record.get("video_sha256")
+    if isinstance(recorded, str) and recorded and video_sha256 and recorded != video_sha256:
+        return (f"the video is not the one this run wrote (sha256 {video_sha256[:12]}…, cases.jsonl records "
+                f"{recorded[:12]}…): damaged, replaced or copied from another run")
+    seed = record.get("seed")
+    if run_seed is not None and seed is not None and str(seed) != str(run_seed):
+        return f"case seed {seed} differs from the run's seed {run_seed} (run.json): not made by this run"
+    return None
 
 
 def check_case_id(case_id: str) -> str:

@@ -1,8 +1,10 @@
 """The report's input: one or more RESULTS folders, their leaderboard rows and their method folders.
 
 Several folders (one per suite) merge into one report: a method folder name found in several of them is one row
-with each suite's columns (Table 1). A folder without its own ``leaderboard.csv`` whose subfolders are RESULTS
-folders stands for those subfolders (:func:`resolve_results_dirs`).
+with each suite's columns (Table 1), but only when the runs are alike (:func:`run_identity`: the same generation
+settings, seed, key package versions and metric configuration); runs that differ are kept apart, each its own row
+saying why (:func:`assign_rows`). A folder without its own ``leaderboard.csv`` whose subfolders are RESULTS folders
+stands for those subfolders (:func:`resolve_results_dirs`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class MethodData:
     suites: tuple[str, ...] = ()
     #: the name shown in per-subject and per-case sections (unique over all folders; see ``_label_methods``)
     label: str = ""
+    #: its row in our leaderboard and the paper tables (the folder name, or the label when kept apart)
+    row: str = ""
+    #: why the row is kept apart from runs of the same folder name in other RESULTS folders
+    apart: str = ""
 
 
 def load_method(folder: Path, results_dir: str = "") -> MethodData:
@@ -151,6 +157,82 @@ def label_methods(methods: list[MethodData]) -> None:
         data.label = data.method if counts[data.method] == 1 else f"{data.method} [{data.results_dir}]"
 
 
+#: packages whose versions change generated videos or metric values: runs that differ in them are not merged
+KEY_PACKAGES = ("torch", "diffusers", "transformers", "open_clip_torch", "timm")
+#: the scores.csv columns naming the configuration of the metric family that produced a value
+CONFIG_SUFFIX = "_config_sha256"
+
+
+def metric_configs(scores: pd.DataFrame | None) -> dict[str, tuple[str, ...]]:
+    """``family -> the distinct config hashes`` of the scored (error-free) rows of a scores.csv."""
+    if scores is None or not len(scores):
+        return {}
+    ok = scores[scores["error"].fillna("").astype(str) == ""] if "error" in scores else scores
+    configs = {}
+    for column in sorted(c for c in scores.columns if str(c).endswith(CONFIG_SUFFIX)):
+        values = sorted({str(v) for v in ok[column] if isinstance(v, str) and v})
+        if values:
+            configs[column[: -len(CONFIG_SUFFIX)]] = tuple(values)
+    return configs
+
+
+def run_identity(data: MethodData) -> dict[str, Any]:
+    """What must be equal for two runs' numbers to share a row: generation settings (run.json ``config``: model,
+    LoRA, steps, guidance, ...), the seed, the versions of :data:`KEY_PACKAGES` and each metric family's
+    configuration (the ``<family>_config_sha256`` columns of scores.csv)."""
+    packages = data.info.get("packages") if isinstance(data.info.get("packages"), dict) else {}
+    return {
+        "generation settings": data.info.get("config"),
+        "seed": data.info.get("seed"),
+        **{f"{name} version": packages.get(name) for name in KEY_PACKAGES},
+        **{f"{family} metric settings": configs for family, configs in metric_configs(data.scores).items()},
+    }
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "+".join(v[:8] for v in value)
+    if isinstance(value, dict):
+        return "{…}"
+    return str(value)
+
+
+def identity_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """What differs between two :func:`run_identity` results, e.g. ``"seed 0 vs 1; dino metric settings"``."""
+    parts = []
+    for key in sorted(set(a) | set(b), key=lambda k: list(a).index(k) if k in a else len(a)):
+        if a.get(key) == b.get(key):
+            continue
+        if key == "generation settings" and (isinstance(a.get(key), dict) or isinstance(b.get(key), dict)):
+            mine = a.get(key) if isinstance(a.get(key), dict) else {}
+            theirs = b.get(key) if isinstance(b.get(key), dict) else {}
+            names = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            parts.append("generation settings (" + ", ".join(
+                f"{k} {_short(mine.get(k))} vs {_short(theirs.get(k))}" for k in names) + ")")
+        elif key.endswith("metric settings"):
+            parts.append(f"{key} (config {_short(a.get(key))} vs {_short(b.get(key))})")
+        else:
+            parts.append(f"{key} {_short(a.get(key))} vs {_short(b.get(key))}")
+    return "; ".join(parts)
+
+
+def assign_rows(methods: list[MethodData]) -> None:
+    """Give each method folder its table row: folders of one name from several RESULTS folders share a row only
+    when their :func:`run_identity` is equal; otherwise each is its own row (its label) saying what differs."""
+    by_name: dict[str, list[MethodData]] = {}
+    for data in methods:
+        by_name.setdefault(data.method, []).append(data)
+    for name, group in by_name.items():
+        identities = [run_identity(data) for data in group]
+        alike = all(identity == identities[0] for identity in identities)
+        for data, identity in zip(group, identities):
+            data.row = name if alike else data.label
+            if not alike:
+                others = [f"{other.label}: {identity_difference(identity, theirs)}"
+                          for other, theirs in zip(group, identities) if other is not data and theirs != identity]
+                data.apart = "kept apart from " + "; ".join(others)
+
+
 def read_board(results_dir: Path) -> pd.DataFrame:
     board_path = results_dir / layout.LEADERBOARD_FILE
     if not board_path.is_file():
@@ -168,7 +250,8 @@ def read_board(results_dir: Path) -> pd.DataFrame:
 
 
 def load_results(results_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[MethodData]]:
-    """The concatenated leaderboard rows (with a ``results_dir`` column) and method folders of RESULTS folders.
+    """The concatenated leaderboard rows (with ``results_dir`` and ``row`` columns: where each came from, and the
+    table row it belongs to, see :func:`assign_rows`) and method folders of RESULTS folders.
 
     Raises:
         FileNotFoundError: a folder has no leaderboard.csv.
@@ -179,4 +262,8 @@ def load_results(results_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[Metho
     methods = [load_method(folder, str(path)) for path in results_dirs for folder in layout.method_dirs(path)]
     check_unique_runs(board, methods)
     label_methods(methods)
+    assign_rows(methods)
+    row_of = {(data.method, data.results_dir): data.row for data in methods}
+    board["row"] = [row_of.get((str(r["method"]), str(r["results_dir"])), str(r["method"]))
+                    for r in board.to_dict("records")]
     return board, methods

@@ -1,5 +1,8 @@
 """The report's pictures of each case: the reference thumbnail, the intermediate image (two-stage methods) and a
-strip of frames from the video, inlined as base64 JPEG data URIs so the page needs no other file.
+strip of frames from the video ("6 of 9 frames"), inlined as base64 JPEG data URIs so the page needs no other file;
+and each video's provenance: one that is not the video its run wrote (its sha256 differs from the one cases.jsonl
+recorded, or the record's seed is not run.json's, :func:`videobench.results.provenance_problem`) or that changed
+after it was scored is flagged in its row.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mediaio.hashing import file_sha256
 from mediaio.images import ImageError, load_reference_image
 from mediaio.video import VideoError, read_video
 from videobench import results as layout
@@ -35,9 +39,14 @@ def _fit_height(image: Image.Image, height: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+def strip_indices(n_frames: int, count: int) -> list[int]:
+    """The indices of ``count`` evenly spaced frames of ``n_frames`` (first and last included)."""
+    return [int(i) for i in np.unique(np.linspace(0, n_frames - 1, num=min(count, n_frames)).round().astype(int))]
+
+
 def frame_strip(frames: np.ndarray, count: int = 6, height: int = 64) -> Image.Image:
     """``count`` evenly spaced frames (first and last included), each ``height`` px tall, side by side."""
-    indices = np.unique(np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int))
+    indices = strip_indices(len(frames), count)
     tiles = [_fit_height(Image.fromarray(frames[i]), height) for i in indices]
     strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height), (255, 255, 255))
     x = 0
@@ -58,6 +67,8 @@ class CaseRow:
     error: str
     media_note: str = ""
     image_uri: str | None = None  # the intermediate image a two-stage method kept
+    strip_caption: str = ""  # how many of the video's frames the strip shows ("6 of 9 frames")
+    provenance: str = ""  # why the video is not the one its run wrote (or changed since it was scored)
 
 
 @dataclass
@@ -72,6 +83,8 @@ class MethodCases:
     title: str = ""
     suite: str = ""
     results_dir: str = ""
+    #: cases whose video is not the one the run wrote
+    n_provenance: int = 0
 
 
 def _reference_path(folder: Path, record: dict[str, Any]) -> Path | None:
@@ -87,15 +100,32 @@ def _reference_path(folder: Path, record: dict[str, Any]) -> Path | None:
     return path
 
 
-def _strip_for(folder: Path, case: dict[str, Any], strip_frames: int, height: int) -> tuple[str | None, str]:
-    """The frame strip of a case's video as a data URI, or (None, why not)."""
+@dataclass
+class _Strip:
+    uri: str | None = None
+    note: str = ""
+    caption: str = ""
+    provenance: str = ""
+
+
+def _strip_for(folder: Path, case: dict[str, Any], scored: dict[str, Any], run_seed: Any, strip_frames: int,
+               height: int) -> _Strip:
+    """The frame strip of a case's video as a data URI with its caption and provenance check, or why not."""
     if not case.get("video") or case.get("status", "ok") != "ok":
-        return None, ""
+        return _Strip()
     try:
-        frames = read_video(layout.resolve_inside(folder, str(case["video"]))).frames
-    except (VideoError, ValueError) as error:
-        return None, str(error)
-    return _jpeg_data_uri(frame_strip(frames, strip_frames, height)), ""
+        path = layout.resolve_inside(folder, str(case["video"]))
+        frames = read_video(path).frames
+        sha = file_sha256(path)
+    except (VideoError, ValueError, OSError) as error:
+        return _Strip(note=str(error))
+    problem = layout.provenance_problem(case, sha, run_seed)
+    scored_sha = scored.get("video_sha256")
+    if problem is None and isinstance(scored_sha, str) and scored_sha and scored_sha != sha and not scored.get("error"):
+        problem = "the video changed after it was scored (its sha256 differs from scores.csv's); score again"
+    shown = len(strip_indices(len(frames), strip_frames))
+    return _Strip(_jpeg_data_uri(frame_strip(frames, strip_frames, height)), "", f"{shown} of {len(frames)} frames",
+                  problem or "")
 
 
 def _reference_thumbnail(path: Path, height: int, cache: dict[Path, tuple[str | None, str]]) -> tuple[str | None, str]:
@@ -151,9 +181,12 @@ def case_rows(
         records = records[:max_cases]
     cases = [data.cases.get(str(record["case_id"]), {}) for record in records]
     strip_height = max(32, thumb_height * 3 // 4)
+    run_seed = data.info.get("seed")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PyAV decodes without the GIL
-        strips = pool.map(lambda case: _strip_for(data.folder, case, strip_frames, strip_height), cases)
-        for record, case, (strip_uri, strip_note) in zip(records, cases, strips):
+        strips = pool.map(lambda pair: _strip_for(data.folder, pair[1], pair[0], run_seed, strip_frames, strip_height),
+                          zip(records, cases))
+        for record, case, strip in zip(records, cases, strips):
+            strip_uri, strip_note = strip.uri, strip.note
             error = str(record.get("error") or "")
             reference_uri, reference_note = None, ""
             ref_path = _reference_path(data.folder, case) if case else None
@@ -165,7 +198,8 @@ def case_rows(
                 case_id=str(record["case_id"]), subject=str(record.get("subject") or case.get("subject") or ""),
                 prompt=str(case.get("prompt", "")), reference_uri=reference_uri, strip_uri=strip_uri,
                 values=display_values(record, columns), error=error, media_note="; ".join(notes),
-                image_uri=image_uri,
+                image_uri=image_uri, strip_caption=strip.caption, provenance=strip.provenance,
             ))
+            out.n_provenance += bool(strip.provenance)
             bar.update(1)
     return out

@@ -10,21 +10,26 @@ paper-table matches by the method folder name: ``method-x`` of ``results/suite-a
 
 The page holds, in order:
 
-1. a banner when any method or metric ran with random weights (the numbers then mean nothing) and a
-   note when cases failed;
+1. a banner when any method or metric ran with random weights (the numbers then mean nothing), one when a
+   video is not the one its run wrote (provenance: the sha256 and seed cases.jsonl recorded), and a note when
+   cases failed;
 2. our leaderboard in Table 1's layout (one column group per suite, in the suites' registered order; the
    registered score columns in their order), every mean with its 95% bootstrap interval, best **bold** and
-   second underlined per column among the non-calibration methods; calibration methods (run.json
-   ``kind: reference``) are shown as reference rows;
+   second underlined per column among the non-calibration methods with real weights; calibration methods
+   (run.json ``kind: reference``) are shown as reference rows, random-weights rows are tagged; runs of one folder
+   name that differ (generation settings, seed, key package versions, metric configuration) are separate rows
+   saying why; then the metric settings (each family's configuration, and who used which);
 3. the paper's Table 1 and Table 2 (``videobench/paper/*.csv``, sources in its README) with our matching
-   runs beside each published row (matched by run.json's ``paper_row`` / ``table2_setting``);
-   published rows nobody ran are marked "published, not reproduced" with what is missing;
+   runs beside each published row (matched by run.json's ``paper_row`` / ``table2_setting``); a published
+   row stays "published, not reproduced" unless a run with real weights, no preset and the full suite reproduces
+   it (with what is missing, or why our runs do not count);
 4. a per-subject breakdown per suite (naming the results folders it comes from);
 5. per-case rows per method folder, labelled with its suite (and its results folder when two folders
    hold a method of that name): the reference thumbnail, the intermediate image of two-stage methods, a
    strip of frames from the video, the scores and any error.
 
-Plots (inline SVG) show DINO-I against D.D and CLIP-T against CLIP-I for every run beside the paper's points.
+Plots (inline SVG) show DINO-I against D.D and CLIP-T against CLIP-I for every run with real weights beside the
+paper's points, and the random-weights runs in a panel of their own (:mod:`~videobench.report.plots`).
 Images are inlined as base64 JPEG data URIs; the page needs no other file. The template is rendered
 by a jinja2 ``Environment(autoescape=True)``, so every string from users (prompts, method and subject
 names, error messages) is escaped. The file is written atomically.
@@ -44,7 +49,7 @@ from tqdm import tqdm
 
 import videobench
 from mediaio.atomic import atomic_write_text
-from videobench.report.load import ReportInputError, load_results, resolve_results_dirs
+from videobench.report.load import MethodData, ReportInputError, load_results, metric_configs, resolve_results_dirs
 from videobench.report.media import case_rows
 from videobench.report.paper import paper_table1, paper_table2
 from videobench.report.plots import draw_plots
@@ -70,6 +75,30 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def metric_settings(methods: Sequence[MethodData]) -> list[str]:
+    """One line per metric family: the configuration(s) our runs were scored with (scores.csv's
+    ``<family>_config_sha256``: model, weights, preprocessing, ``-M`` options). Where runs differ, which run used
+    which (such runs never share a row); a run whose own cases mix configurations is named."""
+    used: dict[str, dict[str, list[str]]] = {}
+    lines = []
+    for data in methods:
+        for family, configs in metric_configs(data.scores).items():
+            used.setdefault(family, {}).setdefault("+".join(c[:12] for c in configs), []).append(data.label)
+            if len(configs) > 1:
+                lines.append(f"{data.label}: its cases were scored with {len(configs)} {family} configurations "
+                             f"({', '.join(c[:12] for c in configs)}); its means mix them, score it again")
+    families = []
+    for family in sorted(used):
+        by_config = used[family]
+        if len(by_config) == 1:
+            families.append(f"{family}: one configuration for every run (config {next(iter(by_config))})")
+        else:
+            families.append(f"{family}: {len(by_config)} configurations (numbers compare only within one) — "
+                            + "; ".join(f"config {config}: {', '.join(labels)}"
+                                        for config, labels in sorted(by_config.items())))
+    return families + lines
 
 
 def build_context(
@@ -116,6 +145,7 @@ def build_context(
         "version": videobench.__version__,
         "random_metrics": random_metrics,
         "random_methods": random_methods,
+        "n_provenance": sum(method.n_provenance for method in cases),
         "n_failed": int(pd.to_numeric(board.get("n_failed", pd.Series(dtype=float)), errors="coerce").fillna(0).sum()),
         "ours": leaderboard_table(board, methods),
         "paper_tables": [paper_table1(board, methods), paper_table2(board, methods)],
@@ -123,6 +153,7 @@ def build_context(
         "plots": draw_plots(board),
         "cases": cases,
         "case_columns": [column_label(c) for c in columns],
+        "metric_settings": metric_settings(methods),
         "scale_caption": scale_caption(columns),
     }
 

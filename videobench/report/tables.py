@@ -110,12 +110,13 @@ def suite_table(title: str, suites: Sequence[str], columns: Sequence[str], rows:
 
 
 def mark_rows(rows: list[Row], columns: Sequence[str], ranked: Iterable[str] = ("ours", "paper")) -> None:
-    """Best/second marks per cell column among the rows whose kind is in ``ranked`` (when 2 or more).
+    """Best/second marks per cell column among the rows whose kind is in ``ranked`` (when 2 or more); rows with
+    random weights are never ranked (their numbers mean nothing).
 
     ``columns`` are the score columns of one suite group (the cells repeat them per group).
     """
     ranked = set(ranked)
-    eligible = [row for row in rows if row.kind in ranked]
+    eligible = [row for row in rows if row.kind in ranked and not row.random]
     if len(eligible) < 2 or not columns:  # a single row has nothing to be best against
         return
     specs = column_specs()
@@ -154,7 +155,8 @@ def scale_caption(columns: Sequence[str] | None = None) -> str:
 
 
 def video_sizes(methods: Sequence[Any]) -> dict[tuple[str, str], str]:
-    """``(method, suite) -> "TxHxW"``: the most common size of a method's scored videos on a suite."""
+    """``(row, suite) -> "TxHxW"``: the most common size of a method's scored videos on a suite (keyed by its table
+    row, the method folder name unless runs of that name are kept apart)."""
     sizes = {}
     for data in methods:
         scores = data.scores
@@ -164,7 +166,7 @@ def video_sizes(methods: Sequence[Any]) -> dict[tuple[str, str], str]:
             shapes = part[["num_frames", "height", "width"]].dropna().astype(int)
             if len(shapes):
                 t, h, w = shapes.value_counts().index[0]
-                sizes[(data.method, str(suite))] = f"{t}x{h}x{w}"
+                sizes[(getattr(data, "row", "") or data.method, str(suite))] = f"{t}x{h}x{w}"
     return sizes
 
 
@@ -182,38 +184,57 @@ def size_notes(sizes: dict[tuple[str, str], str]) -> dict[str, str]:
     return {method: "; ".join(parts) for method, parts in notes.items()}
 
 
+def row_key(record: dict[str, Any]) -> str:
+    """The table row a leaderboard record belongs to (``row``, set by the report's loader; else the method)."""
+    row = record.get("row")
+    return str(row) if isinstance(row, str) and row else str(record["method"])
+
+
+def is_random(record: dict[str, Any] | None) -> bool:
+    """A leaderboard record scored with random metric weights or generated with random model weights."""
+    return record is not None and any(flag(record.get(name)) for name in ("random_weights", "method_random_weights"))
+
+
+def counts_text(by_key: dict[tuple[str, str], dict[str, Any]], row: str, suites: Sequence[str]) -> str:
+    """``"DreamBench: 3/4; smoke: 4/4"``: scored / cases of a row on each suite it has."""
+    return "; ".join(
+        f"{suite_label(suite)}: {int(by_key[(row, suite)]['n_scored'])}/{int(by_key[(row, suite)]['n_cases'])}"
+        for suite in suites if (row, suite) in by_key
+    )
+
+
 def leaderboard_table(board: pd.DataFrame, methods_data: Sequence[Any] = ()) -> Table:
     """Our leaderboard in Table 1's layout: rows = methods, column groups = suites.
 
-    Rows are keyed by method folder name, so the rows of several RESULTS folders' leaderboards (one per
-    suite) for the same folder name fill one row's column groups. A method whose videos have another size than
-    most on a suite (frames x height x width, from scores.csv) says so in its row.
+    Rows are keyed by method folder name (the ``row`` column the loader sets), so the rows of several RESULTS
+    folders' leaderboards (one per suite) for the same folder name fill one row's column groups, unless the runs
+    differ (generation settings, seed, package versions, metric configuration): then each is its own row and says
+    why. A method whose videos have another size than most on a suite (frames x height x width, from scores.csv)
+    says so in its row. Rows with random weights are tagged and never get best/second marks.
     """
     notes = size_notes(video_sizes(methods_data))
+    apart = {data.row: data.apart for data in methods_data if getattr(data, "apart", "")}
     suites = suite_order(board["suite"].astype(str)) if len(board) else []
     columns = board_columns(board) if len(board) else []
-    by_key = {(str(r["method"]), str(r["suite"])): r for r in board.to_dict("records")}
-    methods: dict[str, dict[str, Any]] = {}
+    by_key = {(row_key(r), str(r["suite"])): r for r in board.to_dict("records")}
+    firsts: dict[str, dict[str, Any]] = {}
     for record in board.to_dict("records"):
-        methods.setdefault(str(record["method"]), record)
-    order = sorted(methods, key=lambda m: (flag(methods[m].get("reference")), m))
+        firsts.setdefault(row_key(record), record)
+    order = sorted(firsts, key=lambda m: (flag(firsts[m].get("reference")), m))
     rows = []
-    for method in order:
-        first = methods[method]
-        cells = [cell_from(by_key.get((method, suite)), column) for suite in suites for column in columns]
-        counts = "; ".join(
-            f"{suite_label(suite)}: {int(by_key[(method, suite)]['n_scored'])}/{int(by_key[(method, suite)]['n_cases'])}"
-            for suite in suites if (method, suite) in by_key
-        )
-        random = any(flag(by_key[(method, s)].get(name)) for s in suites if (method, s) in by_key
-                     for name in ("random_weights", "method_random_weights"))
-        rows.append(Row(method, cells, kind="reference" if flag(first.get("reference")) else "ours",
-                        random=random, counts=counts, note=notes.get(method, "")))
+    for key in order:
+        first = firsts[key]
+        cells = [cell_from(by_key.get((key, suite)), column) for suite in suites for column in columns]
+        random = any(is_random(by_key.get((key, s))) for s in suites)
+        note = "; ".join(part for part in (notes.get(key, ""), apart.get(key, "")) if part)
+        rows.append(Row(key, cells, kind="reference" if flag(first.get("reference")) else "ours",
+                        random=random, counts=counts_text(by_key, key, suites), note=note))
     mark_rows(rows, columns, ranked=("ours",))
     return suite_table(
         "Our leaderboard", suites, columns, rows, table_id="ours",
         caption=f"Means over scored cases ({scale_caption(columns)}) with 95% bootstrap intervals. Bold: best, "
-                "underlined: second best per column among the evaluated methods (reference rows excluded).",
+                "underlined: second best per column among the evaluated methods with real weights (reference and "
+                "random-weights rows excluded).",
     )
 
 

@@ -5,13 +5,17 @@ lines with the same case id winning), the previous scores.csv, and reports stray
 resolves and hashes the video and the reference images (:class:`CaseInputs`: the cache keys), and decodes them
 into a :class:`~videobench.metrics.base.MetricInput` when a metric has to run.
 
-Every problem with one case is a :class:`CaseError` whose message names the case and the file.
+Every problem with one case is a :class:`CaseError` whose message names the case and the file, a video that is not
+the one its run wrote included (:func:`videobench.results.provenance_problem`: the sha256 and seed that
+``videobench generate`` recorded).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -222,8 +226,32 @@ class CaseInputs:
         return json_sha256({"only": sorted(names), **{name: self.parts[name] for name in sorted(names)}})
 
 
+@lru_cache(maxsize=64)
+def _run_seed_of(path: str, mtime_ns: int, size: int) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            info = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return info.get("seed") if isinstance(info, dict) else None
+
+
+def run_seed(method_dir: Path) -> Any:
+    """run.json's base seed (read once per file version), or None when there is no readable run.json."""
+    path = method_dir / layout.RUN_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _run_seed_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def collect_case(method_dir: Path, record: dict[str, Any], where: str) -> CaseInputs:
-    """Check the record, resolve and hash its video and references. Raises :class:`CaseError`."""
+    """Check the record, resolve and hash its video and references. Raises :class:`CaseError`.
+
+    A video whose bytes are not those the run recorded, or a record whose seed is not the run's, is refused
+    (:func:`videobench.results.provenance_problem`).
+    """
     status = record.get("status", "ok")
     if status != "ok":
         detail = record.get("error") or "no error message recorded"
@@ -242,6 +270,9 @@ def collect_case(method_dir: Path, record: dict[str, Any], where: str) -> CaseIn
         video_sha = file_sha256(video_path)
     except OSError as error:
         raise CaseError(f"{where}: {video_path}: unreadable ({error})") from None
+    problem = layout.provenance_problem(record, video_sha, run_seed(method_dir))
+    if problem is not None:
+        raise CaseError(f"{where}: {video_path}: {problem}; generate it again (videobench generate resumes it)")
     references = reference_paths(method_dir, record, where)
     prompt, entity = str(record.get("prompt", "")), str(record.get("entity", ""))
     inputs = {"prompt": prompt, "entity": entity,
