@@ -20,11 +20,15 @@ from videobench.options import (
 GENERATE = ("generate", "--method", "customvideox", "--preset", "tiny", "--suite", "smoke", "--random-weights")
 
 
-def _one_error_line(out, *fragments: str) -> None:
+def _one_error_line(out, *fragments: str, only: bool = True) -> None:
+    """Exit 2 with one short ``error:`` line (the only output unless ``only=False``: notes and progress)."""
     assert out.exit_code == EXIT_SETUP_ERROR, out.output
-    assert out.output.count("\n") == 1 and len(out.output) < 400, out.output
+    errors = [line for line in out.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and len(errors[0]) < 400 and out.output.endswith(errors[0] + "\n"), out.output
+    if only:
+        assert out.output.count("\n") == 1, out.output
     for fragment in fragments:
-        assert fragment in out.output, out.output
+        assert fragment in errors[0], out.output
 
 
 # ----------------------------------------------------------------------------------------------- config files
@@ -152,3 +156,67 @@ def test_nan_in_o_and_metric_options(env):
     out = invoke("score", str(env / "r"), "--random-weights", "--metrics", "dino_i", "-M", "dino.crop_pct=nan")
     _one_error_line(out, "metric dino: option crop_pct='nan': expected a finite number")
     assert list((env / "r").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- disk full
+
+
+T_CONS = ("--random-weights", "--metrics", "t_cons", "-M", "clip.model=ViT-S-32")
+
+
+def _disk_full_at(monkeypatch, name: str) -> list[str]:
+    """Make the atomic rename onto any file called ``name`` fail as a full disk does; returns the paths tried."""
+    import errno
+
+    import mediaio.atomic
+
+    tried: list[str] = []
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == name or (name == "*.json" and str(dst).endswith(".json")):
+            tried.append(str(dst))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+
+    monkeypatch.setattr(mediaio.atomic.os, "replace", replace)
+    return tried
+
+
+def _no_temp_files(folder) -> None:
+    assert not [p for p in folder.rglob("*") if p.name.startswith(".") and p.name.endswith((".part", ".json",
+                                                                                           ".csv", ".html"))]
+
+
+def test_disk_full_while_writing_run_json(env, monkeypatch):
+    tried = _disk_full_at(monkeypatch, "run.json")
+    out = invoke("generate", "--method", "reference-still", "--suite", "smoke", "--limit", "1",
+                 "--out", str(env / "r"))
+    _one_error_line(out, f"error: no space left on device: {tried[0]}")
+    assert not (env / "r" / "reference-still" / "run.json").exists()
+    _no_temp_files(env / "r")
+
+
+def test_disk_full_while_writing_scores_report_and_cache(env, monkeypatch):
+    results = env / "r"
+    assert invoke("generate", "--method", "reference-still", "--suite", "smoke", "--limit", "1",
+                  "--out", str(results)).exit_code == 0
+    monkeypatch.setenv("VIDEOBENCH_SCORE_CACHE", str(env / "cache"))
+    with monkeypatch.context() as patch:
+        tried = _disk_full_at(patch, "*.json")
+        out = invoke("score", str(results), *T_CONS)
+        _one_error_line(out, f"error: no space left on device: {tried[0]}", only=False)
+        assert str(env / "cache") in tried[0] and not (results / "reference-still" / "scores.csv").exists()
+    with monkeypatch.context() as patch:
+        tried = _disk_full_at(patch, "scores.csv")
+        out = invoke("score", str(results), *T_CONS)
+        _one_error_line(out, f"error: no space left on device: {results / 'reference-still' / 'scores.csv'}",
+                        only=False)
+        assert not (results / "reference-still" / "scores.csv").exists()
+    assert invoke("score", str(results), *T_CONS).exit_code == 0
+    with monkeypatch.context() as patch:
+        _disk_full_at(patch, "leaderboard.html")
+        out = invoke("report", str(results))
+        _one_error_line(out, f"error: no space left on device: {results / 'leaderboard.html'}", only=False)
+        assert not (results / "leaderboard.html").exists()
+    _no_temp_files(results)
