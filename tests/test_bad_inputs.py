@@ -220,3 +220,106 @@ def test_disk_full_while_writing_scores_report_and_cache(env, monkeypatch):
         _one_error_line(out, f"error: no space left on device: {results / 'leaderboard.html'}", only=False)
         assert not (results / "leaderboard.html").exists()
     _no_temp_files(results)
+
+
+# ------------------------------------------------------------------------------------------- plugins, names
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Methods registered by a test live in a copy of the registry that is dropped afterwards."""
+    from videobench import methods
+
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    return methods
+
+
+def _register_escaper(methods, run_name: str, option_type=int) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from videobench.options import option
+
+    Options = dataclasses.make_dataclass(  # noqa: N806 - a class
+        "EscaperOptions", [("values", option_type, option(None if option_type is not int else 1, "values"))],
+        frozen=True)
+
+    class Escaper:
+        fps, random_weights = 8, False
+
+        def __init__(self) -> None:
+            self.run_name = run_name
+
+        def config(self):
+            return {}
+
+        def generate(self, case, seed):
+            return np.zeros((2, 16, 16, 3), dtype=np.uint8)
+
+    methods.register_method("escaper", description="writes where its run_name says", kind="video-model",
+                            options=Options)(lambda options, context: Escaper())
+
+
+@pytest.mark.parametrize("run_name", ["../../escaped-run", "..", "a/b", ".hidden", "x\x00y", ""])
+def test_run_names_are_one_folder_below_out(env, scratch_registry, run_name):
+    _register_escaper(scratch_registry, run_name)
+    out = invoke("generate", "--method", "escaper", "--suite", "smoke", "--limit", "1", "--out",
+                 str(env / "a" / "b" / "r"))
+    _one_error_line(out, "method escaper: run_name")
+    assert not (env / "a").exists() and not (env / "escaped-run").exists()
+
+
+def test_method_names_are_checked_at_registration(scratch_registry):
+    with pytest.raises(ValueError, match=r"method name '\.\./x': must be one folder name"):
+        scratch_registry.register_method("../x", description="", kind="video-model")
+
+
+def test_a_plugin_option_typed_list_is_one_error(env, scratch_registry):
+    _register_escaper(scratch_registry, "fine", option_type=list)
+    out = invoke("generate", "--method", "escaper", "--suite", "smoke", "--limit", "1", "--out", str(env / "r"),
+                 "-o", "values=1,2")
+    _one_error_line(out, "method escaper: option values='1,2': the plugin declares this option as list, which "
+                         "cannot be set")
+    assert not (env / "r").exists()
+
+
+def test_a_plugin_that_fails_to_import(env, monkeypatch):
+    from importlib import metadata
+
+    from videobench import plugins
+
+    broken = metadata.EntryPoint(name="broken", value="no_such_plugin_module_xyz", group=plugins.METHODS_GROUP)
+    real = metadata.entry_points
+
+    def entry_points(**selection):
+        if selection.get("group") == plugins.METHODS_GROUP and selection.get("name") == "broken":
+            return [broken]
+        return real(**selection)
+
+    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(plugins, "_LOADED", set())
+    out = invoke("generate", "--method", "broken", "--suite", "smoke", "--out", str(env / "r"))
+    _one_error_line(out, "plugin 'broken' (videobench.methods): no_such_plugin_module_xyz failed to import "
+                         "(ModuleNotFoundError: No module named 'no_such_plugin_module_xyz')")
+    assert not (env / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------ metric options
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("clip.model=../../x", "metric clip: model '../../x' is not an open_clip architecture"),
+    ('dino.model_kwargs={"foo": 1}', "metric dino: model_kwargs: unknown key 'foo'; accepted: img_size"),
+    ('dino.model_kwargs={"depth": "x"}', "metric dino: model_kwargs: depth='x': expected a positive integer"),
+    ('dino.model_kwargs={"num_classes": 5}', "metric dino: model_kwargs: unknown key 'num_classes'"),
+    ('dino.model_kwargs={"embed_dim": 50, "num_heads": 3}', "embed_dim=50 does not split into num_heads=3"),
+    ('subject_consistency.model_kwargs={"mlp_ratio": NaN}', "model_kwargs: mlp_ratio=nan: expected a finite"),
+    ("dino.model_kwargs=[1]", "metric dino: option model_kwargs='[1]': expected a mapping"),
+])
+def test_metric_options_that_used_to_raise_inside_the_libraries(env, option, message):
+    (env / "r").mkdir()
+    out = invoke("score", str(env / "r"), "--random-weights", "--metrics", "clip_t,dino_i,subject_consistency",
+                 "-M", option)
+    _one_error_line(out, message)
+    assert list((env / "r").iterdir()) == []

@@ -154,7 +154,9 @@ def _convert(value: Any, annotation: Any) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError("expected text")
         return str(value)
-    raise TypeError(f"unsupported option type {inner!r}")
+    # A plugin's field of a type no text converts to (list, set, a class): one option error, not a traceback.
+    raise ValueError(f"the plugin declares this option as {getattr(inner, '__name__', inner)}, which cannot be set "
+                     "(supported: str, int, float, bool, Path, Literal, tuple[X, ...], dict, X | None)")
 
 
 def _check_bounds(value: Any, meta: Mapping[str, Any]) -> None:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.dino import build_dino_model
+from videobench.metrics.dino import build_dino_model, check_vit_kwargs
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, precision_context
 from videobench.metrics.registry import ColumnSpec, register_metric
@@ -137,6 +137,9 @@ class SubjectConsistencyOptions:
                                         "safetensors (else the weights folder or caches)")
     batch_size: int = option(32, "frames per forward pass", minimum=1)
     model_kwargs: dict = option(default_factory=dict, help="timm architecture overrides (tests: a shallow model)")
+
+    def __post_init__(self) -> None:
+        check_vit_kwargs(self.model_kwargs)
 
 
 @register_metric
