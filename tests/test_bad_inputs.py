@@ -323,3 +323,17 @@ def test_metric_options_that_used_to_raise_inside_the_libraries(env, option, mes
                  "-M", option)
     _one_error_line(out, message)
     assert list((env / "r").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- empty folders
+
+
+def test_score_and_report_of_an_empty_folder_write_nothing(env):
+    empty = env / "empty"
+    empty.mkdir()
+    out = invoke("score", str(empty), *T_CONS)
+    _one_error_line(out, f"{empty}: no method folder (a folder holding cases.jsonl) to score", only=False)
+    assert out.output.count("no method folder") == 1
+    out = invoke("report", str(empty))
+    _one_error_line(out, f"{empty / 'leaderboard.csv'}: no leaderboard")
+    assert list(empty.iterdir()) == []
