@@ -337,3 +337,24 @@ def test_score_and_report_of_an_empty_folder_write_nothing(env):
     out = invoke("report", str(empty))
     _one_error_line(out, f"{empty / 'leaderboard.csv'}: no leaderboard")
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize(("cell", "column"), [("inf", "clip_t"), ("abc", "clip_t"), ("-inf", "dino_i_ci_low"),
+                                              ("abc", "n_cases"), ("x" * 500, "t_cons")])
+def test_leaderboard_cells_that_are_not_finite_numbers(env, cell, column):
+    import pandas as pd
+
+    from videobench.report.load import ReportInputError, check_board_numbers
+
+    results = env / "r"
+    results.mkdir()
+    row = {"method": "m", "suite": "smoke", "clip_t": "50.0", "dino_i_ci_low": "", "t_cons": "99.0", "n_cases": "4"}
+    good = pd.DataFrame([row])
+    check_board_numbers(good, results / "leaderboard.csv")  # empty cells are allowed
+    pd.DataFrame([{**row, column: cell}]).to_csv(results / "leaderboard.csv", index=False)
+    with pytest.raises(ReportInputError):
+        check_board_numbers(pd.read_csv(results / "leaderboard.csv"), results / "leaderboard.csv")
+    out = invoke("report", str(results))
+    _one_error_line(out, f"{results / 'leaderboard.csv'}: method 'm', column {column}: '{cell[:37]}",
+                    "is not a finite number")
+    assert sorted(p.name for p in results.iterdir()) == ["leaderboard.csv"]
