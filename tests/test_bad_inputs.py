@@ -358,3 +358,42 @@ def test_leaderboard_cells_that_are_not_finite_numbers(env, cell, column):
     _one_error_line(out, f"{results / 'leaderboard.csv'}: method 'm', column {column}: '{cell[:37]}",
                     "is not a finite number")
     assert sorted(p.name for p in results.iterdir()) == ["leaderboard.csv"]
+
+
+# ---------------------------------------------------------------------------------------------- LoRA files
+
+
+def _lora_file(path, metadata: dict[str, str]):
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"transformer.transformer_blocks.0.attn1.{name}.lora_{part}.weight": torch.zeros(4, 4)
+               for name in ("to_q", "to_k") for part in "AB"}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def test_lora_files_cut_short_or_with_bad_metadata(env):
+    from customvideox.lora import LORA_METADATA_KEY, REFERENCE_CONFIG_METADATA_KEY, read_reference_settings
+
+    good = _lora_file(env / "good.safetensors", {LORA_METADATA_KEY: '{"transformer.lora_alpha": 8}'})
+    assert read_reference_settings(good)["lora_alpha"] == 8
+    data = good.read_bytes()
+    for cut in (len(data) // 2, 5):  # in the tensors, in the header
+        half = env / f"cut{cut}.safetensors"
+        half.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=rf"{half}: not a readable safetensors file \("):
+            read_reference_settings(half)
+    not_json = _lora_file(env / "notjson.safetensors", {REFERENCE_CONFIG_METADATA_KEY: "{rank: 4"})
+    with pytest.raises(ValueError, match=rf"{not_json}: metadata 'customvideox_reference_config' is not JSON "
+                                         r"\(Expecting property name"):
+        read_reference_settings(not_json)
+    listed = _lora_file(env / "listed.safetensors", {LORA_METADATA_KEY: "[4]"})
+    with pytest.raises(ValueError, match=rf"{listed}: metadata 'lora_adapter_metadata' is not a JSON object"):
+        read_reference_settings(listed)
+
+    half = env / f"cut{len(data) // 2}.safetensors"
+    for bad, message in ((half, "not a readable safetensors file"), (not_json, "is not JSON")):
+        out = invoke(*GENERATE, "--out", str(env / "r"), "-o", f"lora={bad}")
+        _one_error_line(out, str(bad), message, only=False)
+        assert not (env / "r").exists()
