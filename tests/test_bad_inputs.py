@@ -24,7 +24,7 @@ def _one_error_line(out, *fragments: str, only: bool = True) -> None:
     """Exit 2 with one short ``error:`` line (the only output unless ``only=False``: notes and progress)."""
     assert out.exit_code == EXIT_SETUP_ERROR, out.output
     errors = [line for line in out.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and len(errors[0]) < 400 and out.output.endswith(errors[0] + "\n"), out.output
+    assert len(errors) == 1 and len(errors[0]) < 600 and out.output.endswith(errors[0] + "\n"), out.output
     if only:
         assert out.output.count("\n") == 1, out.output
     for fragment in fragments:
@@ -397,3 +397,20 @@ def test_lora_files_cut_short_or_with_bad_metadata(env):
         out = invoke(*GENERATE, "--out", str(env / "r"), "-o", f"lora={bad}")
         _one_error_line(out, str(bad), message, only=False)
         assert not (env / "r").exists()
+
+
+# ------------------------------------------------------------------------------------ options a preset ignores
+
+
+@pytest.mark.parametrize(("method", "option", "shown"), [
+    ("ip-adapter+i2v", "adapter", "ip_adapter="), ("ip-adapter+i2v", "ip_adapter_dir", "image_encoder="),
+    ("ip-adapter+i2v", "i2v_model", "i2v="), ("ssr-encoder+i2v", "i2v_model", "i2v="),
+])
+def test_weight_paths_that_a_preset_would_ignore_are_refused(env, method, option, shown):
+    truncated = env / "truncated.safetensors"
+    truncated.write_bytes(b"\x00" * 10)
+    out = invoke("generate", "--method", method, "--preset", "tiny", "--suite", "smoke", "--random-weights",
+                 "--limit", "1", "--out", str(env / "r"), "-o", f"{option}={truncated}")
+    _one_error_line(out, f"method {method}: --preset tiny builds random components and reads no weight file, so it "
+                         f"would ignore the weights given as ", f"{shown}{truncated}")
+    assert not (env / "r").exists()
