@@ -48,7 +48,7 @@ from costmodel.method_cost import MethodCost, StageCost
 from mediaio.images import fit_to_canvas, load_reference_image
 from videobench.cases import Case
 from videobench.methods import MethodContext, register_method, resolve_torch_dtype
-from videobench.options import option
+from videobench.options import OptionError, option
 from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
 
@@ -472,10 +472,18 @@ def register_two_stage(
         raise TypeError(f"{name}: options must subclass TwoStageOptions")
 
     def weights(opts: TwoStageOptions, context: MethodContext) -> list[WeightSpec]:
-        if context.preset is not None:
-            return []
         specs = list(stage1_weights(opts, context)) if opts.stage in ("1", "both") else []
-        return specs + ([i2v_weight_spec(opts)] if opts.stage in ("2", "both") else [])
+        specs += [i2v_weight_spec(opts)] if opts.stage in ("2", "both") else []
+        if context.preset is None:
+            return specs
+        # A preset builds random components and opens no weight file: a weight path given with it would be recorded
+        # in run.json without ever being read, so it is refused.
+        ignored = [f"{spec.key}={spec.explicit}" for spec in specs if spec.explicit is not None]
+        if ignored:
+            raise OptionError(f"method {name}: --preset {context.preset} builds random components and reads no "
+                              f"weight file, so it would ignore the weights given as {', '.join(ignored)}; drop the "
+                              "option or run without --preset")
+        return []
 
     def factory(opts: TwoStageOptions, context: MethodContext) -> TwoStageGenerator:
         return TwoStageGenerator(name, opts, context, build_stage1, stage1_dtype)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mediaio.atomic import atomic_path
@@ -151,13 +151,25 @@ def _check_lora_keys(file: Path, keys: list[str]) -> None:
         raise ValueError(f"{file}: not a LoRA file (expected only '*.lora_A.weight' / '*.lora_B.weight' tensors)")
 
 
-def _settings_from_metadata(metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+def _metadata_json(file: Path, metadata: dict[str, str], key: str) -> dict[str, Any]:
+    """The JSON object stored under ``key`` in a safetensors header; ``ValueError`` naming the file and key."""
+    try:
+        value = json.loads(metadata.get(key, "{}"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file}: metadata {key!r} is not JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: metadata {key!r} is not a JSON object (got {type(value).__name__})")
+    return value
+
+
+def _settings_from_metadata(file: Path, metadata: dict[str, str], shapes: dict[str, tuple[int, ...]]
+                            ) -> dict[str, Any]:
     """The recorded ReferenceConfig, or (a file without our record) the LoRA shape from its tensors and diffusers'
     ``lora_adapter_metadata`` (alpha; default the rank)."""
     if REFERENCE_CONFIG_METADATA_KEY in metadata:
-        return dict(json.loads(metadata[REFERENCE_CONFIG_METADATA_KEY]))
+        return _metadata_json(file, metadata, REFERENCE_CONFIG_METADATA_KEY)
     rank = next(shape[0] for k, shape in shapes.items() if ".lora_A." in k)
-    packed = json.loads(metadata.get(LORA_METADATA_KEY, "{}"))
+    packed = _metadata_json(file, metadata, LORA_METADATA_KEY)
     alpha = packed.get(KEY_PREFIX + "lora_alpha", rank)
     targets = sorted({k.split(".attn1.", 1)[1].rsplit(".lora_", 1)[0] for k in shapes if ".attn1." in k})
     return {"lora_rank": rank, "lora_alpha": alpha, "lora_targets": targets}
@@ -169,12 +181,16 @@ def _open_lora(path: str | os.PathLike, load_tensors: bool) -> tuple[Path, dict[
         raise FileNotFoundError(
             f"reference LoRA not found: {file} (expected a .safetensors file or a folder holding {LORA_WEIGHT_NAME})"
         )
-    with safe_open(str(file), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        shapes = {_strip_prefix(k): v for k, v in _tensor_shapes(handle).items()}
-        tensors = {_strip_prefix(k): handle.get_tensor(k) for k in handle.keys()} if load_tensors else {}
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {_strip_prefix(k): v for k, v in _tensor_shapes(handle).items()}
+            tensors = {_strip_prefix(k): handle.get_tensor(k) for k in handle.keys()} if load_tensors else {}
+    except (SafetensorError, OSError) as error:  # cut short, or not safetensors at all
+        detail = " ".join(str(error).split())[:200]
+        raise ValueError(f"{file}: not a readable safetensors file ({detail})") from None
     _check_lora_keys(file, list(shapes))
-    return file, _settings_from_metadata(metadata, shapes), tensors
+    return file, _settings_from_metadata(file, metadata, shapes), tensors
 
 
 def read_reference_settings(path: str | os.PathLike) -> dict[str, Any]:

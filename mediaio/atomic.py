@@ -7,6 +7,7 @@ destination either holds the previous complete content or the new complete conte
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -14,20 +15,38 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+class DiskFullError(OSError):
+    """The device filled up while ``path`` was written (``ENOSPC``); the destination was left as it was."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device: {path}")
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    A full device (``ENOSPC`` from the writer or the rename) raises :class:`DiskFullError` naming ``path``.
 
     ``suffix`` defaults to the destination's suffix so that tools choosing a format from the file
     name (PyAV, pandas) still see it. On an exception the temporary file is removed and ``path``
     is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=(suffix if suffix is not None else path.suffix) + ".part",
-        dir=path.parent,
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=(suffix if suffix is not None else path.suffix) + ".part",
+            dir=path.parent,
+        )
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise DiskFullError(path) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp adds ".part" after the real suffix; give writers a name that ends in the real suffix.
@@ -35,6 +54,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield writer_path
         os.replace(writer_path, path)
+    except OSError as error:
+        if error.errno == errno.ENOSPC and not isinstance(error, DiskFullError):
+            raise DiskFullError(path) from None
+        raise
     finally:
         for leftover in (writer_path, tmp_path):
             with contextlib.suppress(FileNotFoundError):

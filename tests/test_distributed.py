@@ -457,6 +457,7 @@ def test_sigkill_of_the_torchrun_job_then_restart_completes(env, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_torchrun_sharded_scoring_equals_one_process(torchrun_results, env, tmp_path):
     source, _run = torchrun_results
     results = tmp_path / "results"
@@ -464,7 +465,10 @@ def test_torchrun_sharded_scoring_equals_one_process(torchrun_results, env, tmp_
     pan = invoke("generate", "--method", "reference-pan", "--suite", "smoke", "--out", str(results))
     assert pan.exit_code == 0  # moving frames: T.Cons differs from case to case
 
-    env = _env()
+    # Equal bytes need equal arithmetic: each video is embedded in its own batches whatever the sharding, but the
+    # thread count also sets how oneDNN/MKL split a GEMM's sums. torchrun starts its ranks with OMP_NUM_THREADS=1,
+    # so the single process gets the same.
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "videobench.cli", "score", str(results), *T_CONS],
                             env={**env, "VIDEOBENCH_SCORE_CACHE": str(tmp_path / "cache-single")},
                             capture_output=True, text=True, timeout=300)

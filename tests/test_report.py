@@ -346,10 +346,11 @@ def test_two_stage_intermediate_image_is_shown_beside_the_frames(tmp_path, refs)
 
 def test_report_of_an_empty_results_folder(tmp_path):
     (tmp_path / "R").mkdir()
-    summary, _ = run(tmp_path / "R")
-    assert summary.failed
-    text = write_report(tmp_path / "R", progress=False).read_text()
-    assert "No scored method yet." in text and 'id="paper-table1"' in text
+    with pytest.raises(ValueError, match="no method folder"):
+        run(tmp_path / "R")
+    with pytest.raises(FileNotFoundError, match="no leaderboard"):
+        write_report(tmp_path / "R", progress=False)
+    assert list((tmp_path / "R").iterdir()) == []  # an empty folder is an error that writes nothing
 
 
 # ------------------------------------------------------------------------- several RESULTS folders (Table 1)

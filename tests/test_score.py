@@ -467,9 +467,9 @@ def test_missing_results_and_empty_results(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         score_results(tmp_path / "nope", fake_metrics(), progress=False)
     (tmp_path / "empty").mkdir()
-    summary, lines = run(tmp_path / "empty")
-    assert summary.failed and "no method folder" in lines[0]
-    assert pd.read_csv(tmp_path / "empty" / "leaderboard.csv").empty
+    with pytest.raises(ValueError, match=r"empty: no method folder \(a folder holding cases.jsonl\) to score"):
+        run(tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []  # no header-only leaderboard.csv
 
 
 # ------------------------------------------------------------------------------------ bootstrap

@@ -356,13 +356,13 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
     --preset applies to the methods that have it; the others (e.g. weight-free reference rows) run as they are.
     """
     from videobench.methods import get_method
-    from videobench.options import OptionError, read_config_file
+    from videobench.options import OptionError, read_config_sections
 
     opts["out"] = out
     opts["score_device"] = opts["device"]
     names = _run_methods(_split(methods))
     try:
-        per_method: dict[str, dict[str, Any]] = read_config_file(config_file) if config_file else {}
+        per_method: dict[str, dict[str, Any]] = read_config_sections(config_file) if config_file else {}
         for name, values in _scoped(method_options, "-o").items():
             per_method.setdefault(name, {}).update(values)
     except (OptionError, ValueError) as error:
@@ -419,13 +419,13 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
     """
     from costmodel.estimates import row_estimator
     from videobench.methods import MethodContext, get_method
-    from videobench.options import OptionError, read_config_file
+    from videobench.options import OptionError, read_config_sections
     from videobench.report import write_report
     from videobench.reproduce import describe, plan
     from videobench.weights import MissingWeightsError, check_weights
 
     try:
-        overrides: dict[str, dict[str, Any]] = read_config_file(config_file) if config_file else {}
+        overrides: dict[str, dict[str, Any]] = read_config_sections(config_file) if config_file else {}
         for row, values in _scoped(row_options, "-o").items():
             overrides.setdefault(row, {}).update(values)
         context = MethodContext(device=opts["device"], dtype=opts["dtype"], preset=opts["preset"],

@@ -29,14 +29,19 @@ def configure_logging(verbose: bool) -> None:
 
 
 class _Group(click.Group):
-    """A group whose Ctrl-C exits with :data:`EXIT_INTERRUPTED` (not 1, which means "some case failed")."""
+    """A group whose Ctrl-C exits with :data:`EXIT_INTERRUPTED` (not 1, which means "some case failed") and whose
+    full disk is one ``error: no space left on device: PATH`` line (exit 2)."""
 
     def invoke(self, ctx: click.Context):
+        from mediaio.atomic import DiskFullError
+
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             click.secho("interrupted: finished outputs are kept; run the same command again to resume", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except DiskFullError as error:  # any atomic write: the destination kept its previous content
+            fail(str(error))
 
 
 def command_group(func: Callable[[], None]) -> click.Group:

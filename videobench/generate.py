@@ -47,6 +47,7 @@ from videobench.results import (
     RUN_FILE,
     RunFileError,
     check_case_id,
+    check_name,
     image_relpath,
     package_versions,
     provenance_problem,
@@ -314,6 +315,7 @@ def _write_run_info(method_dir: Path, generator: Generator, metadata: Mapping[st
 def prepare_method_dir(out: str | os.PathLike, run_name: str) -> Path:
     """``out/<run_name>`` with its videos folder; one clear error when ``out`` (or the folder) is a file."""
     out = Path(out)
+    check_name(run_name, "run name")
     for path in (out, out / run_name, out / run_name / "videos"):
         if path.exists() and not path.is_dir():
             raise RunConflictError(f"--out {out}: {path} exists and is not a folder")

@@ -49,12 +49,35 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def weighted_bootstrap(values: np.ndarray, weights: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES,
+                       confidence: float = 0.95, seed: int = DEFAULT_SEED) -> tuple[float, float, float]:
+    """``(mean, ci_low, ci_high)`` of the weighted mean ``sum(w v) / sum(w)``: the same resampled index vectors as
+    :func:`bootstrap_ci`, each resample's weighted mean (cases drawn with their weights)."""
+    mean = float((values * weights).sum() / weights.sum())
+    if np.ptp(values) == 0:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, values.size, size=(n_resamples, values.size))
+    means = (values[indices] * weights[indices]).sum(axis=1) / weights[indices].sum(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return mean, float(low), float(high)
+
+
 def summarize_column(
-    raw: Iterable[float], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, scale: float = 100.0
+    raw: Iterable[float], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, scale: float = 100.0,
+    weights: Iterable[float] | None = None,
 ) -> tuple[float, float, float]:
-    """``(mean, ci_low, ci_high)`` of ``scale * raw`` (NaNs dropped)."""
+    """``(mean, ci_low, ci_high)`` of ``scale * raw`` (NaNs dropped); weighted by ``weights`` when given."""
     numbers = pd.to_numeric(pd.Series(list(raw), dtype=object), errors="coerce")
     values = numbers.to_numpy(dtype=np.float64, na_value=np.nan) * scale
+    if weights is not None:
+        weight = pd.to_numeric(pd.Series(list(weights), dtype=object), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan)
+        keep = ~np.isnan(values) & np.isfinite(weight) & (weight > 0)
+        if not keep.any():
+            return float("nan"), float("nan"), float("nan")
+        return weighted_bootstrap(values[keep], weight[keep], n_resamples=n_resamples, seed=seed)
     values = values[~np.isnan(values)]
     if values.size == 0:
         return float("nan"), float("nan"), float("nan")
@@ -93,7 +116,9 @@ def aggregate(
         for column in columns:
             raw = pd.to_numeric(ok[column], errors="coerce") if column in ok else pd.Series(dtype=float)
             scale = specs[column].scale if column in specs else 100.0
-            mean, low, high = summarize_column(raw, n_resamples=n_resamples, seed=seed, scale=scale)
+            weight = specs[column].weight if column in specs else None
+            weights = pd.to_numeric(ok[weight], errors="coerce") if weight and weight in ok else None
+            mean, low, high = summarize_column(raw, n_resamples=n_resamples, seed=seed, scale=scale, weights=weights)
             row.update({column: mean, f"{column}_ci_low": low, f"{column}_ci_high": high})
         row.update(
             n_cases=int(len(group)),

@@ -53,6 +53,7 @@ from videobench.options import (
     parse_options,
 )
 from videobench.plugins import METHODS_GROUP, load_plugin, load_plugins
+from videobench.results import check_name
 from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, check_weights
 
 if TYPE_CHECKING:
@@ -248,6 +249,7 @@ def register_method(
     cost: CostFn | None = None,
 ) -> Callable[[MethodFactory], MethodFactory]:
     """Decorator registering ``factory(options, context) -> Generator`` under ``name`` (see the module docstring)."""
+    check_name(name, "method name")  # it names the method's folder under RESULTS
     if kind not in KINDS:
         raise ValueError(f"method {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not dataclasses.is_dataclass(options):
@@ -334,6 +336,7 @@ def build_generator(method: str | MethodSpec, raw_options: Mapping[str, Any] | N
     hint = f"for a smoke run without any weights: --preset {' / '.join(spec.presets)}" if spec.presets else ""
     context.weights = check_weights(spec.weight_specs(options, context), context.weights_config, hint=hint)
     generator = spec.factory(options, context)
+    check_name(generator.run_name, f"method {spec.name}: run_name")  # nothing is written outside --out
     return generator, getattr(generator, "resolved_options", options)
 
 

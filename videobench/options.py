@@ -22,6 +22,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import os
+import stat
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
@@ -56,9 +59,13 @@ def did_you_mean(names: str | Sequence[str], choices: Iterable[str]) -> str:
 
 
 def option(default: Any = MISSING, help: str = "", *, minimum: float | None = None,
-           maximum: float | None = None, default_factory: Any = MISSING) -> Any:
-    """A dataclass field with a help text and optional numeric bounds (checked by :func:`parse_options`)."""
-    metadata = {"help": help, "minimum": minimum, "maximum": maximum}
+           maximum: float | None = None, default_factory: Any = MISSING, nonfinite: bool = False) -> Any:
+    """A dataclass field with a help text and optional numeric bounds (checked by :func:`parse_options`).
+
+    NaN and infinities are refused in every numeric option (they pass any ``minimum``/``maximum`` comparison
+    unnoticed) unless ``nonfinite=True`` declares them meaningful for the field.
+    """
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "nonfinite": nonfinite}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -164,12 +171,16 @@ def _convert(value: Any, annotation: Any) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError("expected text")
         return str(value)
-    raise TypeError(f"unsupported option type {inner!r}")
+    # A plugin's field of a type no text converts to (list, set, a class): one option error, not a traceback.
+    raise ValueError(f"the plugin declares this option as {getattr(inner, '__name__', inner)}, which cannot be set "
+                     "(supported: str, int, float, bool, Path, Literal, tuple[X, ...], dict, X | None)")
 
 
 def _check_bounds(value: Any, meta: Mapping[str, Any]) -> None:
     values = value if isinstance(value, tuple) else (value,)
     for item in values:
+        if isinstance(item, float) and not math.isfinite(item) and not meta.get("nonfinite"):
+            raise ValueError("expected a finite number (not NaN or infinity)")
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             if meta.get("minimum") is not None and item < meta["minimum"]:
                 raise ValueError(f"must be >= {meta['minimum']}")
@@ -193,7 +204,7 @@ def parse_options(cls: type[T], raw: Mapping[str, Any], owner: str) -> T:
     unknown = [key for key in raw if key not in fields]
     if unknown:
         accepted = ", ".join(fields) or "none"
-        raise OptionError(f"{owner}: unknown option(s) {', '.join(map(repr, unknown))}{did_you_mean(unknown, fields)}; "
+        raise OptionError(f"{owner}: unknown option(s) {', '.join(map(echo, unknown))}{did_you_mean(unknown, fields)}; "
                           f"accepted: {accepted}")
     values = {}
     for key, value in raw.items():
@@ -202,7 +213,7 @@ def parse_options(cls: type[T], raw: Mapping[str, Any], owner: str) -> T:
             values[key] = _convert(value, annotation)
             _check_bounds(values[key], info.metadata)
         except ValueError as error:
-            raise OptionError(f"{owner}: option {key}={value!r}: {error} ({type_name(annotation)})") from None
+            raise OptionError(f"{owner}: option {key}={echo(value)}: {error} ({type_name(annotation)})") from None
     try:
         return cls(**values)
     except ValueError as error:  # __post_init__'s cross-field rules
@@ -244,31 +255,117 @@ def parse_assignments(items: Iterable[str], what: str = "-o") -> dict[str, str]:
     return out
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML (``.yaml``/``.yml``) or JSON config file holding one mapping. ``OptionError`` naming the file."""
-    path = Path(path)
+#: Config files are small mappings of options: larger files are refused before they are parsed.
+MAX_CONFIG_BYTES = 1 << 20
+#: Values (scalars, keys, list items) a config file may hold once YAML aliases are expanded: an alias bomb of a few
+#: hundred bytes expands to billions of them.
+MAX_CONFIG_NODES = 100_000
+#: Longest echo of a user's value in an error line.
+MAX_ECHO = 80
+
+
+def echo(value: Any, limit: int = MAX_ECHO) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters (a bounded walk: never the whole of a huge
+    value)."""
+    if isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} of {len(value)} item(s)>"
+    text = repr(value if not isinstance(value, str) else value[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_expanded_size(data: Any, path: Path) -> None:
+    """Refuse data whose expansion (every alias counted as often as it is used) exceeds :data:`MAX_CONFIG_NODES`."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise OptionError(f"--config {path}: more than {MAX_CONFIG_NODES} values once YAML aliases are expanded "
+                              "(an alias bomb?)")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _read_config_text(path: Path) -> str:
+    """The UTF-8 text of a regular file of at most :data:`MAX_CONFIG_BYTES` (no FIFO, device or folder)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise OptionError(f"--config {path}: not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise OptionError(f"--config {path}: {info.st_size} bytes; config files are limited to "
+                              f"{MAX_CONFIG_BYTES} bytes")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise OptionError(f"--config {path}: cannot read ({error.strerror or error})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise OptionError(f"--config {path}: config files are limited to {MAX_CONFIG_BYTES} bytes")
     try:
-        if path.suffix.lower() in {".yaml", ".yml"}:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise OptionError(f"--config {path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+                          f"{error.start})") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (``.yaml``/``.yml``) or JSON config file holding one mapping. ``OptionError`` naming the file.
+
+    Only regular UTF-8 files of at most :data:`MAX_CONFIG_BYTES` are read, and the parsed data may hold at most
+    :data:`MAX_CONFIG_NODES` values with YAML aliases expanded.
+    """
+    path = Path(path)
+    text = _read_config_text(path)
+    yaml_file = path.suffix.lower() in {".yaml", ".yml"}
+    try:
+        if yaml_file:
             import yaml
 
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
+    except RecursionError:
+        raise OptionError(f"--config {path}: nested too deeply") from None
     except Exception as error:  # yaml.YAMLError / json.JSONDecodeError: one line either way
-        raise OptionError(f"--config {path}: not valid {'YAML' if path.suffix.lower() in {'.yaml', '.yml'} else 'JSON'} "
-                          f"({' '.join(str(error).split())[:200]})") from None
+        raise OptionError(f"--config {path}: not valid {'YAML' if yaml_file else 'JSON'} "
+                          f"({' '.join(str(error)[:400].split())[:200]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise OptionError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
+    _check_expanded_size(data, path)
+    bad_keys = [key for key in data if not isinstance(key, str)]
+    if bad_keys:
+        raise OptionError(f"--config {path}: option names must be text, got {echo(bad_keys[0])}")
     return data
 
 
+def read_config_sections(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A config file mapping names (methods, rows) to mappings of their options; an empty section is ``{}``.
+
+    Raises:
+        OptionError: naming the file and the section that is not a mapping (``customvideox: 5``, a list).
+    """
+    data = read_config_file(path)
+    sections: dict[str, dict[str, Any]] = {}
+    for name, values in data.items():
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise OptionError(f"--config {path}: section {echo(name)} must be a mapping of option names to values, "
+                              f"got {type(values).__name__}")
+        bad_keys = [key for key in values if not isinstance(key, str)]
+        if bad_keys:
+            raise OptionError(f"--config {path}: section {echo(name)}: option names must be text, "
+                              f"got {echo(bad_keys[0])}")
+        sections[name] = dict(values)
+    return sections
+
+
 __all__ = [
-    "NoOptions", "OptionError", "OptionInfo", "describe_options", "did_you_mean", "option", "option_fields", "options_to_dict",
-    "parse_assignments", "parse_options", "read_config_file", "type_name",
+    "NoOptions", "OptionError", "OptionInfo", "describe_options", "did_you_mean", "echo", "option", "option_fields",
+    "options_to_dict", "parse_assignments", "parse_options", "read_config_file", "read_config_sections", "type_name",
 ]

@@ -36,6 +36,7 @@ import logging
 import pkgutil
 import sys
 import types
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -96,12 +97,25 @@ def load_plugin(group: str, name: str) -> None:
         return
     module = _BUILTIN_BY_NAME.get(group, {}).get(name)
     if module is not None:
-        importlib.import_module(module)
+        _import(group, name, module, lambda: importlib.import_module(module))
         return
     for entry_point in metadata.entry_points(group=group, name=name):
-        entry_point.load()
+        _import(group, name, entry_point.value, entry_point.load)
         return
     load_plugins(group)
+
+
+class PluginLoadError(ValueError):
+    """The module that defines a plugin failed to import; one line naming the plugin, the module and the error."""
+
+
+def _import(group: str, name: str, where: str, load: Callable[[], Any]) -> None:
+    try:
+        load()
+    except Exception as error:  # the plugin's own bug or a missing dependency: one line, not its traceback
+        first = (str(error).splitlines() or [""])[0][:200]
+        raise PluginLoadError(f"plugin {name!r} ({group}): {where} failed to import "
+                              f"({type(error).__name__}: {first})") from None
 
 
 def reload_plugins(group: str) -> None:

@@ -38,6 +38,22 @@ _TRACKED_PACKAGES = (
 )
 
 
+def check_name(name: object, what: str) -> str:
+    """``name`` if it is one safe path component (a method folder under RESULTS), else ``ValueError`` naming ``what``.
+
+    Refused: empty, ``.``/``..`` or any leading dot (hidden folders such as ``.locks`` belong to the harness), a
+    ``/``, ``\\`` or NUL, a control character, more than 255 bytes: nothing may resolve outside ``--out``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what}: expected a non-empty folder name, got {name!r}"[:200])
+    shown = repr(name) if len(name) <= 80 else repr(name[:77]) + "..."
+    if name.startswith(".") or any(char in name for char in "/\\\0") or not name.isprintable():
+        raise ValueError(f"{what} {shown}: must be one folder name (no '/', '\\', leading '.' or control characters)")
+    if len(name.encode("utf-8")) > 255:
+        raise ValueError(f"{what} {shown}: longer than 255 bytes")
+    return name
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -39,7 +39,7 @@ from videobench.metrics.preprocess import (
     seeded,
 )
 from videobench.metrics.registry import ColumnSpec, register_metric
-from videobench.options import option
+from videobench.options import echo, option
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 
 DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
@@ -84,6 +84,14 @@ class ClipOptions:
                                                       "normalisation)")
     weights: Path | None = option(None, "an open_clip / OpenAI state dict file (else the weights folder or caches)")
     batch_size: int = option(64, "images per forward pass", minimum=1)
+
+    def __post_init__(self) -> None:
+        """Only architectures open_clip knows (its built-in or registered configs), never a path."""
+        import open_clip
+
+        if self.model not in open_clip.list_models():
+            raise ValueError(f"model {echo(self.model)} is not an open_clip architecture (`open_clip.list_models()`, "
+                             f"e.g. {DEFAULT_CLIP_MODEL})")
 
 
 @contextlib.contextmanager

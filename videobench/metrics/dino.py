@@ -15,6 +15,8 @@ and a projection ``head.``) are reduced to the backbone; timm's ``vit_small_patc
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
@@ -32,7 +34,7 @@ from videobench.metrics.preprocess import (
     seeded,
 )
 from videobench.metrics.registry import ColumnSpec, register_metric
-from videobench.options import option
+from videobench.options import echo, option
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
 
 DINO_ARCH = "vit_small_patch16_224"
@@ -41,6 +43,43 @@ DINO_TIMM_NAME = f"{DINO_ARCH}.dino"
 #: DreamBooth's DINO evaluation: Resize(256) + CenterCrop(224), i.e. timm's transform with crop_pct 224/256.
 DREAMBOOTH_CROP_PCT = 0.875
 _DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
+
+
+#: ``model_kwargs`` that would change what the model is, not its shape: never accepted from an option.
+_FIXED_VIT_KWARGS = frozenset({"num_classes", "global_pool", "class_token", "no_embed_class", "reg_tokens",
+                               "weight_init", "block_fn", "mlp_layer", "norm_layer", "act_layer", "embed_layer"})
+
+
+def check_vit_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse ``model_kwargs`` that timm's ``VisionTransformer`` does not take as a plain number or flag.
+
+    Accepted keys are the parameters of ``timm.models.vision_transformer.VisionTransformer.__init__`` whose default
+    is an int, float or bool (the shape knobs: ``depth``, ``embed_dim``, ``num_heads``, ``mlp_ratio``, ...), less
+    those that change what the output is (:data:`_FIXED_VIT_KWARGS`); an int takes a positive int, a float a finite
+    number >= 0, a bool true/false, and ``embed_dim`` must split into ``num_heads``. Raises ``ValueError`` (reported as
+    one option error naming the family) instead of a traceback from inside timm.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    parameters = inspect.signature(VisionTransformer.__init__).parameters
+    defaults = {name: p.default for name, p in parameters.items()
+                if type(p.default) in (bool, int, float) and name not in _FIXED_VIT_KWARGS}
+    for key, value in kwargs.items():
+        if key not in defaults:
+            raise ValueError(f"model_kwargs: unknown key {echo(key)}; accepted: {', '.join(defaults)}")
+        default = defaults[key]
+        if type(default) is bool:
+            ok = isinstance(value, bool)
+        elif type(default) is int:
+            ok = type(value) is int and value > 0
+        else:
+            ok = type(value) in (int, float) and math.isfinite(value) and value >= 0
+        if not ok:
+            wanted = {bool: "true or false", int: "a positive integer", float: "a finite number >= 0"}
+            raise ValueError(f"model_kwargs: {key}={echo(value)}: expected {wanted[type(default)]}")
+    embed_dim, heads = kwargs.get("embed_dim", defaults["embed_dim"]), kwargs.get("num_heads", defaults["num_heads"])
+    if embed_dim % heads:
+        raise ValueError(f"model_kwargs: embed_dim={embed_dim} does not split into num_heads={heads}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +92,9 @@ class DinoOptions:
     crop_pct: float = option(DREAMBOOTH_CROP_PCT, "centre-crop fraction of the resize (DreamBooth: 224/256)",
                              minimum=0.1, maximum=1.0)
     model_kwargs: dict = option(default_factory=dict, help="timm architecture overrides (tests: a shallow model)")
+
+    def __post_init__(self) -> None:
+        check_vit_kwargs(self.model_kwargs)
 
 
 def dino_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

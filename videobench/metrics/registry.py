@@ -42,6 +42,8 @@ class ColumnSpec:
     scale: float = 100.0
     unit: str = ""
     binary: bool = False
+    #: A per-case column whose values weight this column's mean (None: every case counts once).
+    weight: str | None = None
 
 
 @dataclass

@@ -4,37 +4,50 @@ For a video of frames ``f_0 .. f_{T-1}`` with DINO ViT-B/16 features ``phi`` (CL
 
     S = 1/(T-1) * sum_{t=1}^{T-1} ( max(0, cos(phi(f_{t-1}), phi(f_t))) + max(0, cos(phi(f_0), phi(f_t))) ) / 2
 
-so a video whose subject keeps its look, frame to frame and against the first frame, scores 1. Frames are
-preprocessed as VBench's ``dino_transform(224)``: the short side resized to 224 (bilinear, no antialiasing, aspect
-kept, no crop), scaled to [0, 1], ImageNet mean/std; the ViT takes the non-square frame (timm's
-``dynamic_img_size=True``). VBench loads DINO through ``torch.hub`` (``facebookresearch/dino``, ``dino_vitb16``);
-here the same weights (``dino_vitbase16_pretrain.pth`` or timm's ``vit_base_patch16_224.dino``) go into timm's
-ViT-B/16. The one difference: the positional embeddings are resampled to the frame's patch grid by timm (bicubic to
-the exact grid size) instead of DINO's ``interpolate_pos_encoding`` (bicubic by a scale factor); the two agree up
-to interpolation round-off. Enable it with ``videobench score --metrics ...,subject_consistency``.
+so a video whose subject keeps its look, frame to frame and against the first frame, scores 1. What VBench does,
+step by step, and what this module does the same way:
+
+* frames: ``load_video`` turns the decoded uint8 frames into a float32 tensor (``torch.Tensor(frames)``), and
+  ``dino_transform(224)`` resizes that float tensor (short side to 224, long side ``int(224 * long / short)``,
+  bilinear, no antialiasing), divides by 255 and applies the ImageNet mean/std (:func:`vbench_dino_transform`);
+* the network: ``torch.hub.load("facebookresearch/dino", "dino_vitb16")``, DINO's own ``VisionTransformer``
+  (``vision_transformer.py``): its stride-16 patch convolution drops the pixels past the last whole patch (a
+  224x298 frame gives 14x18 patches), and ``interpolate_pos_encoding`` stretches the 14x14 position embeddings
+  by the scale factor ``(n + 0.1) / 14`` per axis with plain bicubic interpolation (:func:`interpolate_pos_encoding`)
+  unless the frame is square with 14x14 patches. :class:`DinoViT` runs timm's ViT-B/16 modules (the same weights:
+  ``dino_vitbase16_pretrain.pth`` or timm's ``vit_base_patch16_224.dino``) in that order.
+* the overall score: VBench divides the sum of every frame pair's value over all videos by the number of pairs
+  (``sim / cnt``), so a longer video weighs more. ``subject_consistency`` is the mean over videos (each video
+  counts once, like the other columns); ``subject_consistency_vbench`` holds the same per-video value and is
+  averaged with the weights ``sc_num_pairs`` (``T - 1``), which is VBench's overall. Both are on the leaderboard.
+
+Enable it with ``videobench score --metrics ...,subject_consistency``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
 import torch
+import torch.nn.functional as F
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.dino import build_dino_model
+from videobench.metrics.dino import build_dino_model, check_vit_kwargs
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
-from videobench.metrics.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, embed_images, frames_to_tensor
+from videobench.metrics.preprocess import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, precision_context
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import option
 from videobench.weights import WeightSpec
 
 SUBJECT_ARCH = "vit_base_patch16_224.dino"
-#: VBench's ``dino_transform(224)``: short side to 224, bilinear without antialiasing, no crop.
-VBENCH_DINO_PREPROCESS = Preprocess(224, None, IMAGENET_MEAN, IMAGENET_STD, interpolation="bilinear",
-                                    antialias=False)
+#: VBench's ``dino_transform(224)``: the short side's length.
+VBENCH_DINO_SIZE = 224
+#: DINO's ``interpolate_pos_encoding`` adds this to the patch counts "to avoid floating point error".
+DINO_POS_OFFSET = 0.1
 _DINO_B16_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
 
 
@@ -48,6 +61,74 @@ def subject_consistency(features: torch.Tensor) -> float:
     return float(((to_previous + to_first) / 2).mean())
 
 
+def vbench_overall(scores: list[float], num_pairs: list[int]) -> float:
+    """VBench's overall score: every frame pair of every video counts once (``sim / cnt``), i.e. the per-video
+    scores weighted by their ``T - 1`` pairs."""
+    if len(scores) != len(num_pairs) or not scores or min(num_pairs) < 1:
+        raise ValueError("vbench_overall needs one positive pair count per video score")
+    return sum(score * pairs for score, pairs in zip(scores, num_pairs)) / sum(num_pairs)
+
+
+def vbench_dino_transform(frames: torch.Tensor, size: int = VBENCH_DINO_SIZE) -> torch.Tensor:
+    """``(N, 3, H, W)`` uint8 -> VBench's ``dino_transform(size)`` of the float frames ``load_video`` makes."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"expected (N, 3, H, W) uint8 frames, got {tuple(frames.shape)} {frames.dtype}")
+    resized = TF.resize(frames.float(), [size], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    return TF.normalize(resized / 255.0, list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+def interpolate_pos_encoding(pos_embed: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """DINO's ``VisionTransformer.interpolate_pos_encoding`` for a ``height x width`` input.
+
+    ``pos_embed`` is ``(1, 1 + N, D)`` (class token first, a square grid of ``N`` patches). Unless the input is
+    square with ``N`` patches, the grid is resized by the scale factors ``(rows + 0.1) / sqrt(N)`` and
+    ``(cols + 0.1) / sqrt(N)`` (bicubic, ``align_corners=False``, no antialiasing): the output has ``rows x cols``
+    entries, but the sampling positions follow that scale, not the exact grid ratio.
+    """
+    count = pos_embed.shape[1] - 1
+    rows, cols = height // patch_size, width // patch_size
+    if rows * cols == count and height == width:
+        return pos_embed
+    side, dim = math.sqrt(count), pos_embed.shape[-1]
+    grid = pos_embed[:, 1:].reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + DINO_POS_OFFSET) / side, (cols + DINO_POS_OFFSET) / side),
+                         mode="bicubic")
+    if grid.shape[-2:] != (rows, cols):
+        raise ValueError(f"position embeddings of {count} patches cannot be stretched to {rows}x{cols}")
+    return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+class DinoViT(torch.nn.Module):
+    """A timm ViT run as DINO's ``VisionTransformer.forward``: patching that drops the extra pixels, DINO's
+    position-embedding interpolation, the blocks, the final norm, the class token."""
+
+    def __init__(self, vit: torch.nn.Module) -> None:
+        super().__init__()
+        if getattr(vit, "cls_token", None) is None or getattr(vit, "no_embed_class", False):
+            raise ValueError("DinoViT needs a ViT with a class token that has its own position embedding")
+        self.vit = vit
+        self.patch_size = int(vit.patch_embed.proj.kernel_size[0])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        height, width = images.shape[-2:]
+        if height < self.patch_size or width < self.patch_size:
+            raise ValueError(f"a {height}x{width} frame is smaller than one {self.patch_size}px patch")
+        tokens = vit.patch_embed.proj(images).flatten(2).transpose(1, 2)  # stride = kernel: the rest is dropped
+        tokens = vit.patch_embed.norm(tokens)
+        tokens = torch.cat([vit.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
+        tokens = tokens + interpolate_pos_encoding(vit.pos_embed, height, width, self.patch_size)
+        return vit.norm(vit.blocks(tokens))[:, 0]
+
+
+def build_dino_vit(weights: str | Path | None = None, seed: int = 0, **model_kwargs: Any) -> DinoViT:
+    """DINO ViT-B/16 (timm's modules, DINO's forward) loaded from ``weights`` or seeded random."""
+    return DinoViT(build_dino_model(weights, seed, arch=SUBJECT_ARCH, **model_kwargs)).eval()
+
+
 @dataclass(frozen=True)
 class SubjectConsistencyOptions:
     """Options of the ``subject_consistency`` family."""
@@ -56,6 +137,9 @@ class SubjectConsistencyOptions:
                                         "safetensors (else the weights folder or caches)")
     batch_size: int = option(32, "frames per forward pass", minimum=1)
     model_kwargs: dict = option(default_factory=dict, help="timm architecture overrides (tests: a shallow model)")
+
+    def __post_init__(self) -> None:
+        check_vit_kwargs(self.model_kwargs)
 
 
 @register_metric
@@ -66,7 +150,9 @@ class SubjectConsistencyMetric(ModelMetric):
     description = "VBench subject consistency: DINO ViT-B/16 cosine of each frame to the previous and the first"
     column_specs = (
         ColumnSpec("subject_consistency", "Subj.Cons", "VBench subject consistency (DINO ViT-B/16, frame to "
-                   "previous and to first frame)", order=60),
+                   "previous and to first frame), mean over videos", order=60),
+        ColumnSpec("subject_consistency_vbench", "Subj.Cons (VBench)", "the same per video, weighted by its frame "
+                   "pairs as VBench's overall score", order=61, weight="sc_num_pairs"),
     )
     Options = SubjectConsistencyOptions
     default = False
@@ -76,7 +162,6 @@ class SubjectConsistencyMetric(ModelMetric):
         super().__init__(model, **stamp)
         self.batch_size = batch_size
         self.model_kwargs = dict(model_kwargs or {})
-        self.preprocess = VBENCH_DINO_PREPROCESS
 
     @classmethod
     def weight_specs(cls, options: SubjectConsistencyOptions) -> list[WeightSpec]:
@@ -90,7 +175,7 @@ class SubjectConsistencyMetric(ModelMetric):
 
     @classmethod
     def _model_builder(cls, options: SubjectConsistencyOptions) -> ModelBuilder:
-        return functools.partial(build_dino_model, arch=SUBJECT_ARCH, dynamic_img_size=True, **options.model_kwargs)
+        return functools.partial(build_dino_vit, **options.model_kwargs)
 
     @classmethod
     def _from_model(cls, model: torch.nn.Module, options: SubjectConsistencyOptions, stamp: WeightsStamp
@@ -98,17 +183,26 @@ class SubjectConsistencyMetric(ModelMetric):
         return cls(model, batch_size=options.batch_size, model_kwargs=options.model_kwargs, **stamp)
 
     def config(self) -> dict[str, Any]:
-        config = {**self._base_config(f"timm:{SUBJECT_ARCH}"), "preprocess": self.preprocess.config(),
+        config = {**self._base_config(f"timm:{SUBJECT_ARCH}"),
+                  "preprocess": f"vbench dino_transform({VBENCH_DINO_SIZE}) on float frames",
+                  "forward": "dino VisionTransformer (patch crop, interpolate_pos_encoding +0.1 bicubic)",
                   "rule": "vbench: mean over t>=1 of (max(0,cos(t-1,t)) + max(0,cos(0,t))) / 2"}
         if self.model_kwargs:
             config["model_kwargs"] = self.model_kwargs
         return config
 
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` uint8 -> ``(N, D)`` L2-normalised float32 DINO CLS features."""
+        outputs = []
+        with torch.inference_mode(), precision_context(self.device, self.dtype):
+            for chunk in torch.split(frames, self.batch_size):
+                outputs.append(self.model(vbench_dino_transform(chunk.to(self.device))).float())
+        return F.normalize(torch.cat(outputs), dim=-1)
+
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
-        self._check_columns(columns)
+        columns = self._check_columns(columns)
         frames = frames_to_tensor(sample.frames)
         if len(frames) < 2:
             raise ValueError(f"subject consistency needs at least 2 frames, got {len(frames)}")
-        features = embed_images(self.model, frames, self.preprocess, batch_size=self.batch_size,
-                                device=self.device, dtype=self.dtype)
-        return {"subject_consistency": subject_consistency(features.cpu())}
+        value = subject_consistency(self.embed_frames(frames).cpu())
+        return {**{column: value for column in columns}, "sc_num_pairs": float(len(frames) - 1)}

@@ -9,6 +9,7 @@ stands for those subfolders (:func:`resolve_results_dirs`).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,7 +247,30 @@ def read_board(results_dir: Path) -> pd.DataFrame:
     if missing:
         raise ReportInputError(f"{board_path}: not a videobench leaderboard (no {', '.join(missing)} column); "
                                f"run `videobench score {results_dir}` again")
+    check_board_numbers(board, board_path)
     return board.assign(results_dir=str(results_dir))
+
+
+#: leaderboard.csv columns that hold counts or flags besides the metric columns and their intervals.
+_COUNT_COLUMNS = ("n_cases", "n_scored", "n_failed", "random_weights", "method_random_weights", "reference")
+
+
+def check_board_numbers(board: pd.DataFrame, board_path: Path) -> None:
+    """Refuse a metric, interval or count cell that is not a finite number (``inf``, ``abc``); empty cells are
+    allowed (a column nothing was scored for). Raises :class:`ReportInputError` naming the file, method and column."""
+    from videobench.metrics.registry import column_specs
+
+    names = [name for spec in column_specs() for name in (spec, f"{spec}_ci_low", f"{spec}_ci_high")]
+    for column in [name for name in (*names, *_COUNT_COLUMNS) if name in board]:
+        text = board[column]
+        numbers = pd.to_numeric(text, errors="coerce").astype(float)
+        bad = text.notna() & (text.astype(str).str.strip() != "") & ~numbers.map(math.isfinite)
+        if bad.any():
+            row = bad.idxmax()
+            value = str(text[row])
+            shown = repr(value if len(value) <= 40 else value[:37] + "...")
+            raise ReportInputError(f"{board_path}: method {board.at[row, 'method']!r}, column {column}: {shown} is not "
+                                   f"a finite number; run `videobench score {board_path.parent}` again")
 
 
 def load_results(results_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[MethodData]]:

@@ -148,10 +148,13 @@ def stray_in_results(results_dir: Path, methods: list[Path]) -> tuple[list[str],
 
 
 def check_not_method_folder(results_dir: Path) -> None:
-    """Refuse a method folder given as RESULTS (it would get an empty leaderboard.csv written into it)."""
+    """Refuse a method folder given as RESULTS, or a RESULTS folder without any method folder: either would get a
+    header-only leaderboard.csv written into it. Nothing is written; the caller exits with "nothing could run"."""
     if (results_dir / layout.CASES_FILE).is_file():
         raise ValueError(f"{results_dir} is a method folder (it holds {layout.CASES_FILE}); score the RESULTS "
                          f"folder above it: videobench score {results_dir.parent}")
+    if results_dir.is_dir() and not layout.method_dirs(results_dir):
+        raise ValueError(f"{results_dir}: no method folder (a folder holding {layout.CASES_FILE}) to score")
 
 
 # ------------------------------------------------------------------------------------------------ one case
