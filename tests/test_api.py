@@ -120,8 +120,8 @@ def test_report_returns_the_page_it_wrote(env):
     api.score(api.ScoreSettings(results=results, **T_CONS), progress=False, console=QUIET)
     page = api.report(api.ReportSettings(results=results, out=env / "page.html"), progress=False, console=QUIET)
     assert page == env / "page.html" and "reference-pan" in page.read_text()
-    with pytest.raises(ResultsFolderError, match="say where the report goes"):
-        api.report(api.ReportSettings(results=[results, results.parent]), progress=False, console=QUIET)
+    with pytest.raises(ResultsFolderError, match=re.escape(str(env / "nothing"))):
+        api.report(api.ReportSettings(results=[results, env / "nothing"]), progress=False, console=QUIET)
 
 
 # (settings, API error class, CLI arguments of the same mistake)
@@ -163,11 +163,14 @@ def test_setup_errors_are_typed_and_are_the_cli_line(env, index):
                  api.EvaluateSettings: api.evaluate, api.ReproduceSettings: api.reproduce}
         settings = make(env)
         stage[type(settings)](settings, progress=False, console=QUIET)
-    assert isinstance(caught.value, VideoBenchError) and caught.value.__cause__ is not None
+    assert isinstance(caught.value, VideoBenchError)
     result = CliRunner().invoke(main, [arg.format(env=env) for arg in args])
     assert result.exit_code == EXIT_SETUP_ERROR, result.output
-    assert result.output.splitlines()[-1 if args[0] == "reproduce" else 0] == f"error: {caught.value}".splitlines()[0]
-    assert result.output.endswith(f"error: {caught.value}\n")
+    expected = f"error: {caught.value}\n"
+    if args[0] == "reproduce":  # after the plan it prints
+        assert result.output.endswith(expected)
+    else:  # nothing else: the error is all the command says
+        assert result.output == expected
 
 
 def test_settings_refuse_what_the_flags_refuse():
