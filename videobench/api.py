@@ -499,7 +499,10 @@ def reproduce(settings: ReproduceSettings, *, progress: bool = True, console: Co
         overrides = {row: dict(values) for row, values in settings.row_options.items()}
         the_plan = plan(settings.table, context, overrides, suite=settings.suite, data_root=settings.data_root,
                         limit=settings.limit, estimate=row_estimator())
-    for line in describe(the_plan):
+    from videobench.distributed import is_main_process
+
+    main = is_main_process()  # under torchrun/srun rank 0 prints the plan and writes the page
+    for line in describe(the_plan) if main else ():
         console.echo(line)
     try:
         check_weights([(row_id, resolved.spec) for row_id, resolved in the_plan.missing_weights],
@@ -507,19 +510,27 @@ def reproduce(settings: ReproduceSettings, *, progress: bool = True, console: Co
     except MissingWeightsError as error:
         if not settings.plan_only:
             raise WeightsMissingError(str(error)) from error
-        console.echo(str(error))
+        if main:
+            console.echo(str(error))
     if the_plan.data_missing and not settings.plan_only:
         raise DataMissingError(f"data missing for suite(s) {', '.join(the_plan.data_missing)} (see above)")
     if settings.plan_only:
         return ReproduceResult(the_plan)
     if settings.out is None:
         raise SettingsError("--out is needed to run the plan (only --plan-only runs without it)")
+    if settings.launch is not None:
+        return _launch_reproduce(settings, the_plan, Path(settings.out), console)
     return _run_plan(settings, the_plan, Path(settings.out), progress, console)
 
 
 def _run_plan(settings: ReproduceSettings, the_plan: Plan, out: Path, progress: bool, console: Console
               ) -> ReproduceResult:
-    """Generate every row on each of its suites, score each suite folder, write the page."""
+    """Generate every row on each of its suites, score each suite folder, write the page.
+
+    Under torchrun/srun every rank takes its share of every row and of every suite's scoring (rank 0 writes the
+    tables and the page); with ``settings.shard`` this process does that share and writes no table or page.
+    """
+    from videobench.distributed import is_main_process
     from videobench.methods import get_method
     from videobench.report import write_report
 
@@ -533,9 +544,33 @@ def _run_plan(settings: ReproduceSettings, the_plan: Plan, out: Path, progress: 
                 _generate_settings(settings, row.method, row.options, out / name, suite=name, preset=preset),
                 progress=progress, console=console))
     for name in suites:
-        result.scored[name] = score(_score_settings(settings, out / name), progress=progress, console=console)
-    with _nothing_runs(ResultsFolderError, FileNotFoundError, ValueError):
-        result.report = write_report([out / name for name in suites], out / f"{the_plan.table}.html")
-    console.echo(f"report: {result.report}")
+        result.scored[name] = score(_score_settings(settings, out / name, shard=settings.shard), progress=progress,
+                                    console=console)
+    if settings.shard is None and is_main_process():
+        with _nothing_runs(ResultsFolderError, FileNotFoundError, ValueError):
+            result.report = write_report([out / name for name in suites], out / f"{the_plan.table}.html",
+                                         title=_TITLES.get(the_plan.table))
+        console.echo(f"report: {result.report}")
     result.ok = all(run.ok for run in result.generated) and all(run.ok for run in result.scored.values())
     return result
+
+
+#: The page of each published table, titled for what it reproduces.
+_TITLES = {"table1": "Table 1 reproduced: zero-shot customized video generation",
+           "table2": "Table 2 reproduced: ablations of CustomVideoX"}
+
+
+def _launch_reproduce(settings: ReproduceSettings, the_plan: Plan, out: Path, console: Console) -> ReproduceResult:
+    """``launch.shards`` tasks each run their share of every row and of the scoring; one writer task after them
+    resumes the whole plan (nothing left to generate), writes the tables from the score cache and the page."""
+    from videobench.launcher import LauncherError, submit_shares
+
+    if settings.shard:
+        raise SettingsError("--shard and --launcher do not go together: the launcher gives each task its shard "
+                            "(--shards N)")
+    assert settings.launch is not None
+    _metric_setup(settings, settings.device)
+    with _nothing_runs(LaunchError, LauncherError):
+        status = submit_shares(settings.launch, out, f"videobench-reproduce-{the_plan.table}",
+                               functools.partial(_task, reproduce, settings), console=console)
+    return ReproduceResult(the_plan, ok=status == 0)

@@ -349,6 +349,10 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
 @click.option("--score-dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]))
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Score cache folder.")
 @with_weights_options
+@click.option("--shard", default=None,
+              help="i/n: only this share of every row and of the scoring, no tables (SLURM arrays); a final run "
+                   "without --shard writes them. Under torchrun/srun each rank takes its own.")
+@launcher_options
 @random_weights_option
 def reproduce(table: str, out: Path | None, row_options: tuple[str, ...], config_file: Path | None, plan_only: bool,
               random_weights: bool, **opts) -> None:
@@ -356,14 +360,17 @@ def reproduce(table: str, out: Path | None, row_options: tuple[str, ...], config
 
     Prints the plan first: rows, cases per suite, which weights are present or missing (one message for all, and
     nothing runs while any is missing), and the estimated time per row. Finished videos are skipped, so the same
-    command resumes.
+    command resumes. Under torchrun/accelerate/srun every rank takes its share of every row; --launcher runs
+    --shards tasks, then one that writes the tables and the page (docs/distributed.md).
     """
     from videobench import api
 
     row_options_ = _scoped_options(row_options, config_file)
-    fields = {key: opts.pop(key) for key in ("suite", "data_root", "limit", "seed", "device", "dtype", "preset")}
+    fields = {key: opts.pop(key) for key in ("suite", "data_root", "limit", "seed", "device", "dtype", "preset",
+                                             "shard")}
     settings = _settings(api.ReproduceSettings, table=table, out=out, row_options=row_options_, plan_only=plan_only,
-                         random_weights=random_weights, **fields, **_metric_fields(opts), **_weights_fields(opts))
+                         random_weights=random_weights, launch=_launch_settings(opts), **fields,
+                         **_metric_fields(opts), **_weights_fields(opts))
     result = _call(api.reproduce, settings)
     if not plan_only:
         _exit(result.ok)
