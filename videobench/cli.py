@@ -113,10 +113,9 @@ def _scoped(items: Sequence[str], what: str) -> dict[str, dict[str, str]]:
 
 
 def _weights_config(opts: Mapping[str, Any]):
-    from videobench.weights import WeightsConfig
+    from videobench.settings import WeightsSettings
 
-    download = {"download": True} if opts.get("download") else {}  # else $VIDEOBENCH_DOWNLOAD decides
-    return WeightsConfig(weights_dir=opts.get("weights_dir"), **download)
+    return WeightsSettings(weights_dir=opts.get("weights_dir"), download=bool(opts.get("download"))).weights_config()
 
 
 # --------------------------------------------------------------------------------------------- launcher
