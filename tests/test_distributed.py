@@ -508,7 +508,9 @@ def test_torchrun_reproduce_table1_equals_one_process(env, tmp_path):
     """``reproduce table1`` with the tiny presets under torchrun: every rank takes its share of every row and of
     the scoring, rank 0 writes the tables and the page; the videos and scores are those of one process."""
     args = ("--suite", "smoke", "--preset", "tiny", "--random-weights", "--limit", "2", *T_CONS)
-    env_vars = _env()
+    # torchrun gives its workers OMP_NUM_THREADS=1, and the tiny models' float sums (hence pixels) depend on the
+    # number of intra-op threads: both launches use one thread, so that only the sharding differs
+    env_vars = {**_env(), "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
         [sys.executable, "-m", "videobench.cli", "reproduce", "table1", "--out", str(tmp_path / "one"), *args],
         env={**env_vars, "VIDEOBENCH_SCORE_CACHE": str(tmp_path / "cache-one")}, capture_output=True, text=True,
