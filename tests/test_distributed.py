@@ -505,3 +505,36 @@ def test_submitit_local_launcher_generates_and_scores_in_two_shards(env, tmp_pat
     assert "0 metric computation(s), 4 from the cache" in writer_log
     assert len(read_cases_jsonl(results / "reference-still" / "cases.jsonl")) == 4
     assert (results / "leaderboard.csv").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_reproduce_table1_equals_one_process(env, tmp_path):
+    """``reproduce table1`` with the tiny presets under torchrun: every rank takes its share of every row and of
+    the scoring, rank 0 writes the tables and the page; the videos and scores are those of one process."""
+    args = ("--suite", "smoke", "--preset", "tiny", "--random-weights", "--limit", "2", *T_CONS)
+    # torchrun gives its workers OMP_NUM_THREADS=1, and the tiny models' float sums (hence pixels) depend on the
+    # number of intra-op threads: both launches use one thread, so that only the sharding differs
+    env_vars = {**_env(), "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "videobench.cli", "reproduce", "table1", "--out", str(tmp_path / "one"), *args],
+        env={**env_vars, "VIDEOBENCH_SCORE_CACHE": str(tmp_path / "cache-one")}, capture_output=True, text=True,
+        timeout=1800)
+    assert single.returncode == 0, single.stdout + single.stderr
+    ranks = torchrun("reproduce", "table1", "--out", str(tmp_path / "two"), *args,
+                     env={**env_vars, "VIDEOBENCH_SCORE_CACHE": str(tmp_path / "cache-two")}, timeout=1800)
+    assert ranks.returncode == 0, ranks.stdout + ranks.stderr
+    assert ranks.stdout.count("table1: 9 row(s)") == 1  # rank 0 prints the plan
+    one, two = tmp_path / "one" / "smoke", tmp_path / "two" / "smoke"
+    compared = [path.relative_to(one) for path in sorted(one.rglob("*"))
+                if path.suffix in (".mp4", ".png") or path.name in ("scores.csv", "leaderboard.csv")]
+    assert len([path for path in compared if path.suffix == ".mp4"]) == 9 * 2
+    for relative in compared:
+        assert (two / relative).read_bytes() == (one / relative).read_bytes(), relative
+    assert (tmp_path / "two" / "table1.html").is_file()
+    # each rank generated its share of every row: rank 1 made the second case of each
+    assert all(ids == ["red_circle-p02"] for rank, ids in _rows_by_rank(ranks.stdout) if rank == 1)
+
+
+def _rows_by_rank(output: str) -> list[tuple[int, list[str]]]:
+    return [(int(rank), [] if ids.strip() == "nothing" else ids.strip().split(", "))
+            for rank, ids in re.findall(r"rank (\d+)/2 \([^)]*\): generated (.*)", output)]

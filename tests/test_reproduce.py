@@ -95,7 +95,9 @@ def test_table2_whole_plan_on_cpu_with_the_tiny_preset(env):
                        "customvideox-tiny-naive"]
     run = json.loads((out_dir / "smoke" / "customvideox-tiny-naive" / "run.json").read_text())
     assert run["table2_setting"] == "naive" and run["options"]["steps"] == 2
-    tables = read_tables((out_dir / "table2.html").read_text())
+    page = (out_dir / "table2.html").read_text()
+    assert "<title>Table 2 reproduced: ablations of CustomVideoX</title>" in page
+    tables = read_tables(page)
     labels = [label for label, _, _ in tables["paper-table2"]]
     for setting, folder in (("naive", "customvideox-tiny-naive"), ("3D-RA", "customvideox-tiny-3d-ra"),
                             ("+TAB", "customvideox-tiny-3d-ra+tab"), ("+ERAE", "customvideox-tiny")):
@@ -110,7 +112,9 @@ def test_table1_whole_plan_on_cpu_with_the_tiny_presets(env):
     out = invoke("reproduce", "table1", "--out", str(out_dir), "--suite", "smoke", "--preset", "tiny",
                  "--random-weights", "--limit", "1", "--metrics", "clip_i,dino_i")
     assert out.exit_code == 0, out.output
-    tables = read_tables((out_dir / "table1.html").read_text())
+    page = (out_dir / "table1.html").read_text()
+    assert "<title>Table 1 reproduced: zero-shot customized video generation</title>" in page
+    tables = read_tables(page)
     labels = [label for label, _, _ in tables["paper-table1"]]
     for published in ("BLIP-Diffusion + CogVideoX-5B-I2V", "IP-Adapter + CogVideoX-5B-I2V", "VideoBooth",
                       "CustomVideoX", "MS-Diffusion + CogVideoX-5B-I2V", "SSR-Encoder + CogVideoX-5B-I2V",

@@ -20,7 +20,6 @@ import click
 
 from videobench.cli_common import EXIT_CASE_FAILURES, EXIT_SETUP_ERROR, command_group  # noqa: F401 (re-export)
 from videobench.cli_common import fail as _fail
-from videobench.launcher import LauncherError, launcher_options, submit_generate, submit_score
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -114,10 +113,108 @@ def _scoped(items: Sequence[str], what: str) -> dict[str, dict[str, str]]:
 
 
 def _weights_config(opts: Mapping[str, Any]):
-    from videobench.weights import WeightsConfig
+    from videobench.settings import WeightsSettings
 
-    download = {"download": True} if opts.get("download") else {}  # else $VIDEOBENCH_DOWNLOAD decides
-    return WeightsConfig(weights_dir=opts.get("weights_dir"), **download)
+    return WeightsSettings(weights_dir=opts.get("weights_dir"), download=bool(opts.get("download"))).weights_config()
+
+
+# --------------------------------------------------------------------------------------------- launcher
+
+
+def launcher_options(func):
+    """The ``--launcher`` options of ``generate`` and ``score`` (:class:`videobench.settings.LaunchSettings`)."""
+    from videobench.launcher import DEFAULT_TIME_MIN, LAUNCHERS
+
+    return _apply(func, [
+        click.option("--launcher", type=click.Choice(LAUNCHERS), default=None,
+                     help="Run --shards tasks through submitit: a SLURM job array, or local processes (docs/"
+                          "distributed.md)."),
+        click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="With --launcher: the number of tasks (task i runs shard i/N)."),
+        click.option("--partition", default=None, help="With --launcher slurm: the partition."),
+        click.option("--time", "time_min", type=click.IntRange(min=1), default=None,
+                     help=f"With --launcher: each task's time limit in minutes (default {DEFAULT_TIME_MIN})."),
+        click.option("--gpus", type=click.IntRange(min=0), default=None, help="With --launcher: GPUs per task."),
+        click.option("--cpus", type=click.IntRange(min=1), default=None, help="With --launcher: CPUs per task."),
+        click.option("--mem", "mem_gb", type=click.FloatRange(min=0), default=None,
+                     help="With --launcher: memory per task in GB."),
+        click.option("--launcher-config", type=click.Path(path_type=Path), default=None,
+                     help="With --launcher: a YAML/JSON mapping of submitit parameters (slurm_account, slurm_qos, "
+                          "slurm_setup, ...); the options above win over it."),
+        click.option("--log-dir", type=click.Path(path_type=Path), default=None,
+                     help="With --launcher: where logs go (default RESULTS/.slurm)."),
+        click.option("--wait", is_flag=True, help="With --launcher slurm: wait for the tasks and report them."),
+    ])
+
+
+LAUNCH_KEYS = ("launcher", "shards", "partition", "time_min", "gpus", "cpus", "mem_gb", "launcher_config", "log_dir",
+               "wait")
+
+
+def _launch_settings(opts: dict[str, Any]):
+    """Pop the launcher flags out of ``opts``: the :class:`LaunchSettings`, or None without ``--launcher``."""
+    from videobench.settings import LaunchSettings
+
+    values = {key: opts.pop(key) for key in LAUNCH_KEYS}
+    return LaunchSettings(**values) if values["launcher"] else None
+
+
+def _settings(cls, **fields: Any):
+    """Build a settings object; its own check failing is a setup error (one line, exit 2)."""
+    from videobench.errors import VideoBenchError
+
+    try:
+        return cls(**fields)
+    except VideoBenchError as error:
+        _fail(str(error))
+
+
+def _call(stage: Callable[..., Any], settings: Any) -> Any:
+    """Run an API stage; a :class:`~videobench.errors.VideoBenchError` is one ``error:`` line and exit 2."""
+    from videobench.errors import VideoBenchError
+
+    try:
+        return stage(settings)
+    except VideoBenchError as error:
+        _fail(str(error))
+
+
+def _exit(ok: bool) -> None:
+    sys.exit(0 if ok else EXIT_CASE_FAILURES)
+
+
+def _weights_fields(opts: dict[str, Any]) -> dict[str, Any]:
+    return {"weights_dir": opts.pop("weights_dir", None), "download": opts.pop("download", False)}
+
+
+def _case_fields(opts: dict[str, Any]) -> dict[str, Any]:
+    """The generation flags as :class:`~videobench.settings.CaseSettings` fields."""
+    fields = {key: opts.pop(key) for key in ("suite", "data_root", "limit", "seed", "device", "dtype", "preset",
+                                             "frames", "height", "width", "shard", "overwrite")}
+    return {**fields, "cases": _split(opts.pop("case_ids")), **_weights_fields(opts)}
+
+
+def _metric_fields(opts: dict[str, Any]) -> dict[str, Any]:
+    """The scoring flags as :class:`~videobench.settings.MetricSettings` fields."""
+    try:
+        metric_options = _scoped(opts.pop("metric_options"), "-M")
+    except ValueError as error:
+        _fail(str(error))
+    return {"metrics": _split(opts.pop("metrics")), "metric_options": metric_options,
+            "score_dtype": opts.pop("score_dtype"), "cache_dir": opts.pop("cache_dir")}
+
+
+def _scoped_options(items: Sequence[str], config_file: Path | None) -> dict[str, dict[str, Any]]:
+    """``-o SCOPE.KEY=VALUE`` on top of a config file mapping scopes (methods, rows) to options."""
+    from videobench.options import OptionError, read_config_sections
+
+    try:
+        scoped: dict[str, dict[str, Any]] = read_config_sections(config_file) if config_file else {}
+        for scope, values in _scoped(items, "-o").items():
+            scoped.setdefault(scope, {}).update(values)
+    except (OptionError, ValueError) as error:
+        _fail(str(error))
+    return scoped
 
 
 # --------------------------------------------------------------------------------------------- generate
@@ -125,60 +222,14 @@ def _weights_config(opts: Mapping[str, Any]):
 
 def _method_options(raw_items: Sequence[str], config_file: Path | None) -> dict[str, Any]:
     """A method's options: the config file's mapping, then ``-o key=value`` on top."""
-    from videobench.options import parse_assignments, read_config_file
-
-    options = read_config_file(config_file) if config_file is not None else {}
-    options.update(parse_assignments(raw_items))
-    return options
-
-
-def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, Any], random_weights: bool,
-              preset: str | None, progress: bool = True) -> bool:
-    from videobench.devices import check_device
-    from videobench.distributed import local_device, resolve_shard
-    from videobench.generate import RunConflictError, run_generation
-    from videobench.methods import MethodContext, build_generator, get_method
-    from videobench.suites import load_suite
-    from videobench.sync import SyncError, all_ranks_generated, join_launch
-    from videobench.weights import MissingWeightsError
+    from videobench.options import OptionError, parse_assignments, read_config_file
 
     try:
-        opts = {**opts, "shard": resolve_shard(opts["shard"]), "device": local_device(opts["device"])}
-        launch = join_launch(opts["out"])  # torchrun/srun: this rank's shard, GPU, heartbeat (docs/distributed.md)
-        check_device(opts["device"])  # no CUDA here: one line now, not a driver traceback in the first case
-        spec = get_method(method)
-        suite = load_suite(opts["suite"], opts["data_root"])
-        cases = suite.select(_split(opts["case_ids"]), opts["limit"])
-        context = MethodContext(
-            device=opts["device"], dtype=opts["dtype"], preset=preset,
-            random_weights=random_weights, num_frames=opts["frames"] or suite.num_frames,
-            height=opts["height"] or suite.height, width=opts["width"] or suite.width, fps=suite.fps,
-            weights_config=_weights_config(opts),
-        )
-        generator, options = build_generator(spec, raw_options, context)
-    except (KeyError, FileNotFoundError, OSError, ValueError, MissingWeightsError, SyncError) as error:
-        _fail(_first_line(error))
-    if generator.random_weights:
-        click.secho(f"note: {generator.run_name} uses RANDOM weights; its outputs are stamped as such", fg="yellow", err=True)
-    try:
-        summary = run_generation(generator, suite, cases, opts["out"], seed=opts["seed"], shard=opts["shard"],
-                                 overwrite=opts["overwrite"], progress=progress and (launch is None or launch.is_main),
-                                 metadata=spec.metadata(options))
-    except (RunConflictError, ValueError) as error:
+        options = read_config_file(config_file) if config_file is not None else {}
+        options.update(parse_assignments(raw_items))
+    except OptionError as error:
         _fail(str(error))
-    images = f", {len(summary.images)} image(s) made" if summary.images else ""
-    click.echo(
-        f"{generator.run_name}: {len(summary.generated)} generated, {len(summary.skipped)} already done, "
-        f"{len(summary.failed)} failed{images} -> {summary.method_dir}"
-    )
-    for case_id, message in summary.failed.items():
-        click.secho(f"  failed {case_id}: {message}", fg="red", err=True)
-    if launch is not None:  # several ranks: each waits for all; rank 0's exit status speaks for every rank
-        try:
-            return all_ranks_generated(opts["out"], summary, [case.case_id for case in cases])
-        except SyncError as error:
-            _fail(str(error))
-    return summary.ok
+    return options
 
 
 @main.command()
@@ -191,85 +242,18 @@ def _generate(method: str, raw_options: Mapping[str, Any], opts: Mapping[str, An
 @generation_options
 @launcher_options
 @random_weights_option
-def generate(method: str, method_options: tuple[str, ...], config_file: Path | None, random_weights: bool,
-             **opts) -> None:
+def generate(method: str, out: Path, method_options: tuple[str, ...], config_file: Path | None,
+             random_weights: bool, **opts) -> None:
     """Generate the videos of a suite with one method into RESULTS/<method>/."""
-    from videobench.options import OptionError
+    from videobench import api
 
-    try:
-        raw = _method_options(method_options, config_file)
-    except OptionError as error:
-        _fail(str(error))
-    if opts["launcher"]:
-        sys.exit(_launch(submit_generate, method, raw, opts, random_weights))
-    ok = _generate(method, raw, opts, random_weights, preset=opts["preset"])
-    sys.exit(0 if ok else EXIT_CASE_FAILURES)
+    options = _method_options(method_options, config_file)
+    settings = _settings(api.GenerateSettings, method=method, out=out, options=options, random_weights=random_weights,
+                         launch=_launch_settings(opts), **_case_fields(opts))
+    _exit(_call(api.generate, settings).ok)
 
 
 # --------------------------------------------------------------------------------------------- score
-
-
-def _metric_setup(opts: Mapping[str, Any], random_weights: bool) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """The ``--metrics`` columns and per-family options, after checking names, device, precision and weight files."""
-    from videobench.metrics.preprocess import check_device, check_precision
-    from videobench.metrics.registry import (
-        expand_columns,
-        families_for,
-        metric_weight_specs,
-        parse_metric_options,
-    )
-    from videobench.weights import MissingWeightsError, check_weights
-
-    try:
-        columns = expand_columns(_split(opts["metrics"]))
-        raw = _scoped(opts["metric_options"], "-M")
-        parsed = parse_metric_options(raw)
-        check_device(opts["score_device"])
-        check_precision(opts["score_device"], opts["score_dtype"])
-        if not random_weights:
-            check_weights(metric_weight_specs(families_for(columns), parsed), _weights_config(opts))
-    except (MissingWeightsError, ValueError) as error:
-        _fail(str(error))
-    return columns, raw
-
-
-def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progress: bool = True) -> bool:
-    from videobench.distributed import is_main_process, local_device, resolve_shard
-    from videobench.metrics import build_metrics
-    from videobench.scoring.runner import check_not_method_folder, score_results
-    from videobench.scoring.shares import score_share
-    from videobench.sync import SyncError, join_launch
-    from videobench.weights import MissingWeightsError
-
-    try:  # torchrun/srun or --shard: this rank's share and GPU (docs/distributed.md)
-        shard = resolve_shard(opts.get("score_shard"))
-        opts = {**opts, "score_device": local_device(opts["score_device"])}
-        if shard is not None:
-            join_launch(results)
-    except (ValueError, SyncError) as error:
-        _fail(str(error))
-    columns, metric_options = _metric_setup(opts, random_weights)
-    if not results.is_dir():
-        _fail(f"{results}: no such results folder")
-    try:
-        check_not_method_folder(results)  # before loading any model
-        metrics = build_metrics(columns, _weights_config(opts), device=opts["score_device"],
-                                dtype=opts["score_dtype"], random_weights=random_weights, options=metric_options)
-    except (MissingWeightsError, ValueError) as error:  # ValueError: --device / --score-dtype unusable here
-        _fail(str(error))
-    if random_weights:
-        click.secho("note: scoring with RANDOM metric weights; scores.csv and the leaderboard say so", fg="yellow", err=True)
-    try:
-        if shard is None:
-            summary = score_results(results, metrics, columns=columns, cache_dir=opts.get("cache_dir"),
-                                    progress=progress)
-        else:  # this share into the cache; under a launcher rank 0 then writes the tables
-            summary = score_share(results, metrics, shard, columns=columns, cache_dir=opts.get("cache_dir"),
-                                  progress=progress and is_main_process())
-    except (ValueError, SyncError) as error:  # not a RESULTS folder: nothing ran; or a rank died
-        _fail(str(error))
-    click.echo(summary.describe())
-    return summary.ok
 
 
 @main.command()
@@ -282,17 +266,12 @@ def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progres
 @random_weights_option
 def score(results: Path, random_weights: bool, **opts) -> None:
     """Score every method folder of RESULTS: scores.csv per method and RESULTS/leaderboard.csv."""
-    if opts["launcher"]:
-        sys.exit(_launch(submit_score, results, opts, random_weights))
-    sys.exit(0 if _score(results, opts, random_weights) else EXIT_CASE_FAILURES)
+    from videobench import api
 
-
-def _launch(submit: Callable[..., int], *args: Any) -> int:
-    """``--launcher``: submit the command's shards (:mod:`videobench.launcher`); returns the exit status."""
-    try:
-        return submit(*args)
-    except LauncherError as error:
-        _fail(str(error))
+    settings = _settings(api.ScoreSettings, results=results, device=opts.pop("score_device"),
+                         shard=opts.pop("score_shard"), random_weights=random_weights,
+                         launch=_launch_settings(opts), **_metric_fields(opts), **_weights_fields(opts))
+    _exit(_call(api.score, settings).ok)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -309,30 +288,12 @@ def report(results: tuple[Path, ...], out_path: Path | None) -> None:
     a method folder name found in several of them is one row with each suite's columns (Table 1). A
     folder without leaderboard.csv whose subfolders are RESULTS folders stands for those subfolders.
     """
-    from videobench.report import ReportInputError, write_report
+    from videobench import api
 
-    try:
-        path = write_report(list(results), out_path)
-    except (FileNotFoundError, ReportInputError) as error:
-        _fail(str(error))
-    click.echo(f"report: {path}")
+    _call(api.report, api.ReportSettings(results=list(results), out=out_path))
 
 
 # --------------------------------------------------------------------------------------------- run
-
-
-def _run_methods(names: list[str] | None) -> list[str]:
-    """``--methods``, or every method registered as part of the default run (``default_run=True``)."""
-    from videobench.methods import available_methods
-    from videobench.options import did_you_mean
-
-    known = available_methods()
-    if names is None:
-        return [name for name, spec in known.items() if spec.default_run]
-    missing = [name for name in names if name not in known]
-    if missing:
-        _fail(f"unknown method(s) {', '.join(missing)}{did_you_mean(missing, known)}; available: {', '.join(known)}")
-    return names
 
 
 @main.command()
@@ -355,33 +316,12 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
 
     --preset applies to the methods that have it; the others (e.g. weight-free reference rows) run as they are.
     """
-    from videobench.methods import get_method
-    from videobench.options import OptionError, read_config_sections
+    from videobench import api
 
-    opts["out"] = out
-    opts["score_device"] = opts["device"]
-    names = _run_methods(_split(methods))
-    try:
-        per_method: dict[str, dict[str, Any]] = read_config_sections(config_file) if config_file else {}
-        for name, values in _scoped(method_options, "-o").items():
-            per_method.setdefault(name, {}).update(values)
-    except (OptionError, ValueError) as error:
-        _fail(str(error))
-    unknown = [name for name in per_method if name not in names]
-    if unknown:
-        _fail(f"options given for method(s) not in this run: {', '.join(unknown)}; run: {', '.join(names)}")
-    _metric_setup(opts, random_weights)  # missing metric weights: fail now, not after hours of generation
-    ok = True
-    for name in names:
-        preset = opts["preset"] if opts["preset"] in get_method(name).presets else None
-        ok = _generate(name, dict(per_method.get(name) or {}), opts, random_weights, preset=preset) and ok
-    ok = _score(out, opts, random_weights) and ok
-    from videobench.distributed import is_main_process
-    from videobench.report import write_report
-
-    if is_main_process():  # under torchrun/srun rank 0 writes the report
-        click.echo(f"report: {write_report(out)}")
-    sys.exit(0 if ok else EXIT_CASE_FAILURES)
+    settings = _settings(api.EvaluateSettings, out=out, methods=_split(methods),
+                         method_options=_scoped_options(method_options, config_file), random_weights=random_weights,
+                         **_metric_fields(opts), **_case_fields(opts))
+    _exit(_call(api.evaluate, settings).ok)
 
 
 # --------------------------------------------------------------------------------------------- reproduce
@@ -389,8 +329,8 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
 
 @main.command()
 @click.argument("table")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Folder of the plan: OUT/<suite>/ per suite and OUT/<table>.html.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder of the plan: OUT/<suite>/ per suite and OUT/<table>.html (not needed with --plan-only).")
 @click.option("-o", "--option", "row_options", multiple=True, metavar="ROW.KEY=VALUE",
               help="A row's option: ROW is a row id (METHOD@SETTING for Table 2) or a method name (repeatable).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
@@ -408,59 +348,31 @@ def run(methods: str | None, out: Path, method_options: tuple[str, ...], config_
 @click.option("--score-dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]))
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Score cache folder.")
 @with_weights_options
+@click.option("--shard", default=None,
+              help="i/n: only this share of every row and of the scoring, no tables (SLURM arrays); a final run "
+                   "without --shard writes them. Under torchrun/srun each rank takes its own.")
+@launcher_options
 @random_weights_option
-def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: Path | None, plan_only: bool,
+def reproduce(table: str, out: Path | None, row_options: tuple[str, ...], config_file: Path | None, plan_only: bool,
               random_weights: bool, **opts) -> None:
     """Generate, score and report every row of the paper's Table 1 or Table 2 (table1 | table2).
 
     Prints the plan first: rows, cases per suite, which weights are present or missing (one message for all, and
     nothing runs while any is missing), and the estimated time per row. Finished videos are skipped, so the same
-    command resumes.
+    command resumes. Under torchrun/accelerate/srun every rank takes its share of every row; --launcher runs
+    --shards tasks, then one that writes the tables and the page (docs/distributed.md).
     """
-    from costmodel.estimates import row_estimator
-    from videobench.methods import MethodContext, get_method
-    from videobench.options import OptionError, read_config_sections
-    from videobench.report import write_report
-    from videobench.reproduce import describe, plan
-    from videobench.weights import MissingWeightsError, check_weights
+    from videobench import api
 
-    try:
-        overrides: dict[str, dict[str, Any]] = read_config_sections(config_file) if config_file else {}
-        for row, values in _scoped(row_options, "-o").items():
-            overrides.setdefault(row, {}).update(values)
-        context = MethodContext(device=opts["device"], dtype=opts["dtype"], preset=opts["preset"],
-                                random_weights=random_weights, weights_config=_weights_config(opts))
-        the_plan = plan(table, context, overrides, suite=opts["suite"], data_root=opts["data_root"],
-                        limit=opts["limit"], estimate=row_estimator())
-    except (OptionError, ValueError) as error:
-        _fail(str(error))
-    for line in describe(the_plan):
-        click.echo(line)
-    try:
-        check_weights([(row_id, resolved.spec) for row_id, resolved in the_plan.missing_weights],
-                      _weights_config(opts))
-    except MissingWeightsError as error:
-        if not plan_only:
-            _fail(str(error))
-        click.echo(str(error))
-    if the_plan.data_missing and not plan_only:
-        _fail(f"data missing for suite(s) {', '.join(the_plan.data_missing)} (see above)")
-    if plan_only:
-        return
-    opts.update(out=None, score_device=opts["device"], case_ids=None, frames=None, height=None, width=None,
-                shard=None, overwrite=False)
-    _metric_setup(opts, random_weights)  # missing metric weights: fail now, not after the generation
-    ok = True
-    suites = list(dict.fromkeys(name for row in the_plan.rows for name in row.suites))
-    for name in suites:
-        run_opts = {**opts, "suite": name, "out": out / name}
-        for row in (row for row in the_plan.rows if name in row.suites):
-            preset = opts["preset"] if opts["preset"] in get_method(row.method).presets else None
-            ok = _generate(row.method, row.options, run_opts, random_weights, preset=preset) and ok
-    for name in suites:
-        ok = _score(out / name, opts, random_weights) and ok
-    click.echo(f"report: {write_report([out / name for name in suites], out / f'{table}.html')}")
-    sys.exit(0 if ok else EXIT_CASE_FAILURES)
+    row_options_ = _scoped_options(row_options, config_file)
+    fields = {key: opts.pop(key) for key in ("suite", "data_root", "limit", "seed", "device", "dtype", "preset",
+                                             "shard")}
+    settings = _settings(api.ReproduceSettings, table=table, out=out, row_options=row_options_, plan_only=plan_only,
+                         random_weights=random_weights, launch=_launch_settings(opts), **fields,
+                         **_metric_fields(opts), **_weights_fields(opts))
+    result = _call(api.reproduce, settings)
+    if not plan_only:
+        _exit(result.ok)
 
 
 # --------------------------------------------------------------------------------------------- info

@@ -10,7 +10,9 @@ submitit's LocalExecutor and always waits (what the tests use). Logs and submiti
 shared score cache, the writer writes scores.csv and leaderboard.csv (and computes whatever a share left).
 
 Inside a task the command runs as ``videobench generate ... --shard i/N`` would: the same resume, atomic writes
-and cases.jsonl merge, so a task that SLURM requeues or that you resubmit redoes nothing that is done.
+and cases.jsonl merge, so a task that SLURM requeues or that you resubmit redoes nothing that is done. A task is a
+function of :mod:`videobench.api` bound to its settings, handed in by the caller: this module imports neither the
+API nor the command line.
 """
 
 from __future__ import annotations
@@ -19,49 +21,29 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import click
+from videobench.errors import LaunchError
+from videobench.settings import LAUNCHERS, LaunchSettings
 
 logger = logging.getLogger(__name__)
 
-LAUNCHERS = ("slurm", "local")
+__all__ = ["LAUNCHERS", "LaunchSettings", "LauncherError", "submit_shards", "submit_shares"]
+
 #: The job time limit (minutes) when neither --time nor the config file sets one (submitit's own is 5).
 DEFAULT_TIME_MIN = 24 * 60
-#: The options below, as they arrive in the command's keyword arguments (stripped before a task runs).
-OPTION_KEYS = ("launcher", "shards", "partition", "time_min", "gpus", "cpus", "mem_gb", "launcher_config",
-               "log_dir", "wait")
 LOG_DIR = ".slurm"
 
 
-def launcher_options(func: Callable) -> Callable:
-    """The ``--launcher`` options of ``generate`` and ``score``."""
-    options = [
-        click.option("--launcher", type=click.Choice(LAUNCHERS), default=None,
-                     help="Run --shards tasks through submitit: a SLURM job array, or local processes (docs/"
-                          "distributed.md)."),
-        click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="With --launcher: the number of tasks (task i runs shard i/N)."),
-        click.option("--partition", default=None, help="With --launcher slurm: the partition."),
-        click.option("--time", "time_min", type=click.IntRange(min=1), default=None,
-                     help=f"With --launcher: each task's time limit in minutes (default {DEFAULT_TIME_MIN})."),
-        click.option("--gpus", type=click.IntRange(min=0), default=None, help="With --launcher: GPUs per task."),
-        click.option("--cpus", type=click.IntRange(min=1), default=None, help="With --launcher: CPUs per task."),
-        click.option("--mem", "mem_gb", type=click.FloatRange(min=0), default=None,
-                     help="With --launcher: memory per task in GB."),
-        click.option("--launcher-config", type=click.Path(path_type=Path), default=None,
-                     help="With --launcher: a YAML/JSON mapping of submitit parameters (slurm_account, slurm_qos, "
-                          "slurm_setup, ...); the options above win over it."),
-        click.option("--log-dir", type=click.Path(path_type=Path), default=None,
-                     help="With --launcher: where logs go (default RESULTS/.slurm)."),
-        click.option("--wait", is_flag=True, help="With --launcher slurm: wait for the tasks and report them."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+class Echo(Protocol):
+    """Where the submission's lines go (:class:`videobench.api.Console`)."""
+
+    def echo(self, message: str) -> None: ...
+
+    def failure(self, message: str) -> None: ...
 
 
-class LauncherError(ValueError):
+class LauncherError(LaunchError, ValueError):
     """The launcher options cannot be used (bad config file, unknown submitit parameter, no sbatch)."""
 
 
@@ -77,18 +59,18 @@ class Submission:
 # ------------------------------------------------------------------------------------------------ parameters
 
 
-def executor_parameters(opts: Mapping[str, Any], name: str) -> dict[str, Any]:
+def executor_parameters(launch: LaunchSettings, name: str) -> dict[str, Any]:
     """submitit parameters: the ``--launcher-config`` file's, then the command line's on top."""
     from videobench.options import OptionError, read_config_file
 
     params: dict[str, Any] = {}
-    if opts.get("launcher_config") is not None:
+    if launch.launcher_config is not None:
         try:
-            params = dict(read_config_file(opts["launcher_config"]))
+            params = dict(read_config_file(Path(launch.launcher_config)))
         except OptionError as error:
             raise LauncherError(str(error)) from None
-    given = {"slurm_partition": opts.get("partition"), "timeout_min": opts.get("time_min"),
-             "gpus_per_node": opts.get("gpus"), "cpus_per_task": opts.get("cpus"), "mem_gb": opts.get("mem_gb")}
+    given = {"slurm_partition": launch.partition, "timeout_min": launch.time_min, "gpus_per_node": launch.gpus,
+             "cpus_per_task": launch.cpus, "mem_gb": launch.mem_gb}
     params.update({key: value for key, value in given.items() if value is not None})
     params.setdefault("timeout_min", DEFAULT_TIME_MIN)
     params.setdefault("name", name)
@@ -129,108 +111,66 @@ def _submit(executor, fn: Callable, argument_lists: Sequence[tuple], array: bool
         raise LauncherError(f"cannot submit to SLURM: {error} (is this a SLURM login node?)") from None
 
 
-# ------------------------------------------------------------------------------------------------ tasks
-
-
-def _task_opts(opts: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
-    """The command's options for one task: no launcher options, ``changes`` on top."""
-    return {**{key: value for key, value in opts.items() if key not in OPTION_KEYS}, **changes}
-
-
-def _exit_status(run: Callable[[], bool]) -> dict[str, Any]:
-    """Run one CLI stage inside a task; its ``sys.exit`` (a setup error) becomes a result, not a lost job."""
-    try:
-        ok = run()
-    except SystemExit as stop:
-        return {"ok": False, "exit": stop.code}
-    return {"ok": bool(ok), "exit": 0 if ok else 1}
-
-
-def generate_task(method: str, raw_options: dict[str, Any], opts: dict[str, Any], random_weights: bool
-                  ) -> dict[str, Any]:
-    """A task: ``videobench generate`` of one shard (``opts["shard"]``)."""
-    from videobench import cli
-
-    return {"shard": opts["shard"], **_exit_status(lambda: cli._generate(
-        method, raw_options, opts, random_weights, preset=opts["preset"], progress=False))}
-
-
-def score_task(results: Path, opts: dict[str, Any], random_weights: bool) -> dict[str, Any]:
-    """A task: the metric values of one share (``opts["score_shard"]``), or the tables when it is ``None``."""
-    from videobench import cli
-
-    return {"shard": opts.get("score_shard") or "writer",
-            **_exit_status(lambda: cli._score(results, opts, random_weights, progress=False))}
-
-
 # ------------------------------------------------------------------------------------------------ submit
 
-
-def _check(opts: Mapping[str, Any], shard_key: str) -> None:
-    if opts.get(shard_key):
-        raise LauncherError("--shard and --launcher do not go together: the launcher gives each task its shard "
-                            "(--shards N)")
+#: A task: called in the job with its shard (``"i/N"``, or ``None`` for the writer of the tables); returns
+#: ``{"shard": label, "ok": bool, "exit": status}`` (:func:`videobench.api._task`).
+Task = Callable[[str | None], Mapping[str, Any]]
 
 
-def _report(submission: Submission, wait: bool) -> int:
+def _report(submission: Submission, wait: bool, console: Echo) -> int:
     """Print the job ids and logs; when waiting, each task's outcome. Returns the exit status."""
-    click.echo(f"{submission.launcher}: {len(submission.jobs)} task(s) submitted; logs under {submission.log_dir}")
+    console.echo(f"{submission.launcher}: {len(submission.jobs)} task(s) submitted; logs under {submission.log_dir}")
     for label, job in submission.jobs:
-        click.echo(f"  {label}: job {job.job_id}  log {job.paths.stdout}")
+        console.echo(f"  {label}: job {job.job_id}  log {job.paths.stdout}")
     if not wait:
-        click.echo("not waiting: follow them with squeue; run the same command again to resume what failed")
+        console.echo("not waiting: follow them with squeue; run the same command again to resume what failed")
         return 0
-    return _wait(submission)
+    return _wait(submission, console)
 
 
-def _wait(submission: Submission) -> int:
+def _wait(submission: Submission, console: Echo) -> int:
     failed = 0
     for label, job in submission.jobs:
         try:
             result = job.result()
         except Exception as error:  # noqa: BLE001 - submitit raises its own errors for a crashed task
             failed += 1
-            click.secho(f"  {label}: job {job.job_id} crashed ({type(error).__name__}); see {job.paths.stderr}",
-                        fg="red", err=True)
+            console.failure(f"  {label}: job {job.job_id} crashed ({type(error).__name__}); see {job.paths.stderr}")
             continue
         state = "ok" if result.get("ok") else f"FAILED (exit {result.get('exit')})"
         failed += 0 if result.get("ok") else 1
-        click.echo(f"  {label}: job {job.job_id} {state}")
+        console.echo(f"  {label}: job {job.job_id} {state}")
     return 0 if not failed else 1
 
 
-def submit_generate(method: str, raw_options: dict[str, Any], opts: dict[str, Any], random_weights: bool) -> int:
-    """Submit ``--shards`` generation tasks; returns the exit status."""
-    _check(opts, "shard")
-    launcher, shards = opts["launcher"], opts["shards"]
-    log_dir = Path(opts.get("log_dir") or Path(opts["out"]) / LOG_DIR)
-    executor = _executor(launcher, log_dir, executor_parameters(opts, f"videobench-generate-{method}"))
-    arguments = [(method, raw_options, _task_opts(opts, shard=f"{i}/{shards}"), random_weights)
-                 for i in range(shards)]
-    jobs = _submit(executor, generate_task, arguments, array=launcher == "slurm")
-    submission = Submission(launcher, log_dir, [(f"shard {i}/{shards}", job) for i, job in enumerate(jobs)])
-    return _report(submission, wait=opts.get("wait") or launcher == "local")
+def submit_shards(launch: LaunchSettings, out: Path, name: str, task: Task, console: Echo) -> int:
+    """Run ``task`` on shards ``0/N`` .. ``N-1/N`` as ``launch.shards`` tasks; returns the exit status."""
+    shards = launch.shards
+    log_dir = Path(launch.log_dir or out / LOG_DIR)
+    executor = _executor(launch.launcher, log_dir, executor_parameters(launch, name))
+    jobs = _submit(executor, task, [(f"{i}/{shards}",) for i in range(shards)], array=launch.launcher == "slurm")
+    submission = Submission(launch.launcher, log_dir, [(f"shard {i}/{shards}", job) for i, job in enumerate(jobs)])
+    return _report(submission, launch.wait or launch.launcher == "local", console)
 
 
-def submit_score(results: Path, opts: dict[str, Any], random_weights: bool) -> int:
-    """Submit ``--shards`` share tasks and one writer task after them; returns the writer's exit status."""
-    _check(opts, "score_shard")
-    launcher, shards = opts["launcher"], opts["shards"]
-    log_dir = Path(opts.get("log_dir") or Path(results) / LOG_DIR)
-    params = executor_parameters(opts, "videobench-score")
+def submit_shares(launch: LaunchSettings, results: Path, name: str, task: Task, console: Echo) -> int:
+    """Run ``task`` on ``launch.shards`` shares, then once as the writer (shard ``None``) after them; returns the
+    writer's exit status (SLURM: the writer depends on the share array, ``afterany``)."""
+    launcher, shards = launch.launcher, launch.shards
+    log_dir = Path(launch.log_dir or results / LOG_DIR)
+    params = executor_parameters(launch, name)
     executor = _executor(launcher, log_dir, params)
     submission = Submission(launcher, log_dir)
     if shards > 1:
-        arguments = [(results, _task_opts(opts, score_shard=f"{i}/{shards}"), random_weights) for i in range(shards)]
-        jobs = _submit(executor, score_task, arguments, array=launcher == "slurm")
+        jobs = _submit(executor, task, [(f"{i}/{shards}",) for i in range(shards)], array=launcher == "slurm")
         shares = [(f"share {i}/{shards}", job) for i, job in enumerate(jobs)]
         if launcher == "local":  # the writer starts once the shares are done
-            _report(Submission(launcher, log_dir, shares), wait=True)
+            _report(Submission(launcher, log_dir, shares), True, console)
         else:
             submission.jobs += shares
             array_id = str(jobs[0].job_id).split("_")[0]
             executor = _executor(launcher, log_dir, {**params, "slurm_dependency": f"afterany:{array_id}"})
-    writer = _submit(executor, score_task, [(results, _task_opts(opts, score_shard=None), random_weights)],
-                     array=False)[0]
+    writer = _submit(executor, task, [(None,)], array=False)[0]
     submission.jobs.append(("writer of scores.csv and leaderboard.csv", writer))
-    return _report(submission, wait=opts.get("wait") or launcher == "local")
+    return _report(submission, launch.wait or launcher == "local", console)

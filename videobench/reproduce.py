@@ -10,8 +10,9 @@ method name (``-o METHOD@SETTING.lora=FILE``, ``-o METHOD.steps=50``, or a confi
 options); a row's own id wins over its method's name, which wins over the row's declared options.
 
 :func:`plan` resolves everything (suites and their cases, options, weights, estimated time) without running
-anything; :func:`execute` then generates each row on each suite into ``OUT/<suite>/`` (resuming: finished videos are
-skipped), scores each suite folder and writes one report ``OUT/<table>.html`` beside the paper's numbers.
+anything; :func:`videobench.api.reproduce` then generates each row on each suite into ``OUT/<suite>/`` (resuming:
+finished videos are skipped), scores each suite folder and writes one report ``OUT/<table>.html`` beside the paper's
+numbers.
 """
 
 from __future__ import annotations

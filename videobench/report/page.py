@@ -109,6 +109,7 @@ def build_context(
     n_resamples: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    title: str | None = None,
 ) -> dict[str, Any]:
     """Everything the template shows, as plain Python objects, from one or more RESULTS folders.
 
@@ -138,7 +139,7 @@ def build_context(
                  for data in ordered]
     names = [str(path) for path in folders]
     return {
-        "title": f"VideoBench leaderboard — {' + '.join(path.name for path in folders)}",
+        "title": title or f"VideoBench leaderboard — {' + '.join(path.name for path in folders)}",
         "results_dir": ", ".join(names),
         "results_dirs": names,
         "generated": utc_now(),
@@ -169,6 +170,7 @@ def write_report(
     strip_frames: int = 6,
     thumb_height: int = 80,
     progress: bool = True,
+    title: str | None = None,
 ) -> Path:
     """Write the HTML leaderboard of one or more RESULTS folders atomically; return its path.
 
@@ -180,7 +182,8 @@ def write_report(
     Needs each folder's ``leaderboard.csv`` and its methods' ``scores.csv`` (``videobench score``).
     ``out_path`` defaults to ``RESULTS/leaderboard.html`` when the paths stand for one RESULTS folder
     and is required otherwise. ``max_cases_per_method`` caps the per-case rows (the page embeds one
-    reference thumbnail and one strip of ``strip_frames`` frames per case).
+    reference thumbnail and one strip of ``strip_frames`` frames per case). ``title`` replaces the page's
+    default title ("VideoBench leaderboard — <folders>"), e.g. for a reproduced paper table.
 
     Raises:
         FileNotFoundError: a folder is missing, or is neither a scored RESULTS folder nor a parent of some.
@@ -194,6 +197,6 @@ def write_report(
             "say where the report goes with --out FILE (out_path)")
     out = Path(out_path) if out_path is not None else folders[0] / DEFAULT_REPORT_NAME
     html = render_report(build_context(folders, max_cases_per_method, strip_frames, thumb_height,
-                                       progress=progress))
+                                       progress=progress, title=title))
     atomic_write_text(out, html)
     return out
