@@ -44,7 +44,7 @@ from videobench.weights import WeightSpec
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_VIT_L14 = "openai/clip-vit-large-patch14"
-#: The Hugging Face mirror of the official files named in the project brief (upstream's README links a Google
+#: The Hugging Face mirror of the official files (upstream's README links a Google
 #: Drive folder, drive.google.com/drive/folders/1pMwzGRA8QzHjEH5Hc4zDwdsSDwjwQKMW, holding the same two files).
 SSR_REPO = "ByteDance/SSR_Encoder"
 SSR_ALIGNER_FILE = "models/ssr_model/pytorch_model.bin"

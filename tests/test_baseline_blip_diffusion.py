@@ -64,7 +64,7 @@ def _image(color: tuple[int, int, int], size: tuple[int, int] = (90, 60), seed: 
 
 
 def _randomized(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Distinct random values for every floating tensor (so a tensor loaded into the wrong slot shows)."""
+    """Distinct random values for every floating tensor (so a tensor loaded under the wrong key shows)."""
     generator = torch.Generator().manual_seed(seed)
     return {key: torch.randn(value.shape, generator=generator) * 0.2 if value.is_floating_point() else value.clone()
             for key, value in state.items()}

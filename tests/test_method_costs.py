@@ -1,4 +1,4 @@
-"""Per-method cost models (issue 10, section 7): closed forms, real-run equivalences, the ``cost`` interface of every
+"""Per-method cost models: closed forms, real-run equivalences, the ``cost`` interface of every
 registered method, the cache and Table 1 reproduction estimate, and the gpu_acceptance ``baselines`` section."""
 
 from __future__ import annotations

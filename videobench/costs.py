@@ -8,7 +8,7 @@ configs built on the meta device, no weights, no GPU), and a FLOP-proportional t
 reference GPU. With ``context.preset == "tiny"`` it computes the same at the tiny preset's sizes (a quick check).
 
 The rate: :data:`EFFECTIVE_TFLOPS_PER_S` = 359 TFLOP/s, from vanilla CogVideoX-5B's CFG step (664.4 TFLOP at 49x480x720,
-``reports/estimate_5b.json``) measured at 1.85 s/step on an H100 (issue 3's design notes). It is a *bf16 DiT*
+``reports/estimate_5b.json``) measured at 1.85 s/step on an H100 (``benchmarks/step_latency.py``, vanilla row). It is a *bf16 DiT*
 efficiency: UNets, VAEs (convolutions), fp32 stages and small batches run below it, so the seconds here are
 lower bounds; a measurement (``benchmarks/gpu_acceptance.py --sections baselines``) replaces them per stage.
 
@@ -36,7 +36,7 @@ GIB = 2**30
 EFFECTIVE_TFLOPS_PER_S = 359.0
 REFERENCE_GPU = "H100 80GB (1 GPU)"
 RATE_SOURCE = ("vanilla CogVideoX-5B CFG step, 664.4 TFLOP at 49x480x720 bf16 (reports/estimate_5b.json), "
-               "measured at 1.85 s/step on an H100 (issue 3 design notes): 359 TFLOP/s")
+               "measured at 1.85 s/step on an H100 (benchmarks/step_latency.py): 359 TFLOP/s")
 FAKE_SOURCE = "fake-tensor cost model"
 #: The cache of computed costs (written by benchmarks/estimate_methods.py) and the variable that moves it.
 ESTIMATES_FILE = Path(__file__).resolve().parents[1] / "reports" / "estimate_methods.json"
