@@ -7,7 +7,8 @@ reports say what a thing is and why, citing the paper, upstream files or docs. T
   ``issue`` without a number (``issue tracking`` in the licence texts) is plain English;
 * ``brief`` (``the project brief``) and ``drew no GPU``: always forbidden;
 * ``slot``: only the template placeholder ``{entity}`` / ``entity slot`` of the prompt templates;
-* ``session``: only a POSIX process session (``its own session``, ``session of its own``: what setsid makes);
+* ``session``: only a POSIX process session (``its own session``, ``session of its own``: what setsid makes) and
+  a code attribute (pytest's ``request.session``);
 * ``task``: a SLURM / torchrun / submitit task is a technical term; forbidden are ``this task``, ``our task``,
   ``my task``, ``your task`` and a numbered ``task N``;
 * ``the lead``: always forbidden.
@@ -29,7 +30,7 @@ FORBIDDEN: tuple[tuple[str, str | None], ...] = (
     (r"\bbrief\b", None),
     (r"\bdrew\s+no\s+gpu\b", None),
     (r"\bslots?\b", r"(\{+entity\}+`*|\bentity)\s+slots?\b"),
-    (r"\bsessions?\b", r"\b(its|their) own sessions?\b|\bsessions? of (its|their) own\b"),
+    (r"\bsessions?\b", r"\b(its|their) own sessions?\b|\bsessions? of (its|their) own\b|\.session\b"),
     (r"\b(this|our|my|your)\s+task\b|(?<![-\w])tasks?\s+#?\d", None),
     (r"\bthe\s+lead\b", None),
 )
@@ -51,7 +52,7 @@ def offending_lines(text: str) -> list[tuple[int, str]]:
     ("Issue 10, section 7.", True), ("(issue 8.2)", True), ("see issues 3", True), ("issue tracking systems", False),
     ("named in the project brief", True), ("this task drew no GPU", True), ("inside an 8-minute slot", True),
     ("one ``{entity}`` slot", False), ("with an entity slot", False), ("in one session", True),
-    ("torchrun starts each worker in its own session", False), ("a session of its own", False),
+    ("torchrun starts each worker in its own session", False), ("request.session.items", False), ("a session of its own", False),
     ("a SLURM array task", False), ("task i of the array", False), ("task 3 of the brief", True),
     ("ask the lead", True), ("--gpus-per-task 1", False), ("one {{entity}} slot", False),
 ])
