@@ -236,8 +236,8 @@ def _metric_setup(opts: Mapping[str, Any], random_weights: bool) -> tuple[list[s
 def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progress: bool = True) -> bool:
     from videobench.distributed import is_main_process, local_device, resolve_shard
     from videobench.metrics import build_metrics
-    from videobench.score import check_not_method_folder, score_results
-    from videobench.scoring.shares import score_share
+    from videobench.score import ScoreSummary, check_not_method_folder, score_results
+    from videobench.scoring.shares import ShareSummary, score_share
     from videobench.sync import SyncError, join_launch
     from videobench.weights import MissingWeightsError
 
@@ -259,6 +259,7 @@ def _score(results: Path, opts: Mapping[str, Any], random_weights: bool, progres
         _fail(str(error))
     if random_weights:
         click.secho("note: scoring with RANDOM metric weights; scores.csv and the leaderboard say so", fg="yellow", err=True)
+    summary: ScoreSummary | ShareSummary
     try:
         if shard is None:
             summary = score_results(results, metrics, columns=columns, cache_dir=opts.get("cache_dir"),
@@ -453,9 +454,9 @@ def reproduce(table: str, out: Path, row_options: tuple[str, ...], config_file: 
     suites = list(dict.fromkeys(name for row in the_plan.rows for name in row.suites))
     for name in suites:
         run_opts = {**opts, "suite": name, "out": out / name}
-        for row in (row for row in the_plan.rows if name in row.suites):
-            preset = opts["preset"] if opts["preset"] in get_method(row.method).presets else None
-            ok = _generate(row.method, row.options, run_opts, random_weights, preset=preset) and ok
+        for plan_row in (row for row in the_plan.rows if name in row.suites):
+            preset = opts["preset"] if opts["preset"] in get_method(plan_row.method).presets else None
+            ok = _generate(plan_row.method, plan_row.options, run_opts, random_weights, preset=preset) and ok
     for name in suites:
         ok = _score(out / name, opts, random_weights) and ok
     click.echo(f"report: {write_report([out / name for name in suites], out / f'{table}.html')}")
@@ -526,10 +527,10 @@ def methods(name: str | None) -> None:
     except KeyError as error:
         _fail(_first_line(error))
     options = spec.parse_options({})
-    paper = spec.paper(options)
+    published = spec.paper(options)
     click.secho(f"{spec.name} ({spec.kind})", bold=True)
     click.echo(f"  {spec.description}")
-    click.echo(f"  paper row: {paper.table1_row or '-'}   Table 2 setting: {paper.table2_setting or '-'}")
+    click.echo(f"  paper row: {published.table1_row or '-'}   Table 2 setting: {published.table2_setting or '-'}")
     click.echo(f"  presets: {', '.join(spec.presets) or '-'}")
     click.echo("  options (-o KEY=VALUE):" if spec.describe_options() else "  options: none")
     for info in spec.describe_options():

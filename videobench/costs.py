@@ -265,7 +265,8 @@ def reproduction_estimate(costs: Mapping[str, MethodCost] | None = None, methods
     for suite, cases in suites.items():
         for paper_row, method in methods.items():
             cost = costs.get(method)
-            rows.append(ReproductionRow(paper_row, method, suite, cases, cost and cost.seconds_per_video))
+            rows.append(ReproductionRow(paper_row, method, suite, cases,
+                                        cost.seconds_per_video if cost is not None else None))
     return rows
 
 

@@ -134,6 +134,7 @@ class ClipMetric(ModelMetric):
         ColumnSpec("t_cons", "T.Cons", "mean CLIP cosine of consecutive frames", order=40),
     )
     Options = ClipOptions
+    model: Any  # an open_clip ``CLIP`` (``encode_image`` / ``encode_text``; open_clip ships no type information)
 
     def __init__(
         self,

@@ -182,6 +182,7 @@ class Scorer:
         row, where, video_path = prepared.row, prepared.inputs.where, prepared.inputs.video_path
         for plan, key, values, missing in prepared.pending:
             self.metric_calls += 1
+            assert prepared.sample is not None, "a case with pending metrics has its video decoded"
             try:
                 computed = plan.metric.score(prepared.sample, columns=missing)
             except Exception as error:  # one bad video must not stop the run
