@@ -1,6 +1,6 @@
 """Seconds per video of the comparison baselines at real sizes with random weights: their cost models run for real.
 
-Issue 10, section 7 ("Measured"). Each method's cost model (``MethodSpec.cost``, :mod:`costmodel.method_cost`) lists the
+Each method's cost model (``MethodSpec.cost``, :mod:`costmodel.method_cost`) lists the
 calls one video makes on the components it builds from the real configs; inside
 :func:`costmodel.counting.run_for_real` the same code builds those components on the GPU with random weights (in the
 method's own dtype) and times each call: a denoiser step ``warmup`` + ``repeats`` times (the median, extrapolated to

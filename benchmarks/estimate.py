@@ -1,13 +1,13 @@
 """Estimated FLOPs and peak memory of CustomVideoX at the real CogVideoX-5B size, on any machine (no GPU needed).
 
-The companion of ``step_latency.py`` (issue 3, section 6) and ``train_step.py`` (issue 4, section 4) for machines
+The companion of ``step_latency.py`` and ``train_step.py`` for machines
 without a GPU: the same model, shapes and variants, run on FakeTensors (:mod:`customvideox.fake_tensors`: shapes only, no
 weights, no memory, seconds to minutes on a CPU).
 
 * Inference, one CFG step (batch 2, 49 frames at 480x720, bf16): the FLOPs of vanilla CogVideoX and of the four
   CustomVideoX variants (joint / cached, TAB+ERAE off / on), their ratio to vanilla, the FLOPs of the cached mode's
   one-off reference extraction, peak memory, and a *FLOP-proportional* time: ``--vanilla-seconds`` (default 1.85 s,
-  the H100 measurement quoted in issue 3) times the FLOP ratio. The FLOP ratio is a lower bound on the time ratio:
+  vanilla's step as measured on an H100 with ``step_latency.py``) times the FLOP ratio. The FLOP ratio is a lower bound on the time ratio:
   the reference's short attention, the log-sum-exp merge and ERAE's map run below the big matmuls' efficiency.
 * Training, one optimizer step at the paper's setting (batch 1, 25 frames at 480x720, gradient accumulation 2,
   the frozen base in bf16, the LoRA (rank 128) in float32 under bf16 autocast, AdamW), with and without gradient
@@ -58,7 +58,7 @@ from customvideox.train import v_prediction_loss  # noqa: E402
 GIB = 2**30
 #: Training clip of section 6.1: 25 frames at 480x720 -> 7 latent frames of 60x90, 226 text tokens.
 TRAIN_SHAPE = (7, 60, 90, 226)
-#: One GPU's memory that issue 4 asks about (an 80 GB A100/H100 exposes about 79.2 GiB to CUDA).
+#: One GPU's memory the paper's training setting must fit in (an 80 GB A100/H100 exposes about 79.2 GiB to CUDA).
 GPU_GIB = 80e9 / GIB
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny preset's configs (a quick check)")
     parser.add_argument("--vanilla-seconds", type=float, default=1.85,
-                        help="measured vanilla s/step that FLOP-proportional times are scaled from (H100, issue 3)")
+                        help="measured vanilla s/step that FLOP-proportional times are scaled from (H100, step_latency.py)")
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write the estimates as JSON here")

@@ -1,9 +1,9 @@
 """Per-method cost estimates (FLOPs, peak memory, seconds per video per stage) and what reproducing Table 1 costs.
 
-Issue 10, section 7. For every registered method with a cost model (``MethodSpec.cost``; all baselines,
+For every registered method with a cost model (``MethodSpec.cost``; all baselines,
 CustomVideoX and the calibration rows), at the real sizes and default options: the FLOPs per video and the peak
 memory of each stage on FakeTensors (no weights, no GPU: :mod:`costmodel.method_cost`, :mod:`costmodel.counting`),
-and a FLOP-proportional time at ``--tflops-per-s`` (default 359 TFLOP/s, the H100 measurement of issue 3). Then the
+and a FLOP-proportional time at ``--tflops-per-s`` (default 359 TFLOP/s, vanilla CogVideoX-5B's step measured on an H100). Then the
 wall-clock estimate of Table 1 (every Table 1 row on DreamBench's 750 and VideoBench's 530 cases) on 1 and on 8
 GPUs. The results are cached in ``reports/estimate_methods.json``, which :mod:`costmodel.estimates` (and ``videobench
 reproduce``) read; ``--methods`` recomputes some methods and keeps the file's others.
@@ -16,7 +16,7 @@ Usage::
     python benchmarks/estimate_methods.py --report-only                  # print the cached tables
     python benchmarks/estimate_methods.py --cpu-runs ip-adapter+i2v,...  # real-config CPU runs, one at a time
 
-``--cpu-runs`` (issue 10, section 7, item 4): each method's real-size components (random weights, built by its
+``--cpu-runs``: each method's real-size components (random weights, built by its
 cost model with the same classes, adapters and attention processors the method uses) run every call of one
 generation once, for real, on this machine's CPU at a small shape with 1 step (:data:`CPU_RUNS`), each in its own
 subprocess, one after the other; the wall time and the peak RSS go into the JSON (``cpu_real_config_runs``).
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-variants", action="store_true", help="only the default options")
     parser.add_argument("--tiny", action="store_true", help="the tiny presets (a quick check of the script)")
     parser.add_argument("--tflops-per-s", type=float, default=costs.EFFECTIVE_TFLOPS_PER_S,
-                        help="effective TFLOP/s of the reference GPU (default: the H100 measurement of issue 3)")
+                        help="effective TFLOP/s of the reference GPU (default: vanilla CogVideoX-5B's step measured on an H100)")
     parser.add_argument("--gpus", type=lambda text: [int(n) for n in text.split(",")], default=[1, 8],
                         help="GPU counts of the Table 1 estimate (default 1,8)")
     parser.add_argument("--out", type=Path, default=None,

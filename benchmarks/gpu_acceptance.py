@@ -1,6 +1,6 @@
 """One GPU acceptance command: everything this project has waiting for a GPU, in one process, inside 8 minutes.
 
-Issue 8, section 6. GPU time comes in short slots; this runs, in order, each as a named *section* that returns rows:
+GPU time is usually lent in short windows; this runs, in order, each as a named *section* that returns rows:
 
 1. ``cuda_tests``: ``python -m pytest tests/test_cuda.py`` as a subprocess with a time cap (passed / failed /
    skipped counts, failing test names; the fp16/bf16 metric-drift test is its own row);
@@ -13,7 +13,7 @@ Issue 8, section 6. GPU time comes in short slots; this runs, in order, each as 
    (``benchmarks/score_throughput.py``);
 5. ``train_step``: one optimizer step at 25x480x720 (LoRA rank 128, gradient checkpointing, bf16; the shared
    model's LoRA is trained in place and restored) with its time and peak memory (``benchmarks/train_step.py``);
-6. ``baselines`` (issue 10): every comparison baseline's stages at real size with random weights, each
+6. ``baselines``: every comparison baseline's stages at real size with random weights, each
    method's cost model run for real (``baseline_timing.py``): stage 2 (CogVideoX-5B-I2V) once, the five stage-1
    image models, VideoBooth and Wan2.1-VACE 1.3B, a few denoiser steps each extrapolated to the default count and
    one of every other call (VAE decodes included), while the section's budget lasts;
@@ -90,7 +90,7 @@ from customvideox.config import ReferenceConfig  # noqa: E402
 from mediaio.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 
 PASS, FAIL, UNMEASURED, INFO = "pass", "fail", "unmeasured", "info"
-#: The default budget: the whole run ends inside an 8-minute slot with 10 s to spare.
+#: The default budget: the whole run ends inside 8 minutes with 10 s to spare.
 DEFAULT_BUDGET_S = 470.0
 #: Shapes of the real run: the scored video (frames, height, width) and the training clip (25 frames at 480x720).
 SCORING_VIDEO = (49, 480, 720)
@@ -110,7 +110,7 @@ SCORING_MIN_SPEEDUP = 5.0
 # --- targets and rows ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
-    """A threshold from the issues: a row passes when its ``checked`` value ``op`` ``limit`` holds."""
+    """A target threshold: a row passes when its ``checked`` value ``op`` ``limit`` holds."""
 
     text: str
     limit: float | None = None
@@ -471,7 +471,7 @@ def register_section(section: Section, before: str | None = None) -> None:
     SECTIONS.insert(names.index(before) if before is not None else len(SECTIONS), section)
 
 
-# --- 7. the comparison baselines, seconds per video per stage (issue 10) -----------------------------------------
+# --- 7. the comparison baselines, seconds per video per stage ----------------------------------------------------
 def baselines_section(ctx: Context) -> Iterator[Row]:
     """Each baseline's stages at real size with random weights (``baseline_timing``: its cost model run for real):
     a few denoiser steps extrapolated to the default count, one of every other call; in
@@ -596,7 +596,7 @@ class Report:
             f"{meta['diffusers']}, commit {commit}; **random weights** (seeded: timings only); started "
             f"{meta['started_at']}; {meta['elapsed_s']:.0f} s of the {meta['budget_s']:.0f} s budget; {state}."
         )
-        lines = ["# GPU acceptance (issue 8, section 6)", "", header]
+        lines = ["# GPU acceptance", "", header]
         if not meta["targets_meaningful"]:
             lines += ["", NOT_MEANINGFUL]
         lines += ["", "## Targets", "", markdown_table(
@@ -751,7 +751,7 @@ def run_section(section: Section, result: SectionResult, ctx: Context, report: R
     except Interrupted as stop:
         result.status, result.reason = "interrupted", f"{stop} after {time.monotonic() - started:.0f} s"
         raise
-    except Exception as error:  # a broken section must not cost the others their slot
+    except Exception as error:  # a broken section must not cost the others their time
         traceback.print_exc()
         result.status, result.reason = "error", f"{type(error).__name__}: {error}"
     finally:

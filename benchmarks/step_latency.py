@@ -1,6 +1,6 @@
 """Per-step latency of vanilla CogVideoX-5B and CustomVideoX, peak memory, and one 50-step video end to end.
 
-Issue 3, section 6. Random weights (no download), the real CogVideoX-5B transformer config, bf16, batch 2
+Random weights (no download), the real CogVideoX-5B transformer config, bf16, batch 2
 (classifier-free guidance), 49 frames at 480x720 (13 latent frames of 60x90, 17,550 video tokens + 226 text
 tokens; the reference adds one latent frame: 1,350 tokens). All variants run in one process on one model:
 
@@ -55,7 +55,7 @@ from customvideox.transformer import CustomVideoXTransformer3DModel  # noqa: E40
 #: (latent frames, latent height, latent width, text tokens) of 49 frames at 480x720.
 REAL_SHAPE = (13, 60, 90, 226)
 
-#: Targets of issue 3, section 6 (meaningful at the real config on an H100/H200): step time over vanilla's, ...
+#: Latency targets (meaningful at the real config on an H100/H200): step time over vanilla's, ...
 JOINT_MAX_RATIO = 1.12
 CACHED_MAX_RATIO = 1.05
 #: ... TAB+ERAE's step time over the same mode without them, and one 50-step video end to end (seconds).
@@ -218,7 +218,7 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def step_targets(by_name: dict[str, float]) -> dict[str, bool]:
-    """Issue 3's per-step targets from the median seconds of the :data:`VARIANTS` rows."""
+    """The per-step targets from the median seconds of the :data:`VARIANTS` rows."""
     base = by_name["vanilla"]
     return {
         f"joint <= {JOINT_MAX_RATIO}x vanilla": max(by_name[f"joint, TAB+ERAE {s}"] for s in ("off", "on")) / base

@@ -1,4 +1,4 @@
-"""Seconds per training step and peak memory of ``customvideox train`` at the real CogVideoX-5B size (issue 4, §4).
+"""Seconds per training step and peak memory of ``customvideox train`` at the real CogVideoX-5B size.
 
 Random weights (no download), CogVideoX-5B's transformer config, the reference LoRA (rank 128, the paper's), 25 frames
 at 480x720 (7 latent frames of 60x90: 9,450 video tokens, 226 text tokens, 1,350 reference tokens), batch 1, bf16

@@ -121,7 +121,7 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
 
 class _Call(torch.nn.Module):
     """A throwaway root module around one inference step: MemTracker refuses a root module (or a method such as a
-    VAE's ``decode`` that calls its submodules at the top level) running twice in one tracking session, and a fresh
+    VAE's ``decode`` that calls its submodules at the top level) running twice in one tracking pass, and a fresh
     root per step makes every repeated call a nested one, which it accepts. (Not for steps with a backward pass:
     MemTracker's module tracker loses the hierarchy when a backward runs inside a forward.)"""
 

@@ -113,7 +113,7 @@ def check_lora_file(lora: str | os.PathLike | None, ablation: str, random_weight
     if ablation != "naive" and not random_weights:
         raise MissingWeightsError(
             f"CustomVideoX ({ablation}) needs its reference LoRA and none was given: no CustomVideoX weights are "
-            "published. Train one with `customvideox train` (issue 4) and pass --lora PATH.safetensors, or pass "
+            "published. Train one with `customvideox train` (docs/training.md) and pass --lora PATH.safetensors, or pass "
             "--random-weights to run with an untrained reference LoRA (every output is then stamped as random "
             "weights), or use --preset tiny for a smoke run."
         )

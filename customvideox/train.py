@@ -1,4 +1,4 @@
-"""``customvideox train``: the reference LoRA, trained with accelerate (paper section 6.1; issue 4, section 2).
+"""``customvideox train``: the reference LoRA, trained with accelerate (paper section 6.1).
 
 What is trained: the reference LoRA only (rank 128 on ``to_q``/``to_k``/``to_v``/``to_out.0`` of every block, the
 ``"reference"`` peft adapter of :class:`~customvideox.transformer.CustomVideoXTransformer3DModel`); CogVideoX-5B,

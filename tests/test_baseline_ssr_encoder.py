@@ -109,13 +109,8 @@ def test_registration_metadata_and_weights():
     assert (defaults["negative_prompt"], defaults["height"], defaults["width"]) == ("bad quality", 512, 512)
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ({"scale": "-0.1"}, "scale"),
-    ({"steps": "0"}, "steps"),
+@pytest.mark.parametrize("raw, fragment", [  # the rules beyond types and bounds (those: tests/test_contract.py)
     ({"height": "500"}, "multiples of 8"),
-    ({"precision": "fp8"}, "precision"),
-    ({"num_references": "0"}, "num_references"),
-    ({"subject_query": "dog"}, "subject_query"),
 ])
 def test_option_errors(raw, fragment):
     with pytest.raises(OptionError, match=fragment):
@@ -427,11 +422,12 @@ def test_subject_tokens_of_several_references(tiny_personalizer):
     torch.testing.assert_close(uncond_two, uncond_one.repeat(1, 2, 1), rtol=0, atol=bound)  # zero image, empty query
 
 
-def test_tiny_preset_through_the_two_stage_generator(tmp_path):
+def test_tiny_preset_stage_1_with_several_references(tmp_path):
+    """The tiny stage 1 on 2 of 3 references (the whole tiny run, its determinism and cost: tests/test_contract.py)."""
     spec = get_method(METHOD)
     options = spec.parse_options({"num_references": "2"})
     generator = spec.factory(options, MethodContext(preset="tiny"))
-    assert isinstance(generator, TwoStageGenerator) and generator.random_weights
+    assert isinstance(generator, TwoStageGenerator)
     references = []
     for index in range(3):
         path = tmp_path / f"ref{index}.png"
@@ -441,9 +437,5 @@ def test_tiny_preset_through_the_two_stage_generator(tmp_path):
     image = generator.generate_image(case, seed=0)
     assert image.mode == "RGB" and image.size == (ssr.TINY_IMAGE_SIZE, ssr.TINY_IMAGE_SIZE)
     assert generator.stage1.config()["num_references"] == 2
-    generator.end_image_phase()
-    frames = generator.generate(case, seed=0, image=image)
-    assert frames.dtype == np.uint8 and frames.shape == (9, 128, 192, 3)
     config = generator.config()
-    json.dumps(config)
-    assert config["method"] == METHOD and config["options"]["scale"] == 0.65 and "stage" not in config["options"]
+    assert config["method"] == METHOD and config["options"]["scale"] == 0.65

@@ -1,4 +1,4 @@
-"""The reference-video pair pipeline (issue 4, section 1) on synthetic videos made here.
+"""The reference-video pair pipeline (paper Appendix A) on synthetic videos made here.
 
 Stage objects are the real classes; their models are cheap deterministic stand-ins built on the real
 interfaces: a colour-histogram embedder (768-d, so the real aesthetic MLP runs on it), a frame-difference flow,

@@ -283,7 +283,7 @@ def test_a_folder_saved_with_its_lora_needs_no_lora_flag(tiny_generator, referen
 
 
 def test_a_lora_file_settings_reach_run_json_unless_overridden(tmp_path, reference_path, caplog):
-    """Issue 8.2 at the method level: the LoRA's mode, ablation, shift and ERAE settings are the run's settings."""
+    """At the method level, the LoRA's mode, ablation, shift and ERAE settings are the run's settings."""
     from customvideox.presets import build_tiny_pipeline
     from videobench.generate import run_generation
     from videobench.suites import Suite

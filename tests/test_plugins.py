@@ -201,3 +201,19 @@ def test_the_builtin_method_map_matches_the_registry():
     assert set(BUILTIN_METHODS) <= set(specs)
     for name, module in BUILTIN_METHODS.items():
         assert specs[name].factory.__module__.startswith(module.rsplit(".", 1)[0]), name
+
+
+@pytest.mark.slow
+def test_an_installed_plugin_keeps_the_contract_and_leaves_the_registry_tests_green(plugin_path, tmp_path):
+    """With the package installed, the registry-parametrised tests cover its plugins too, and the tests that list
+    the registries still pass (none of them hard-codes what is registered)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_path), str(Path(__file__).parents[1])])}
+    selection = ["tests/test_contract.py", "-k", "ext or brightness or not (tiny or cost or metric_scores)",
+                 "tests/test_suites.py::test_available_suites", "tests/test_cli.py::test_methods_and_suites_listing",
+                 "tests/test_plugins.py::test_the_builtin_method_map_matches_the_registry"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *selection],
+                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    passed = [line for line in done.stdout.splitlines() if "PASSED" in line]
+    for plugin in ("ext-checker", "ext_brightness", "brightness", "ext-suite"):  # method, family, column, suite
+        assert any(f"[{plugin}]" in line for line in passed), plugin

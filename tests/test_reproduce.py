@@ -1,5 +1,5 @@
 """``videobench reproduce``: the plan of Table 1 / Table 2 from the published tables and the registry, and the whole
-plan on CPU with the tiny presets on the smoke suite (the CI test of issue 10, section 5)."""
+plan on CPU with the tiny presets on the smoke suite (the CI check of the reproduce plan)."""
 
 from __future__ import annotations
 

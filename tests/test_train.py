@@ -1,4 +1,4 @@
-"""``customvideox train`` at tiny scale (issue 4, section 3): it learns, touches only the LoRA, resumes exactly,
+"""``customvideox train`` at tiny scale: it learns, touches only the LoRA, resumes exactly,
 runs on two processes, and its LoRA loads into the pipeline and the ``videobench generate`` method."""
 
 from __future__ import annotations

@@ -511,10 +511,10 @@ def methods(name: str | None) -> None:
     except KeyError as error:
         _fail(_first_line(error))
     options = spec.parse_options({})
-    paper = spec.paper(options)
+    published = spec.paper(options)
     click.secho(f"{spec.name} ({spec.kind})", bold=True)
     click.echo(f"  {spec.description}")
-    click.echo(f"  paper row: {paper.table1_row or '-'}   Table 2 setting: {paper.table2_setting or '-'}")
+    click.echo(f"  paper row: {published.table1_row or '-'}   Table 2 setting: {published.table2_setting or '-'}")
     click.echo(f"  presets: {', '.join(spec.presets) or '-'}")
     click.echo("  options (-o KEY=VALUE):" if spec.describe_options() else "  options: none")
     for info in spec.describe_options():

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from filelock import FileLock
 from PIL import Image
@@ -270,7 +270,7 @@ def _case_record(case: Case, seed: int, status: str, **extra: Any) -> dict[str, 
     return record
 
 
-def _write_run_info(method_dir: Path, generator: Generator, metadata: Mapping[str, Any], suite: Suite, seed: int,
+def _write_run_info(method_dir: Path, generator: Generator | ImageFirstGenerator, metadata: Mapping[str, Any], suite: Suite, seed: int,
                     overwrite: bool) -> dict[str, Any]:
     """Write run.json; refuse to mix suites or configurations in one method folder."""
     config = generator.config()
@@ -490,7 +490,7 @@ def run_generation(
     if "image" in phases:
         (method_dir / IMAGES_DIR).mkdir(exist_ok=True)
         run.image_phase(mine)
-        generator.end_image_phase()
+        cast(ImageFirstGenerator, generator).end_image_phase()  # "image" is only among an image-first's phases
     if "video" in phases:
         run.video_phase([case for case in mine if case.case_id not in summary.failed], needs_image=image_first)
     with _lock(method_dir):

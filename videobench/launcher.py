@@ -84,9 +84,9 @@ def _executor(launcher: str, log_dir: Path, params: Mapping[str, Any]):
 
     folder = log_dir / "%j"
     if launcher == "local":
-        executor = submitit.LocalExecutor(folder)
-        executor.update_parameters(**{k: v for k, v in params.items() if not k.startswith("slurm_")})
-        return executor
+        local = submitit.LocalExecutor(folder)
+        local.update_parameters(**{k: v for k, v in params.items() if not k.startswith("slurm_")})
+        return local
     try:
         executor = submitit.AutoExecutor(folder, cluster="slurm")
     except RuntimeError as error:  # no srun on this machine

@@ -138,8 +138,8 @@ def plan(
                     count = len(load_suite(name, data_root).cases)
                 except (FileNotFoundError, KeyError, ValueError) as error:
                     data_missing[name] = str(error).splitlines()[0]
-                    count = _declared_count(name)
-                    count = -1 if count is None else count
+                    declared = _declared_count(name)
+                    count = -1 if declared is None else declared
                 counts[name] = min(count, limit) if limit is not None and count >= 0 else count
             row.cases[name] = counts[name]
         spec = methods[row.method]
@@ -198,7 +198,7 @@ def describe(plan_: Plan, gpus: Sequence[int] = (1, 8)) -> list[str]:
                      + (f"; options: {options}" if options else ""))
     known = [row.hours() for row in plan_.rows]
     if known and all(hours is not None for hours in known):
-        total = sum(known)
+        total = sum(hours for hours in known if hours is not None)
         lines.append("  total: " + ", ".join(f"{total / n:.1f} h on {n} GPU{'s' if n > 1 else ''}" for n in gpus))
     for label in plan_.unreproducible:
         lines.append(f"  not reproducible here: {label} (no installed method declares this row)")

@@ -65,6 +65,9 @@ class Board(Protocol):
 
     def get(self, key: str) -> str | None: ...
 
+    #: Where the board lives, for messages (the store's address, the folder).
+    where: str
+
 
 class StoreBoard:
     """The c10d TCP store of a ``torchrun``/``accelerate`` launch (``env://`` rendezvous, no process group)."""

@@ -254,9 +254,9 @@ def resolve_weights(spec: WeightSpec, config: WeightsConfig | None = None) -> Re
     if spec.url and not spec.folder and _torch_hub_file(spec.url).is_file():
         return ResolvedWeights(spec, _torch_hub_file(spec.url), "torch_hub_cache")
     if config.download and (repo or spec.url):
-        path, reason = _download(spec, repo)
-        if path is not None:
-            return _checked(spec, path, "downloaded")
+        downloaded, reason = _download(spec, repo)
+        if downloaded is not None:
+            return _checked(spec, downloaded, "downloaded")
         return ResolvedWeights(spec, None, "missing", note=f"download failed: {reason}")
     note = f"{repo} is not in the Hugging Face cache" if spec.explicit and repo == str(spec.explicit) else ""
     return ResolvedWeights(spec, None, "missing", note=note)

@@ -144,6 +144,7 @@ class ClipMetric(ModelMetric):
     )
     Options = ClipOptions
     inputs = ("prompt", "references")  # what the cache key holds besides the video
+    model: Any  # an open_clip ``CLIP`` (``encode_image`` / ``encode_text``; open_clip ships no type information)
 
     def __init__(
         self,

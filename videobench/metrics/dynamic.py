@@ -36,7 +36,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Unpack
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from videobench.metrics.raft import fused_update
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import option
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
+
+if TYPE_CHECKING:
+    from torchvision.models.optical_flow import RAFT
 
 _RAFT_URL = "https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
 NUM_FLOW_UPDATES = 20
@@ -190,7 +193,7 @@ def build_raft_model(weights: str | Path | None = None, seed: int = 0) -> torch.
 
 
 def raft_final_flow(
-    model: torch.nn.Module, image1: torch.Tensor, image2: torch.Tensor, num_flow_updates: int = NUM_FLOW_UPDATES
+    model: RAFT, image1: torch.Tensor, image2: torch.Tensor, num_flow_updates: int = NUM_FLOW_UPDATES
 ) -> torch.Tensor:
     """The last flow prediction of torchvision's ``RAFT.forward`` (images in [-1, 1], sides multiple of 8).
 
@@ -202,7 +205,7 @@ def raft_final_flow(
 
 
 def raft_consecutive_flows(
-    model: torch.nn.Module, frames: torch.Tensor, num_flow_updates: int = NUM_FLOW_UPDATES
+    model: RAFT, frames: torch.Tensor, num_flow_updates: int = NUM_FLOW_UPDATES
 ) -> torch.Tensor:
     """:func:`raft_final_flow` of every consecutive pair ``frames[i] -> frames[i + 1]`` (``(n - 1, 2, H, W)``).
 
@@ -214,7 +217,7 @@ def raft_consecutive_flows(
     return _refine_flow(model, features[:-1], features[1:], frames[:-1], num_flow_updates)
 
 
-def _refine_flow(model: torch.nn.Module, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
+def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
                  num_flow_updates: int) -> torch.Tensor:
     """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow.
 

@@ -77,10 +77,10 @@ class MetricFamily(Protocol):
     def build(cls, options: Any, context: MetricContext) -> Any: ...
 
 
-_FAMILIES: dict[str, type] = {}
+_FAMILIES: dict[str, Any] = {}  # family classes (see MetricFamily), duck-typed
 
 
-def register_metric(cls: type) -> type:
+def register_metric(cls: Any) -> Any:
     """Class decorator registering a metric family (see the module docstring)."""
     for attribute in ("family", "description", "column_specs", "Options", "default", "weight_specs", "build"):
         if not hasattr(cls, attribute):
@@ -96,7 +96,7 @@ def register_metric(cls: type) -> type:
     return cls
 
 
-def metric_families() -> dict[str, type]:
+def metric_families() -> dict[str, Any]:
     """Every registered family (built-in and entry points), in leaderboard order of their first column."""
     load_plugins(METRICS_GROUP)
     return dict(sorted(_FAMILIES.items(), key=lambda item: min(c.order for c in item[1].column_specs)))

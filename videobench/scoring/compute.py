@@ -198,6 +198,7 @@ class Scorer:
                 row.update(cached)
                 continue
             self.metric_calls += 1
+            assert prepared.sample is not None, "a case with pending metrics has its video decoded"
             try:
                 computed = plan.metric.score(prepared.sample, columns=missing)
             except Exception as error:  # one bad video must not stop the run

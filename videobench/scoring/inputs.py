@@ -108,7 +108,7 @@ def previous_scores(path: Path) -> dict[str, dict[str, Any]]:
     return {str(row["case_id"]): row for row in frame.to_dict("records")}
 
 
-def stray_in_method(method_dir: Path, listed_videos: set[Path], listed_files: set[Path] = frozenset()) -> list[str]:
+def stray_in_method(method_dir: Path, listed_videos: set[Path], listed_files: set[Path] | frozenset[Path] = frozenset()) -> list[str]:
     """Entries of a method folder that no case uses (reference images kept beside the videos are used)."""
     stray = []
     for entry in sorted(method_dir.iterdir()):
