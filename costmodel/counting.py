@@ -32,7 +32,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
@@ -40,6 +40,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 T = TypeVar("T")
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 GIB = 2**30
 _aten = torch.ops.aten
 _registered = False
@@ -62,7 +63,7 @@ def register_cpu_attention_flops() -> None:
     _registered = True
 
 
-def fake_module(module: torch.nn.Module, mode: FakeTensorMode, device: str | torch.device = "cpu") -> torch.nn.Module:
+def fake_module(module: ModuleT, mode: FakeTensorMode, device: str | torch.device = "cpu") -> ModuleT:
     """Give every parameter and buffer of a meta-device ``module`` a FakeTensor of ``mode`` on ``device``, in place.
 
     Shapes, dtypes and ``requires_grad`` are kept; no storage is allocated. The module must have been built on the
@@ -86,8 +87,8 @@ def _meta(tensor: torch.Tensor, name: str) -> torch.Tensor:
     return tensor.detach()
 
 
-def meta_module(factory: Callable[[], T], mode: FakeTensorMode, dtype: torch.dtype | None = None,
-                keep_float32: Iterable[str] = ()) -> T:
+def meta_module(factory: Callable[[], ModuleT], mode: FakeTensorMode, dtype: torch.dtype | None = None,
+                keep_float32: Iterable[str] = ()) -> ModuleT:
     """``factory()`` built on the meta device, frozen, in eval mode, cast to ``dtype`` and faked under ``mode``.
 
     ``factory`` returns an ``nn.Module`` (built with whatever code the real model uses). Parameters and buffers
@@ -99,7 +100,7 @@ def meta_module(factory: Callable[[], T], mode: FakeTensorMode, dtype: torch.dty
     return fake_module(prepare_module(module, dtype, keep_float32), mode)
 
 
-def prepare_module(module: T, dtype: torch.dtype | None = None, keep_float32: Iterable[str] = ()) -> T:
+def prepare_module(module: ModuleT, dtype: torch.dtype | None = None, keep_float32: Iterable[str] = ()) -> ModuleT:
     """``module`` frozen, in eval mode, its floating-point tensors cast to ``dtype`` (except names containing one
     of ``keep_float32``), in place."""
     module.requires_grad_(False).eval()
@@ -134,7 +135,8 @@ class _Call(torch.nn.Module):
 
 
 def track_peak_memory(
-    steps: Callable[[], Any] | Sequence[Callable[[], Any]], *tracked: torch.nn.Module | torch.optim.Optimizer
+    steps: Callable[[], Any] | Sequence[Callable[[], Any]],
+    *tracked: torch.nn.Module | torch.optim.Optimizer | torch.Tensor,
 ) -> dict[str, int]:
     """Run ``steps`` (one callable, or several run in order) under a memory tracker; returns the peak in bytes.
 
@@ -449,10 +451,12 @@ def image_call(encoder: torch.nn.Module, size: int, batch: int = 1, **kwargs: An
 
 def vae_decode_call(vae: torch.nn.Module, latent_shape: tuple[int, ...], **kwargs: Any) -> Callable[[], Any]:
     """``vae.decode`` (a diffusers autoencoder) of latents of ``latent_shape`` in the VAE's dtype."""
-    return lambda: vae.decode(torch.randn(*latent_shape, dtype=module_dtype(vae)), **kwargs).sample
+    return lambda: cast("Callable[..., Any]", vae.decode)(
+        torch.randn(*latent_shape, dtype=module_dtype(vae)), **kwargs).sample
 
 
 def vae_encode_call(vae: torch.nn.Module, pixel_shape: tuple[int, ...]) -> Callable[[], Any]:
     """``vae.encode`` (a diffusers autoencoder) of pixels of ``pixel_shape`` in the VAE's dtype, the posterior's
     mode."""
-    return lambda: vae.encode(torch.randn(*pixel_shape, dtype=module_dtype(vae))).latent_dist.mode()
+    return lambda: cast("Callable[..., Any]", vae.encode)(
+        torch.randn(*pixel_shape, dtype=module_dtype(vae))).latent_dist.mode()

@@ -137,7 +137,8 @@ def reproduction_estimate(methods: Mapping[str, str | Sequence[str]], costs: Map
         for paper_row, names in methods.items():
             for method in [names] if isinstance(names, str) else names:
                 cost = costs.get(method)
-                rows.append(ReproductionRow(paper_row, method, suite, cases, cost and cost.seconds_per_video))
+                seconds = cost.seconds_per_video if cost is not None else None
+                rows.append(ReproductionRow(paper_row, method, suite, cases, seconds))
     return rows
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from videobench.reproduce import Plan
+    from videobench.scoring.runner import ScoreSummary
+    from videobench.scoring.shares import ShareSummary
 
 __all__ = [
     "Console", "DataMissingError", "EvaluateResult", "EvaluateSettings", "GenerateResult", "GenerateSettings",
@@ -353,7 +356,8 @@ def score(settings: ScoreSettings, *, progress: bool = True, console: Console | 
         console.note("note: scoring with RANDOM metric weights; scores.csv and the leaderboard say so")
     with _nothing_runs(ResultsFolderError, ValueError):  # not a RESULTS folder: nothing ran (a dead rank: LaunchError)
         if shard is None:
-            summary = score_results(results, metrics, columns=columns, cache_dir=settings.cache_dir, progress=progress)
+            summary: ScoreSummary | ShareSummary = score_results(results, metrics, columns=columns,
+                                                                 cache_dir=settings.cache_dir, progress=progress)
         else:  # this share into the cache; under a launcher rank 0 then writes the tables
             summary = score_share(results, metrics, shard, columns=columns, cache_dir=settings.cache_dir,
                                   progress=progress and is_main_process())
@@ -408,7 +412,8 @@ def report(settings: ReportSettings, *, progress: bool = True, console: Console 
     from videobench.report import ReportInputError, write_report
 
     with _nothing_runs(ResultsFolderError, FileNotFoundError, ReportInputError):
-        path = write_report(settings.results if isinstance(settings.results, (str, Path)) else list(settings.results),
+        results = settings.results
+        path = write_report(results if isinstance(results, (str, os.PathLike)) else list(results),
                             settings.out, progress=progress)
     (console or Console()).echo(f"report: {path}")
     return path
@@ -458,7 +463,7 @@ def evaluate(settings: EvaluateSettings, *, progress: bool = True, console: Cons
 
 
 def _generate_settings(settings: EvaluateSettings | ReproduceSettings, method: str, options: Mapping[str, Any],
-                       out: Path | str, **changes: Any) -> GenerateSettings:
+                       out: str | os.PathLike, **changes: Any) -> GenerateSettings:
     """The generation of one method within a run or a reproduction (its generic settings shared)."""
     shared = {key: getattr(settings, key) for key in (
         "weights_dir", "download", "random_weights", "suite", "data_root", "limit", "seed", "device", "dtype",
@@ -468,7 +473,7 @@ def _generate_settings(settings: EvaluateSettings | ReproduceSettings, method: s
     return GenerateSettings(**{**shared, **changes}, method=method, out=out, options=dict(options))
 
 
-def _score_settings(settings: MetricSettings, results: Path | str, shard: str | None = None) -> ScoreSettings:
+def _score_settings(settings: MetricSettings, results: str | os.PathLike, shard: str | None = None) -> ScoreSettings:
     """The scoring within a run or a reproduction (``device`` serves both stages)."""
     return ScoreSettings(results=results, metrics=settings.metrics, metric_options=settings.metric_options,
                          score_dtype=settings.score_dtype, cache_dir=settings.cache_dir,

@@ -17,6 +17,7 @@ numbers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,7 @@ def plan(
     context: MethodContext,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     suite: str | None = None,
-    data_root: str | None = None,
+    data_root: str | os.PathLike | None = None,
     limit: int | None = None,
     estimate: Callable[[MethodSpec, Any, MethodContext], tuple[float, str] | None] | None = None,
 ) -> Plan:

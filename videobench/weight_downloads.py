@@ -29,6 +29,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from mediaio.hashing import file_sha256
 from videobench.weights import (
@@ -156,7 +157,7 @@ class Listing:
     @property
     def size(self) -> int | None:
         sizes = [item.size for item in self.files]
-        return None if not sizes or any(size is None for size in sizes) else sum(sizes)  # type: ignore[misc]
+        return None if not sizes or any(size is None for size in sizes) else sum(cast("list[int]", sizes))
 
 
 def _is_connection_error(error: BaseException) -> bool:
@@ -231,8 +232,8 @@ def list_remote(need: Need, token: str | None = None) -> Listing:
     chosen = _select(list(by_path), spec)
     if not chosen:
         raise WeightsDownloadError(f"{repo}: none of {', '.join(spec.hf_files) or 'its files'} is in the repository")
-    files = [RemoteFile(path, by_path[path].lfs.size if by_path[path].lfs else by_path[path].size,
-                        by_path[path].lfs.sha256 if by_path[path].lfs else None) for path in chosen]
+    files = [RemoteFile(path, lfs.size if (lfs := by_path[path].lfs) else by_path[path].size,
+                        lfs.sha256 if lfs else None) for path in chosen]
     gated = info.gated if isinstance(info.gated, str) else None
     return Listing(need, "hub", files, gated, info.sha)
 

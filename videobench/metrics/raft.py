@@ -18,6 +18,8 @@ of a clip and saves three kinds of work, none of which changes the arithmetic be
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,15 +33,21 @@ class FusedGRU(nn.Module):
     pre-activations (bias included), :meth:`forward` adds the hidden and motion parts.
     """
 
+    w_context: torch.Tensor
+    b_context: torch.Tensor
+    w_motion: torch.Tensor
+    w_hidden_zr: torch.Tensor
+    w_hidden_q: torch.Tensor
+
     def __init__(self, gru: nn.Module, hidden_size: int, context_size: int) -> None:
         super().__init__()
-        convs = (gru.convz, gru.convr, gru.convq)
-        self.padding = gru.convz.padding
+        convs = cast("tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]", (gru.convz, gru.convr, gru.convq))
+        self.padding = cast("tuple[int, ...]", convs[0].padding)  # RAFT's ConvGRU pads by integers
         split = [torch.split(conv.weight.detach(), [hidden_size, context_size,
                                                     conv.in_channels - hidden_size - context_size], dim=1)
                  for conv in convs]
         self.register_buffer("w_context", torch.cat([parts[1] for parts in split]).contiguous())
-        self.register_buffer("b_context", torch.cat([conv.bias.detach() for conv in convs]))
+        self.register_buffer("b_context", torch.cat([cast(torch.Tensor, conv.bias).detach() for conv in convs]))
         self.register_buffer("w_motion", torch.cat([parts[2] for parts in split]).contiguous())
         self.register_buffer("w_hidden_zr", torch.cat([split[0][0], split[1][0]]).contiguous())
         self.register_buffer("w_hidden_q", split[2][0].contiguous())
@@ -65,19 +73,22 @@ class FusedUpdate(nn.Module):
     GRU weights (rearranged). Rebuild it after changing the model's weights.
     """
 
+    source_version: tuple[int, ...]  # set by :func:`fused_update`
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        block = model.update_block
-        recurrent = block.recurrent_block
-        self.hidden_size = block.hidden_state_size
-        motion_size = block.motion_encoder.out_channels
-        context_size = recurrent.convgru1.convz.in_channels - self.hidden_size - motion_size
-        self.motion_encoder, self.flow_head = block.motion_encoder, block.flow_head
-        self.grus = nn.ModuleList(FusedGRU(gru, self.hidden_size, context_size)
-                                  for gru in (recurrent.convgru1, recurrent.convgru2))
+        block = cast(nn.Module, model.update_block)
+        recurrent = cast(nn.Module, block.recurrent_block)
+        grus = cast("tuple[nn.Module, nn.Module]", (recurrent.convgru1, recurrent.convgru2))
+        self.hidden_size = cast(int, block.hidden_state_size)
+        motion_encoder, flow_head = cast(nn.Module, block.motion_encoder), cast(nn.Module, block.flow_head)
+        motion_size = cast(int, motion_encoder.out_channels)
+        context_size = cast(nn.Conv2d, grus[0].convz).in_channels - self.hidden_size - motion_size
+        self.motion_encoder, self.flow_head = motion_encoder, flow_head
+        self.grus = nn.ModuleList(FusedGRU(gru, self.hidden_size, context_size) for gru in grus)
 
     def context_terms(self, context: torch.Tensor) -> list[torch.Tensor]:
-        return [gru.context_terms(context) for gru in self.grus]
+        return [cast(FusedGRU, gru).context_terms(context) for gru in self.grus]
 
     def forward(self, hidden: torch.Tensor, context_terms: list[torch.Tensor], corr: torch.Tensor,
                 flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +111,7 @@ def fused_update(model: nn.Module) -> FusedUpdate:
 def _weights_version(model: nn.Module) -> tuple[int, ...]:
     """Storage and in-place version of the GRU weights: new weights (a state dict loaded afterwards, a move to
     another device) rebuild the fused block."""
-    recurrent = model.update_block.recurrent_block
-    return tuple(value for gru in (recurrent.convgru1, recurrent.convgru2) for p in gru.parameters()
+    recurrent = cast(nn.Module, cast(nn.Module, model.update_block).recurrent_block)
+    grus = cast("tuple[nn.Module, nn.Module]", (recurrent.convgru1, recurrent.convgru2))
+    return tuple(value for gru in grus for p in gru.parameters()
                  for value in (p.data_ptr(), p._version))

@@ -30,7 +30,7 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 import torch
 import torch.nn.functional as F
@@ -110,18 +110,20 @@ class DinoViT(torch.nn.Module):
         if getattr(vit, "cls_token", None) is None or getattr(vit, "no_embed_class", False):
             raise ValueError("DinoViT needs a ViT with a class token that has its own position embedding")
         self.vit = vit
-        self.patch_size = int(vit.patch_embed.proj.kernel_size[0])
+        self.patch_size = int(cast(torch.nn.Conv2d, cast(torch.nn.Module, vit.patch_embed).proj).kernel_size[0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         vit = self.vit
         height, width = images.shape[-2:]
         if height < self.patch_size or width < self.patch_size:
             raise ValueError(f"a {height}x{width} frame is smaller than one {self.patch_size}px patch")
-        tokens = vit.patch_embed.proj(images).flatten(2).transpose(1, 2)  # stride = kernel: the rest is dropped
-        tokens = vit.patch_embed.norm(tokens)
-        tokens = torch.cat([vit.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
-        tokens = tokens + interpolate_pos_encoding(vit.pos_embed, height, width, self.patch_size)
-        return vit.norm(vit.blocks(tokens))[:, 0]
+        patch_embed = cast(torch.nn.Module, vit.patch_embed)
+        proj = cast(torch.nn.Conv2d, patch_embed.proj)
+        tokens = proj(images).flatten(2).transpose(1, 2)  # stride = kernel: the rest is dropped
+        tokens = cast(torch.nn.Module, patch_embed.norm)(tokens)
+        tokens = torch.cat([cast(torch.Tensor, vit.cls_token).expand(len(tokens), -1, -1), tokens], dim=1)
+        tokens = tokens + interpolate_pos_encoding(cast(torch.Tensor, vit.pos_embed), height, width, self.patch_size)
+        return cast(torch.nn.Module, vit.norm)(cast(torch.nn.Module, vit.blocks)(tokens))[:, 0]
 
 
 def build_dino_vit(weights: str | Path | None = None, seed: int = 0, **model_kwargs: Any) -> DinoViT:

@@ -181,7 +181,7 @@ def run_identity(data: MethodData) -> dict[str, Any]:
     """What must be equal for two runs' numbers to share a row: generation settings (run.json ``config``: model,
     LoRA, steps, guidance, ...), the seed, the versions of :data:`KEY_PACKAGES` and each metric family's
     configuration (the ``<family>_config_sha256`` columns of scores.csv)."""
-    packages = data.info.get("packages") if isinstance(data.info.get("packages"), dict) else {}
+    packages = data.info["packages"] if isinstance(data.info.get("packages"), dict) else {}
     return {
         "generation settings": data.info.get("config"),
         "seed": data.info.get("seed"),
@@ -205,8 +205,8 @@ def identity_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
         if a.get(key) == b.get(key):
             continue
         if key == "generation settings" and (isinstance(a.get(key), dict) or isinstance(b.get(key), dict)):
-            mine = a.get(key) if isinstance(a.get(key), dict) else {}
-            theirs = b.get(key) if isinstance(b.get(key), dict) else {}
+            mine = a[key] if isinstance(a.get(key), dict) else {}
+            theirs = b[key] if isinstance(b.get(key), dict) else {}
             names = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             parts.append("generation settings (" + ", ".join(
                 f"{k} {_short(mine.get(k))} vs {_short(theirs.get(k))}" for k in names) + ")")

@@ -93,7 +93,7 @@ def _legend_handles(suites: list[str], marker: dict[str, str], entries: list[tup
     def header(text: str) -> Line2D:
         return Line2D([], [], linestyle="none", marker="", label=text)
 
-    handles = [header("Shape: suite")]
+    handles: list[Line2D | Patch] = [header("Shape: suite")]
     handles += [Line2D([], [], linestyle="none", marker=marker[s], color="black", markersize=5, label=suite_label(s))
                 for s in suites]
     handles.append(Line2D([], [], linestyle="none", marker="o", color="black", markersize=5,
@@ -137,10 +137,12 @@ def figure(spec: dict[str, str], board: pd.DataFrame, random_panel: bool = False
     ax = fig.subplots()
     for record, (vx, lx, hx), (vy, ly, hy) in points:
         method, suite = str(record["method"]), str(record["suite"])
+        assert vx is not None and vy is not None  # points without both values are dropped above
         container = ax.errorbar([vx], [vy], xerr=_error(vx, lx, hx), yerr=_error(vy, ly, hy), fmt=marker[suite],
                                 color=colour_of[("ours", row_key(record))], capsize=3, markersize=6)
         container.lines[0].set_gid(point_id("ours", method, suite))
     for record, vx, vy in paper_points:
+        assert vx is not None and vy is not None  # paper_points without both values are dropped above
         suite = str(record["suite"])
         (line,) = ax.plot([vx], [vy], marker[suite], markerfacecolor="none", markersize=6, markeredgewidth=1.3,
                           markeredgecolor=colour_of[("paper", str(record["method"]))])
