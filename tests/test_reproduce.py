@@ -135,3 +135,16 @@ def test_the_published_tables_have_one_reader():
         "BLIP-Diffusion", "CustomVideoX", "Other"]
     with pytest.raises(ValueError, match=r"^unknown published table 'table3'; choose table1 or table2$"):
         published_rows("table3")
+
+
+def test_plan_lists_each_missing_model_once_with_the_metric_models(env):
+    out = invoke("reproduce", "table1", "--plan-only")
+    assert out.exit_code == 0, out.output
+    i2v = [line for line in out.output.splitlines() if line.startswith("  - CogVideoX-5B-I2V")]
+    two_stage = ["blip-diffusion+i2v", "ip-adapter+i2v", "lambda-eclipse+i2v", "ssr-encoder+i2v", "ms-diffusion+i2v"]
+    assert len(i2v) == 1 and all(row in i2v[0] for row in two_stage)
+    for family in ("clip", "dino", "dynamic"):
+        assert f"[metric {family}: model]" in out.output
+    assert "videobench weights download --for table1 --dry-run" in out.output
+    with_random = invoke("reproduce", "table1", "--plan-only", "--random-weights")
+    assert "[metric clip" not in with_random.output  # random metric models need no files

@@ -317,6 +317,16 @@ def _metric_setup(settings: MetricSettings, device: str) -> tuple[list[str], dic
     return columns, raw
 
 
+def _metric_weight_needs(settings: MetricSettings) -> list[tuple[str, Any]]:
+    """``(family, WeightSpec)`` for every metric model the settings' columns need (names checked)."""
+    from videobench.metrics.registry import expand_columns, families_for, metric_weight_specs, parse_metric_options
+
+    with _nothing_runs(SettingsError, ValueError):
+        columns = expand_columns(list(settings.metrics) if settings.metrics else None)
+        parsed = parse_metric_options({family: dict(values) for family, values in settings.metric_options.items()})
+        return [(f"metric {family}", spec) for family, spec in metric_weight_specs(families_for(columns), parsed)]
+
+
 def score(settings: ScoreSettings, *, progress: bool = True, console: Console | None = None) -> ScoreResult:
     """Score every method folder of ``settings.results``: scores.csv per method and leaderboard.csv
     (``videobench score``).
@@ -496,7 +506,7 @@ def reproduce(settings: ReproduceSettings, *, progress: bool = True, console: Co
     """
     from costmodel.estimates import row_estimator
     from videobench.methods import MethodContext
-    from videobench.reproduce import describe, plan
+    from videobench.reproduce import describe, missing_models, plan
     from videobench.weights import MissingWeightsError, check_weights
 
     console = console or Console()
@@ -511,9 +521,13 @@ def reproduce(settings: ReproduceSettings, *, progress: bool = True, console: Co
     main = is_main_process()  # under torchrun/srun rank 0 prints the plan and writes the page
     for line in describe(the_plan) if main else ():
         console.echo(line)
+    needed = [(row_id, resolved.spec) for row_id, resolved in the_plan.missing_weights]
+    if not settings.random_weights:  # the metric models that score the table, listed with the rows' models
+        needed += _metric_weight_needs(settings)
     try:
-        check_weights([(row_id, resolved.spec) for row_id, resolved in the_plan.missing_weights],
-                      settings.weights_config())
+        check_weights(missing_models(needed, settings.weights_config()), settings.weights_config(),
+                      hint=f"sizes and gated models: videobench weights download --for {settings.table} --dry-run; "
+                           f"fetch them all: videobench weights download --for {settings.table}")
     except MissingWeightsError as error:
         if not settings.plan_only:
             raise WeightsMissingError(str(error)) from error

@@ -26,7 +26,7 @@ from videobench.methods import MethodContext, MethodSpec, available_methods, met
 from videobench.options import OptionError
 from videobench.published import published_rows
 from videobench.suites import get_suite, load_suite
-from videobench.weights import ResolvedWeights, WeightsConfig, resolve_weights
+from videobench.weights import ResolvedWeights, WeightsConfig, WeightSpec, resolve_weights
 
 TABLES = ("table1", "table2")
 
@@ -69,6 +69,21 @@ class Plan:
     @property
     def missing_weights(self) -> list[tuple[str, ResolvedWeights]]:
         return [(row.row_id, resolved) for row in self.rows for resolved in row.missing_weights]
+
+
+def missing_models(owned: Sequence[tuple[str, WeightSpec]], config: WeightsConfig) -> list[tuple[str, WeightSpec]]:
+    """Each missing model once, owned by every row (or metric family) that needs it, in first-needed order:
+    ``[("row A, row B", spec), ...]`` for :func:`videobench.weights.check_weights` (CogVideoX-5B-I2V, needed by
+    six two-stage rows, is one entry)."""
+    merged: dict[tuple, tuple[list[str], WeightSpec]] = {}
+    for owner, spec in owned:
+        key = (spec.hf_repo, tuple(spec.hf_files), spec.url, spec.folder, str(spec.explicit or ""),
+               tuple(spec.file_names))
+        owners, _ = merged.setdefault(key, ([], spec))
+        if owner not in owners:
+            owners.append(owner)
+    return [(", ".join(owners), spec) for owners, spec in merged.values()
+            if not resolve_weights(spec, config).found]
 
 
 def _declared_rows(table: str, methods: Mapping[str, MethodSpec]) -> tuple[list[PlanRow], list[str]]:
