@@ -141,7 +141,8 @@ def test_scoring_a_method_folder_instead_of_results_is_refused(env):
 def test_unusable_device_dtype_or_weights_file_is_one_line_before_any_work(env, tmp_path):
     import torch
 
-    (env / "r").mkdir()
+    (env / "r" / "m").mkdir(parents=True)  # a RESULTS folder with one (empty) method folder: scoring could start
+    (env / "r" / "m" / "cases.jsonl").write_text("")
     random = ("--random-weights", "--metrics", "t_cons")
     cases = [((*random, "--score-dtype", "fp16"), "needs a CUDA device"),
              ((*random, "--device", "gpu"), "is not a torch device")]

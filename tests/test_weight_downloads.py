@@ -44,6 +44,7 @@ def hub(tmp_path, monkeypatch):
         server.state.repos["org/tiny-adapter"] = {"adapter.bin": _payload("adapter", 50_000)}
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once at import: another test may have set it
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -156,7 +157,10 @@ def test_offline_stops_at_the_first_connection_error_with_one_line(hub, monkeypa
     message = str(error.value)
     assert "\n" not in message and "cannot reach http://127.0.0.1:" in message
     assert "HF_ENDPOINT" in message and "--from DIR" in message
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(wd.HubUnreachable, match="HF_HUB_OFFLINE is set"):
         wd.list_remote(wd.Need(FOLDER_SPEC))
 
