@@ -510,7 +510,8 @@ def test_submitit_local_launcher_generates_and_scores_in_two_shards(env, tmp_pat
 @pytest.mark.slow
 def test_torchrun_reproduce_table1_equals_one_process(env, tmp_path):
     """``reproduce table1`` with the tiny presets under torchrun: every rank takes its share of every row and of
-    the scoring, rank 0 writes the tables and the page; the videos and scores are those of one process."""
+    the scoring, rank 0 writes the tables and the page; a job killed midway and restarted completes it, and the
+    videos and scores are those of one process."""
     args = ("--suite", "smoke", "--preset", "tiny", "--random-weights", "--limit", "2", *T_CONS)
     # torchrun gives its workers OMP_NUM_THREADS=1, and the tiny models' float sums (hence pixels) depend on the
     # number of intra-op threads: both launches use one thread, so that only the sharding differs
@@ -520,8 +521,20 @@ def test_torchrun_reproduce_table1_equals_one_process(env, tmp_path):
         env={**env_vars, "VIDEOBENCH_SCORE_CACHE": str(tmp_path / "cache-one")}, capture_output=True, text=True,
         timeout=1800)
     assert single.returncode == 0, single.stdout + single.stderr
-    ranks = torchrun("reproduce", "table1", "--out", str(tmp_path / "two"), *args,
-                     env={**env_vars, "VIDEOBENCH_SCORE_CACHE": str(tmp_path / "cache-two")}, timeout=1800)
+    two_env = {**env_vars, "VIDEOBENCH_SCORE_CACHE": str(tmp_path / "cache-two")}
+    # the whole torchrun job is killed once the first videos exist; the same command restarted completes the plan
+    with open(tmp_path / "killed.log", "w") as log:
+        job = subprocess.Popen(torchrun_command("reproduce", "table1", "--out", str(tmp_path / "two"), *args),
+                               env=two_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        made: list[Path] = []
+        while not made and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.05)
+            made = [p for p in (tmp_path / "two").rglob("videos/*.mp4") if not p.name.startswith(".")]
+        kill_tree(job)
+    assert made, "no video before the job ended: " + (tmp_path / "killed.log").read_text()[-2000:]
+    assert len(list((tmp_path / "two").rglob("videos/*.mp4"))) < 9 * 2, "the job finished before the kill"
+    ranks = torchrun("reproduce", "table1", "--out", str(tmp_path / "two"), *args, env=two_env, timeout=1800)
     assert ranks.returncode == 0, ranks.stdout + ranks.stderr
     assert ranks.stdout.count("table1: 9 row(s)") == 1  # rank 0 prints the plan
     one, two = tmp_path / "one" / "smoke", tmp_path / "two" / "smoke"
@@ -531,8 +544,13 @@ def test_torchrun_reproduce_table1_equals_one_process(env, tmp_path):
     for relative in compared:
         assert (two / relative).read_bytes() == (one / relative).read_bytes(), relative
     assert (tmp_path / "two" / "table1.html").is_file()
-    # each rank generated its share of every row: rank 1 made the second case of each
-    assert all(ids == ["red_circle-p02"] for rank, ids in _rows_by_rank(ranks.stdout) if rank == 1)
+    # after the restart each rank made only what the killed job had not: rank 1 at most the second case of a row
+    assert all(ids in ([], ["red_circle-p02"]) for rank, ids in _rows_by_rank(ranks.stdout) if rank == 1)
+    for method_dir in (folder for folder in two.iterdir() if (folder / "cases.jsonl").is_file()):
+        lines = read_cases_jsonl(method_dir / "cases.jsonl")  # every case once, every video whole
+        assert [line.record["case_id"] for line in lines] == SMOKE[:2]
+        assert all(line.record["status"] == "ok" and is_valid_video(method_dir / line.record["video"])
+                   for line in lines)
 
 
 def _rows_by_rank(output: str) -> list[tuple[int, list[str]]]:

@@ -148,3 +148,13 @@ def test_plan_lists_each_missing_model_once_with_the_metric_models(env):
     assert "videobench weights download --for table1 --dry-run" in out.output
     with_random = invoke("reproduce", "table1", "--plan-only", "--random-weights")
     assert "[metric clip" not in with_random.output  # random metric models need no files
+
+
+def test_rows_run_longest_first_by_the_cost_model_estimate():
+    from videobench.reproduce import PlanRow, run_order
+
+    def row(row_id: str, seconds: float | None, cases: int = 10) -> PlanRow:
+        return PlanRow(row_id, "m", row_id, {}, ("s",), cases={"s": cases}, seconds_per_video=seconds)
+
+    rows = [row("a", 5.0), row("b", None), row("c", 90.0), row("d", 5.0), row("e", 1.0, cases=1000)]
+    assert [r.row_id for r in run_order(rows)] == ["e", "c", "a", "d", "b"]  # 1000 s, 900 s, 50 s, 50 s, unknown

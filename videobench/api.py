@@ -549,17 +549,19 @@ def _run_plan(settings: ReproduceSettings, the_plan: Plan, out: Path, progress: 
     """Generate every row on each of its suites, score each suite folder, write the page.
 
     Under torchrun/srun every rank takes its share of every row and of every suite's scoring (rank 0 writes the
-    tables and the page); with ``settings.shard`` this process does that share and writes no table or page.
+    tables and the page); with ``settings.shard`` this process does that share and writes no table or page. Rows
+    run longest first by the cost model's estimate (:func:`videobench.reproduce.run_order`).
     """
     from videobench.distributed import is_main_process
     from videobench.methods import get_method
     from videobench.report import write_report
+    from videobench.reproduce import run_order
 
     _metric_setup(settings, settings.device)  # missing metric weights: fail now, not after the generation
     result = ReproduceResult(the_plan)
     suites = list(dict.fromkeys(name for row in the_plan.rows for name in row.suites))
     for name in suites:
-        for row in (row for row in the_plan.rows if name in row.suites):
+        for row in (row for row in run_order(the_plan.rows) if name in row.suites):
             preset = settings.preset if settings.preset in get_method(row.method).presets else None
             result.generated.append(generate(
                 _generate_settings(settings, row.method, row.options, out / name, suite=name, preset=preset),

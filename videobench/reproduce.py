@@ -71,6 +71,14 @@ class Plan:
         return [(row.row_id, resolved) for row in self.rows for resolved in row.missing_weights]
 
 
+def run_order(rows: Sequence[PlanRow]) -> list[PlanRow]:
+    """The order rows run in: the longest estimated first (by the cost model's hours), rows without an estimate
+    after them, ties in the plan's order. Long rows first keep the last hours of a multi-GPU or time-limited job
+    from waiting on one big row started late; the plan is still printed in the paper's order."""
+    position = {id(row): index for index, row in enumerate(rows)}
+    return sorted(rows, key=lambda row: (row.hours() is None, -(row.hours() or 0.0), position[id(row)]))
+
+
 def missing_models(owned: Sequence[tuple[str, WeightSpec]], config: WeightsConfig) -> list[tuple[str, WeightSpec]]:
     """Each missing model once, owned by every row (or metric family) that needs it, in first-needed order:
     ``[("row A, row B", spec), ...]`` for :func:`videobench.weights.check_weights` (CogVideoX-5B-I2V, needed by
