@@ -813,3 +813,21 @@ def test_per_case_tables_fit_a_1280_px_page(tmp_path, refs):
     assert 0 < measured["viewport"] <= 1280 and measured["tables"]
     assert all(right <= measured["viewport"] for right in measured["tables"]), measured
     assert measured["strips"] and all(width > 0 for width in measured["strips"])
+
+
+def test_non_default_metric_settings_are_recorded_and_shown(env):
+    """``-M`` settings are written beside scores.csv (metric_settings.json) and named on the page; defaults say so."""
+    from tests.test_cli import invoke
+
+    results = env / "results"
+    assert invoke("generate", "--method", "reference-still", "--suite", "smoke", "--out", str(results),
+                  "--limit", "1").exit_code == 0
+    scored = invoke("score", str(results), "--random-weights", "--metrics", "dino_i,t_cons", "-M",
+                    "dino.crop_pct=0.5")
+    assert scored.exit_code == 0, scored.output
+    settings = json.loads((results / "reference-still" / "metric_settings.json").read_text())
+    by_family = {entry["family"]: entry["settings"] for entry in settings.values()}
+    assert by_family == {"dino": {"crop_pct": 0.5}, "clip": {}}
+    assert invoke("report", str(results)).exit_code == 0
+    page = (results / "leaderboard.html").read_text()
+    assert "-M dino.crop_pct=0.5" in page and "(defaults)" in page

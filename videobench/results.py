@@ -29,6 +29,9 @@ CASES_FILE = "cases.jsonl"
 VIDEOS_DIR = "videos"
 IMAGES_DIR = "images"
 SCORES_FILE = "scores.csv"
+#: ``{config sha256: {"family": ..., "settings": {option: value}}}``: the metric settings behind each
+#: ``<family>_config_sha256`` of scores.csv that differ from the family's defaults (``-M``), for the report.
+METRIC_SETTINGS_FILE = "metric_settings.json"
 LEADERBOARD_FILE = "leaderboard.csv"
 SCHEMA_VERSION = 1
 REQUIRED_CASE_FIELDS = ("case_id", "subject", "prompt", "entity", "references", "video", "status")

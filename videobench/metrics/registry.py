@@ -218,5 +218,18 @@ def build_metrics(
     for family in families:
         mine = {key.split(":", 1)[1]: value for key, value in resolved.items() if key.startswith(f"{family}:")}
         context = MetricContext(device=device, dtype=dtype, random_weights=random_weights, seed=seed, weights=mine)
-        built.append(registry[family].build(parsed[family], context))
+        metric = registry[family].build(parsed[family], context)
+        metric.settings = non_default_settings(parsed[family])
+        built.append(metric)
     return built
+
+
+def non_default_settings(options: Any) -> dict[str, Any]:
+    """The fields of a family's parsed options that differ from its defaults (what ``-M`` changed), JSON-ready."""
+    from videobench.options import options_to_dict
+
+    try:
+        defaults = options_to_dict(type(options)())
+    except TypeError:  # an options class with required fields: every field is a setting
+        defaults = {}
+    return {key: value for key, value in options_to_dict(options).items() if defaults.get(key, object()) != value}

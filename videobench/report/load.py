@@ -164,6 +164,22 @@ KEY_PACKAGES = ("torch", "diffusers", "transformers", "open_clip_torch", "timm")
 CONFIG_SUFFIX = "_config_sha256"
 
 
+def read_metric_settings(method_dir: Path) -> dict[str, dict[str, Any]]:
+    """A method folder's :data:`~videobench.results.METRIC_SETTINGS_FILE` (config hash -> family and non-default
+    settings); entries that are not of that shape, or an unreadable file, are left out (the page then shows hashes)."""
+    import json
+
+    try:
+        data = json.loads((method_dir / layout.METRIC_SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(config): entry for config, entry in data.items()
+            if isinstance(entry, dict) and isinstance(entry.get("family"), str)
+            and isinstance(entry.get("settings"), dict)}
+
+
 def metric_configs(scores: pd.DataFrame | None) -> dict[str, tuple[str, ...]]:
     """``family -> the distinct config hashes`` of the scored (error-free) rows of a scores.csv."""
     if scores is None or not len(scores):

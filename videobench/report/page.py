@@ -49,7 +49,14 @@ from tqdm import tqdm
 
 import videobench
 from mediaio.atomic import atomic_write_text
-from videobench.report.load import MethodData, ReportInputError, load_results, metric_configs, resolve_results_dirs
+from videobench.report.load import (
+    MethodData,
+    ReportInputError,
+    load_results,
+    metric_configs,
+    read_metric_settings,
+    resolve_results_dirs,
+)
 from videobench.report.media import case_rows
 from videobench.report.paper import paper_table1, paper_table2
 from videobench.report.plots import draw_plots
@@ -82,21 +89,29 @@ def metric_settings(methods: Sequence[MethodData]) -> list[str]:
     ``<family>_config_sha256``: model, weights, preprocessing, ``-M`` options). Where runs differ, which run used
     which (such runs never share a row); a run whose own cases mix configurations is named."""
     used: dict[str, dict[str, list[str]]] = {}
+    settings: dict[str, str] = {}  # config hash (12 characters) -> its non-default settings, as -M options
     lines = []
     for data in methods:
+        for config, entry in read_metric_settings(data.folder).items():
+            settings[config[:12]] = " ".join(f"-M {entry['family']}.{key}={value}"
+                                             for key, value in entry["settings"].items()) or "defaults"
         for family, configs in metric_configs(data.scores).items():
             used.setdefault(family, {}).setdefault("+".join(c[:12] for c in configs), []).append(data.label)
             if len(configs) > 1:
                 lines.append(f"{data.label}: its cases were scored with {len(configs)} {family} configurations "
                              f"({', '.join(c[:12] for c in configs)}); its means mix them, score it again")
+    def described(config: str) -> str:
+        known = [settings[part] for part in config.split("+") if part in settings]
+        return f"config {config}" + (f" ({'; '.join(known)})" if known else "")
+
     families = []
     for family in sorted(used):
         by_config = used[family]
         if len(by_config) == 1:
-            families.append(f"{family}: one configuration for every run (config {next(iter(by_config))})")
+            families.append(f"{family}: one configuration for every run ({described(next(iter(by_config)))})")
         else:
             families.append(f"{family}: {len(by_config)} configurations (numbers compare only within one) — "
-                            + "; ".join(f"config {config}: {', '.join(labels)}"
+                            + "; ".join(f"{described(config)}: {', '.join(labels)}"
                                         for config, labels in sorted(by_config.items())))
     return families + lines
 

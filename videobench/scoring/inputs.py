@@ -32,7 +32,8 @@ MIN_FRAMES = 2
 #: And a short side of at least this many pixels (RAFT's padding rule; CLIP/DINO crop 224).
 MIN_SIZE = 128
 #: Entries of a method folder that belong to the layout.
-METHOD_OWN_ENTRIES = {layout.RUN_FILE, layout.CASES_FILE, layout.SCORES_FILE, layout.VIDEOS_DIR, layout.IMAGES_DIR}
+METHOD_OWN_ENTRIES = {layout.RUN_FILE, layout.CASES_FILE, layout.SCORES_FILE, layout.METRIC_SETTINGS_FILE,
+                      layout.VIDEOS_DIR, layout.IMAGES_DIR}
 #: Entries of RESULTS that are ours, not stray (the report's default output and a pre-0.2 score cache included).
 RESULTS_OWN_ENTRIES = {layout.LEADERBOARD_FILE, "leaderboard.html", ".score_cache"}
 

@@ -23,6 +23,7 @@ videos/) without a cases.jsonl is an error.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 from collections import deque
@@ -35,7 +36,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from mediaio.atomic import atomic_open
+from mediaio.atomic import atomic_open, atomic_write_json
 from videobench import results as layout
 from videobench.metrics.base import Metric
 from videobench.scoring.compute import ScoreCache, Scorer, carry_over, default_cache_dir, make_plans
@@ -200,6 +201,7 @@ def score_method(method_dir: Path, scorer: Scorer, warnings: list[str], bar: tqd
     scores_csv = method_dir / layout.SCORES_FILE
     with atomic_open(scores_csv) as handle:
         frame.to_csv(handle, index=False, float_format="%.8g", lineterminator="\n")
+    write_metric_settings(method_dir, scorer.plans)
     n_failed = int((frame["error"] != "").sum()) if len(frame) else 0
     summary = MethodSummary(
         method=method, scores_csv=scores_csv, suites=sorted(set(frame["suite"])) if len(frame) else [suite],
@@ -207,6 +209,22 @@ def score_method(method_dir: Path, scorer: Scorer, warnings: list[str], bar: tqd
         random_weights=bool(len(frame) and frame["random_weights"].astype(int).any()), errors=errors,
     )
     return summary, frame, info
+
+
+def write_metric_settings(method_dir: Path, plans: Sequence[Any]) -> None:
+    """Add this scoring's metric configurations (hash -> family and non-default settings) to the method folder's
+    :data:`~videobench.results.METRIC_SETTINGS_FILE`; hashes of earlier scorings stay (carried-over cases use them)."""
+    path = method_dir / layout.METRIC_SETTINGS_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    for plan in plans:
+        known[plan.config_hash] = {"family": plan.metric.family,
+                                   "settings": dict(getattr(plan.metric, "settings", None) or {})}
+    atomic_write_json(path, dict(sorted(known.items())))
 
 
 def _listed_images(method_dir: Path, lines: list[layout.CaseLine]) -> set[Path]:
