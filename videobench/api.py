@@ -521,6 +521,8 @@ def reproduce(settings: ReproduceSettings, *, progress: bool = True, console: Co
     main = is_main_process()  # under torchrun/srun rank 0 prints the plan and writes the page
     for line in describe(the_plan) if main else ():
         console.echo(line)
+    if settings.out is None and not settings.plan_only:
+        raise SettingsError("--out is needed to run the plan (only --plan-only runs without it)")
     needed = [(row_id, resolved.spec) for row_id, resolved in the_plan.missing_weights]
     if not settings.random_weights:  # the metric models that score the table, listed with the rows' models
         needed += _metric_weight_needs(settings)
@@ -535,10 +537,8 @@ def reproduce(settings: ReproduceSettings, *, progress: bool = True, console: Co
             console.echo(str(error))
     if the_plan.data_missing and not settings.plan_only:
         raise DataMissingError(f"data missing for suite(s) {', '.join(the_plan.data_missing)} (see above)")
-    if settings.plan_only:
+    if settings.plan_only or settings.out is None:  # out is None only with plan_only (checked above)
         return ReproduceResult(the_plan)
-    if settings.out is None:
-        raise SettingsError("--out is needed to run the plan (only --plan-only runs without it)")
     if settings.launch is not None:
         return _launch_reproduce(settings, the_plan, Path(settings.out), console)
     return _run_plan(settings, the_plan, Path(settings.out), progress, console)
