@@ -157,6 +157,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): a connection to it is refused."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class FakeHub:
     """``with FakeHub() as hub: hub.url ...``: the server on a free loopback port, in a daemon thread."""
 

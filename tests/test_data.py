@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_hub import closed_port
 from videobench import data
 from videobench.data import DataError, DataFile, DownloadError, MissingDataError
 from videobench.suites import dreambench, get_suite, load_suite, videobench
@@ -289,15 +290,6 @@ def test_missing_data_names_files_and_command(tmp_path):
         assert f"videobench data download {suite} --data-root {tmp_path.resolve()}" in str(err.value)
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_unreachable_source_stops_at_the_first_connection_error(tmp_path):
     """Offline: one line that says what to do, not one error per file after retries."""
     suite = get_suite("dreambench")
@@ -305,7 +297,7 @@ def test_an_unreachable_source_stops_at_the_first_connection_error(tmp_path):
     assert len(files) > 100
     start = time.monotonic()
     with pytest.raises(DownloadError) as err:
-        data.download(suite, tmp_path, base_urls=f"http://127.0.0.1:{_closed_port()}", progress=False,
+        data.download(suite, tmp_path, base_urls=f"http://127.0.0.1:{closed_port()}", progress=False,
                       retries=3, backoff=1.0)
     elapsed = time.monotonic() - start
     message = str(err.value)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.fake_hub import FakeHub, sha256
+from tests.fake_hub import FakeHub, closed_port, sha256
 from videobench import weight_downloads as wd
 from videobench.cli import EXIT_CASE_FAILURES, EXIT_SETUP_ERROR, main
 from videobench.weights import WeightsConfig, WeightSpec, resolve_weights
@@ -144,14 +143,8 @@ def test_a_direct_url_resumes_a_part_file_and_checks_the_hash_prefix(hub, tmp_pa
     assert list(checkpoints.iterdir()) == []
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_offline_stops_at_the_first_connection_error_with_one_line(hub, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(wd.HubUnreachable) as error:
         wd.list_remote(wd.Need(FOLDER_SPEC))
     message = str(error.value)
@@ -211,7 +204,7 @@ def test_the_cli_dry_run_then_download_and_the_failures(hub, monkeypatch):
     again = runner.invoke(main, ["weights", "download", "--for", "table1"])
     assert again.exit_code == 0 and "1 present, 1 to fetch" in again.output
 
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setattr(wd, "collect_needs", lambda target, config=None: [wd.Need(
         WeightSpec(key="x", model="other", hf_repo="org/other", hf_files=("x.bin",)), ["row"])])
     offline = runner.invoke(main, ["weights", "download", "--for", "table1"])

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mediaio.atomic import atomic_path, atomic_write_text
-from mediaio.video import VideoError, probe_video, read_video
+from mediaio.video import VideoError, read_video
 from videobench.cases import Case
 from videobench.results import (
     CASES_FILE,
@@ -213,8 +213,7 @@ def import_videos(folder: str | os.PathLike, suite: Suite, label: str, out: str 
     problems = []
     for case_id, path in videos.items():
         try:
-            read_video(path, min_frames=min_frames)
-            fps_values.append(probe_video(path).fps)
+            fps_values.append(read_video(path, min_frames=min_frames).fps)
         except VideoError as error:
             problems.append(f"{case_id}: {error}")
     if problems:

@@ -85,9 +85,7 @@ def missing_models(owned: Sequence[tuple[str, WeightSpec]], config: WeightsConfi
     six two-stage rows, is one entry)."""
     merged: dict[tuple, tuple[list[str], WeightSpec]] = {}
     for owner, spec in owned:
-        key = (spec.hf_repo, tuple(spec.hf_files), spec.url, spec.folder, str(spec.explicit or ""),
-               tuple(spec.file_names))
-        owners, _ = merged.setdefault(key, ([], spec))
+        owners, _ = merged.setdefault(spec.source_key, ([], spec))
         if owner not in owners:
             owners.append(owner)
     return [(", ".join(owners), spec) for owners, spec in merged.values()

@@ -36,6 +36,7 @@ from videobench.weights import (
     ResolvedWeights,
     WeightsConfig,
     WeightSpec,
+    _looks_like_hub_id,
     _torch_hub_dir,
     _torch_hub_file,
     resolve_weights,
@@ -68,20 +69,13 @@ class Need:
     spec: WeightSpec
     owners: list[str] = field(default_factory=list)
 
-    @property
-    def identity(self) -> tuple:
-        spec = self.spec
-        return (spec.hf_repo, tuple(spec.hf_files), spec.url if not spec.hf_repo else None, spec.folder,
-                str(spec.explicit or ""))
-
     def resolve(self, config: WeightsConfig) -> ResolvedWeights:
         return resolve_weights(self.spec, WeightsConfig(weights_dir=config.weights_dir, download=False))
 
 
 def _merge(needs: dict[tuple, Need], owner: str, specs: Iterable[WeightSpec]) -> None:
     for spec in specs:
-        need = Need(spec)
-        existing = needs.setdefault(need.identity, need)
+        existing = needs.setdefault(spec.source_key, Need(spec))
         if owner not in existing.owners:
             existing.owners.append(owner)
 
@@ -239,10 +233,11 @@ def list_remote(need: Need, token: str | None = None) -> Listing:
 
 
 def _repo_of(spec: WeightSpec) -> str | None:
+    """The Hub repository of ``spec``: a hub id the user gave (``-o model=OWNER/NAME``), else the plugin's."""
     explicit = str(spec.explicit or "")
-    if explicit and len(explicit.split("/")) == 2 and not Path(explicit).expanduser().exists():
-        return explicit
-    return spec.hf_repo if not explicit else None
+    if explicit:
+        return explicit if _looks_like_hub_id(explicit) else None
+    return spec.hf_repo
 
 
 def _url_size(url: str) -> int | None:

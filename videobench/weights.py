@@ -110,6 +110,12 @@ class WeightSpec:
     option: str = ""
     formats: str = ""
 
+    @property
+    def source_key(self) -> tuple:
+        """What makes two specs the same model to fetch or put in place (plugins may name it by other keys)."""
+        return (self.hf_repo, tuple(self.hf_files), self.url, self.folder, str(self.explicit or ""),
+                tuple(self.file_names))
+
     def with_explicit(self, value: str | os.PathLike | None) -> WeightSpec:
         """The same spec with the user's path (``None`` keeps it unset)."""
         return replace(self, explicit=value) if value not in (None, "") else self
