@@ -75,7 +75,7 @@ def cached_cost(method: str, overrides: Mapping[str, Any] | None = None, path: s
 
 
 def row_estimator(costs: Mapping[str, MethodCost] | None = None):
-    """``estimate(spec, options, context) -> (seconds per video, source) | None`` for :func:`videobench.reproduce.plan`,
+    """``estimate(spec, options, context) -> (seconds per video, source) | None`` for :func:`videobench.reproduction.plan`,
     from ``costs`` (default: the cache, read once): the row's options when cached, else the method's defaults.
     ``spec`` is a registered method (its ``name`` and ``parse_options``), ``options`` its parsed options."""
     costs = load_estimates() if costs is None else costs

@@ -344,7 +344,7 @@ def test_score_and_report_of_an_empty_folder_write_nothing(env):
 def test_leaderboard_cells_that_are_not_finite_numbers(env, cell, column):
     import pandas as pd
 
-    from videobench.report.load import ReportInputError, check_board_numbers
+    from videobench.reporting.load import ReportInputError, check_board_numbers
 
     results = env / "r"
     results.mkdir()

@@ -633,7 +633,7 @@ def test_exemplar_branch_is_upstreams_independently_noised_frames(references):
 
 
 def test_generation_through_the_runner(tiny_generator, tmp_path):
-    from videobench.generate import run_generation
+    from videobench.generation import run_generation
     from videobench.suites import load_suite
 
     suite = load_suite("smoke", tmp_path / "data")

@@ -171,7 +171,7 @@ def test_run_checks_the_metric_weights_before_generating_anything(env):
 
 
 def test_ctrl_c_exits_130_not_the_case_failure_code(env, monkeypatch):
-    import videobench.generate as generate_module
+    import videobench.generation as generate_module
     from videobench.cli_common import EXIT_INTERRUPTED
 
     def interrupted(*args, **kwargs):

@@ -40,7 +40,7 @@ from videobench.methods import MethodContext, available_methods, get_method
 from videobench.metrics.base import MetricInput
 from videobench.metrics.registry import MetricContext, metric_families
 from videobench.options import OptionError, option_fields, options_to_dict
-from videobench.report.tables import rank_marks
+from videobench.reporting.tables import rank_marks
 from videobench.suites import available_suites, get_suite, load_suite
 from videobench.weights import WeightSpec
 

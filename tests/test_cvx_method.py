@@ -213,7 +213,7 @@ def test_frames_to_uint8_rounds_and_clips():
 def test_generate_run_records_failures_resumes_and_is_deterministic(tiny_generator, reference_path, tmp_path):
     """The runner with the tiny CustomVideoX: a bad reference fails its case only; a rerun skips what is done."""
     from mediaio.video import read_video
-    from videobench.generate import run_generation
+    from videobench.generation import run_generation
     from videobench.results import read_cases_jsonl
     from videobench.suites import Suite
 
@@ -285,7 +285,7 @@ def test_a_folder_saved_with_its_lora_needs_no_lora_flag(tiny_generator, referen
 def test_a_lora_file_settings_reach_run_json_unless_overridden(tmp_path, reference_path, caplog):
     """At the method level, the LoRA's mode, ablation, shift and ERAE settings are the run's settings."""
     from customvideox.presets import build_tiny_pipeline
-    from videobench.generate import run_generation
+    from videobench.generation import run_generation
     from videobench.suites import Suite
 
     trained = build_tiny_pipeline(reference_overrides={"mode": "cached", "ablation": "3d-ra+tab",
@@ -315,7 +315,7 @@ def test_a_lora_file_settings_reach_run_json_unless_overridden(tmp_path, referen
 
 
 def test_erae_region_coverage_is_recorded_per_case(tiny_generator, reference_path, tmp_path):
-    from videobench.generate import run_generation
+    from videobench.generation import run_generation
     from videobench.results import read_cases_jsonl
     from videobench.suites import Suite
 

@@ -24,7 +24,7 @@ from tests.test_cli import invoke
 from tests.test_score import refs  # noqa: F401 (fixture)
 from videobench.cli import EXIT_SETUP_ERROR
 from videobench.distributed import Launch, launch_from_environment, local_device, resolve_shard
-from videobench.generate import _TEMP_FILE
+from videobench.generation import _TEMP_FILE
 from videobench.results import read_cases_jsonl
 from videobench.scoring.runner import score_results
 from videobench.scoring.shares import compute_share, score_share

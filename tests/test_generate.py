@@ -10,7 +10,7 @@ import pytest
 
 from mediaio.video import read_video
 from videobench.cases import Case
-from videobench.generate import RunConflictError, parse_shard, run_generation
+from videobench.generation import RunConflictError, parse_shard, run_generation
 from videobench.results import read_cases_jsonl, read_run_json
 from videobench.suites import Suite
 

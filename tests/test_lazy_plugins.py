@@ -164,7 +164,7 @@ def own_stream_logger():
 
 
 def test_library_warnings_and_log_messages_go_into_the_case_diagnostics_not_stderr(env, own_stream_logger, capfd):
-    from videobench.generate import run_generation
+    from videobench.generation import run_generation
     from videobench.suites import load_suite
 
     suite = load_suite("smoke", env / "data")
@@ -187,12 +187,12 @@ def test_library_warnings_and_log_messages_go_into_the_case_diagnostics_not_stde
 
 
 def test_capture_keeps_own_messages_on_the_console_and_restores_everything(caplog):
-    from videobench.generate import capture_library_messages
+    from videobench.generation import capture_library_messages
 
     root = logging.getLogger()
     filters_before = [list(handler.filters) for handler in root.handlers]
     with caplog.at_level(logging.INFO), capture_library_messages() as lines:
-        logging.getLogger("videobench.generate").warning("our own message")
+        logging.getLogger("videobench.generation").warning("our own message")
         logging.getLogger("somelib").error("theirs")
     assert lines == ["ERROR somelib: theirs"]
     assert [r.getMessage() for r in caplog.records] == ["our own message"]

@@ -25,8 +25,8 @@ from tests.test_score import (  # noqa: F401 (refs is a fixture)
     run,
     solid,
 )
-from videobench import report as report_module
-from videobench.report import rank_marks, write_report
+from videobench import reporting as report_module
+from videobench.reporting import rank_marks, write_report
 
 CHROMIUM = shutil.which("chromium") or (Path("/usr/bin/chromium") if Path("/usr/bin/chromium").exists() else None)
 
@@ -220,7 +220,7 @@ def test_report_write_is_atomic(tmp_path, refs, monkeypatch):
     def broken(context):
         raise RuntimeError("template exploded")
 
-    monkeypatch.setattr("videobench.report.page.render_report", broken)
+    monkeypatch.setattr("videobench.reporting.page.render_report", broken)
     with pytest.raises(RuntimeError):
         write_report(results, progress=False)
     assert out.read_text() == before and not list(results.glob(".leaderboard.html*"))
@@ -325,7 +325,7 @@ def test_plots_are_inline_svg_with_one_titled_point_per_run(tmp_path, refs):
         gid = f"ours-{method}-{suite}".replace("+", "-").replace("_", "-").lower()
         assert text.count(f'<g id="{gid}"><title>') == 2, gid  # one point per plot
     # a plot whose columns were never scored is left out with a note, not drawn empty
-    from videobench.report.plots import draw_plot
+    from videobench.reporting.plots import draw_plot
 
     plot = draw_plot({"id": "x", "title": "X", "x": "subject_consistency", "y": "dino_i"}, board)
     assert plot.svg == "" and "no subject_consistency column" in plot.note
@@ -577,7 +577,7 @@ def test_plot_text_overlaps_no_text_point_or_frame(n_rows, random):
     frame, and every text lies inside the saved (tight) figure, whatever the number of rows."""
     from itertools import combinations
 
-    from videobench.report.plots import figure, plot_specs, text_boxes
+    from videobench.reporting.plots import figure, plot_specs, text_boxes
 
     board = synthetic_board(n_rows, random)
     for spec in plot_specs():
@@ -601,7 +601,7 @@ def test_plot_legend_explains_every_marker_and_colour():
     ours and of the paper its own colour, and none grey."""
     from matplotlib.colors import to_rgb
 
-    from videobench.report.plots import figure, plot_specs
+    from videobench.reporting.plots import figure, plot_specs
 
     board = pd.concat([synthetic_board(9, False), synthetic_board(1, False).assign(suite="dreambench")])
     fig = figure(plot_specs()[0], board)
@@ -624,7 +624,7 @@ def test_plot_legend_explains_every_marker_and_colour():
 
 
 def test_random_rows_are_drawn_in_their_own_panel_not_beside_the_paper():
-    from videobench.report.plots import draw_plots
+    from videobench.reporting.plots import draw_plots
 
     board = pd.concat([synthetic_board(3, True), synthetic_board(1, False).assign(method="real-run")])
     plots = {plot.plot_id: plot for plot in draw_plots(board)}
@@ -640,7 +640,7 @@ def test_random_rows_are_drawn_in_their_own_panel_not_beside_the_paper():
 
 # ------------------------------------------------------------------------- published rows and our rows
 def _run_data(name: str, info: dict, results_dir: str = "R", scores: pd.DataFrame | None = None):
-    from videobench.report.load import MethodData
+    from videobench.reporting.load import MethodData
 
     return MethodData(name, info, scores, {}, False, Path(results_dir) / name, results_dir=results_dir,
                       label=name, row=name)
@@ -657,7 +657,7 @@ def _board_row(name: str, suite: str, n_scored: int, random: int = 0, value: flo
 def test_a_published_row_is_reproduced_only_by_a_real_full_run():
     """Random weights, a preset or part of a suite never relabel the paper's row; a real run of every case of both
     published suites does. Our rows carry the random tag, never a mark, and every row has its counts."""
-    from videobench.report.paper import PAPER_COUNTS, paper_table1
+    from videobench.reporting.paper import PAPER_COUNTS, paper_table1
 
     board = pd.DataFrame([
         _board_row("cvx-tiny", "smoke", 4, random=1, value=99.0),  # best on every column, but random
@@ -686,7 +686,7 @@ def test_a_published_row_is_reproduced_only_by_a_real_full_run():
 
 
 def test_random_rows_of_our_leaderboard_get_no_marks():
-    from videobench.report.tables import leaderboard_table
+    from videobench.reporting.tables import leaderboard_table
 
     board = pd.DataFrame([_board_row("random-a", "smoke", 4, random=1, value=90.0),
                           _board_row("real-b", "smoke", 4, value=50.0), _board_row("real-c", "smoke", 4, value=40.0)])
@@ -700,7 +700,7 @@ def test_random_rows_of_our_leaderboard_get_no_marks():
 def test_runs_that_differ_are_kept_apart_and_say_why():
     """One folder name in two RESULTS folders shares a row only when generation settings, seed, key package
     versions and metric configuration are equal."""
-    from videobench.report.load import assign_rows, label_methods
+    from videobench.reporting.load import assign_rows, label_methods
 
     def scores(dino: str) -> pd.DataFrame:
         return pd.DataFrame({"case_id": ["a", "b"], "error": ["", ""], "dino_config_sha256": [dino, dino],
@@ -766,7 +766,7 @@ def test_report_flags_a_video_the_run_did_not_write(tmp_path, refs):
 
 
 def test_metric_settings_are_shown_and_mixed_ones_named():
-    from videobench.report.page import metric_settings
+    from videobench.reporting.page import metric_settings
 
     def scores(*dino: str) -> pd.DataFrame:
         return pd.DataFrame({"case_id": [str(i) for i in range(len(dino))], "error": [""] * len(dino),

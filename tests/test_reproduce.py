@@ -11,7 +11,7 @@ from tests.test_cli import invoke
 from tests.test_report import read_tables
 from videobench.cli import EXIT_SETUP_ERROR
 from videobench.methods import MethodContext
-from videobench.reproduce import plan
+from videobench.reproduction import plan
 
 
 def test_table1_plan_has_every_published_row_and_the_reference_rows(env):
@@ -151,7 +151,7 @@ def test_plan_lists_each_missing_model_once_with_the_metric_models(env):
 
 
 def test_rows_run_longest_first_by_the_cost_model_estimate():
-    from videobench.reproduce import PlanRow, run_order
+    from videobench.reproduction import PlanRow, run_order
 
     def row(row_id: str, seconds: float | None, cases: int = 10) -> PlanRow:
         return PlanRow(row_id, "m", row_id, {}, ("s",), cases={"s": cases}, seconds_per_video=seconds)

@@ -635,7 +635,7 @@ def test_a_lone_surrogate_in_cases_jsonl_is_one_line_error(tmp_path, refs):
     scores = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
     assert "cases.jsonl:2" in scores.loc["line-2", "error"] and "lone surrogate" in scores.loc["line-2", "error"]
     assert scores.loc["good", "error"] == "" and summary.n_scored == 1
-    from videobench.report import write_report
+    from videobench.reporting import write_report
 
     html = write_report(results, progress=False).read_text(encoding="utf-8")  # the report does not crash
     assert "lone surrogate" in html

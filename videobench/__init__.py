@@ -7,11 +7,11 @@ The flow (see ``docs/architecture.md``)::
 
 Every stage reads only what the previous stage wrote to disk.
 
-The Python API is :mod:`videobench.api` (``from videobench.api import generate, score, report, reproduce``);
-``videobench.evaluate``, the settings, result and error classes are also reachable from here, imported on first
-use so that ``import videobench`` stays light. ``generate``, ``score``, ``report`` and ``reproduce`` are reached
-through :mod:`videobench.api` only: ``videobench.generate`` (and the others) name the modules that do the work, and
-Python replaces a package attribute by its submodule once that is imported.
+The Python API: ``videobench.generate``, ``videobench.score``, ``videobench.report``, ``videobench.reproduce`` and
+``videobench.evaluate`` (= generate + score + report), with their settings, result and error classes, all defined in
+:mod:`videobench.api` and imported from there on first use, so that ``import videobench`` stays light. The modules
+that do the work are named for it: :mod:`videobench.generation`, :mod:`videobench.scoring`,
+:mod:`videobench.reporting`, :mod:`videobench.reproduction`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 _API_NAMES = (
     "Console", "DataMissingError", "EvaluateResult", "EvaluateSettings", "GenerateResult", "GenerateSettings",
     "LaunchError", "LaunchSettings", "ReportSettings", "ReproduceResult", "ReproduceSettings", "ResultsFolderError",
-    "ScoreResult", "ScoreSettings", "SettingsError", "VideoBenchError", "WeightsMissingError", "evaluate",
+    "ScoreResult", "ScoreSettings", "SettingsError", "VideoBenchError", "WeightsMissingError", "evaluate", "generate",
+    "report", "reproduce", "score",
 )
 
 __all__ = ["__version__", "api", *_API_NAMES]

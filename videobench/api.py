@@ -51,7 +51,7 @@ from videobench.settings import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from videobench.reproduce import Plan
+    from videobench.reproduction import Plan
     from videobench.scoring.runner import ScoreSummary
     from videobench.scoring.shares import ShareSummary
 
@@ -253,7 +253,7 @@ def generate(settings: GenerateSettings, *, progress: bool = True, console: Cons
         generator, options = build_generator(spec, settings.options, context)
     if generator.random_weights:
         console.note(f"note: {generator.run_name} uses RANDOM weights; its outputs are stamped as such")
-    from videobench.generate import RunConflictError, run_generation  # here: tests replace it in its module
+    from videobench.generation import RunConflictError, run_generation  # here: tests replace it in its module
 
     with _nothing_runs(ResultsFolderError, RunConflictError, ValueError):
         summary = run_generation(generator, suite, cases, settings.out, seed=settings.seed, shard=shard,
@@ -419,7 +419,7 @@ def report(settings: ReportSettings, *, progress: bool = True, console: Console 
     Raises:
         ResultsFolderError: a folder is missing or not scored, or several folders and no ``out``.
     """
-    from videobench.report import ReportInputError, write_report
+    from videobench.reporting import ReportInputError, write_report
 
     with _nothing_runs(ResultsFolderError, FileNotFoundError, ReportInputError):
         results = settings.results
@@ -506,7 +506,7 @@ def reproduce(settings: ReproduceSettings, *, progress: bool = True, console: Co
     """
     from costmodel.estimates import row_estimator
     from videobench.methods import MethodContext
-    from videobench.reproduce import describe, missing_models, plan
+    from videobench.reproduction import describe, missing_models, plan
     from videobench.weights import MissingWeightsError, check_weights
 
     console = console or Console()
@@ -550,12 +550,12 @@ def _run_plan(settings: ReproduceSettings, the_plan: Plan, out: Path, progress: 
 
     Under torchrun/srun every rank takes its share of every row and of every suite's scoring (rank 0 writes the
     tables and the page); with ``settings.shard`` this process does that share and writes no table or page. Rows
-    run longest first by the cost model's estimate (:func:`videobench.reproduce.run_order`).
+    run longest first by the cost model's estimate (:func:`videobench.reproduction.run_order`).
     """
     from videobench.distributed import is_main_process
     from videobench.methods import get_method
-    from videobench.report import write_report
-    from videobench.reproduce import run_order
+    from videobench.reporting import write_report
+    from videobench.reproduction import run_order
 
     _metric_setup(settings, settings.device)  # missing metric weights: fail now, not after the generation
     result = ReproduceResult(the_plan)

@@ -90,7 +90,7 @@ def resolve_shard(explicit: str | None, environ: Mapping[str, str] | None = None
     Raises ``ValueError`` when ``--shard`` is given under a launch of several ranks and differs from the rank's
     own shard (every rank would do the same share and nobody the rest).
     """
-    from videobench.generate import parse_shard
+    from videobench.generation import parse_shard
 
     launch = launch_from_environment(environ)
     if explicit:

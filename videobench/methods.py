@@ -26,7 +26,7 @@ A method is one module with one decorated factory::
   seconds per video of each stage at the real sizes (the tiny preset's with ``context.preset == "tiny"``), computed
   without weights or a GPU; ``benchmarks/estimate_methods.py`` caches them for the harness.
 
-The runner (:mod:`videobench.generate`) owns files; a generator owns pixels: ``generate(case, seed)`` returns
+The runner (:mod:`videobench.generation`) owns files; a generator owns pixels: ``generate(case, seed)`` returns
 ``(T, H, W, 3)`` uint8 frames, or a :class:`GenerationOutput` that adds an intermediate image and diagnostics.
 A generator that first makes an image per case and then animates it implements :class:`ImageFirstGenerator`,
 so the runner can do every image first and release that model before the video model loads.

@@ -39,7 +39,7 @@ import click
 
 from mediaio.atomic import atomic_write_text
 from videobench.distributed import Launch, launch_from_environment
-from videobench.generate import GenerationSummary, selection_outcome
+from videobench.generation import GenerationSummary, selection_outcome
 
 logger = logging.getLogger(__name__)
 

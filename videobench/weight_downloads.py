@@ -101,7 +101,7 @@ def collect_needs(target: str, config: WeightsConfig | None = None) -> list[Need
     needs: dict[tuple, Need] = {}
     context = MethodContext(weights_config=config)
     if target in TABLE_TARGETS:
-        from videobench.reproduce import plan
+        from videobench.reproduction import plan
 
         for row in plan(target, context).rows:
             _merge(needs, row.row_id, [resolved.spec for resolved in row.weights])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from costmodel.counting import count_flops
-from videobench.generate import run_generation
+from videobench.generation import run_generation
 from videobench.methods import ImageFirstGenerator, MethodContext, build_generator, get_method
 from videobench.suites import load_suite
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from videobench import results as layout
 from videobench.distributed import launch_from_environment
-from videobench.generate import parse_shard
+from videobench.generation import parse_shard
 from videobench.metrics.base import Metric
 from videobench.scoring.compute import ScoreCache, Scorer, default_cache_dir, make_plans
 from videobench.scoring.inputs import CaseError, Log, case_id_of, check_not_method_folder, collect_case, read_case_lines

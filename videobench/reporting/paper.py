@@ -19,8 +19,8 @@ import pandas as pd
 
 from videobench.methods import methods_by_paper_row
 from videobench.published import published_caption, published_frame
-from videobench.report.load import MethodData
-from videobench.report.tables import Row, Table, cell_from, counts_text, is_random, mark_rows, row_key, suite_table
+from videobench.reporting.load import MethodData
+from videobench.reporting.tables import Row, Table, cell_from, counts_text, is_random, mark_rows, row_key, suite_table
 from videobench.suites import get_suite, suite_label, suite_order
 
 #: the "scored / cases" cell of a published row: the paper states no per-row case counts
@@ -42,7 +42,7 @@ def missing_note(label: str, installed: dict[str, list[str]]) -> tuple[str, str]
 
 
 def _runs_by(methods: Sequence[MethodData], key: str) -> dict[str, set[str]]:
-    """``published row -> our table rows`` (see :func:`videobench.report.load.assign_rows`) whose run.json names it."""
+    """``published row -> our table rows`` (see :func:`videobench.reporting.load.assign_rows`) whose run.json names it."""
     runs: dict[str, set[str]] = {}
     for data in methods:
         value = data.info.get(key)

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from videobench.published import published_frame
-from videobench.report.tables import column_label, flag, is_random, number, row_key
+from videobench.reporting.tables import column_label, flag, is_random, number, row_key
 from videobench.suites import suite_label, suite_order
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")

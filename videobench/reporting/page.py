@@ -29,7 +29,7 @@ The page holds, in order:
    strip of frames from the video, the scores and any error.
 
 Plots (inline SVG) show DINO-I against D.D and CLIP-T against CLIP-I for every run with real weights beside the
-paper's points, and the random-weights runs in a panel of their own (:mod:`~videobench.report.plots`).
+paper's points, and the random-weights runs in a panel of their own (:mod:`~videobench.reporting.plots`).
 Images are inlined as base64 JPEG data URIs; the page needs no other file. The template is rendered
 by a jinja2 ``Environment(autoescape=True)``, so every string from users (prompts, method and subject
 names, error messages) is escaped. The file is written atomically.
@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 import videobench
 from mediaio.atomic import atomic_write_text
-from videobench.report.load import (
+from videobench.reporting.load import (
     MethodData,
     ReportInputError,
     load_results,
@@ -57,10 +57,10 @@ from videobench.report.load import (
     read_metric_settings,
     resolve_results_dirs,
 )
-from videobench.report.media import case_rows
-from videobench.report.paper import paper_table1, paper_table2
-from videobench.report.plots import draw_plots
-from videobench.report.tables import (
+from videobench.reporting.media import case_rows
+from videobench.reporting.paper import paper_table1, paper_table2
+from videobench.reporting.plots import draw_plots
+from videobench.reporting.tables import (
     board_columns,
     column_label,
     flag,

@@ -23,8 +23,8 @@ from mediaio.images import ImageError, load_reference_image
 from mediaio.video import VideoError, read_video
 from videobench import results as layout
 from videobench.metrics.registry import column_specs
-from videobench.report.load import MethodData
-from videobench.report.tables import number
+from videobench.reporting.load import MethodData
+from videobench.reporting.tables import number
 from videobench.suites import suite_label
 
 
