@@ -45,14 +45,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from PIL import Image
 
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
-from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
+from videobench.methods import MethodContext, gpu_dtype, inference_mode, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -682,7 +685,7 @@ class IPAdapterPersonalizer(TinyPresetModel):
             return self.options.prompt_prefix + prompt
         return self.options.prompt_prefix.strip().rstrip(",").strip()
 
-    @torch.inference_mode()
+    @inference_mode
     def personalize(self, references: Sequence[Image.Image], prompt: str, entity: str, seed: int) -> Image.Image:
         pipe = self.pipeline
         output = pipe(

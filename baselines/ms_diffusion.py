@@ -28,16 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
-from baselines.ms_diffusion_model import MSAdapterConfig, MSDiffusionPipeline, validate_box
+from baselines.ms_diffusion_config import MSAdapterConfig, validate_box
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
 from toytokenizers.bpe import learn_bpe_merges
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
+nets = lazy_module("baselines.ms_diffusion_model")  # the networks: built by a run, not to list the method
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 CLIP_G = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
@@ -147,20 +151,22 @@ def clip_vision_config(folder: str | Path):
 
 
 def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str | Path, device: str = "cpu",
-                      dtype: torch.dtype = torch.float32, config: MSAdapterConfig | None = None
-                      ) -> MSDiffusionPipeline:
-    """MS-Diffusion from the SDXL base folder, the CLIP-G folder and ``ms_adapter.bin`` (all local).
+                      dtype: torch.dtype | None = None, config: MSAdapterConfig | None = None
+                      ) -> nets.MSDiffusionPipeline:
+    """MS-Diffusion from the SDXL base folder, the CLIP-G folder and ``ms_adapter.bin`` (all local), in ``dtype``
+    (None: float32).
 
     ``config`` (default :data:`OFFICIAL_ADAPTER`) gives the adapter's sizes that the components do not; the
     encoder / text / UNet widths are read from the loaded components.
     """
+    dtype = dtype or torch.float32
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPVisionModelWithProjection
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl), dtype=dtype, add_watermarker=False)
     encoder = CLIPVisionModelWithProjection.from_pretrained(
         str(image_encoder), config=clip_vision_config(image_encoder), dtype=dtype).eval()
-    pipeline = MSDiffusionPipeline.from_components(pipe, encoder, config or OFFICIAL_ADAPTER)
+    pipeline = nets.MSDiffusionPipeline.from_components(pipe, encoder, config or OFFICIAL_ADAPTER)
     pipeline.load_adapter(adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipeline.to(device)
@@ -240,7 +246,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     )
 
 
-def build_tiny_ms_diffusion(seed: int = 0) -> MSDiffusionPipeline:
+def build_tiny_ms_diffusion(seed: int = 0) -> nets.MSDiffusionPipeline:
     """The tiny preset: a tiny SDXL, a tiny CLIP vision tower and a random MS-Diffusion adapter."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -249,7 +255,7 @@ def build_tiny_ms_diffusion(seed: int = 0) -> MSDiffusionPipeline:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VISION)).eval()
-        return MSDiffusionPipeline.from_components(pipe, encoder, TINY_ADAPTER)
+        return nets.MSDiffusionPipeline.from_components(pipe, encoder, TINY_ADAPTER)
 
 
 # --------------------------------------------------------------------------------------------- the personaliser
@@ -258,7 +264,7 @@ def build_tiny_ms_diffusion(seed: int = 0) -> MSDiffusionPipeline:
 class MSDiffusionPersonalizer(TinyPresetModel):
     """Stage 1 of ``ms-diffusion+i2v``: one SDXL image of the case's subject (first reference image) for its prompt."""
 
-    def __init__(self, pipeline: MSDiffusionPipeline, options: MSDiffusionOptions, *, tiny: bool,
+    def __init__(self, pipeline: nets.MSDiffusionPipeline, options: MSDiffusionOptions, *, tiny: bool,
                  models: dict[str, str]) -> None:
         self.pipeline, self.options, self.tiny, self.models = pipeline, options, tiny, models
         self.steps = min(options.steps, TINY_STEPS) if tiny else options.steps
@@ -341,7 +347,7 @@ def stage1_cost(options: MSDiffusionOptions, context: MethodContext) -> StageCos
             encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cm.CLIP_BIGG_VISION))
             pipe = SimpleNamespace(unet=unet, text_encoder=text_encoder,
                                    tokenizer=SimpleNamespace(model_max_length=cm.CLIP_TEXT_LENGTH))
-            ms = MSDiffusionPipeline.from_components(pipe, encoder, OFFICIAL_ADAPTER)
+            ms = nets.MSDiffusionPipeline.from_components(pipe, encoder, OFFICIAL_ADAPTER)
             return {"unet": unet, "text_encoder": text_encoder, "image_encoder": encoder, "resampler": ms.resampler,
                     "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**cm.CLIP_BIGG_TEXT)),
                     "vae": AutoencoderKL(**cm.SDXL_VAE)}
