@@ -41,6 +41,8 @@ from PIL import Image
 from baselines.blip_diffusion_config import CLIP_MEAN, CLIP_STD, NEGATIVE_PROMPT
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
 from videobench.plugins import lazy_module
@@ -270,10 +272,8 @@ TINY_SIZE = 64
 TINY_STEPS = 4
 
 
-def _tiny_words() -> list[str]:
-    from toytokenizers.corpus import TINY_CORPUS
-
-    return sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
+#: The tiny CLIP tokenizer's symbols: lower-case letters, digits and punctuation (CLIP lower-cases the prompt).
+TINY_CLIP_ALPHABET = tuple(string.ascii_lowercase + string.digits + string.punctuation)
 
 
 def tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -283,35 +283,18 @@ def tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     any ASCII text tokenises (unknown words as pieces), "a" is one token (``ctx_begin_pos`` = 2 holds) and the ids
     are the same on every machine.
     """
-    characters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab: dict[str, int] = {}
-    for piece in characters + [c + "</w>" for c in characters]:
-        vocab.setdefault(piece, len(vocab))
-    merges: dict[tuple[str, str], None] = {}  # ordered and unique
-    for word in _tiny_words():
-        parts = [*word[:-1], word[-1] + "</w>"]
-        merged = parts[0]
-        for part in parts[1:]:
-            merges.setdefault((merged, part))
-            merged += part
-            vocab.setdefault(merged, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return vocab, list(merges)
+    return toy_clip.tiny_clip_vocab(TINY_CLIP_ALPHABET, corpus_words(), merge_rule="prefix")
 
 
 def build_tiny_clip_tokenizer(model_max_length: int = TINY_TEXT_POSITIONS) -> Any:
     """An offline ``CLIPTokenizer`` (byte-level BPE) over :func:`tiny_clip_vocab`."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tiny_clip_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, TINY_CLIP_ALPHABET, corpus_words(), merge_rule="prefix")
 
 
 def tiny_bert_vocab() -> list[str]:
     """The tiny BERT vocabulary, in id order: BERT's specials, the tiny corpus words, characters and ``##`` pieces."""
     characters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_tiny_words(), *characters,
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *corpus_words(), *characters,
               *("##" + c for c in string.ascii_lowercase + string.digits)]
     return list(dict.fromkeys(tokens))  # "a" is a word and a character
 

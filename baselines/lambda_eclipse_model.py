@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +35,8 @@ import torch
 from torch import nn
 
 from baselines.lambda_eclipse_config import PRIOR_CONFIG_FILE, PRIOR_WEIGHTS_FILE, LambdaPriorConfig
-from toytokenizers.bpe import learn_bpe_merges
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.weights import WeightsLoadError, build_loaded, load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -202,32 +202,10 @@ def insert_concept_embeddings(
 # -------------------------------------------------------------------------------- tiny offline tokenizer
 
 
-def byte_unicode_table() -> dict[int, str]:
-    """GPT-2/CLIP byte-level BPE's map from byte values to printable characters, in CLIP's vocabulary order.
-
-    The printable bytes map to themselves and come first (so ``!`` is id 0, as in CLIP); the other bytes map to
-    ``chr(256 + k)`` in byte order.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {byte: chr(byte) for byte in printable}
-    others = [byte for byte in range(256) if byte not in table]
-    table.update({byte: chr(256 + k) for k, byte in enumerate(others)})
-    return table
-
-
 @lru_cache(maxsize=1)
 def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """The tiny CLIP tokenizer's ``(vocab, merges)``: CLIP's byte alphabet, whole words of the tiny corpus."""
-    from toytokenizers.corpus import TINY_CORPUS
-
-    alphabet = list(byte_unicode_table().values())
-    words = sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
-    merges = learn_bpe_merges(words)
-    pieces = alphabet + [symbol + "</w>" for symbol in alphabet] + [left + right for left, right in merges]
-    pieces += ["<|startoftext|>", "<|endoftext|>"]
-    vocab: dict[str, int] = {}
-    for piece in pieces:
-        vocab.setdefault(piece, len(vocab))
+    vocab, merges = toy_clip.tiny_clip_vocab(list(toy_clip.byte_unicode_table().values()), corpus_words())
     return vocab, tuple(merges)
 
 
@@ -238,7 +216,5 @@ def build_tiny_clip_tokenizer(model_max_length: int = 32):
     symbols, alone and word-final, and merges that make every word of :data:`toytokenizers.corpus.TINY_CORPUS` a
     single token. Padding is ``!`` (id 0), as in the CLIP-ViT-bigG-14 tokenizer.
     """
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tiny_clip_vocab()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token="!", model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, list(toy_clip.byte_unicode_table().values()),
+                                        corpus_words(), pad_token="!")

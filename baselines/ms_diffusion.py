@@ -33,7 +33,8 @@ from PIL import Image
 from baselines.ms_diffusion_config import MSAdapterConfig, validate_box
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
-from toytokenizers.bpe import learn_bpe_merges
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
 from videobench.plugins import lazy_module
@@ -177,9 +178,7 @@ def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str 
 #: Sizes of the tiny preset (SDXL's structure: DownBlock2D then cross-attention blocks, linear projections,
 #: ``text_time`` added embeddings of 6 size/crop numbers plus the second encoder's pooled output).
 def _tiny_words() -> tuple[str, ...]:
-    from toytokenizers.corpus import TINY_CORPUS
-
-    return tuple(sorted(set(TINY_CORPUS.lower().split()) | set(DEFAULT_PREFIX.replace(",", " ").split())))
+    return tuple(sorted(set(corpus_words()) | set(DEFAULT_PREFIX.replace(",", " ").split())))
 
 
 #: Whole-word tokens of the tiny tokenizer: the tiny T5 tokenizer's prompt words and upstream's prompt prefix.
@@ -213,16 +212,8 @@ SDXL_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end"
 def build_tiny_clip_tokenizer(model_max_length: int = 77):
     """An offline CLIP BPE tokenizer: every printable character (alone and word-final ``</w>``) plus BPE merges
     that make each word of :data:`TINY_WORDS` one token; identical on every machine."""
-    from transformers import CLIPTokenizer
-
     characters = [c for c in string.printable if not c.isspace()]
-    vocab: dict[str, int] = {}
-    for token in ["<|startoftext|>", "<|endoftext|>", *characters, *(c + "</w>" for c in characters)]:
-        vocab.setdefault(token, len(vocab))
-    merges = learn_bpe_merges(sorted(set(TINY_WORDS)))
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, characters, TINY_WORDS, specials_first=True)
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0):

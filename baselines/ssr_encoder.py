@@ -28,6 +28,7 @@ from PIL import Image
 from baselines.ssr_encoder_config import AlignerConfig
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
+from toytokenizers import clip as toy_clip
 from videobench.methods import MethodContext, gpu_dtype, no_grad, resolve_torch_dtype
 from videobench.options import option
 from videobench.plugins import lazy_module
@@ -144,13 +145,8 @@ def build_tiny_clip_tokenizer(model_max_length: int = TINY_TEXT_LENGTH):
     ``<|endoftext|>`` = 1 as end, padding and unknown token) over every printable ASCII character, alone and as
     a word end, with no merges: each word is its characters. Nothing is downloaded; the ids never change.
     """
-    from transformers import CLIPTokenizer
-
     characters = sorted({c for c in string.printable if not c.isspace() and not c.isupper()})
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for piece in characters + [c + "</w>" for c in characters]:
-        vocab.setdefault(piece, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, characters, specials_first=True)
 
 
 def build_tiny_components(seed: int = 0) -> tuple[Any, nets.SSRSubjectEncoder]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,8 @@ from PIL import Image
 from baselines.videobooth_config import UNetConfig
 from costmodel.method_cost import MethodCost
 from mediaio.images import load_reference_image
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.cases import Case
 from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, no_grad, register_method, resolve_torch_dtype
 from videobench.options import option
@@ -515,57 +516,17 @@ TINY_VAE = dict(block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncode
                 sample_size=64)
 
 
-def _byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins of byte-level BPE (GPT-2's ``bytes_to_unicode``), in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
 def build_tiny_tokenizer(model_max_length: int = TINY_TEXT_LENGTH, placeholder: str = "sdksd"):
     """An offline :class:`~transformers.CLIPTokenizer` (byte-level BPE, ``</w>`` word ends, CLIP's specials last).
 
-    Its vocabulary: every byte, alone and as a word end, and whole-word merges for the words of
+    Its vocabulary: every byte (in byte order), alone and as a word end, and whole-word merges for the words of
     :data:`toytokenizers.corpus.TINY_CORPUS` plus ``sdk``/``sd</w>`` so that the placeholder ``sdksd`` is two
     tokens, as a multi-token placeholder (the real CLIP tokenizer also splits it).
     """
-    import re
-
-    from transformers import CLIPTokenizer
-
-    from toytokenizers.corpus import TINY_CORPUS
-
-    alphabet = _byte_alphabet()
-    vocab: dict[str, int] = {}
-    merges: list[tuple[str, str]] = []
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    for symbol in alphabet:
-        add(symbol)
-    for symbol in alphabet:
-        add(symbol + "</w>")
-
-    def merge(left: str, right: str) -> None:
-        if (left, right) not in merges:
-            merges.append((left, right))
-            add(left + right)
-
-    merge("s", "d")
-    merge("sd", "k")
-    merge("s", "d</w>")
     assert placeholder.isascii()
-    words = sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())) | set(string.ascii_lowercase))
-    for word in words:
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        current = symbols[0]
-        for symbol in symbols[1:]:
-            merge(current, symbol)
-            current += symbol
-    add("<|startoftext|>")
-    add("<|endoftext|>")
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    table = toy_clip.byte_unicode_table()
+    return toy_clip.tiny_clip_tokenizer(model_max_length, [table[byte] for byte in range(256)], corpus_words(),
+                                        merge_rule="prefix", extra_merges=[("s", "d"), ("sd", "k"), ("s", "d</w>")])
 
 
 def build_tiny_pipeline(seed: int = 0) -> VideoBoothPipeline:
