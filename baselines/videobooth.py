@@ -233,8 +233,8 @@ def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
 class VideoBoothPipeline:
     """Tokenizer, CLIP text and image encoders, mapper, video UNet and VAE with VideoBooth's inference."""
 
-    def __init__(self, tokenizer, text_encoder, image_encoder, mapper: nets.VideoBoothMapper, unet: nets.VideoBoothUNet3D,
-                 vae, config: VideoBoothConfig) -> None:
+    def __init__(self, tokenizer, text_encoder, image_encoder, mapper: nets.VideoBoothMapper,
+                 unet: nets.VideoBoothUNet3D, vae, config: VideoBoothConfig) -> None:
         self.tokenizer, self.text_encoder, self.image_encoder = tokenizer, text_encoder, image_encoder
         self.mapper, self.unet, self.vae, self.config = mapper, unet, vae, config
         for module in self.modules():
@@ -493,7 +493,8 @@ def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, wa
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             unet = nets.VideoBoothUNet3D(UNetConfig())
-            mapper_module = nets.VideoBoothMapper(image_dim, text_dim, config.mapper_hidden_dim, config.num_image_tokens)
+            mapper_module = nets.VideoBoothMapper(image_dim, text_dim, config.mapper_hidden_dim,
+                                                  config.num_image_tokens)
     return VideoBoothPipeline(tokenizer, text_encoder, image_encoder, mapper_module, unet, autoencoder, config), report
 
 
@@ -541,8 +542,8 @@ def build_tiny_pipeline(seed: int = 0) -> VideoBoothPipeline:
             vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, **TINY_TEXT))
         image_encoder = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION))
-        mapper = nets.VideoBoothMapper(TINY_VISION["hidden_size"], TINY_TEXT["hidden_size"], TINY_CONFIG.mapper_hidden_dim,
-                                  TINY_CONFIG.num_image_tokens)
+        mapper = nets.VideoBoothMapper(TINY_VISION["hidden_size"], TINY_TEXT["hidden_size"],
+                                       TINY_CONFIG.mapper_hidden_dim, TINY_CONFIG.num_image_tokens)
         unet = nets.VideoBoothUNet3D(TINY_UNET)
         vae = AutoencoderKL(**TINY_VAE)
     return VideoBoothPipeline(tokenizer, text_encoder, image_encoder, mapper, unet, vae, TINY_CONFIG)
@@ -662,8 +663,9 @@ def cost(options: VideoBoothOptions, context: MethodContext) -> MethodCost:
         config = VideoBoothConfig()
         text = builder.build(lambda: CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT)))
         vision = builder.build(lambda: CLIPVisionModel(CLIPVisionConfig(**cm.CLIP_L_VISION)))
-        mapper = builder.build(lambda: nets.VideoBoothMapper(cm.CLIP_L_VISION["hidden_size"], cm.CLIP_L_TEXT["hidden_size"],
-                                                        config.mapper_hidden_dim, config.num_image_tokens))
+        mapper = builder.build(lambda: nets.VideoBoothMapper(cm.CLIP_L_VISION["hidden_size"],
+                                                             cm.CLIP_L_TEXT["hidden_size"], config.mapper_hidden_dim,
+                                                             config.num_image_tokens))
         unet = builder.build(lambda: nets.VideoBoothUNet3D(UNetConfig()))
         vae = builder.build(lambda: AutoencoderKL(**{**cm.SD_VAE, "sample_size": config.height}))  # sd-vae-ft-ema
     dtype, steps = builder.dtype, int(options.steps or config.steps)

@@ -45,9 +45,6 @@ from torch import nn
 from baselines.videobooth_config import CROSS_ATTN_DOWN, CROSS_ATTN_UP, DOWN, UP, UNetConfig
 from videobench.weights import WeightsLoadError, strip_prefixes
 
-# ------------------------------------------------------------------------------------------------ config
-
-
 # ------------------------------------------------------------------------------------------------ layers
 
 
