@@ -5,7 +5,8 @@
 Measures ``videobench --help``, ``methods``, ``methods NAME`` for every registered method, ``suites``, ``metrics``,
 ``weights`` (targets 2 s) and ``python -c "import videobench"`` (1 s). Each command runs as
 ``python -m videobench.cli ...`` (what the ``videobench`` script runs, without a shell wrapper in front) in a new
-process, so every run pays the full import cost. The machine's load average is printed beside the table: on a shared machine the medians move with it.
+process, so every run pays the full import cost. The machine's load average is printed beside the table: on a
+shared machine the medians move with it.
 """
 
 from __future__ import annotations
