@@ -87,6 +87,23 @@ def test_the_listing_commands_import_no_model_library(args):
     assert not _imported_after(code) & MODEL_LIBRARIES, args
 
 
+def test_listing_uncached_weights_imports_no_hub_download_api(tmp_path):
+    """A repository with no folder in the Hugging Face cache is missing without asking huggingface_hub's file
+    API (half a second to import); a cached one is still found through it."""
+    code = (f"import os, sys; os.environ['HF_HUB_CACHE'] = {str(tmp_path)!r}; "
+            "from videobench.weights import WeightSpec, resolve_weights; "
+            "spec = WeightSpec(key='k', model='m', file_names=('m.safetensors',), hf_repo='org/model', "
+            "hf_files=('m.safetensors',)); r = resolve_weights(spec); "
+            "print(r.source, 'huggingface_hub.file_download' in sys.modules)")
+    assert _fresh(code) == "missing False"
+    snapshot = tmp_path / "models--org--model" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "m.safetensors").write_bytes(b"x")
+    (tmp_path / "models--org--model" / "refs").mkdir()
+    (tmp_path / "models--org--model" / "refs" / "main").write_text("0" * 40)
+    assert _fresh(code) == "hf_cache True"
+
+
 def test_grad_mode_decorators_import_torch_when_called_and_run_under_the_mode():
     out = _fresh("import sys; from videobench.methods import inference_mode, no_grad\n"
                  "@no_grad\ndef grad(x):\n    'doc'\n    import torch; return x, torch.is_grad_enabled()\n"
