@@ -36,24 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from PIL import Image
 
-from baselines.blip_diffusion_model import (
-    CLIP_MEAN,
-    CLIP_STD,
-    NEGATIVE_PROMPT,
-    BlipDiffusionSampler,
-    BlipSubjectEncoder,
-    ContextCLIPTextModel,
-    ReferencePreprocess,
-    build_prompt,
-)
+from baselines.blip_diffusion_config import CLIP_MEAN, CLIP_STD, NEGATIVE_PROMPT
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, build_loaded, load_state_dict
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
+nets = lazy_module("baselines.blip_diffusion_model")  # the networks: built by a run, not to list the method
 
 BLIP_DIFFUSION_REPO = "Salesforce/blipdiffusion"
 #: What the folder must hold (the diffusers layout of ``BlipDiffusionPipeline``).
@@ -166,7 +163,7 @@ def component_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 LAVIS_VISION_LAYER_NORM_EPS = 1e-5
 
 
-def load_subject_encoder(folder: Path) -> BlipSubjectEncoder:
+def load_subject_encoder(folder: Path) -> nets.BlipSubjectEncoder:
     """``qformer/``: ``Blip2Config`` + weights, assigned strictly (every key, every shape).
 
     A config without the vision ``layer_norm_eps`` (the published one) gets LAVIS's
@@ -179,16 +176,16 @@ def load_subject_encoder(folder: Path) -> BlipSubjectEncoder:
     if "layer_norm_eps" not in (raw.get("vision_config") or {}):
         config.vision_config.layer_norm_eps = LAVIS_VISION_LAYER_NORM_EPS
     state, path = component_state_dict(folder)
-    return build_loaded(lambda: BlipSubjectEncoder(config), state, path).eval()
+    return build_loaded(lambda: nets.BlipSubjectEncoder(config), state, path).eval()
 
 
-def load_text_encoder(folder: Path) -> ContextCLIPTextModel:
+def load_text_encoder(folder: Path) -> nets.ContextCLIPTextModel:
     """``text_encoder/``: ``CLIPTextConfig`` + weights (``text_model.*``), assigned strictly."""
     from transformers import CLIPTextConfig
 
     config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True)
     state, path = component_state_dict(folder)
-    return build_loaded(lambda: ContextCLIPTextModel(config), state, path).eval()
+    return build_loaded(lambda: nets.ContextCLIPTextModel(config), state, path).eval()
 
 
 def load_qformer_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
@@ -209,7 +206,7 @@ def load_qformer_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
     return tokenizer
 
 
-def reference_preprocess(folder: Path, index: dict[str, Any], crop: str) -> ReferencePreprocess:
+def reference_preprocess(folder: Path, index: dict[str, Any], crop: str) -> nets.ReferencePreprocess:
     """The Q-Former's input transform: size from ``image_processor/``, mean/std from ``model_index.json`` (which
     the pipeline hands to the processor), else the processor's own, else CLIP's."""
     processor = _read_json(folder / "image_processor" / "preprocessor_config.json")
@@ -217,12 +214,13 @@ def reference_preprocess(folder: Path, index: dict[str, Any], crop: str) -> Refe
     size = size.get("height", size.get("shortest_edge", 224)) if isinstance(size, dict) else int(size)
     mean = index.get("mean") or processor.get("image_mean") or CLIP_MEAN
     std = index.get("std") or processor.get("image_std") or CLIP_STD
-    return ReferencePreprocess(size=int(size), mean=tuple(mean), std=tuple(std), crop=crop)
+    return nets.ReferencePreprocess(size=int(size), mean=tuple(mean), std=tuple(std), crop=crop)
 
 
 def load_sampler(folder: Path, tokenizer_folder: Path, *, crop: str = "center",
-                 dtype: torch.dtype = torch.float32) -> BlipDiffusionSampler:
-    """BLIP-Diffusion from its diffusers folder, on the CPU in ``dtype``; nothing is downloaded."""
+                 dtype: torch.dtype | None = None) -> nets.BlipDiffusionSampler:
+    """BLIP-Diffusion from its diffusers folder, on the CPU in ``dtype`` (None: float32); nothing is downloaded."""
+    dtype = dtype or torch.float32
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
@@ -230,7 +228,7 @@ def load_sampler(folder: Path, tokenizer_folder: Path, *, crop: str = "center",
     index = _read_json(folder / "model_index.json")
     subject_encoder = load_subject_encoder(folder / "qformer").to(dtype)
     vocab_size = subject_encoder.embeddings.word_embeddings.num_embeddings
-    return BlipDiffusionSampler(
+    return nets.BlipDiffusionSampler(
         subject_encoder=subject_encoder,
         text_encoder=load_text_encoder(folder / "text_encoder").to(dtype),
         tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
@@ -274,10 +272,8 @@ TINY_SIZE = 64
 TINY_STEPS = 4
 
 
-def _tiny_words() -> list[str]:
-    from toytokenizers.corpus import TINY_CORPUS
-
-    return sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
+#: The tiny CLIP tokenizer's symbols: lower-case letters, digits and punctuation (CLIP lower-cases the prompt).
+TINY_CLIP_ALPHABET = tuple(string.ascii_lowercase + string.digits + string.punctuation)
 
 
 def tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -287,35 +283,18 @@ def tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     any ASCII text tokenises (unknown words as pieces), "a" is one token (``ctx_begin_pos`` = 2 holds) and the ids
     are the same on every machine.
     """
-    characters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab: dict[str, int] = {}
-    for piece in characters + [c + "</w>" for c in characters]:
-        vocab.setdefault(piece, len(vocab))
-    merges: dict[tuple[str, str], None] = {}  # ordered and unique
-    for word in _tiny_words():
-        parts = [*word[:-1], word[-1] + "</w>"]
-        merged = parts[0]
-        for part in parts[1:]:
-            merges.setdefault((merged, part))
-            merged += part
-            vocab.setdefault(merged, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return vocab, list(merges)
+    return toy_clip.tiny_clip_vocab(TINY_CLIP_ALPHABET, corpus_words(), merge_rule="prefix")
 
 
 def build_tiny_clip_tokenizer(model_max_length: int = TINY_TEXT_POSITIONS) -> Any:
     """An offline ``CLIPTokenizer`` (byte-level BPE) over :func:`tiny_clip_vocab`."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tiny_clip_vocab()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, TINY_CLIP_ALPHABET, corpus_words(), merge_rule="prefix")
 
 
 def tiny_bert_vocab() -> list[str]:
     """The tiny BERT vocabulary, in id order: BERT's specials, the tiny corpus words, characters and ``##`` pieces."""
     characters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_tiny_words(), *characters,
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *corpus_words(), *characters,
               *("##" + c for c in string.ascii_lowercase + string.digits)]
     return list(dict.fromkeys(tokens))  # "a" is a word and a character
 
@@ -341,7 +320,7 @@ def tiny_configs(vocab_size: int, text_vocab_size: int) -> tuple[Any, Any]:
     return blip2, text
 
 
-def build_tiny_sampler(seed: int = 0, crop: str = "center") -> BlipDiffusionSampler:
+def build_tiny_sampler(seed: int = 0, crop: str = "center") -> nets.BlipDiffusionSampler:
     """A random-initialised BLIP-Diffusion at toy size (64x64 images, CPU-friendly), built from configs.
 
     The structure of the real one (CLIP ViT + Q-Former + projection, context CLIP text encoder, SD UNet and VAE,
@@ -354,17 +333,17 @@ def build_tiny_sampler(seed: int = 0, crop: str = "center") -> BlipDiffusionSamp
     blip2, text = tiny_configs(len(qformer_tokenizer), len(tokenizer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        subject_encoder = BlipSubjectEncoder(blip2)
+        subject_encoder = nets.BlipSubjectEncoder(blip2)
         for name, parameter in subject_encoder.named_parameters():
             if name.endswith(("class_embedding", "position_embedding", "query_tokens")):
                 torch.nn.init.normal_(parameter, std=0.5)  # zeros in the constructor (the checkpoint fills them)
-        text_encoder = ContextCLIPTextModel(text)
+        text_encoder = nets.ContextCLIPTextModel(text)
         unet = UNet2DConditionModel(**TINY_UNET)
         vae = AutoencoderKL(**TINY_VAE)
-    return BlipDiffusionSampler(
+    return nets.BlipDiffusionSampler(
         subject_encoder=subject_encoder, text_encoder=text_encoder, tokenizer=tokenizer,
         qformer_tokenizer=qformer_tokenizer, unet=unet, vae=vae, scheduler=PNDMScheduler(**PNDM_CONFIG),
-        preprocess=ReferencePreprocess(size=TINY_VISION["image_size"], crop=crop), ctx_begin_pos=2,
+        preprocess=nets.ReferencePreprocess(size=TINY_VISION["image_size"], crop=crop), ctx_begin_pos=2,
     )
 
 
@@ -435,7 +414,7 @@ class BlipDiffusionPersonalizer(TinyPresetModel):
         used = list(references) if self.options.reference == "mean" else [references[0]]
         text, subject = subject_prompt(prompt, entity, self.options.prompt_format)
         return self.sampler(
-            prompt=build_prompt(text, subject, self.options.prompt_strength, self.options.prompt_reps),
+            prompt=nets.build_prompt(text, subject, self.options.prompt_strength, self.options.prompt_reps),
             references=used, subject=entity.strip(), negative_prompt=self.options.negative_prompt,
             guidance_scale=self.options.guidance, num_inference_steps=self.steps, height=self.height,
             width=self.width, generator=torch.Generator("cpu").manual_seed(seed),
@@ -478,8 +457,8 @@ def stage1_cost(options: BlipDiffusionOptions, context: MethodContext) -> StageC
         height = width = TINY_SIZE
         steps = min(options.steps, TINY_STEPS)
     else:
-        encoder = builder.build(lambda: BlipSubjectEncoder(Blip2Config(**BLIP_DIFFUSION_QFORMER)))
-        text = builder.build(lambda: ContextCLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT)))
+        encoder = builder.build(lambda: nets.BlipSubjectEncoder(Blip2Config(**BLIP_DIFFUSION_QFORMER)))
+        text = builder.build(lambda: nets.ContextCLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT)))
         unet = builder.build(lambda: UNet2DConditionModel(**cm.SD15_UNET))
         vae = builder.build(lambda: AutoencoderKL(**cm.SD_VAE))
         height, width, steps = options.height, options.width, options.steps

@@ -45,14 +45,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from PIL import Image
 
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
-from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
+from toytokenizers import clip as toy_clip
+from videobench.methods import MethodContext, gpu_dtype, inference_mode, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
 
 logger = logging.getLogger(__name__)
 
@@ -531,17 +535,11 @@ TINY_PLUS: dict[str, int] = {"queries": 8, "dim": 32, "inner": PLUS_HEAD_DIM}
 def build_tiny_clip_tokenizer(model_max_length: int = TINY_TEXT_LENGTH):
     """An offline ``CLIPTokenizer`` over the 256 byte-level symbols (alone and word-final), without merges.
 
-    CLIP's normaliser, pre-tokeniser, ``</w>`` word ends and ``<|startoftext|>`` / ``<|endoftext|>`` framing, so
-    any text tokenises (one token per byte) with ids that are the same on every machine.
+    CLIP's normaliser, pre-tokeniser, ``</w>`` word ends and ``<|startoftext|>`` / ``<|endoftext|>`` framing (ids 0
+    and 1), so any text tokenises (one token per byte) with ids that are the same on every machine.
     """
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    symbols = sorted(ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for piece in symbols + [symbol + "</w>" for symbol in symbols]:
-        vocab.setdefault(piece, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, sorted(toy_clip.byte_unicode_table().values()),
+                                        specials_first=True)
 
 
 def build_tiny_pipeline(family: str = "sd15", seed: int = 0):
@@ -682,7 +680,7 @@ class IPAdapterPersonalizer(TinyPresetModel):
             return self.options.prompt_prefix + prompt
         return self.options.prompt_prefix.strip().rstrip(",").strip()
 
-    @torch.inference_mode()
+    @inference_mode
     def personalize(self, references: Sequence[Image.Image], prompt: str, entity: str, seed: int) -> Image.Image:
         pipe = self.pipeline
         output = pipe(

@@ -32,25 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from PIL import Image
 
-from baselines.lambda_eclipse_model import (
-    PRIOR_CONFIG_FILE,
-    PRIOR_WEIGHTS_FILE,
-    LambdaEclipsePrior,
-    LambdaPriorConfig,
-    build_tiny_clip_tokenizer,
-    concept_positions,
-    concept_token_ids,
-    insert_concept_embeddings,
-    load_prior,
-)
+from baselines.lambda_eclipse_config import PRIOR_CONFIG_FILE, PRIOR_WEIGHTS_FILE, LambdaPriorConfig
 from baselines.two_stage import TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
-from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
+from videobench.methods import MethodContext, gpu_dtype, no_grad, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
+nets = lazy_module("baselines.lambda_eclipse_model")  # the networks: built by a run, not to list the method
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +318,7 @@ class LambdaEclipseComponents:
     """Everything stage 1 runs: the CLIP encoders, the prior and the decoder pipeline."""
 
     encoders: ClipEncoders
-    prior: LambdaEclipsePrior
+    prior: nets.LambdaEclipsePrior
     decoder: Any
 
 
@@ -338,7 +332,7 @@ def build_tiny_encoders() -> ClipEncoders:
         CLIPVisionModelWithProjection,
     )
 
-    tokenizer = build_tiny_clip_tokenizer(model_max_length=TINY_TEXT_LENGTH)
+    tokenizer = nets.build_tiny_clip_tokenizer(model_max_length=TINY_TEXT_LENGTH)
     text_config = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                  **TINY_CLIP_TEXT)
@@ -351,9 +345,9 @@ def build_tiny_encoders() -> ClipEncoders:
     )
 
 
-def build_tiny_prior() -> LambdaEclipsePrior:
+def build_tiny_prior() -> nets.LambdaEclipsePrior:
     """A random tiny prior (the learned tokens get small random values instead of the zeros of a fresh init)."""
-    prior = LambdaEclipsePrior(TINY_PRIOR)
+    prior = nets.LambdaEclipsePrior(TINY_PRIOR)
     with torch.no_grad():
         for parameter in (prior.positional_embedding, prior.prd_embedding):
             parameter.normal_(std=0.02)
@@ -393,8 +387,9 @@ class LambdaEclipse:
 
     def __init__(self, components: LambdaEclipseComponents, *, steps: int = DECODER_STEPS,
                  guidance: float = DECODER_GUIDANCE, height: int = DECODER_SIZE, width: int = DECODER_SIZE,
-                 references: str = "first", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 references: str = "first", device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                  random_weights: bool = False, sources: dict[str, str] | None = None) -> None:
+        dtype = dtype or torch.float32
         if references not in ("first", "mean"):
             raise ValueError(f"references={references!r}: first or mean")
         self.encoders, self.prior, self.decoder = components.encoders, components.prior, components.decoder
@@ -421,7 +416,7 @@ class LambdaEclipse:
 
     # --- encoders
 
-    @torch.no_grad()
+    @no_grad
     def encode_text(self, prompt: str) -> TextFeatures:
         """Pad/truncate to the prior's text length (77: bigG's ``model_max_length``, which upstream pads to) and
         encode with the attention mask, as upstream."""
@@ -432,14 +427,14 @@ class LambdaEclipse:
         output = self.encoders.text_encoder(input_ids=input_ids, attention_mask=mask)
         return TextFeatures(input_ids, mask, output.text_embeds, output.last_hidden_state)
 
-    @torch.no_grad()
+    @no_grad
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``(N, D)`` projected CLIP image embeddings of RGB images."""
         pixels = self.encoders.image_processor([image.convert("RGB") for image in images],
                                                return_tensors="pt")["pixel_values"]
         return self.encoders.image_encoder(pixel_values=pixels.to(self.device, self.dtype)).image_embeds
 
-    @torch.no_grad()
+    @no_grad
     def zero_image_embed(self) -> torch.Tensor:
         """``(1, D)`` embedding of an all-zero pixel tensor: the prior's control input and the decoder's negative."""
         if self._zero_embed is None:
@@ -460,20 +455,20 @@ class LambdaEclipse:
     def prior_inputs(self, prompt: str, entity: str, subject_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
         """The prior's text inputs with the subject embedding at the concept word's positions."""
         text = self.encode_text(prompt)
-        concept_ids = concept_token_ids(self.encoders.tokenizer, entity)
-        positions = concept_positions(text.input_ids, concept_ids)
+        concept_ids = nets.concept_token_ids(self.encoders.tokenizer, entity)
+        positions = nets.concept_positions(text.input_ids, concept_ids)
         missing = [tid for tid in concept_ids if not bool((text.input_ids == tid).any())]
         if missing or not concept_ids:
             logger.warning("λ-ECLIPSE: the concept word %r is not (fully) in the prompt %r; tokens %s are not "
                            "replaced by the subject embedding", entity, prompt, missing or "(none)")
         return {
             "text_embeds": text.text_embeds,
-            "text_hidden_states": insert_concept_embeddings(text.hidden_states, positions, subject_embeds),
+            "text_hidden_states": nets.insert_concept_embeddings(text.hidden_states, positions, subject_embeds),
             "text_mask": text.attention_mask,
             "concept_positions": positions,
         }
 
-    @torch.no_grad()
+    @no_grad
     def image_embedding(self, references: Sequence[Image.Image], prompt: str, entity: str, seed: int
                         ) -> torch.Tensor:
         """``(1, D)`` CLIP image embedding the prior predicts for ``prompt`` with the subject of ``references``."""
@@ -485,7 +480,7 @@ class LambdaEclipse:
 
     # --- decoder
 
-    @torch.no_grad()
+    @no_grad
     def personalize(self, references: Sequence[Image.Image], prompt: str, entity: str, seed: int) -> Image.Image:
         image_embeds = self.image_embedding(references, prompt, entity, seed)
         output = self.decoder(
@@ -549,7 +544,7 @@ def stage1_cost(options: LambdaEclipseOptions, context: MethodContext) -> StageC
     else:
         text = builder.build(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**cm.CLIP_BIGG_TEXT)))
         vision = builder.build(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**cm.CLIP_BIGG_VISION)))
-        prior = builder.build(lambda: LambdaEclipsePrior(LambdaPriorConfig()))
+        prior = builder.build(lambda: nets.LambdaEclipsePrior(LambdaPriorConfig()))
         unet = builder.build(lambda: UNet2DConditionModel(**KANDINSKY22_UNET))
         movq = builder.build(lambda: VQModel(**KANDINSKY22_MOVQ))
         height, width, steps = options.height, options.width, options.steps
@@ -592,7 +587,7 @@ def build_personalizer(options: LambdaEclipseOptions, context: MethodContext) ->
     lacking = [key for key, path in paths.items() if path is None]
     if lacking:
         raise RuntimeError(f"{NAME}: weights {', '.join(lacking)} were not resolved (the harness resolves them)")
-    prior = load_prior(paths[PRIOR_KEY]).to(dtype=dtype)
+    prior = nets.load_prior(paths[PRIOR_KEY]).to(dtype=dtype)
     components = LambdaEclipseComponents(load_clip_encoders(paths[CLIP_KEY], options.encoders, dtype), prior,
                                          load_decoder(paths[DECODER_KEY], dtype))
     sources = {"prior": str(options.prior_model or LAMBDA_ECLIPSE_PRIOR), "encoders": options.encoders,

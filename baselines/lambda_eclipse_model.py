@@ -27,101 +27,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from toytokenizers.bpe import learn_bpe_merges
+from baselines.lambda_eclipse_config import PRIOR_CONFIG_FILE, PRIOR_WEIGHTS_FILE, LambdaPriorConfig
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.weights import WeightsLoadError, build_loaded, load_state_dict
 
 logger = logging.getLogger(__name__)
 
-#: The files of a prior folder (the layout of ``ECLIPSE-Community/Lambda-ECLIPSE-Prior-v1.0``).
-PRIOR_CONFIG_FILE = "config.json"
-PRIOR_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 #: Additive mask value of upstream's prior (text padding and the causal mask).
 MASK_VALUE = -10000.0
 
 
 # ----------------------------------------------------------------------------------------------- the prior
-
-
-@dataclass(frozen=True)
-class LambdaPriorConfig:
-    """The prior's ``config.json`` (the published values are the defaults here).
-
-    Published: 16 heads x 32 channels (width 512), 10 blocks, CLIP width 1280, 77 text tokens and 4 extra tokens
-    (control, text embedding, noise, ``prd``). Fields follow upstream's ``PriorTransformer.__init__``.
-    """
-
-    num_attention_heads: int = 16
-    attention_head_dim: int = 32
-    num_layers: int = 10
-    embedding_dim: int = 1280
-    num_embeddings: int = 77
-    additional_embeddings: int = 4
-    dropout: float = 0.0
-    norm_in_type: str | None = None
-    embedding_proj_norm_type: str | None = None
-    encoder_hid_proj_type: str | None = "linear"
-    added_emb_type: str | None = "prd"
-    embedding_proj_dim: int | None = None
-    clip_embed_dim: int | None = None
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_attention_heads * self.attention_head_dim
-
-    @property
-    def sequence_length(self) -> int:
-        return self.num_embeddings + self.additional_embeddings
-
-    def validate(self, where: str = "config") -> LambdaPriorConfig:
-        """Raise ``ValueError`` (naming ``where``) for settings the published prior does not use."""
-        problems = []
-        if self.added_emb_type != "prd":
-            problems.append(f"added_emb_type={self.added_emb_type!r} (only 'prd': the output is the prd token)")
-        if self.encoder_hid_proj_type != "linear":
-            problems.append(f"encoder_hid_proj_type={self.encoder_hid_proj_type!r} (only 'linear')")
-        for name in ("norm_in_type", "embedding_proj_norm_type"):
-            if getattr(self, name) not in (None, "layer"):
-                problems.append(f"{name}={getattr(self, name)!r} (None or 'layer')")
-        if self.additional_embeddings != 4:
-            problems.append(f"additional_embeddings={self.additional_embeddings} (λ-ECLIPSE appends 4 tokens)")
-        if self.embedding_proj_dim not in (None, self.embedding_dim):
-            problems.append("embedding_proj_dim must equal embedding_dim (the control token shares its input)")
-        if problems:
-            raise ValueError(f"{where}: unsupported λ-ECLIPSE prior config: " + "; ".join(problems))
-        return self
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> LambdaPriorConfig:
-        """Read a prior ``config.json`` (diffusers ``_``-prefixed keys are ignored; unknown keys are errors)."""
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise WeightsLoadError(f"{path}: cannot read the prior config ({error})") from error
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in raw.items() if not key.startswith("_")}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise WeightsLoadError(f"{path}: unknown prior config key(s) {', '.join(unknown)} "
-                                   "(is this the λ-ECLIPSE prior's config.json?)")
-        try:
-            return cls(**values).validate(str(path))
-        except ValueError as error:
-            raise WeightsLoadError(str(error)) from error
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The published ``config.json`` content (upstream's class name and the diffusers version it used)."""
-        return {"_class_name": "PriorTransformer", "_diffusers_version": "0.20.2", **asdict(self)}
 
 
 class LambdaEclipsePrior(nn.Module):
@@ -278,32 +202,10 @@ def insert_concept_embeddings(
 # -------------------------------------------------------------------------------- tiny offline tokenizer
 
 
-def byte_unicode_table() -> dict[int, str]:
-    """GPT-2/CLIP byte-level BPE's map from byte values to printable characters, in CLIP's vocabulary order.
-
-    The printable bytes map to themselves and come first (so ``!`` is id 0, as in CLIP); the other bytes map to
-    ``chr(256 + k)`` in byte order.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {byte: chr(byte) for byte in printable}
-    others = [byte for byte in range(256) if byte not in table]
-    table.update({byte: chr(256 + k) for k, byte in enumerate(others)})
-    return table
-
-
 @lru_cache(maxsize=1)
 def tiny_clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """The tiny CLIP tokenizer's ``(vocab, merges)``: CLIP's byte alphabet, whole words of the tiny corpus."""
-    from toytokenizers.corpus import TINY_CORPUS
-
-    alphabet = list(byte_unicode_table().values())
-    words = sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))
-    merges = learn_bpe_merges(words)
-    pieces = alphabet + [symbol + "</w>" for symbol in alphabet] + [left + right for left, right in merges]
-    pieces += ["<|startoftext|>", "<|endoftext|>"]
-    vocab: dict[str, int] = {}
-    for piece in pieces:
-        vocab.setdefault(piece, len(vocab))
+    vocab, merges = toy_clip.tiny_clip_vocab(list(toy_clip.byte_unicode_table().values()), corpus_words())
     return vocab, tuple(merges)
 
 
@@ -314,7 +216,5 @@ def build_tiny_clip_tokenizer(model_max_length: int = 32):
     symbols, alone and word-final, and merges that make every word of :data:`toytokenizers.corpus.TINY_CORPUS` a
     single token. Padding is ``!`` (id 0), as in the CLIP-ViT-bigG-14 tokenizer.
     """
-    from transformers import CLIPTokenizer
-
-    vocab, merges = tiny_clip_vocab()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token="!", model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, list(toy_clip.byte_unicode_table().values()),
+                                        corpus_words(), pad_token="!")

@@ -28,16 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
-from baselines.ms_diffusion_model import MSAdapterConfig, MSDiffusionPipeline, validate_box
+from baselines.ms_diffusion_config import MSAdapterConfig, validate_box
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
-from toytokenizers.bpe import learn_bpe_merges
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
+nets = lazy_module("baselines.ms_diffusion_model")  # the networks: built by a run, not to list the method
 
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 CLIP_G = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
@@ -147,20 +152,22 @@ def clip_vision_config(folder: str | Path):
 
 
 def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str | Path, device: str = "cpu",
-                      dtype: torch.dtype = torch.float32, config: MSAdapterConfig | None = None
-                      ) -> MSDiffusionPipeline:
-    """MS-Diffusion from the SDXL base folder, the CLIP-G folder and ``ms_adapter.bin`` (all local).
+                      dtype: torch.dtype | None = None, config: MSAdapterConfig | None = None
+                      ) -> nets.MSDiffusionPipeline:
+    """MS-Diffusion from the SDXL base folder, the CLIP-G folder and ``ms_adapter.bin`` (all local), in ``dtype``
+    (None: float32).
 
     ``config`` (default :data:`OFFICIAL_ADAPTER`) gives the adapter's sizes that the components do not; the
     encoder / text / UNet widths are read from the loaded components.
     """
+    dtype = dtype or torch.float32
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPVisionModelWithProjection
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl), dtype=dtype, add_watermarker=False)
     encoder = CLIPVisionModelWithProjection.from_pretrained(
         str(image_encoder), config=clip_vision_config(image_encoder), dtype=dtype).eval()
-    pipeline = MSDiffusionPipeline.from_components(pipe, encoder, config or OFFICIAL_ADAPTER)
+    pipeline = nets.MSDiffusionPipeline.from_components(pipe, encoder, config or OFFICIAL_ADAPTER)
     pipeline.load_adapter(adapter)
     pipe.set_progress_bar_config(disable=True)
     return pipeline.to(device)
@@ -171,9 +178,7 @@ def load_ms_diffusion(sdxl: str | Path, image_encoder: str | Path, adapter: str 
 #: Sizes of the tiny preset (SDXL's structure: DownBlock2D then cross-attention blocks, linear projections,
 #: ``text_time`` added embeddings of 6 size/crop numbers plus the second encoder's pooled output).
 def _tiny_words() -> tuple[str, ...]:
-    from toytokenizers.corpus import TINY_CORPUS
-
-    return tuple(sorted(set(TINY_CORPUS.lower().split()) | set(DEFAULT_PREFIX.replace(",", " ").split())))
+    return tuple(sorted(set(corpus_words()) | set(DEFAULT_PREFIX.replace(",", " ").split())))
 
 
 #: Whole-word tokens of the tiny tokenizer: the tiny T5 tokenizer's prompt words and upstream's prompt prefix.
@@ -207,16 +212,8 @@ SDXL_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end"
 def build_tiny_clip_tokenizer(model_max_length: int = 77):
     """An offline CLIP BPE tokenizer: every printable character (alone and word-final ``</w>``) plus BPE merges
     that make each word of :data:`TINY_WORDS` one token; identical on every machine."""
-    from transformers import CLIPTokenizer
-
     characters = [c for c in string.printable if not c.isspace()]
-    vocab: dict[str, int] = {}
-    for token in ["<|startoftext|>", "<|endoftext|>", *characters, *(c + "</w>" for c in characters)]:
-        vocab.setdefault(token, len(vocab))
-    merges = learn_bpe_merges(sorted(set(TINY_WORDS)))
-    for left, right in merges:
-        vocab.setdefault(left + right, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, characters, TINY_WORDS, specials_first=True)
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0):
@@ -240,7 +237,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     )
 
 
-def build_tiny_ms_diffusion(seed: int = 0) -> MSDiffusionPipeline:
+def build_tiny_ms_diffusion(seed: int = 0) -> nets.MSDiffusionPipeline:
     """The tiny preset: a tiny SDXL, a tiny CLIP vision tower and a random MS-Diffusion adapter."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -249,7 +246,7 @@ def build_tiny_ms_diffusion(seed: int = 0) -> MSDiffusionPipeline:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VISION)).eval()
-        return MSDiffusionPipeline.from_components(pipe, encoder, TINY_ADAPTER)
+        return nets.MSDiffusionPipeline.from_components(pipe, encoder, TINY_ADAPTER)
 
 
 # --------------------------------------------------------------------------------------------- the personaliser
@@ -258,7 +255,7 @@ def build_tiny_ms_diffusion(seed: int = 0) -> MSDiffusionPipeline:
 class MSDiffusionPersonalizer(TinyPresetModel):
     """Stage 1 of ``ms-diffusion+i2v``: one SDXL image of the case's subject (first reference image) for its prompt."""
 
-    def __init__(self, pipeline: MSDiffusionPipeline, options: MSDiffusionOptions, *, tiny: bool,
+    def __init__(self, pipeline: nets.MSDiffusionPipeline, options: MSDiffusionOptions, *, tiny: bool,
                  models: dict[str, str]) -> None:
         self.pipeline, self.options, self.tiny, self.models = pipeline, options, tiny, models
         self.steps = min(options.steps, TINY_STEPS) if tiny else options.steps
@@ -341,7 +338,7 @@ def stage1_cost(options: MSDiffusionOptions, context: MethodContext) -> StageCos
             encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cm.CLIP_BIGG_VISION))
             pipe = SimpleNamespace(unet=unet, text_encoder=text_encoder,
                                    tokenizer=SimpleNamespace(model_max_length=cm.CLIP_TEXT_LENGTH))
-            ms = MSDiffusionPipeline.from_components(pipe, encoder, OFFICIAL_ADAPTER)
+            ms = nets.MSDiffusionPipeline.from_components(pipe, encoder, OFFICIAL_ADAPTER)
             return {"unet": unet, "text_encoder": text_encoder, "image_encoder": encoder, "resampler": ms.resampler,
                     "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**cm.CLIP_BIGG_TEXT)),
                     "vae": AutoencoderKL(**cm.SDXL_VAE)}

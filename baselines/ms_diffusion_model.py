@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from baselines.ms_diffusion_config import MSAdapterConfig, validate_box
 from videobench.weights import WeightsLoadError, describe_load_error, load_into
 
 if TYPE_CHECKING:  # diffusers is imported where a model is built, not when the method registers
@@ -55,29 +56,6 @@ CONVERSION_RECIPE = (
     "save_file(flat, 'ms_adapter.safetensors')\"\n"
     "and pass -o adapter=ms_adapter.safetensors"
 )
-
-
-@dataclass(frozen=True)
-class MSAdapterConfig:
-    """The sizes of the MS-Diffusion adapter (``inference.py``'s ``Resampler(...)`` and ``MSAdapter(...)``).
-
-    The defaults are the released SDXL checkpoint's: 16 tokens per subject, 4 dummy tokens, a 4-layer resampler of
-    width 1280 (20 heads of 64) over CLIP-G's 1664-wide penultimate hidden states, grounded on the 768-wide pooled
-    output of SDXL's first text encoder (CLIP-L) and an 8-frequency Fourier embedding of the box, writing 2048-wide
-    tokens (SDXL's ``cross_attention_dim``).
-    """
-
-    num_tokens: int = 16
-    num_dummy_tokens: int = 4
-    dim: int = 1280
-    depth: int = 4
-    dim_head: int = 64
-    heads: int = 20
-    ff_mult: int = 4
-    fourier_freqs: int = 8
-    embedding_dim: int = 1664
-    output_dim: int = 2048
-    phrase_dim: int = 768
 
 
 # --------------------------------------------------------------------------------------- grounding resampler
@@ -565,19 +543,6 @@ def preprocess_reference(image: Image.Image, size: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
-
-
-def validate_box(box: Sequence[float]) -> tuple[float, float, float, float]:
-    """``box`` as ``(x1, y1, x2, y2)`` in ``[0, 1]`` with ``x1 < x2`` and ``y1 < y2``; ``ValueError`` otherwise."""
-    values = tuple(float(v) for v in box)
-    if len(values) != 4:
-        raise ValueError(f"box must be 4 numbers x1,y1,x2,y2 in [0, 1], got {len(values)}")
-    x1, y1, x2, y2 = values
-    if not all(0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"box {values}: coordinates must lie in [0, 1]")
-    if not (x1 < x2 and y1 < y2):
-        raise ValueError(f"box {values}: needs x1 < x2 and y1 < y2")
-    return values  # type: ignore[return-value]
 
 
 class MSDiffusionPipeline:

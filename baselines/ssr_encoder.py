@@ -23,24 +23,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from PIL import Image
 
-from baselines.ssr_encoder_model import (
-    AlignerConfig,
-    SSRSubjectEncoder,
-    TokenToPatchAligner,
-    clip_pixels,
-    install_ssr_processors,
-    load_aligner,
-    load_ssr_layers,
-    set_ssr_scale,
-)
+from baselines.ssr_encoder_config import AlignerConfig
 from baselines.two_stage import TinyPresetModel, TwoStageOptions, register_two_stage
 from costmodel.method_cost import StageCost
-from videobench.methods import MethodContext, gpu_dtype, resolve_torch_dtype
+from toytokenizers import clip as toy_clip
+from videobench.methods import MethodContext, gpu_dtype, no_grad, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
+nets = lazy_module("baselines.ssr_encoder_model")  # the networks: built by a run, not to list the method
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 CLIP_VIT_L14 = "openai/clip-vit-large-patch14"
@@ -149,16 +145,11 @@ def build_tiny_clip_tokenizer(model_max_length: int = TINY_TEXT_LENGTH):
     ``<|endoftext|>`` = 1 as end, padding and unknown token) over every printable ASCII character, alone and as
     a word end, with no merges: each word is its characters. Nothing is downloaded; the ids never change.
     """
-    from transformers import CLIPTokenizer
-
     characters = sorted({c for c in string.printable if not c.isspace() and not c.isupper()})
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for piece in characters + [c + "</w>" for c in characters]:
-        vocab.setdefault(piece, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    return toy_clip.tiny_clip_tokenizer(model_max_length, characters, specials_first=True)
 
 
-def build_tiny_components(seed: int = 0) -> tuple[Any, SSRSubjectEncoder]:
+def build_tiny_components(seed: int = 0) -> tuple[Any, nets.SSRSubjectEncoder]:
     """A random-initialised SD 1.5-structured pipeline and SSR subject encoder at toy size (CPU-friendly)."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
@@ -172,14 +163,14 @@ def build_tiny_components(seed: int = 0) -> tuple[Any, SSRSubjectEncoder]:
         image_encoder = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()
         unet = UNet2DConditionModel(**TINY_UNET).eval()
         vae = AutoencoderKL(**TINY_VAE).eval()
-        aligner = TokenToPatchAligner(TINY_ALIGNER).eval()
+        aligner = nets.TokenToPatchAligner(TINY_ALIGNER).eval()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=PNDMScheduler(**SD15_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, image_encoder=None, requires_safety_checker=False)
-    return pipe, SSRSubjectEncoder(image_encoder, aligner)
+    return pipe, nets.SSRSubjectEncoder(image_encoder, aligner)
 
 
-def load_official_components(context: MethodContext, dtype: torch.dtype) -> tuple[Any, SSRSubjectEncoder]:
+def load_official_components(context: MethodContext, dtype: torch.dtype) -> tuple[Any, nets.SSRSubjectEncoder]:
     """SD 1.5 and CLIP ViT-L/14 from their folders, the aligner from the official file (no random init)."""
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPVisionModel
@@ -193,8 +184,8 @@ def load_official_components(context: MethodContext, dtype: torch.dtype) -> tupl
         requires_safety_checker=False)
     image_encoder = CLIPVisionModel.from_pretrained(str(folders["clip_vit_l14"]), torch_dtype=dtype).eval()
     config = AlignerConfig(query_dim=pipe.text_encoder.config.hidden_size, image_dim=image_encoder.config.hidden_size)
-    aligner = load_aligner(folders["ssr_aligner"], config).to(dtype=dtype)
-    return pipe, SSRSubjectEncoder(image_encoder, aligner)
+    aligner = nets.load_aligner(folders["ssr_aligner"], config).to(dtype=dtype)
+    return pipe, nets.SSRSubjectEncoder(image_encoder, aligner)
 
 
 # ---------------------------------------------------------------------------------------------- stage 1
@@ -203,7 +194,7 @@ def load_official_components(context: MethodContext, dtype: torch.dtype) -> tupl
 class SSREncoderPersonalizer(TinyPresetModel):
     """Stage 1: SSR-Encoder on SD 1.5 (upstream ``SSR_encoder.generate`` with a text query)."""
 
-    def __init__(self, pipe, encoder: SSRSubjectEncoder, options: SSREncoderOptions, *, tiny: bool,
+    def __init__(self, pipe, encoder: nets.SSRSubjectEncoder, options: SSREncoderOptions, *, tiny: bool,
                  device: str, describe: dict[str, Any]) -> None:
         from diffusers import UniPCMultistepScheduler
 
@@ -243,20 +234,20 @@ class SSREncoderPersonalizer(TinyPresetModel):
         Conditional: each reference image with the entity word as query; unconditional: an all-zero (normalised)
         image with ``uncond_query``.
         """
-        pixels = clip_pixels(references, self.encoder.image_size).to(self.device, self.dtype)
+        pixels = nets.clip_pixels(references, self.encoder.image_size).to(self.device, self.dtype)
         cond = self.encoder(pixels, self.encode_text(entity))
         uncond = self.encoder(torch.zeros_like(pixels), self.encode_text(self.options.uncond_query))
         width = cond.shape[-1]
         return cond.reshape(1, -1, width), uncond.reshape(1, -1, width)
 
-    @torch.no_grad()
+    @no_grad
     def personalize(self, references: Sequence[Image.Image], prompt: str, entity: str, seed: int) -> Image.Image:
         if not references:
             raise ValueError("SSR-Encoder needs at least one reference image")
         cond, uncond = self.subject_tokens(list(references)[:self.options.num_references], entity)
         prompt_embeds = torch.cat([self.encode_text(prompt), cond], dim=1)
         negative_embeds = torch.cat([self.encode_text(self.options.negative_prompt), uncond], dim=1)
-        set_ssr_scale(self.pipe.unet, self.options.scale)
+        nets.set_ssr_scale(self.pipe.unet, self.options.scale)
         output = self.pipe(
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
             guidance_scale=self.options.guidance, num_inference_steps=self.steps, height=self.height,
@@ -281,12 +272,12 @@ def build_ssr_encoder(options: SSREncoderOptions, context: MethodContext) -> SSR
             pipe, encoder = pipe.to(dtype=dtype), encoder.to(dtype=dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            install_ssr_processors(pipe.unet, pipe.tokenizer.model_max_length)
+            nets.install_ssr_processors(pipe.unet, pipe.tokenizer.model_max_length)
         describe: dict[str, Any] = {"model": "tiny"}
     else:
         pipe, encoder = load_official_components(context, dtype)
-        processors = install_ssr_processors(pipe.unet, pipe.tokenizer.model_max_length)
-        load_ssr_layers(processors, context.weight_path("ssr_layers"))
+        processors = nets.install_ssr_processors(pipe.unet, pipe.tokenizer.model_max_length)
+        nets.load_ssr_layers(processors, context.weight_path("ssr_layers"))
         describe = {"base_model": str(context.weight_path("sd15")),
                     "image_encoder": str(context.weight_path("clip_vit_l14")),
                     "aligner": str(context.weight_path("ssr_aligner")),
@@ -318,11 +309,11 @@ def stage1_cost(options: SSREncoderOptions, context: MethodContext) -> StageCost
             unet, vae = UNet2DConditionModel(**cm.SD15_UNET), AutoencoderKL(**cm.SD_VAE)
             text = CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT))
             vision = CLIPVisionModel(CLIPVisionConfig(**cm.CLIP_L_VISION))
-            subject = SSRSubjectEncoder(vision, TokenToPatchAligner(AlignerConfig(
+            subject = nets.SSRSubjectEncoder(vision, nets.TokenToPatchAligner(AlignerConfig(
                 query_dim=text.config.hidden_size, image_dim=vision.config.hidden_size)))
         height, width, steps = options.height, options.width, options.steps
     length = text.config.max_position_embeddings
-    install_ssr_processors(unet, length, options.scale)
+    nets.install_ssr_processors(unet, length, options.scale)
     unet, text, vae, subject = (builder.adopt(module) for module in (unet, text, vae, subject))
     cfg = options.guidance > 1.0
     references = options.num_references

@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,10 +43,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from baselines.ssr_encoder_config import NUM_SCALES, AlignerConfig
 from videobench.weights import WeightsLoadError, build_loaded, load_into, load_state_dict, strip_prefixes
 
-#: Number of CLIP feature scales the subject encoder uses (upstream: ``hidden_states[4::4]`` of 24 layers).
-NUM_SCALES = 6
 #: CLIP's normalisation (``CLIPImageProcessor`` defaults, OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -88,21 +86,6 @@ def clip_pixels(images: Sequence[Image.Image], size: int = 224) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------- aligner
-
-
-@dataclass(frozen=True)
-class AlignerConfig:
-    """Sizes of the token-to-patch aligner (defaults: the official SD 1.5 + CLIP ViT-L/14 model)."""
-
-    query_dim: int = 768  # the text encoder's width (SD 1.5: CLIP ViT-L/14 text, 768)
-    image_dim: int = 1024  # the image encoder's width (CLIP ViT-L/14 vision, 1024)
-    heads: int = 8
-    head_dim: int = 64
-    num_scales: int = NUM_SCALES
-
-    @property
-    def inner_dim(self) -> int:
-        return self.heads * self.head_dim
 
 
 class AlignerScaleProjections(nn.Module):

@@ -32,31 +32,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
-from baselines.videobooth_model import (
-    AssembledUNet,
-    UNetConfig,
-    VideoBoothMapper,
-    VideoBoothUNet3D,
-    assemble_unet_state_dict,
-    expected_shapes,
-    inject_word_embeddings,
-    split_mapper_state_dict,
-)
+from baselines.videobooth_config import UNetConfig
 from costmodel.method_cost import MethodCost
 from mediaio.images import load_reference_image
+from toytokenizers import clip as toy_clip
+from toytokenizers.corpus import corpus_words
 from videobench.cases import Case
-from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, register_method, resolve_torch_dtype
+from videobench.methods import GenerationOutput, MethodContext, gpu_dtype, no_grad, register_method, resolve_torch_dtype
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import (
     WeightsLoadError,
     WeightSpec,
@@ -65,6 +57,10 @@ from videobench.weights import (
     load_state_dict,
     strip_prefixes,
 )
+
+# imported on first use: listing this method (options, presets, weights) does not load torch
+torch = lazy_module("torch")
+nets = lazy_module("baselines.videobooth_model")  # the networks: built by a run, not to list the method
 
 logger = logging.getLogger(__name__)
 
@@ -237,8 +233,8 @@ def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
 class VideoBoothPipeline:
     """Tokenizer, CLIP text and image encoders, mapper, video UNet and VAE with VideoBooth's inference."""
 
-    def __init__(self, tokenizer, text_encoder, image_encoder, mapper: VideoBoothMapper, unet: VideoBoothUNet3D,
-                 vae, config: VideoBoothConfig) -> None:
+    def __init__(self, tokenizer, text_encoder, image_encoder, mapper: nets.VideoBoothMapper,
+                 unet: nets.VideoBoothUNet3D, vae, config: VideoBoothConfig) -> None:
         self.tokenizer, self.text_encoder, self.image_encoder = tokenizer, text_encoder, image_encoder
         self.mapper, self.unet, self.vae, self.config = mapper, unet, vae, config
         for module in self.modules():
@@ -269,7 +265,7 @@ class VideoBoothPipeline:
         return self.tokenizer([text], padding="max_length", truncation=True,
                               max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids
 
-    @torch.no_grad()
+    @no_grad
     def encode_image_prompt(self, clip_pixels: torch.Tensor) -> torch.Tensor:
         """The coarse visual embeddings ``(B, 5, D_text)``: the mapper over CLIP's last hidden state and the
         hidden states after the configured layers (``image_features[0]``, ``image_features[2][4]``, ...)."""
@@ -281,7 +277,7 @@ class VideoBoothPipeline:
     def mapper_dtype(self) -> torch.dtype:
         return next(self.mapper.parameters()).dtype
 
-    @torch.no_grad()
+    @no_grad
     def encode_text(self, text: str, injected: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """CLIP text states ``(1, L, D)``; with ``injected`` the placeholder's token embeddings are replaced
         (:func:`~baselines.videobooth_model.inject_word_embeddings`) before the position embeddings are added."""
@@ -294,7 +290,7 @@ class VideoBoothPipeline:
                     "placeholder_positions": torch.nonzero(ids[0] == placeholder[0]).flatten().tolist()}
 
             def splice(module, inputs, output):
-                return inject_word_embeddings(output, ids, placeholder, injected.to(output.dtype))
+                return nets.inject_word_embeddings(output, ids, placeholder, injected.to(output.dtype))
 
             handle = self.text_encoder.get_input_embeddings().register_forward_hook(splice)
         try:
@@ -304,7 +300,7 @@ class VideoBoothPipeline:
                 handle.remove()
         return states, info
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, image: Image.Image, prompt: str, entity: str, seed: int, box: Sequence[float] | None = None,
                  steps: int | None = None, guidance: float | None = None, negative_prompt: str = "None",
                  injection_scale: float = 1.0, cfg_channels: CfgChannels = "upstream",
@@ -418,9 +414,9 @@ def load_sd_unet(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
 
 @dataclass
 class LoadedVideoBooth:
-    unet: VideoBoothUNet3D
-    mapper: VideoBoothMapper
-    report: AssembledUNet
+    unet: nets.VideoBoothUNet3D
+    mapper: nets.VideoBoothMapper
+    report: nets.AssembledUNet
 
 
 def _watermark_channels(video_state: dict[str, torch.Tensor]) -> tuple[int, ...] | None:
@@ -459,12 +455,12 @@ def load_videobooth(base: str | Path | None, watermark: str | Path, mapper: str 
         raise WeightsLoadError(f"{mapper}: no mapping_0.0.weight (not a VideoBooth mapper checkpoint)")
     try:
         with torch.device("meta"):
-            unet = VideoBoothUNet3D(config)
-            mapper_module = VideoBoothMapper(image_dim, text_dim, int(hidden.shape[0]), num_image_tokens)
+            unet = nets.VideoBoothUNet3D(config)
+            mapper_module = nets.VideoBoothMapper(image_dim, text_dim, int(hidden.shape[0]), num_image_tokens)
     except ValueError as error:
         raise WeightsLoadError(f"{watermark}: {error}") from error
-    mapper_state, attention = split_mapper_state_dict(mapper_raw, unet, str(mapper))
-    report = assemble_unet_state_dict(expected_shapes(unet), base_state, video_state, attention,
+    mapper_state, attention = nets.split_mapper_state_dict(mapper_raw, unet, str(mapper))
+    report = nets.assemble_unet_state_dict(nets.expected_shapes(unet), base_state, video_state, attention,
                                       str(base_file) if base_file else None, str(watermark))
     if report.ignored_video_keys:
         logger.info("videobooth: %d key(s) of %s are not part of the UNet and are ignored (upstream loads it with "
@@ -477,7 +473,7 @@ def load_videobooth(base: str | Path | None, watermark: str | Path, mapper: str 
 
 def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, watermark: str | Path | None,
                   mapper: str | Path | None, config: VideoBoothConfig | None = None, seed: int = 0,
-                  ) -> tuple[VideoBoothPipeline, AssembledUNet | None]:
+                  ) -> tuple[VideoBoothPipeline, nets.AssembledUNet | None]:
     """The pipeline from official folders/files (``base`` may be None: see :func:`load_videobooth`); without
     ``watermark``/``mapper`` the UNet and the mapper are random-initialised at full size (``--random-weights``)."""
     from diffusers import AutoencoderKL
@@ -496,8 +492,9 @@ def load_pipeline(clip: str | Path, vae: str | Path, base: str | Path | None, wa
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            unet = VideoBoothUNet3D(UNetConfig())
-            mapper_module = VideoBoothMapper(image_dim, text_dim, config.mapper_hidden_dim, config.num_image_tokens)
+            unet = nets.VideoBoothUNet3D(UNetConfig())
+            mapper_module = nets.VideoBoothMapper(image_dim, text_dim, config.mapper_hidden_dim,
+                                                  config.num_image_tokens)
     return VideoBoothPipeline(tokenizer, text_encoder, image_encoder, mapper_module, unet, autoencoder, config), report
 
 
@@ -520,57 +517,17 @@ TINY_VAE = dict(block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncode
                 sample_size=64)
 
 
-def _byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins of byte-level BPE (GPT-2's ``bytes_to_unicode``), in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
 def build_tiny_tokenizer(model_max_length: int = TINY_TEXT_LENGTH, placeholder: str = "sdksd"):
     """An offline :class:`~transformers.CLIPTokenizer` (byte-level BPE, ``</w>`` word ends, CLIP's specials last).
 
-    Its vocabulary: every byte, alone and as a word end, and whole-word merges for the words of
+    Its vocabulary: every byte (in byte order), alone and as a word end, and whole-word merges for the words of
     :data:`toytokenizers.corpus.TINY_CORPUS` plus ``sdk``/``sd</w>`` so that the placeholder ``sdksd`` is two
     tokens, as a multi-token placeholder (the real CLIP tokenizer also splits it).
     """
-    import re
-
-    from transformers import CLIPTokenizer
-
-    from toytokenizers.corpus import TINY_CORPUS
-
-    alphabet = _byte_alphabet()
-    vocab: dict[str, int] = {}
-    merges: list[tuple[str, str]] = []
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    for symbol in alphabet:
-        add(symbol)
-    for symbol in alphabet:
-        add(symbol + "</w>")
-
-    def merge(left: str, right: str) -> None:
-        if (left, right) not in merges:
-            merges.append((left, right))
-            add(left + right)
-
-    merge("s", "d")
-    merge("sd", "k")
-    merge("s", "d</w>")
     assert placeholder.isascii()
-    words = sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())) | set(string.ascii_lowercase))
-    for word in words:
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        current = symbols[0]
-        for symbol in symbols[1:]:
-            merge(current, symbol)
-            current += symbol
-    add("<|startoftext|>")
-    add("<|endoftext|>")
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    table = toy_clip.byte_unicode_table()
+    return toy_clip.tiny_clip_tokenizer(model_max_length, [table[byte] for byte in range(256)], corpus_words(),
+                                        merge_rule="prefix", extra_merges=[("s", "d"), ("sd", "k"), ("s", "d</w>")])
 
 
 def build_tiny_pipeline(seed: int = 0) -> VideoBoothPipeline:
@@ -585,9 +542,9 @@ def build_tiny_pipeline(seed: int = 0) -> VideoBoothPipeline:
             vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, **TINY_TEXT))
         image_encoder = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION))
-        mapper = VideoBoothMapper(TINY_VISION["hidden_size"], TINY_TEXT["hidden_size"], TINY_CONFIG.mapper_hidden_dim,
-                                  TINY_CONFIG.num_image_tokens)
-        unet = VideoBoothUNet3D(TINY_UNET)
+        mapper = nets.VideoBoothMapper(TINY_VISION["hidden_size"], TINY_TEXT["hidden_size"],
+                                       TINY_CONFIG.mapper_hidden_dim, TINY_CONFIG.num_image_tokens)
+        unet = nets.VideoBoothUNet3D(TINY_UNET)
         vae = AutoencoderKL(**TINY_VAE)
     return VideoBoothPipeline(tokenizer, text_encoder, image_encoder, mapper, unet, vae, TINY_CONFIG)
 
@@ -706,9 +663,10 @@ def cost(options: VideoBoothOptions, context: MethodContext) -> MethodCost:
         config = VideoBoothConfig()
         text = builder.build(lambda: CLIPTextModel(CLIPTextConfig(**cm.CLIP_L_TEXT)))
         vision = builder.build(lambda: CLIPVisionModel(CLIPVisionConfig(**cm.CLIP_L_VISION)))
-        mapper = builder.build(lambda: VideoBoothMapper(cm.CLIP_L_VISION["hidden_size"], cm.CLIP_L_TEXT["hidden_size"],
-                                                        config.mapper_hidden_dim, config.num_image_tokens))
-        unet = builder.build(lambda: VideoBoothUNet3D(UNetConfig()))
+        mapper = builder.build(lambda: nets.VideoBoothMapper(cm.CLIP_L_VISION["hidden_size"],
+                                                             cm.CLIP_L_TEXT["hidden_size"], config.mapper_hidden_dim,
+                                                             config.num_image_tokens))
+        unet = builder.build(lambda: nets.VideoBoothUNet3D(UNetConfig()))
         vae = builder.build(lambda: AutoencoderKL(**{**cm.SD_VAE, "sample_size": config.height}))  # sd-vae-ft-ema
     dtype, steps = builder.dtype, int(options.steps or config.steps)
     if tiny:

@@ -2,10 +2,11 @@
 
     python benchmarks/cli_startup.py [--runs 5] [--only methods] [--root OTHER_CHECKOUT]
 
-Measures ``videobench --help``, ``methods``, ``methods NAME`` for every registered method, ``suites``, ``weights``
-(targets 2 s) and ``python -c "import videobench"`` (1 s). Each command runs as ``python -m videobench.cli ...``
-(what the ``videobench`` script runs, without a shell wrapper in front) in a new process, so every run pays the full
-import cost. The machine's load average is printed beside the table: on a shared machine the medians move with it.
+Measures ``videobench --help``, ``methods``, ``methods NAME`` for every registered method, ``suites``, ``metrics``,
+``weights`` (targets 2 s) and ``python -c "import videobench"`` (1 s). Each command runs as
+``python -m videobench.cli ...`` (what the ``videobench`` script runs, without a shell wrapper in front) in a new
+process, so every run pays the full import cost. The machine's load average is printed beside the table: on a
+shared machine the medians move with it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def commands(root: Path, only: str | None) -> list[tuple[str, list[str], float]]
     if only is None or "methods" in only:
         rows += [(f"videobench methods {name}", [*CLI, "methods", name], 2.0)
                  for name in (named or method_names(root))]
-    rows += [("videobench suites", [*CLI, "suites"], 2.0), ("videobench weights", [*CLI, "weights"], 2.0)]
+    rows += [("videobench suites", [*CLI, "suites"], 2.0), ("videobench metrics", [*CLI, "metrics"], 2.0),
+             ("videobench weights", [*CLI, "weights"], 2.0)]
     exact = [row for row in rows if row[0] == only]
     return exact or [row for row in rows if only is None or only in row[0]]
 

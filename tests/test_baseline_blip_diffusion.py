@@ -35,10 +35,8 @@ from baselines.blip_diffusion import (
     tiny_clip_vocab,
     tiny_configs,
 )
+from baselines.blip_diffusion_config import CLIP_MEAN, CLIP_STD, NEGATIVE_PROMPT
 from baselines.blip_diffusion_model import (
-    CLIP_MEAN,
-    CLIP_STD,
-    NEGATIVE_PROMPT,
     BlipSubjectEncoder,
     ContextCLIPTextModel,
     ReferencePreprocess,

@@ -19,6 +19,8 @@ from click.testing import CliRunner
 
 from videobench.cli import main
 from videobench.cli_common import EXIT_SETUP_ERROR
+from videobench.methods import available_methods
+from videobench.metrics.registry import metric_families
 from videobench.options import did_you_mean
 from videobench.plugins import BUILTIN_METHODS, LazyModule, lazy_module
 
@@ -55,17 +57,74 @@ def test_getting_any_one_method_imports_no_model_library_and_no_other_method():
         assert not loaded & others, (name, loaded & others)
 
 
-def test_listing_every_method_imports_no_diffusers_or_transformers():
-    assert not _imported_after("from videobench.methods import available_methods; available_methods()") & set(HEAVY)
+#: What describing a plugin (``videobench methods``, ``weights``, ``metrics``) must not import: the model libraries
+#: and torch under them (seconds of import time for a listing).
+MODEL_LIBRARIES = frozenset({"torch", *HEAVY})
 
 
-def test_the_methods_whose_top_level_needs_no_torch_load_without_it():
-    """Methods built on torch-free modules (calibration rows, CustomVideoX's and the two-stage/video-model
-    modules that only use torch inside functions) are described, options and weights, without importing torch."""
-    for name in ("reference-still", "customvideox", "reference+i2v", "wan-vace"):
-        code = (f"from videobench.methods import MethodContext, get_method; spec = get_method({name!r}); "
-                "spec.describe_options(); spec.weight_specs(spec.parse_options({}), MethodContext())")
-        assert "torch" not in _imported_after(code), name
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_describing_a_method_imports_no_model_library(name):
+    """Its options, presets, paper row and weights (default options, with and without each preset) come from
+    torch-free code: torch, diffusers, transformers and open_clip load only when a run builds the method."""
+    code = (f"from videobench.methods import MethodContext, get_method; spec = get_method({name!r}); "
+            "options = spec.parse_options({}); spec.describe_options(); spec.paper(options); "
+            "[spec.weight_specs(options, MethodContext(preset=p)) for p in (None, *spec.presets)]")
+    assert not _imported_after(code) & MODEL_LIBRARIES, name
+
+
+@pytest.mark.parametrize("family", sorted(metric_families()))
+def test_describing_a_metric_family_imports_no_model_library(family):
+    code = (f"from videobench.metrics.registry import metric_families, parse_metric_options; "
+            f"cls = metric_families()[{family!r}]; from videobench.options import describe_options; "
+            f"describe_options(cls.Options); cls.weight_specs(parse_metric_options({{}})[{family!r}])")
+    assert not _imported_after(code) & MODEL_LIBRARIES, family
+
+
+@pytest.mark.parametrize("args", [["methods"], ["weights"], ["metrics"], ["suites"], ["weights", "--preset", "tiny"]])
+def test_the_listing_commands_import_no_model_library(args):
+    code = ("from click.testing import CliRunner; from videobench.cli import main; "
+            f"out = CliRunner().invoke(main, {args!r}); assert out.exit_code == 0, out.output")
+    assert not _imported_after(code) & MODEL_LIBRARIES, args
+
+
+def test_listing_uncached_weights_imports_no_hub_download_api(tmp_path):
+    """A repository with no folder in the Hugging Face cache is missing without asking huggingface_hub's file
+    API (half a second to import); a cached one is still found through it."""
+    code = (f"import os, sys; os.environ['HF_HUB_CACHE'] = {str(tmp_path)!r}; "
+            "from videobench.weights import WeightSpec, resolve_weights; "
+            "spec = WeightSpec(key='k', model='m', file_names=('m.safetensors',), hf_repo='org/model', "
+            "hf_files=('m.safetensors',)); r = resolve_weights(spec); "
+            "print(r.source, 'huggingface_hub.file_download' in sys.modules)")
+    assert _fresh(code) == "missing False"
+    snapshot = tmp_path / "models--org--model" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "m.safetensors").write_bytes(b"x")
+    (tmp_path / "models--org--model" / "refs").mkdir()
+    (tmp_path / "models--org--model" / "refs" / "main").write_text("0" * 40)
+    assert _fresh(code) == "hf_cache True"
+
+
+def test_grad_mode_decorators_import_torch_when_called_and_run_under_the_mode():
+    out = _fresh("import sys; from videobench.methods import inference_mode, no_grad\n"
+                 "@no_grad\ndef grad(x):\n    'doc'\n    import torch; return x, torch.is_grad_enabled()\n"
+                 "@inference_mode\ndef infer():\n    import torch; return torch.is_inference_mode_enabled()\n"
+                 "before = 'torch' in sys.modules\n"
+                 "print(before, grad(3), infer(), grad.__name__, grad.__doc__, __import__('torch').is_grad_enabled())")
+    assert out == "False (3, False) True grad doc True"
+
+
+def test_the_known_clip_hub_repositories_are_open_clips():
+    """The table that spares open_clip's import when the default CLIP model is described says what open_clip says."""
+    import open_clip
+
+    from videobench.metrics import clip
+
+    assert clip._KNOWN_CLIP_HF_REPOS
+    for (model, pretrained), repo in clip._KNOWN_CLIP_HF_REPOS.items():
+        assert model in open_clip.list_models()
+        hub = open_clip.get_pretrained_cfg(model, pretrained)["hf_hub"]
+        assert repo == hub.rstrip("/"), (model, pretrained, hub)
+    assert clip.ClipOptions().model in {model for model, _ in clip._KNOWN_CLIP_HF_REPOS}
 
 
 def test_lazy_module_imports_on_first_attribute_and_then_is_the_module():

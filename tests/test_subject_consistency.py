@@ -13,10 +13,10 @@ import torch
 from tests.numerics import UNIT_ROUNDOFF, chain_tolerance
 from videobench.leaderboard import aggregate
 from videobench.metrics import MetricInput
+from videobench.metrics.dino_vit import interpolate_pos_encoding
 from videobench.metrics.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from videobench.metrics.subject_consistency import (
     SubjectConsistencyMetric,
-    interpolate_pos_encoding,
     vbench_dino_transform,
     vbench_overall,
 )

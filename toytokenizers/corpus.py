@@ -1,5 +1,7 @@
 """The fixed text every toy tokenizer of the tiny presets is built from, so their token ids never change."""
 
+import re
+
 #: Fixed text whose words become whole-word tokens (DreamBench/VideoBench style prompt words).
 TINY_CORPUS = """
 a an the of in on at with and or to from by for into onto over under near behind beside next top bottom
@@ -20,3 +22,8 @@ winter summer spring camera video scene view close up slowly quickly gently arou
 its their his her it they camera pans zooms
 circle square triangle shape bouncing growing spinning sliding larger smaller middle left right
 """
+
+
+def corpus_words() -> list[str]:
+    """The distinct lower-case words of :data:`TINY_CORPUS`, sorted (the whole-word tokens of the toy tokenizers)."""
+    return sorted(set(re.findall(r"[a-z]+", TINY_CORPUS.lower())))

@@ -35,6 +35,7 @@ so the runner can do every image first and release that model before the video m
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +307,31 @@ def resolve_torch_dtype(dtype: str, device: str):
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose auto, fp32, fp16 or bf16")
     return getattr(torch, _TORCH_DTYPES[dtype])
+
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _torch_grad_mode(mode: str) -> Callable[[_Fn], _Fn]:
+    """A decorator running the function under ``torch.<mode>()``, with torch imported at the call, not when the
+    function is defined (``@torch.no_grad()`` at a plugin's top level would import torch to list the plugin)."""
+
+    def decorate(func: _Fn) -> _Fn:
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            import torch
+
+            with getattr(torch, mode)():
+                return func(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+#: ``@no_grad`` / ``@inference_mode``: ``@torch.no_grad()`` / ``@torch.inference_mode()`` for a plugin module.
+no_grad = _torch_grad_mode("no_grad")
+inference_mode = _torch_grad_mode("inference_mode")
 
 
 def gpu_dtype(context: MethodContext, auto: str = "bfloat16"):

@@ -47,7 +47,8 @@ METRICS_GROUP = "videobench.metrics"
 SUITES_GROUP = "videobench.suites"
 
 #: The modules of this distribution that register plugins, per group (data: the harness names no plugin). A
-#: package stands for every module in it, so a new file in ``baselines/`` registers by being there.
+#: package stands for every module in it, so a new file in ``baselines/`` registers by being there (except the
+#: ``*_model`` / ``*_config`` modules beside a plugin module: its networks and settings, which register nothing).
 BUILTIN_PLUGINS: dict[str, tuple[str, ...]] = {
     METHODS_GROUP: ("videobench.calibration", "customvideox.method", "baselines"),
     METRICS_GROUP: (
@@ -123,10 +124,17 @@ def reload_plugins(group: str) -> None:
     _LOADED.discard(group)
 
 
+#: Endings of the modules in a plugin package that register nothing: the networks (``*_model``, which import torch)
+#: and settings (``*_config``) of the plugin module beside them, imported by it when it needs them.
+_HELPER_MODULE_SUFFIXES = ("_model", "_config")
+
+
 def _import_with_submodules(name: str) -> None:
-    """Import module ``name``; when it is a package, also every module in it (in name order)."""
+    """Import module ``name``; when it is a package, also every module in it (in name order) but its helpers."""
     module = importlib.import_module(name)
     for info in sorted(pkgutil.iter_modules(getattr(module, "__path__", [])), key=lambda info: info.name):
+        if info.name.endswith(_HELPER_MODULE_SUFFIXES):
+            continue
         importlib.import_module(f"{name}.{info.name}")
 
 

@@ -225,7 +225,20 @@ def _checked(spec: WeightSpec, path: Path, source: str) -> ResolvedWeights:
     return ResolvedWeights(spec, path, source)
 
 
+def _hf_repo_in_cache(repo: str) -> bool:
+    """Whether huggingface_hub's cache has a folder for model repository ``repo`` (``models--ORG--NAME``, its
+    ``repo_folder_name``): a test that needs only ``huggingface_hub.constants``, so that listing weights that are not
+    cached does not import huggingface_hub's download API (half a second)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # huggingface_hub unavailable: nothing is cached
+        return False
+    return (Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))).is_dir()
+
+
 def _from_hub(spec: WeightSpec, repo: str) -> Path | None:
+    if not _hf_repo_in_cache(repo):
+        return None
     if spec.folder:
         return _hf_cached_folder(repo, spec.hf_files)
     for filename in spec.hf_files:

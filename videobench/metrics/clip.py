@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
-import torch
-
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
@@ -40,7 +38,10 @@ from videobench.metrics.preprocess import (
 )
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import echo, option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
+
+torch = lazy_module("torch")  # imported on first use: describing the family (options, weights) needs no torch
 
 DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -48,6 +49,12 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 _KNOWN_CLIP_STEMS = {
     ("ViT-B-32-quickgelu", "openai"): "clip_vit_b32_openai",
     ("ViT-B-32", "openai"): "clip_vit_b32_openai",
+}
+#: The hub repository open_clip downloads the usual models from (its ``get_pretrained_cfg(...)["hf_hub"]``), so that
+#: describing the default family needs no open_clip import; others are asked of open_clip.
+_KNOWN_CLIP_HF_REPOS = {
+    ("ViT-B-32-quickgelu", "openai"): "timm/vit_base_patch32_clip_224.openai",
+    ("ViT-B-32", "openai"): "timm/vit_base_patch32_clip_224.openai",
 }
 
 
@@ -61,6 +68,8 @@ def clip_file_stem(model: str, pretrained: str) -> str:
 
 def clip_hf_repo(model: str, pretrained: str) -> str | None:
     """The Hugging Face repository open_clip downloads ``model``/``pretrained`` from, if any."""
+    if (model, pretrained) in _KNOWN_CLIP_HF_REPOS:
+        return _KNOWN_CLIP_HF_REPOS[model, pretrained]
     import open_clip
 
     try:
@@ -87,6 +96,8 @@ class ClipOptions:
 
     def __post_init__(self) -> None:
         """Only architectures open_clip knows (its built-in or registered configs), never a path."""
+        if any(self.model == model for model, _ in _KNOWN_CLIP_HF_REPOS):  # built-in configs: no open_clip import
+            return
         import open_clip
 
         if self.model not in open_clip.list_models():

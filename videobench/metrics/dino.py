@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Unpack
 
-import torch
-
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
@@ -35,7 +33,10 @@ from videobench.metrics.preprocess import (
 )
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import echo, option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
+
+torch = lazy_module("torch")  # imported on first use: describing the family (options, weights) needs no torch
 
 DINO_ARCH = "vit_small_patch16_224"
 #: timm's name of DINO ViT-S/16 (architecture + pretrained tag: its data config is the model's own).
@@ -59,6 +60,8 @@ def check_vit_kwargs(kwargs: dict[str, Any]) -> None:
     number >= 0, a bool true/false, and ``embed_dim`` must split into ``num_heads``. Raises ``ValueError`` (reported as
     one option error naming the family) instead of a traceback from inside timm.
     """
+    if not kwargs:  # timm's defaults are a working model: nothing to check, and no timm import to describe it
+        return
     from timm.models.vision_transformer import VisionTransformer
 
     parameters = inspect.signature(VisionTransformer.__init__).parameters

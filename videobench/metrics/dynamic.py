@@ -39,16 +39,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import frames_to_tensor, precision_context, seeded
-from videobench.metrics.raft import fused_update
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
+
+# imported on first use: describing the family (options, weights) needs no torch
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+raft = lazy_module("videobench.metrics.raft")
 
 if TYPE_CHECKING:
     from torchvision.models.optical_flow import RAFT
@@ -232,7 +235,7 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
     hidden, context = torch.tanh(hidden), F.relu(context)
-    update = fused_update(model)
+    update = raft.fused_update(model)
     context_terms = update.context_terms(context)  # fixed for all updates of a pair (videobench.metrics.raft)
     coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device)
     coords1 = coords0.clone()

@@ -19,9 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypedDict
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
 
 from mediaio.hashing import file_sha256
 from videobench.metrics.preprocess import check_precision
@@ -29,8 +27,11 @@ from videobench.metrics.registry import ColumnSpec, MetricContext
 from videobench.options import parse_options
 from videobench.weights import WeightsConfig, WeightSpec, check_weights
 
+if TYPE_CHECKING:
+    import torch
+
 #: ``build_fn(weights_path_or_None, seed)``: a model loaded (strictly) from the file, or seeded random when None.
-ModelBuilder = Callable[[Path | None, int], torch.nn.Module]
+ModelBuilder = Callable[[Path | None, int], "torch.nn.Module"]
 
 
 class WeightsStamp(TypedDict, total=False):

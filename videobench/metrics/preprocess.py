@@ -22,10 +22,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from videobench.devices import check_device  # noqa: F401 (re-export: the metrics' device check)
+from videobench.plugins import lazy_module
+
+torch = lazy_module("torch")  # imported on first use: describing a metric (options, weights) needs no torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -64,7 +66,7 @@ class Preprocess:
     def config(self) -> dict[str, Any]:
         return asdict(self)
 
-    def __call__(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         return preprocess(images, self, dtype)
 
     @classmethod
@@ -98,8 +100,9 @@ CLIP_PREPROCESS = Preprocess(224, 224, CLIP_MEAN, CLIP_STD)
 DINO_PREPROCESS = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def preprocess(images: torch.Tensor, cfg: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(N, 3, H, W)`` uint8 -> ``(N, 3, h, w)`` normalised ``dtype`` on the same device (see :class:`Preprocess`)."""
+def preprocess(images: torch.Tensor, cfg: Preprocess, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(N, 3, H, W)`` uint8 -> ``(N, 3, h, w)`` normalised ``dtype`` (None: float32) on the same device (see
+    :class:`Preprocess`)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
     from torchvision.transforms import InterpolationMode  # imported here: describing a metric needs no torchvision
@@ -118,7 +121,7 @@ def preprocess(images: torch.Tensor, cfg: Preprocess, dtype: torch.dtype = torch
     else:
         resized = TF.resize(images, [cfg.resize], interpolation=mode, antialias=cfg.antialias)
     cropped = TF.center_crop(resized, [cfg.crop, cfg.crop]) if cfg.crop else resized
-    scaled = cropped.to(dtype) / 255.0
+    scaled = cropped.to(dtype or torch.float32) / 255.0
     return TF.normalize(scaled, list(cfg.mean), list(cfg.std))
 
 
@@ -139,8 +142,8 @@ def image_to_tensor(image: Image.Image, device: str | torch.device = "cpu") -> t
     return frames_to_tensor(np.asarray(image)[None], device)
 
 
-#: ``dtype`` option -> autocast dtype (``None``: full fp32).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: ``dtype`` option -> the name of the autocast ``torch`` dtype (``None``: full fp32).
+PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 
 
 def check_precision(device: str | torch.device, dtype: str) -> None:
@@ -157,7 +160,7 @@ def precision_context(device: str | torch.device, dtype: str) -> contextlib.Abst
     autocast_dtype = PRECISIONS[dtype]
     if autocast_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=autocast_dtype)
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, autocast_dtype))
 
 
 @contextlib.contextmanager

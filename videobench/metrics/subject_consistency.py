@@ -13,8 +13,9 @@ step by step, and what this module does the same way:
 * the network: ``torch.hub.load("facebookresearch/dino", "dino_vitb16")``, DINO's own ``VisionTransformer``
   (``vision_transformer.py``): its stride-16 patch convolution drops the pixels past the last whole patch (a
   224x298 frame gives 14x18 patches), and ``interpolate_pos_encoding`` stretches the 14x14 position embeddings
-  by the scale factor ``(n + 0.1) / 14`` per axis with plain bicubic interpolation (:func:`interpolate_pos_encoding`)
-  unless the frame is square with 14x14 patches. :class:`DinoViT` runs timm's ViT-B/16 modules (the same weights:
+  by the scale factor ``(n + 0.1) / 14`` per axis with plain bicubic interpolation
+  (:func:`~videobench.metrics.dino_vit.interpolate_pos_encoding`) unless the frame is square with 14x14 patches.
+  :class:`~videobench.metrics.dino_vit.DinoViT` runs timm's ViT-B/16 modules (the same weights:
   ``dino_vitbase16_pretrain.pth`` or timm's ``vit_base_patch16_224.dino``) in that order.
 * the overall score: VBench divides the sum of every frame pair's value over all videos by the number of pairs
   (``sim / cnt``), so a longer video weighs more. ``subject_consistency`` is the mean over videos (each video
@@ -27,13 +28,9 @@ Enable it with ``videobench score --metrics ...,subject_consistency``.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack, cast
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any, Unpack
 
 from videobench.metrics.base import MetricInput
 from videobench.metrics.dino import build_dino_model, check_vit_kwargs
@@ -41,13 +38,20 @@ from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsSt
 from videobench.metrics.preprocess import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, precision_context
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import option
+from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
+
+if TYPE_CHECKING:
+    from videobench.metrics.dino_vit import DinoViT
+
+# imported on first use: describing the family (options, weights) needs no torch
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+dino_vit = lazy_module("videobench.metrics.dino_vit")
 
 SUBJECT_ARCH = "vit_base_patch16_224.dino"
 #: VBench's ``dino_transform(224)``: the short side's length.
 VBENCH_DINO_SIZE = 224
-#: DINO's ``interpolate_pos_encoding`` adds this to the patch counts "to avoid floating point error".
-DINO_POS_OFFSET = 0.1
 _DINO_B16_URL = "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
 
 
@@ -80,55 +84,9 @@ def vbench_dino_transform(frames: torch.Tensor, size: int = VBENCH_DINO_SIZE) ->
     return TF.normalize(resized / 255.0, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
-def interpolate_pos_encoding(pos_embed: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
-    """DINO's ``VisionTransformer.interpolate_pos_encoding`` for a ``height x width`` input.
-
-    ``pos_embed`` is ``(1, 1 + N, D)`` (class token first, a square grid of ``N`` patches). Unless the input is
-    square with ``N`` patches, the grid is resized by the scale factors ``(rows + 0.1) / sqrt(N)`` and
-    ``(cols + 0.1) / sqrt(N)`` (bicubic, ``align_corners=False``, no antialiasing): the output has ``rows x cols``
-    entries, but the sampling positions follow that scale, not the exact grid ratio.
-    """
-    count = pos_embed.shape[1] - 1
-    rows, cols = height // patch_size, width // patch_size
-    if rows * cols == count and height == width:
-        return pos_embed
-    side, dim = math.sqrt(count), pos_embed.shape[-1]
-    grid = pos_embed[:, 1:].reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, scale_factor=((rows + DINO_POS_OFFSET) / side, (cols + DINO_POS_OFFSET) / side),
-                         mode="bicubic")
-    if grid.shape[-2:] != (rows, cols):
-        raise ValueError(f"position embeddings of {count} patches cannot be stretched to {rows}x{cols}")
-    return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
-
-
-class DinoViT(torch.nn.Module):
-    """A timm ViT run as DINO's ``VisionTransformer.forward``: patching that drops the extra pixels, DINO's
-    position-embedding interpolation, the blocks, the final norm, the class token."""
-
-    def __init__(self, vit: torch.nn.Module) -> None:
-        super().__init__()
-        if getattr(vit, "cls_token", None) is None or getattr(vit, "no_embed_class", False):
-            raise ValueError("DinoViT needs a ViT with a class token that has its own position embedding")
-        self.vit = vit
-        self.patch_size = int(cast(torch.nn.Conv2d, cast(torch.nn.Module, vit.patch_embed).proj).kernel_size[0])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        vit = self.vit
-        height, width = images.shape[-2:]
-        if height < self.patch_size or width < self.patch_size:
-            raise ValueError(f"a {height}x{width} frame is smaller than one {self.patch_size}px patch")
-        patch_embed = cast(torch.nn.Module, vit.patch_embed)
-        proj = cast(torch.nn.Conv2d, patch_embed.proj)
-        tokens = proj(images).flatten(2).transpose(1, 2)  # stride = kernel: the rest is dropped
-        tokens = cast(torch.nn.Module, patch_embed.norm)(tokens)
-        tokens = torch.cat([cast(torch.Tensor, vit.cls_token).expand(len(tokens), -1, -1), tokens], dim=1)
-        tokens = tokens + interpolate_pos_encoding(cast(torch.Tensor, vit.pos_embed), height, width, self.patch_size)
-        return cast(torch.nn.Module, vit.norm)(cast(torch.nn.Module, vit.blocks)(tokens))[:, 0]
-
-
 def build_dino_vit(weights: str | Path | None = None, seed: int = 0, **model_kwargs: Any) -> DinoViT:
     """DINO ViT-B/16 (timm's modules, DINO's forward) loaded from ``weights`` or seeded random."""
-    return DinoViT(build_dino_model(weights, seed, arch=SUBJECT_ARCH, **model_kwargs)).eval()
+    return dino_vit.DinoViT(build_dino_model(weights, seed, arch=SUBJECT_ARCH, **model_kwargs)).eval()
 
 
 @dataclass(frozen=True)
