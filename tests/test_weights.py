@@ -34,10 +34,9 @@ def _isolated_caches(tmp_path, monkeypatch):
     monkeypatch.delenv("VIDEOBENCH_DOWNLOAD", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    old_hub = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "torch_hub"))
-    yield
-    torch.hub.set_dir(old_hub)
+    # torch.hub.set_dir pins the folder for the rest of the process (TORCH_HOME is then ignored): undo it exactly,
+    # so that later tests that choose the folder through TORCH_HOME get it.
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))
 
 
 def _tiny_state(path, value=1.0):
