@@ -239,12 +239,16 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow.
 
     The GRU runs as :class:`videobench.metrics.raft.FusedUpdate`: the context's share of its convolutions is
-    computed once per pair instead of once per update.
+    computed once per pair instead of once per update; the correlation lookup as
+    :class:`videobench.metrics.raft.PyramidLookup` (sampling grids normalised once per pyramid).
     """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
+    from videobench.metrics.raft import PyramidLookup
+
     batch, _, h, w = image1.shape
     model.corr_block.build_pyramid(fmap1, fmap2)
+    lookup = PyramidLookup(model.corr_block.corr_pyramid, model.corr_block.radius)
     context = model.context_encoder(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
@@ -254,7 +258,7 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device)
     coords1 = coords0.clone()
     for _ in range(num_flow_updates):
-        corr = model.corr_block.index_pyramid(centroids_coords=coords1)
+        corr = lookup(coords1)
         hidden, delta = update(hidden, context_terms, corr, coords1 - coords0)
         coords1 = coords1 + delta
     return upsample_flow(coords1 - coords0, up_mask=model.mask_predictor(hidden))

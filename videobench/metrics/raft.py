@@ -59,11 +59,11 @@ class FusedGRU(nn.Module):
 
     def forward(self, hidden: torch.Tensor, motion: torch.Tensor, context_terms: torch.Tensor) -> torch.Tensor:
         n = self.hidden_size
-        from_motion = F.conv2d(motion, self.w_motion, padding=self.padding) + context_terms
-        zr = torch.sigmoid(F.conv2d(hidden, self.w_hidden_zr, padding=self.padding) + from_motion[:, : 2 * n])
+        from_motion = F.conv2d(motion, self.w_motion, padding=self.padding).add_(context_terms)
+        zr = torch.sigmoid_(F.conv2d(hidden, self.w_hidden_zr, padding=self.padding).add_(from_motion[:, : 2 * n]))
         z, r = zr[:, :n], zr[:, n:]
-        q = torch.tanh(F.conv2d(r * hidden, self.w_hidden_q, padding=self.padding) + from_motion[:, 2 * n :])
-        return (1 - z) * hidden + z * q
+        q = torch.tanh_(F.conv2d(r * hidden, self.w_hidden_q, padding=self.padding).add_(from_motion[:, 2 * n :]))
+        return torch.lerp(hidden, q, z)  # (1 - z) h + z q in one pass
 
 
 class FusedUpdate(nn.Module):
@@ -96,6 +96,38 @@ class FusedUpdate(nn.Module):
         for gru, terms in zip(self.grus, context_terms):
             hidden = gru(hidden, motion, terms)
         return hidden, self.flow_head(hidden)
+
+
+class PyramidLookup:
+    """RAFT's correlation lookup (torchvision ``CorrBlock.index_pyramid``) with the sampling grids built in
+    ``grid_sample``'s normalised coordinates.
+
+    ``index_pyramid`` adds the ``(2r + 1)^2`` offsets to the centroids in pixels, then normalises every sample
+    (``2 x / (w - 1) - 1``: a split, four arithmetic passes and a concatenation per level, 20 times per pair). The
+    map is affine, so the normalised offsets and the per-level scale are computed once per pyramid and each lookup
+    is one fused multiply-add per level: the same sampling points up to float rounding (pair scores move by about
+    2e-7 relative), the same bilinear ``grid_sample`` with zero padding, the same channel order (level-major, then
+    the x offset, then the y offset).
+    """
+
+    def __init__(self, pyramid: list[torch.Tensor], radius: int) -> None:
+        device = pyramid[0].device
+        steps = torch.linspace(-radius, radius, 2 * radius + 1, device=device)
+        delta = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1)  # (x, y) offsets, as torchvision
+        self.levels = []
+        for level, volume in enumerate(pyramid):
+            h, w = volume.shape[-2:]
+            scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=device)
+            self.levels.append((volume, scale / 2**level, delta * scale - 1.0))
+
+    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features."""
+        batch, _, h, w = coords.shape
+        centroids = coords.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 1, 2)
+        sampled = [F.grid_sample(volume, torch.addcmul(offsets, centroids, scale), mode="bilinear",
+                                 align_corners=True).view(batch, h, w, -1)
+                   for volume, scale, offsets in self.levels]
+        return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
 def fused_update(model: nn.Module) -> FusedUpdate:
