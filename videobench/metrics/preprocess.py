@@ -219,7 +219,8 @@ def embed_distinct(images: torch.Tensor, embed: Callable[[torch.Tensor], torch.T
     firsts, inverse = distinct_images(images)
     if len(firsts) == len(images):
         return embed(images)
-    return embed(images[firsts])[torch.tensor(inverse, device=images.device)]
+    distinct = embed(images[firsts])
+    return distinct[torch.tensor(inverse, device=distinct.device)]
 
 
 class EmbeddingMemo:

@@ -63,7 +63,8 @@ class FusedGRU(nn.Module):
         zr = torch.sigmoid_(F.conv2d(hidden, self.w_hidden_zr, padding=self.padding).add_(from_motion[:, : 2 * n]))
         z, r = zr[:, :n], zr[:, n:]
         q = torch.tanh_(F.conv2d(r * hidden, self.w_hidden_q, padding=self.padding).add_(from_motion[:, 2 * n :]))
-        return torch.lerp(hidden, q, z)  # (1 - z) h + z q in one pass
+        dtype = torch.promote_types(hidden.dtype, q.dtype)  # autocast: the convolutions' outputs may be fp16
+        return torch.lerp(hidden.to(dtype), q.to(dtype), z.to(dtype))  # (1 - z) h + z q in one pass
 
 
 class FusedUpdate(nn.Module):
