@@ -272,7 +272,13 @@ def test_subject_consistency_metric_end_to_end():
 
     metric = SubjectConsistencyMetric.create({"model_kwargs": TINY_DINO}, random_weights=True)
     still = np.repeat(_video(1, 96, 144)[:1], 4, axis=0)
-    assert metric.score(MetricInput(still, 8.0, [], PROMPT))["subject_consistency"] == pytest.approx(1.0, abs=1e-5)
+    seen = []
+    hook = metric.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    try:
+        assert metric.score(MetricInput(still, 8.0, [], PROMPT))["subject_consistency"] == pytest.approx(1.0, abs=1e-5)
+    finally:
+        hook.remove()
+    assert seen == [1]  # the still clip's one distinct frame
     moving = _video(4, 96, 144)
     value = metric.score(MetricInput(moving, 8.0, [], PROMPT))["subject_consistency"]
     with torch.no_grad():  # the same by hand: short side to 224 (bilinear, no antialias), no crop, ImageNet
