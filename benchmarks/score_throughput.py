@@ -59,6 +59,11 @@ initialisation:
 | seeded random initialisation of the metric models (the main job's ``--random-weights``) | CLIP ViT-B/32 1.5-1.9 s (``uniform_`` 0.96 s + ``normal_`` 0.47 s of 151M parameters), DINO ViT-S/16 0.9 s, RAFT 0.1 s | - | not changed: the time is the generator's draws themselves; skipping default initialisations that are overwritten afterwards would move the generator's state and so every later weight (a different random model) |
 | CLIP/DINO: the 9 frames and 3 references in one forward instead of four | CLIP 1.02 s, DINO 0.94 s | 0.91 s, 0.95 s | no: 0.1 s per video on the benchmark only; in a run a subject's reference is embedded once (looked up by content), and a frame's embedding would depend on its subject's references (batch composition) |
 
+All kept levers together (load average 1.5-1.8, two runs of the command above with ``--repeats 3``): 4.79 and
+4.83 s per video against the peers' 7.01 and 7.51 s, 1.46x and 1.56x (the synthetic pan repeats no frame). The
+README's main job, alternating with the tree before this round at load average 0.8-1.7: median 48.2 s of 4 runs
+(scoring 28-33 s) against 54.5 s of 3 (scoring 37-50 s).
+
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).
 """
