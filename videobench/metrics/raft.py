@@ -4,7 +4,7 @@ torchvision's ``RAFT.forward`` (``torchvision/models/optical_flow/raft.py``, the
 ``core/raft.py`` that VBench runs) encodes both images of a pair, builds the correlation pyramid, encodes the
 context of the first image and runs ``num_flow_updates`` GRU refinements, upsampling the flow after each one.
 :func:`videobench.metrics.dynamic.raft_consecutive_flows` computes the same last flow for every consecutive pair
-of a clip and saves three kinds of work, none of which changes the arithmetic beyond float summation order:
+of a clip and saves four kinds of work, none of which changes the arithmetic beyond float rounding:
 
 * each frame goes through the feature encoder once (it is the second image of one pair and the first of the next;
   RAFT-large's feature encoder normalises per sample, so a frame's features do not depend on its batch);
@@ -13,7 +13,12 @@ of a clip and saves three kinds of work, none of which changes the arithmetic be
   GRU convolutions (``convz``, ``convr``, ``convq`` of the 1x5 and the 5x1 unit) splits into a hidden, a context and
   a motion part. The context is fixed for all updates of a pair: its part (plus the bias) is computed once per pair
   instead of once per update, a third of the GRU's work. The hidden parts of ``convz`` and ``convr`` (same input)
-  run as one convolution, and so do the three motion parts (:class:`FusedGRU`).
+  run as one convolution, and so do the three motion parts (:class:`FusedGRU`);
+* the correlation lookup's sampling grids are built in ``grid_sample``'s normalised coordinates from offsets
+  normalised once per pyramid (:class:`PyramidLookup`).
+
+:meth:`videobench.metrics.dynamic.DynamicDegreeMetric.pair_scores` also runs a pair that comes back in a clip
+(the same two frames' bytes: a still shot, duplicated frames) once.
 """
 
 from __future__ import annotations
