@@ -10,8 +10,10 @@ The peer loop computes exactly what the published evaluation code computes, in i
 
 The scorer path is ``metric.score`` (what ``videobench score`` calls): CLIP/DINO frames batched under
 ``torch.inference_mode``, RAFT with each frame encoded once, pairs batched, the GRU's context share computed once per
-pair (:mod:`videobench.metrics.raft`) and one upsampling per pair. The script asserts both paths give the same
-numbers: cosines within 1e-5, every RAFT pair score within 1e-4 relative, the same D.D decision.
+pair and the correlation lookup's grids normalised once per pyramid (:mod:`videobench.metrics.raft`), one
+upsampling per pair; a frame or a pair repeated in a clip is computed once (the synthetic pan has none). The
+script asserts both paths give the same numbers: cosines within 1e-5, every RAFT pair score within 1e-4 relative,
+the same D.D decision.
 
 Timings alternate the two paths family by family (A/B interleaved) for ``--repeats`` rounds and report medians,
 with the load average before and after (``os.getloadavg``): on a shared machine compare the ratio, not seconds.
@@ -38,10 +40,32 @@ All levers together against the peers' loops (``--frames 5 --height 128 --width 
 load average 19-24, values asserted equal): clip 102.2 -> 44.7 s, dino 73.4 -> 26.0 s, dynamic 439.4 -> 150.7 s,
 615.0 -> 221.4 s per video, 2.78x (one round: more rounds did not fit the shared machine's time).
 
-Not tried: fp16/bf16 (the metrics' precision contract refuses CPU autocast, and bf16's 8-bit mantissa is far from
-pair scores within 1e-4 relative); ``torch.compile`` of the update block (inductor's CPU compile would cost more than the smoke suite's
-whole RAFT time on this machine; a candidate for long CUDA runs); thread settings beyond torch's default (two
-threads, decoding on the scorer's one worker thread), not re-measured under this load.
+Second round, on the same machine shared by three engineers (load average 1.3-4 during the runs): A/B pairs in
+one process, interleaved, medians of 5 rounds (scratch timing scripts; the work counts are exact). One smoke video
+is 9 frames at 128x192 (8 RAFT pairs, 20 updates); the profile (cProfile of ``videobench score`` on the smoke
+results, torch.profiler of each family) put RAFT at three quarters of the scoring stage, mostly convolutions at
+about two thirds of the two cores' fp32 peak (about 0.12 TFLOP/s), then CLIP, DINO and the models' seeded random
+initialisation:
+
+| lever | before | after | kept |
+|---|---|---|---|
+| repeated frames computed once (:func:`videobench.metrics.preprocess.distinct_images`): RAFT runs each distinct consecutive pair, CLIP/DINO embed each distinct frame; a still shot of 9 frames | RAFT 3.04 s, CLIP 0.63 s, DINO 0.63 s | 0.45 s, 0.14 s, 0.09 s | yes: the smoke suite's three still videos need 3 RAFT pairs instead of 24 and 3 frames instead of 27 per family (the main job: 59 of 80 RAFT pairs, 66 of 90 frames); pair scores bit-identical, cosines within 1.2e-7 (batch-size summation order) |
+| RAFT correlation lookup with grids normalised once per pyramid (:class:`videobench.metrics.raft.PyramidLookup`) instead of torchvision's ``index_pyramid`` (split, 4 passes and a concatenation per level and update) | 2.86 s | 2.65 s | yes: pair scores within 2.3e-7 relative |
+| RAFT GRU: ``(1 - z) h + z q`` as one ``lerp``, activations and additions in place | 2.86 s | 2.63 s | yes: pair scores within 1.9e-7 relative (both together: 2.67 s, the rounds' spread is as large as the gain) |
+| RAFT ``channels_last`` (model, frames, hidden state and context) with the lookup above | 2.54 s | 2.59 s | no: no gain in the quiet rounds |
+| ``torch.compile`` (inductor, ``freezing=True``) of the fused update block, smoke size | 2.78 s per video (eager) | 2.70 s; the first call (compilation) took 106 s | no: 3% per video against 106 s of compilation, which a 49-frame video (48 pairs, about 16 s eager) repays after about 130 videos on this CPU; a candidate for CUDA only |
+| torch threads 1 instead of the default 2 (RAFT, 9-frame pan, load 2.4) | 5.03 s | 4.59 s | no: faster only because two other jobs shared the cores; on a quiet machine two threads use both cores |
+| bf16 autocast on this CPU (AVX2, no AVX-512 BF16): 9 frames through CLIP, DINO | 1.33 s, 0.62 s | 4.41 s, 4.48 s | no (3-7x slower; CPU scoring stays fp32 by the precision contract) |
+| seeded random initialisation of the metric models (the main job's ``--random-weights``) | CLIP ViT-B/32 1.5-1.9 s (``uniform_`` 0.96 s + ``normal_`` 0.47 s of 151M parameters), DINO ViT-S/16 0.9 s, RAFT 0.1 s | - | not changed: the time is the generator's draws themselves; skipping default initialisations that are overwritten afterwards would move the generator's state and so every later weight (a different random model) |
+| CLIP/DINO: the 9 frames and 3 references in one forward instead of four | CLIP 1.02 s, DINO 0.94 s | 0.91 s, 0.95 s | no: 0.1 s per video on the benchmark only; in a run a subject's reference is embedded once (looked up by content), and a frame's embedding would depend on its subject's references (batch composition) |
+
+All kept levers together (load average 1.5-1.8, two runs of the command above with ``--repeats 3``): 4.79 and
+4.83 s per video against the peers' 7.01 and 7.51 s, 1.46x and 1.56x (the synthetic pan repeats no frame). The
+README's main job, alternating with the tree before this round at load average 0.8-1.7: median 48.2 s of 4 runs
+(scoring 28-33 s) against 54.5 s of 3 (scoring 37-50 s).
+
+The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
+``tests/test_score.py``).
 """
 
 from __future__ import annotations

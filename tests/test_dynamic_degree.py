@@ -330,3 +330,41 @@ def test_random_raft_is_reproducible():
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     c = build_raft_model(seed=0)
     assert all(torch.equal(x, y) for x, y in zip(b.state_dict().values(), c.state_dict().values()))
+
+
+def test_repeated_pairs_run_through_raft_once(raft):
+    """Frames A A A B A A: the pairs (A, A), (A, B), (B, A) run once each (two frames through the feature encoder),
+    and every pair's score is that pair's own RAFT flow's (raft_final_flow, one pair at a time)."""
+    rng = np.random.default_rng(11)
+    distinct = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    kept = torch.from_numpy(distinct[[0, 0, 0, 1, 0, 0]]).permute(0, 3, 1, 2)
+    metric = DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=2)
+    encoded = []
+    hook = raft.feature_encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    try:
+        scores = metric.pair_scores(kept)
+    finally:
+        hook.remove()
+    assert encoded == [2]
+    images = pad_for_raft(kept.float() / 127.5 - 1.0)
+    with torch.no_grad():
+        expected = [flow_pair_score(raft_final_flow(raft, images[i : i + 1], images[i + 1 : i + 2], 2)[0])
+                    for i in range(5)]
+    assert scores.tolist() == pytest.approx(expected, rel=1e-5)
+    assert scores[0] == scores[1] == scores[4]
+
+
+def test_pyramid_lookup_equals_torchvisions_index_pyramid(raft):
+    """Same samples as CorrBlock.index_pyramid (centroids inside, on the border and far outside the volume)."""
+    from videobench.metrics.raft import PyramidLookup
+
+    torch.manual_seed(4)
+    fmap1, fmap2 = torch.randn(2, 256, 16, 24), torch.randn(2, 256, 16, 24)
+    raft.corr_block.build_pyramid(fmap1, fmap2)
+    coords = torch.rand(2, 2, 16, 24) * torch.tensor([40.0, 30.0]).view(1, 2, 1, 1) - 8.0
+    coords[0, :, 0, 0] = torch.tensor([23.0, 15.0])  # a centroid on the last pixel
+    expected = raft.corr_block.index_pyramid(centroids_coords=coords)
+    got = PyramidLookup(raft.corr_block.corr_pyramid, raft.corr_block.radius)(coords)
+    assert got.shape == expected.shape == (2, 324, 16, 24)
+    scale = expected.abs().max()  # sample points agree to ~5e-6 px (fp32 at 40 px): error <= that x the slope
+    assert torch.allclose(got, expected, atol=1e-5 * float(scale), rtol=0)

@@ -272,7 +272,13 @@ def test_subject_consistency_metric_end_to_end():
 
     metric = SubjectConsistencyMetric.create({"model_kwargs": TINY_DINO}, random_weights=True)
     still = np.repeat(_video(1, 96, 144)[:1], 4, axis=0)
-    assert metric.score(MetricInput(still, 8.0, [], PROMPT))["subject_consistency"] == pytest.approx(1.0, abs=1e-5)
+    seen = []
+    hook = metric.model.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
+    try:
+        assert metric.score(MetricInput(still, 8.0, [], PROMPT))["subject_consistency"] == pytest.approx(1.0, abs=1e-5)
+    finally:
+        hook.remove()
+    assert seen == [1]  # the still clip's one distinct frame
     moving = _video(4, 96, 144)
     value = metric.score(MetricInput(moving, 8.0, [], PROMPT))["subject_consistency"]
     with torch.no_grad():  # the same by hand: short side to 224 (bilinear, no antialias), no crop, ImageNet
@@ -309,3 +315,41 @@ def test_embeddings_of_seen_images_are_looked_up_not_recomputed(family, clip_met
         assert sum(calls) == 7  # new frames only
     column = "clip_i" if family == "clip" else "dino_i"
     assert again[column] == first[column] and other[column] != first[column]
+
+
+def test_distinct_images_known_answer():
+    from videobench.metrics.preprocess import distinct_images
+
+    a, b, c = (torch.full((1, 3, 4, 5), v, dtype=torch.uint8) for v in (1, 2, 3))
+    firsts, inverse = distinct_images(torch.cat([a, b, a, c, b]))
+    assert firsts == [0, 1, 3] and inverse == [0, 1, 0, 2, 1]
+    assert distinct_images(torch.cat([a, b, c])) == ([0, 1, 2], [0, 1, 2])
+
+
+@pytest.mark.parametrize("family", ["clip", "dino"])
+def test_repeated_frames_are_encoded_once(family, clip_metric, dino_metric):
+    """A still clip (and a clip with a frozen frame) encodes each distinct frame once; every frame's embedding
+    equals the one computed with the frame on its own (batch-size summation order: within 1e-6)."""
+    metric = {"clip": clip_metric, "dino": dino_metric}[family]
+    metric._memo.clear()
+    encoder = metric.model.encode_image if family == "clip" else metric.model.forward
+    calls = []
+
+    def counting(images):
+        calls.append(len(images))
+        return encoder(images)
+
+    video = _video(3, seed=8)
+    frames = torch.from_numpy(video[[0, 1, 1, 1, 2, 0]]).permute(0, 3, 1, 2)
+    with mock.patch.object(metric.model, "encode_image" if family == "clip" else "forward", counting):
+        got = metric.embed_frames(frames)
+    assert calls == [3]
+    alone = torch.cat([_embed_alone(metric, torch.from_numpy(video[i : i + 1]).permute(0, 3, 1, 2)) for i in range(3)])
+    assert torch.allclose(got, alone[[0, 1, 1, 1, 2, 0]], atol=1e-6, rtol=0)
+
+
+def _embed_alone(metric, image: torch.Tensor) -> torch.Tensor:
+    from videobench.metrics.preprocess import embed_images
+
+    encoder = metric.model.encode_image if metric.family == "clip" else metric.model
+    return embed_images(encoder, image, metric.preprocess, batch_size=1, device="cpu", dtype="fp32")

@@ -670,3 +670,34 @@ def test_a_video_the_run_did_not_write_is_a_case_error(tmp_path, refs):
         "seed 0 (run.json): not made by this run; generate it again (videobench generate resumes it)")
     assert summary.exit_code == 1 and summary.n_scored == 1
     assert sum("copied" in line for line in lines) == 1
+
+
+def test_a_changed_metric_option_recomputes_only_that_family(tmp_path, refs):
+    """Real metrics built from options (random weights, a one-block DINO, one RAFT update): ``-M
+    dynamic.rule=...`` the second time recomputes the dynamic degree of each case and no DINO-I."""
+    from videobench.metrics import build_metrics
+    from videobench.weights import WeightsConfig
+
+    results = build_results(tmp_path, refs)
+    tiny = {"dino": {"model_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}}, "dynamic": {"num_flow_updates": 1}}
+
+    def counted(options):
+        metrics = build_metrics(("dino_i", "dynamic"), WeightsConfig(), random_weights=True, options=options)
+        calls = {metric.family: 0 for metric in metrics}
+        for metric in metrics:
+            def score(sample, columns=None, metric=metric, score=metric.score):
+                calls[metric.family] += 1
+                return score(sample, columns)
+            metric.score = score
+        return metrics, calls
+
+    metrics, calls = counted(tiny)
+    first, _ = run(results, metrics, cache_dir=tmp_path / "cache")
+    assert calls == {"dino": 4, "dynamic": 4}  # the 4 good cases
+    before = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    metrics, calls = counted({**tiny, "dynamic": {**tiny["dynamic"], "rule": "vbench-2024-fps-scaled"}})
+    run(results, metrics, cache_dir=tmp_path / "cache")
+    assert calls == {"dino": 0, "dynamic": 4}
+    after = read_scores(results / "alpha" / "scores.csv").set_index("case_id")
+    assert after.loc["flash", "dino_i"] == before.loc["flash", "dino_i"]
+    assert after.loc["flash", "dynamic_config_sha256"] != before.loc["flash", "dynamic_config_sha256"]

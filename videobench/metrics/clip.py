@@ -211,10 +211,12 @@ class ClipMetric(ModelMetric):
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm CLIP image embeddings (float32)."""
-        return self._memo(frames, lambda images: embed_images(
+        from videobench.metrics.preprocess import embed_distinct
+
+        return embed_distinct(frames, lambda distinct: self._memo(distinct, lambda images: embed_images(
             self.model.encode_image, images, self.preprocess,
             batch_size=self.batch_size, device=self.device, dtype=self.dtype,
-        ), tag=self.dtype)
+        ), tag=self.dtype))
 
     def embed_text(self, prompt: str) -> torch.Tensor:
         """``(D,)`` unit-norm CLIP text embedding of ``prompt`` (float32)."""

@@ -181,9 +181,11 @@ class DinoMetric(ModelMetric):
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm DINO CLS features (float32)."""
-        return self._memo(frames, lambda images: embed_images(
+        from videobench.metrics.preprocess import embed_distinct
+
+        return embed_distinct(frames, lambda distinct: self._memo(distinct, lambda images: embed_images(
             self.model, images, self.preprocess, batch_size=self.batch_size, device=self.device, dtype=self.dtype
-        ), tag=self.dtype)
+        ), tag=self.dtype))
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dino_i`` (mean cosine over all (reference, frame) pairs) plus ``num_frames`` / ``num_references``."""

@@ -216,8 +216,25 @@ def raft_consecutive_flows(
     feature-encoder passes instead of 2(n - 1). RAFT-large's feature encoder normalises per sample (instance norm),
     so the flows are :func:`raft_final_flow`'s on the same pairs.
     """
-    features = model.feature_encoder(frames)
-    return _refine_flow(model, features[:-1], features[1:], frames[:-1], num_flow_updates)
+    return raft_pair_flows(model, frames, [(i, i + 1) for i in range(len(frames) - 1)], num_flow_updates)
+
+
+def raft_pair_flows(
+    model: RAFT, frames: torch.Tensor, pairs: Sequence[tuple[int, int]], num_flow_updates: int = NUM_FLOW_UPDATES
+) -> torch.Tensor:
+    """:func:`raft_final_flow` of ``frames[i] -> frames[j]`` for each ``(i, j)`` in ``pairs`` (``(len(pairs), 2, H, W)``).
+
+    Each frame a pair names goes through the feature encoder once, in one batch (RAFT-large's feature encoder
+    normalises per sample, so a frame's features do not depend on its batch); consecutive pairs ``(i, i + 1)`` are
+    :func:`raft_consecutive_flows`.
+    """
+    needed = sorted({index for pair in pairs for index in pair})
+    position = {index: k for k, index in enumerate(needed)}
+    features = model.feature_encoder(frames[needed])
+    first = torch.tensor([position[i] for i, _ in pairs], device=features.device)
+    second = torch.tensor([position[j] for _, j in pairs], device=features.device)
+    image1 = frames[torch.tensor([i for i, _ in pairs], device=frames.device)]
+    return _refine_flow(model, features[first], features[second], image1, num_flow_updates)
 
 
 def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
@@ -225,12 +242,16 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow.
 
     The GRU runs as :class:`videobench.metrics.raft.FusedUpdate`: the context's share of its convolutions is
-    computed once per pair instead of once per update.
+    computed once per pair instead of once per update; the correlation lookup as
+    :class:`videobench.metrics.raft.PyramidLookup` (sampling grids normalised once per pyramid).
     """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
+    from videobench.metrics.raft import PyramidLookup
+
     batch, _, h, w = image1.shape
     model.corr_block.build_pyramid(fmap1, fmap2)
+    lookup = PyramidLookup(model.corr_block.corr_pyramid, model.corr_block.radius)
     context = model.context_encoder(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
@@ -240,7 +261,7 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device)
     coords1 = coords0.clone()
     for _ in range(num_flow_updates):
-        corr = model.corr_block.index_pyramid(centroids_coords=coords1)
+        corr = lookup(coords1)
         hidden, delta = update(hidden, context_terms, corr, coords1 - coords0)
         coords1 = coords1 + delta
     return upsample_flow(coords1 - coords0, up_mask=model.mask_predictor(hidden))
@@ -331,15 +352,29 @@ class DynamicDegreeMetric(ModelMetric):
         }
 
     def pair_scores(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(n, 3, H, W)`` uint8 kept frames -> ``(n - 1,)`` pair scores, RAFT pairs in batches on the device."""
+        """``(n, 3, H, W)`` uint8 kept frames -> ``(n - 1,)`` pair scores, RAFT pairs in batches on the device.
+
+        A pair is a function of its two frames' bytes: a pair that comes back (a still shot: every pair is the
+        first; duplicated frames) is computed once (:func:`~videobench.metrics.preprocess.distinct_images`).
+        """
+        from videobench.metrics.preprocess import distinct_images
+
+        if len(frames) < 2:
+            return torch.zeros(0, dtype=torch.float64)
+        firsts, inverse = distinct_images(frames)
+        pair_index: dict[tuple[int, int], int] = {}
+        for pair in zip(inverse[:-1], inverse[1:]):
+            pair_index.setdefault(pair, len(pair_index))
+        pairs = list(pair_index)
         scores = []
         with torch.inference_mode(), precision_context(self.device, self.dtype):
-            images = pad_for_raft(frames.to(self.device).float() / 127.5 - 1.0)
-            for start in range(0, len(images) - 1, self.pair_batch_size):
-                stop = min(start + self.pair_batch_size, len(images) - 1)
-                flow = raft_consecutive_flows(self.model, images[start : stop + 1], self.num_flow_updates)
+            images = pad_for_raft(frames[firsts].to(self.device).float() / 127.5 - 1.0)
+            for start in range(0, len(pairs), self.pair_batch_size):
+                flow = raft_pair_flows(self.model, images, pairs[start : start + self.pair_batch_size],
+                                       self.num_flow_updates)
                 scores.append(flow_pair_scores(flow.float()))
-        return torch.cat(scores).cpu() if scores else torch.zeros(0, dtype=torch.float64)
+        distinct = torch.cat(scores).cpu()
+        return distinct[[pair_index[pair] for pair in zip(inverse[:-1], inverse[1:])]]
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dynamic`` (1.0 or 0.0) and ``dd_*`` diagnostics (kept frames, pairs, pairs over threshold, ...)."""

@@ -191,6 +191,41 @@ def embed_images(
     return torch.nn.functional.normalize(torch.cat(outputs), dim=-1)
 
 
+def distinct_images(images: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Images with the same bytes, found once: ``(firsts, inverse)`` with ``images[firsts]`` the distinct images in
+    order of first appearance and ``images[i]`` equal (byte for byte) to ``images[firsts[inverse[i]]]``.
+
+    A still shot, a frozen or a duplicated frame (a frame-rate conversion) repeats a frame's bytes; a metric that
+    is a function of each image (an embedding, a RAFT pair's flow) computes it once per distinct image. Keyed by a
+    BLAKE2b digest of each image's bytes (the shape is shared).
+    """
+    data = images.detach().cpu().contiguous().numpy()
+    seen: dict[bytes, int] = {}
+    firsts: list[int] = []
+    inverse: list[int] = []
+    for index, image in enumerate(data):
+        key = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        if key not in seen:
+            seen[key] = len(firsts)
+            firsts.append(index)
+        inverse.append(seen[key])
+    return firsts, inverse
+
+
+def embed_distinct(images: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``embed(images)`` computed on the distinct images only (:func:`distinct_images`), repeated to one row per image.
+
+    Without repeats this is ``embed(images)`` itself. With repeats a repeated image gets its first occurrence's row:
+    the same function of the same bytes, computed in a smaller batch (a matrix product's summation order can
+    depend on the batch size, about 1e-7 on a unit-norm embedding).
+    """
+    firsts, inverse = distinct_images(images)
+    if len(firsts) == len(images):
+        return embed(images)
+    distinct = embed(images[firsts])
+    return distinct[torch.tensor(inverse, device=distinct.device)]
+
+
 class EmbeddingMemo:
     """The last ``size`` embeddings a metric computed, by the content of the uint8 images they came from.
 

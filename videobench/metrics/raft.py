@@ -4,7 +4,7 @@ torchvision's ``RAFT.forward`` (``torchvision/models/optical_flow/raft.py``, the
 ``core/raft.py`` that VBench runs) encodes both images of a pair, builds the correlation pyramid, encodes the
 context of the first image and runs ``num_flow_updates`` GRU refinements, upsampling the flow after each one.
 :func:`videobench.metrics.dynamic.raft_consecutive_flows` computes the same last flow for every consecutive pair
-of a clip and saves three kinds of work, none of which changes the arithmetic beyond float summation order:
+of a clip and saves four kinds of work, none of which changes the arithmetic beyond float rounding:
 
 * each frame goes through the feature encoder once (it is the second image of one pair and the first of the next;
   RAFT-large's feature encoder normalises per sample, so a frame's features do not depend on its batch);
@@ -13,7 +13,12 @@ of a clip and saves three kinds of work, none of which changes the arithmetic be
   GRU convolutions (``convz``, ``convr``, ``convq`` of the 1x5 and the 5x1 unit) splits into a hidden, a context and
   a motion part. The context is fixed for all updates of a pair: its part (plus the bias) is computed once per pair
   instead of once per update, a third of the GRU's work. The hidden parts of ``convz`` and ``convr`` (same input)
-  run as one convolution, and so do the three motion parts (:class:`FusedGRU`).
+  run as one convolution, and so do the three motion parts (:class:`FusedGRU`);
+* the correlation lookup's sampling grids are built in ``grid_sample``'s normalised coordinates from offsets
+  normalised once per pyramid (:class:`PyramidLookup`).
+
+:meth:`videobench.metrics.dynamic.DynamicDegreeMetric.pair_scores` also runs a pair that comes back in a clip
+(the same two frames' bytes: a still shot, duplicated frames) once.
 """
 
 from __future__ import annotations
@@ -59,11 +64,12 @@ class FusedGRU(nn.Module):
 
     def forward(self, hidden: torch.Tensor, motion: torch.Tensor, context_terms: torch.Tensor) -> torch.Tensor:
         n = self.hidden_size
-        from_motion = F.conv2d(motion, self.w_motion, padding=self.padding) + context_terms
-        zr = torch.sigmoid(F.conv2d(hidden, self.w_hidden_zr, padding=self.padding) + from_motion[:, : 2 * n])
+        from_motion = F.conv2d(motion, self.w_motion, padding=self.padding).add_(context_terms)
+        zr = torch.sigmoid_(F.conv2d(hidden, self.w_hidden_zr, padding=self.padding).add_(from_motion[:, : 2 * n]))
         z, r = zr[:, :n], zr[:, n:]
-        q = torch.tanh(F.conv2d(r * hidden, self.w_hidden_q, padding=self.padding) + from_motion[:, 2 * n :])
-        return (1 - z) * hidden + z * q
+        q = torch.tanh_(F.conv2d(r * hidden, self.w_hidden_q, padding=self.padding).add_(from_motion[:, 2 * n :]))
+        dtype = torch.promote_types(hidden.dtype, q.dtype)  # autocast: the convolutions' outputs may be fp16
+        return torch.lerp(hidden.to(dtype), q.to(dtype), z.to(dtype))  # (1 - z) h + z q in one pass
 
 
 class FusedUpdate(nn.Module):
@@ -96,6 +102,38 @@ class FusedUpdate(nn.Module):
         for gru, terms in zip(self.grus, context_terms):
             hidden = gru(hidden, motion, terms)
         return hidden, self.flow_head(hidden)
+
+
+class PyramidLookup:
+    """RAFT's correlation lookup (torchvision ``CorrBlock.index_pyramid``) with the sampling grids built in
+    ``grid_sample``'s normalised coordinates.
+
+    ``index_pyramid`` adds the ``(2r + 1)^2`` offsets to the centroids in pixels, then normalises every sample
+    (``2 x / (w - 1) - 1``: a split, four arithmetic passes and a concatenation per level, 20 times per pair). The
+    map is affine, so the normalised offsets and the per-level scale are computed once per pyramid and each lookup
+    is one fused multiply-add per level: the same sampling points up to float rounding (pair scores move by about
+    2e-7 relative), the same bilinear ``grid_sample`` with zero padding, the same channel order (level-major, then
+    the x offset, then the y offset).
+    """
+
+    def __init__(self, pyramid: list[torch.Tensor], radius: int) -> None:
+        device = pyramid[0].device
+        steps = torch.linspace(-radius, radius, 2 * radius + 1, device=device)
+        delta = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1)  # (x, y) offsets, as torchvision
+        self.levels = []
+        for level, volume in enumerate(pyramid):
+            h, w = volume.shape[-2:]
+            scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=device)
+            self.levels.append((volume, scale / 2**level, delta * scale - 1.0))
+
+    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features."""
+        batch, _, h, w = coords.shape
+        centroids = coords.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 1, 2)
+        sampled = [F.grid_sample(volume, torch.addcmul(offsets, centroids, scale), mode="bilinear",
+                                 align_corners=True).view(batch, h, w, -1)
+                   for volume, scale, offsets in self.levels]
+        return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
 def fused_update(model: nn.Module) -> FusedUpdate:

@@ -152,12 +152,18 @@ class SubjectConsistencyMetric(ModelMetric):
         return config
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` uint8 -> ``(N, D)`` L2-normalised float32 DINO CLS features."""
-        outputs = []
-        with torch.inference_mode(), precision_context(self.device, self.dtype):
-            for chunk in torch.split(frames, self.batch_size):
-                outputs.append(self.model(vbench_dino_transform(chunk.to(self.device))).float())
-        return F.normalize(torch.cat(outputs), dim=-1)
+        """``(N, 3, H, W)`` uint8 -> ``(N, D)`` L2-normalised float32 DINO CLS features (a repeated frame once:
+        :func:`~videobench.metrics.preprocess.embed_distinct`)."""
+        from videobench.metrics.preprocess import embed_distinct
+
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            outputs = []
+            with torch.inference_mode(), precision_context(self.device, self.dtype):
+                for chunk in torch.split(images, self.batch_size):
+                    outputs.append(self.model(vbench_dino_transform(chunk.to(self.device))).float())
+            return F.normalize(torch.cat(outputs), dim=-1)
+
+        return embed_distinct(frames, embed)
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         columns = self._check_columns(columns)
