@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
@@ -41,7 +41,11 @@ from videobench.options import echo, option
 from videobench.plugins import lazy_module
 from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 
-torch = lazy_module("torch")  # imported on first use: describing the family (options, weights) needs no torch
+# imported on first use: describing the family (options, weights) needs no torch
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_CLIP_PRETRAINED = "openai"

@@ -19,7 +19,7 @@ import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
@@ -36,7 +36,11 @@ from videobench.options import echo, option
 from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
 
-torch = lazy_module("torch")  # imported on first use: describing the family (options, weights) needs no torch
+# imported on first use: describing the family (options, weights) needs no torch
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 DINO_ARCH = "vit_small_patch16_224"
 #: timm's name of DINO ViT-S/16 (architecture + pretrained tag: its data config is the model's own).

@@ -49,12 +49,16 @@ from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
 
 # imported on first use: describing the family (options, weights) needs no torch
-torch = lazy_module("torch")
-F = lazy_module("torch.nn.functional")
-raft = lazy_module("videobench.metrics.raft")
-
 if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
     from torchvision.models.optical_flow import RAFT
+
+    from videobench.metrics import raft
+else:
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
+    raft = lazy_module("videobench.metrics.raft")
 
 _RAFT_URL = "https://download.pytorch.org/models/raft_large_C_T_V1-22a6c225.pth"
 NUM_FLOW_UPDATES = 20

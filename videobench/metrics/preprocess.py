@@ -19,7 +19,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -27,7 +27,11 @@ from PIL import Image
 from videobench.devices import check_device  # noqa: F401 (re-export: the metrics' device check)
 from videobench.plugins import lazy_module
 
-torch = lazy_module("torch")  # imported on first use: describing a metric (options, weights) needs no torch
+# imported on first use: describing a metric (options, weights) needs no torch
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -41,13 +41,17 @@ from videobench.options import option
 from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec
 
-if TYPE_CHECKING:
-    from videobench.metrics.dino_vit import DinoViT
-
 # imported on first use: describing the family (options, weights) needs no torch
-torch = lazy_module("torch")
-F = lazy_module("torch.nn.functional")
-dino_vit = lazy_module("videobench.metrics.dino_vit")
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+
+    from videobench.metrics import dino_vit
+    from videobench.metrics.dino_vit import DinoViT
+else:
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
+    dino_vit = lazy_module("videobench.metrics.dino_vit")
 
 SUBJECT_ARCH = "vit_base_patch16_224.dino"
 #: VBench's ``dino_transform(224)``: the short side's length.
