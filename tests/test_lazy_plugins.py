@@ -57,6 +57,27 @@ def test_getting_any_one_method_imports_no_model_library_and_no_other_method():
         assert not loaded & others, (name, loaded & others)
 
 
+def test_the_helper_modules_that_listing_skips_register_nothing():
+    """Listing imports a plugin package's modules but its ``*_model`` / ``*_config`` helpers: importing those too
+    must add no method, metric or suite (else the skip would hide a plugin)."""
+    code = ("import importlib, pkgutil\n"
+            "from videobench.methods import available_methods\n"
+            "from videobench.metrics.registry import metric_families\n"
+            "from videobench.suites.registry import available_suites\n"
+            "from videobench.plugins import BUILTIN_PLUGINS, _HELPER_MODULE_SUFFIXES\n"
+            "def listed(): return (sorted(available_methods()), sorted(metric_families()), sorted(available_suites()))\n"
+            "before = listed(); helpers = []\n"
+            "for names in BUILTIN_PLUGINS.values():\n"
+            "    for name in names:\n"
+            "        module = importlib.import_module(name)\n"
+            "        for info in pkgutil.iter_modules(getattr(module, '__path__', [])):\n"
+            "            if info.name.endswith(_HELPER_MODULE_SUFFIXES):\n"
+            "                importlib.import_module(f'{name}.{info.name}'); helpers.append(info.name)\n"
+            "print(len(helpers), listed() == before)")
+    count, unchanged = _fresh(code).split()
+    assert int(count) > 0 and unchanged == "True"
+
+
 #: What describing a plugin (``videobench methods``, ``weights``, ``metrics``) must not import: the model libraries
 #: and torch under them (seconds of import time for a listing).
 MODEL_LIBRARIES = frozenset({"torch", *HEAVY})
