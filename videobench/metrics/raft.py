@@ -136,6 +136,55 @@ class PyramidLookup:
         return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
+class PatchLookup:
+    """RAFT's correlation lookup (torchvision ``CorrBlock.index_pyramid``) as a gather of integer-aligned patches
+    and one shared bilinear blend per centroid, without ``grid_sample``.
+
+    The ``(2r + 1)^2`` window offsets are integers, so all samples of one centroid ``(x, y)`` share its fractional
+    parts ``(fx, fy)``: the window is the bilinear blend, with the same weights ``(1 - fx, fx)`` and ``(1 - fy, fy)``,
+    of the ``(2r + 2)^2`` volume entries at ``floor(x) - r .. floor(x) + r + 1`` (and the same in ``y``). Entries
+    outside the volume are zeros (``grid_sample``'s zero padding, ``align_corners=True``): each level is padded by
+    ``2r + 2`` zeros per side and ``floor`` is clamped to ``[-(r + 2), size + r]``, beyond which every entry of the
+    patch is padding. One ``gather`` of ``(2r + 2)^2`` entries and two ``lerp`` per centroid and level replace
+    ``grid_sample``'s ``4 (2r + 1)^2`` reads and its per-sample weights; the output layout is ``index_pyramid``'s
+    (level-major, then the x offset, then the y offset). The values are the same bilinear interpolation up to float
+    rounding.
+    """
+
+    def __init__(self, pyramid: list[torch.Tensor], radius: int) -> None:
+        self.radius, pad = radius, 2 * radius + 2
+        side = 2 * radius + 2
+        steps = torch.arange(side, device=pyramid[0].device)
+        self.levels = []
+        for volume in pyramid:  # (B * h * w, 1, H_l, W_l)
+            height, width = volume.shape[-2:]
+            padded = F.pad(volume, [pad, pad, pad, pad]).flatten(1)
+            stride = width + 2 * pad
+            # patch entry (i, j): x step i, y step j (x-major, as index_pyramid's meshgrid "ij" of (x, y) offsets)
+            offsets = (steps.view(side, 1) + steps.view(1, side) * stride).flatten()
+            self.levels.append((padded, offsets, width, height, stride))
+
+    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features."""
+        batch, _, h, w = coords.shape
+        r, side, pad = self.radius, 2 * self.radius + 2, 2 * self.radius + 2
+        centroids = coords.permute(0, 2, 3, 1).reshape(batch * h * w, 2)
+        sampled = []
+        for level, (padded, offsets, width, height, stride) in enumerate(self.levels):
+            point = centroids / 2**level  # index_pyramid halves the centroids per level (exact in binary)
+            floor = torch.floor(point)
+            fraction = (point - floor).unsqueeze(-1)  # (N, 2, 1)
+            low = torch.tensor([-(r + 2), -(r + 2)], device=coords.device)
+            high = torch.tensor([width + r, height + r], device=coords.device)
+            first = torch.minimum(torch.maximum(floor.long(), low), high) + (pad - r)  # patch origin in padding
+            start = first[:, 0] + first[:, 1] * stride
+            patch = padded.gather(1, start.unsqueeze(1) + offsets).view(-1, side, side)  # (N, x step, y step)
+            along_y = torch.lerp(patch[:, :, :-1], patch[:, :, 1:], fraction[:, 1:2])
+            window = torch.lerp(along_y[:, :-1], along_y[:, 1:], fraction[:, 0:1])  # (N, 2r + 1, 2r + 1)
+            sampled.append(window.reshape(batch, h, w, -1))
+        return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+
 def fused_update(model: nn.Module) -> FusedUpdate:
     """The model's :class:`FusedUpdate`, built once and kept on the model (weights are fixed at inference)."""
     fused = model.__dict__.get("_videobench_fused_update")
