@@ -152,37 +152,42 @@ class PatchLookup:
     """
 
     def __init__(self, pyramid: list[torch.Tensor], radius: int) -> None:
-        self.radius, pad = radius, 2 * radius + 2
-        side = 2 * radius + 2
-        steps = torch.arange(side, device=pyramid[0].device)
-        self.levels = []
-        for volume in pyramid:  # (B * h * w, 1, H_l, W_l)
-            height, width = volume.shape[-2:]
-            padded = F.pad(volume, [pad, pad, pad, pad]).flatten(1)
-            stride = width + 2 * pad
-            # patch entry (i, j): x step i, y step j (x-major, as index_pyramid's meshgrid "ij" of (x, y) offsets)
-            offsets = (steps.view(side, 1) + steps.view(1, side) * stride).flatten()
-            self.levels.append((padded, offsets, width, height, stride))
+        device, side, pad = pyramid[0].device, 2 * radius + 2, 2 * radius + 2
+        self.radius = radius
+        steps = torch.arange(side, device=device)
+        sizes = torch.tensor([volume.shape[-1:-3:-1] for volume in pyramid], device=device)  # (levels, 2): (W, H)
+        strides = sizes[:, 0] + 2 * pad
+        # all levels' padded volumes side by side per centroid: one gather serves every level
+        padded = [F.pad(volume, [pad, pad, pad, pad]).flatten(1) for volume in pyramid]
+        bases = torch.tensor([0] + [level.shape[1] for level in padded[:-1]], device=device).cumsum(0)
+        volumes = torch.cat(padded, dim=1)
+        # every run of ``side`` consecutive entries of a row (x) as one item: a patch is ``side`` such runs
+        self.runs = volumes.view(-1).as_strided((volumes.numel() - side + 1, side), (1, 1))
+        self.rows = torch.arange(0, volumes.numel(), volumes.shape[1], device=device).view(-1, 1)  # row starts
+        self.offsets = (bases.view(-1, 1) + steps.view(1, side) * strides.view(-1, 1)).flatten()  # (levels * side)
+        self.strides = strides
+        self.scales = 2.0 ** -torch.arange(len(pyramid), device=device, dtype=pyramid[0].dtype).view(-1, 1)
+        self.low = torch.full_like(sizes, -(radius + 2))
+        self.high = sizes + radius
+        self.shift = pad - radius
 
     def __call__(self, coords: torch.Tensor) -> torch.Tensor:
         """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features."""
         batch, _, h, w = coords.shape
-        r, side, pad = self.radius, 2 * self.radius + 2, 2 * self.radius + 2
-        centroids = coords.permute(0, 2, 3, 1).reshape(batch * h * w, 2)
-        sampled = []
-        for level, (padded, offsets, width, height, stride) in enumerate(self.levels):
-            point = centroids / 2**level  # index_pyramid halves the centroids per level (exact in binary)
-            floor = torch.floor(point)
-            fraction = (point - floor).unsqueeze(-1)  # (N, 2, 1)
-            low = torch.tensor([-(r + 2), -(r + 2)], device=coords.device)
-            high = torch.tensor([width + r, height + r], device=coords.device)
-            first = torch.minimum(torch.maximum(floor.long(), low), high) + (pad - r)  # patch origin in padding
-            start = first[:, 0] + first[:, 1] * stride
-            patch = padded.gather(1, start.unsqueeze(1) + offsets).view(-1, side, side)  # (N, x step, y step)
-            along_y = torch.lerp(patch[:, :, :-1], patch[:, :, 1:], fraction[:, 1:2])
-            window = torch.lerp(along_y[:, :-1], along_y[:, 1:], fraction[:, 0:1])  # (N, 2r + 1, 2r + 1)
-            sampled.append(window.reshape(batch, h, w, -1))
-        return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous()
+        levels, side = len(self.scales), 2 * self.radius + 2
+        # index_pyramid halves the centroids per level (exact in binary): (N, levels, 2)
+        points = coords.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 2) * self.scales
+        floor = torch.floor(points)
+        fraction = (points - floor).unsqueeze(-1)  # (N, levels, 2, 1)
+        first = torch.minimum(torch.maximum(floor.long(), self.low), self.high) + self.shift  # patch origin
+        start = first[..., 0] + first[..., 1] * self.strides  # (N, levels)
+        index = start.add_(self.rows).repeat_interleave(side, dim=1).add_(self.offsets)  # one run per y step
+        patch = self.runs.index_select(0, index.view(-1)).view(-1, levels, side, side)  # (N, levels, y, x)
+        along_x = torch.lerp(patch[..., :-1], patch[..., 1:], fraction[:, :, 0:1])
+        window = torch.lerp(along_x[:, :, :-1], along_x[:, :, 1:], fraction[:, :, 1:2])  # (N, levels, y, x)
+        # index_pyramid's channel order: level, then the x offset, then the y offset
+        window = window.view(batch, h * w, levels, side - 1, side - 1).permute(0, 2, 4, 3, 1)
+        return window.reshape(batch, -1, h, w)
 
 
 def fused_update(model: nn.Module) -> FusedUpdate:
