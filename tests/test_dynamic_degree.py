@@ -354,22 +354,6 @@ def test_repeated_pairs_run_through_raft_once(raft):
     assert scores[0] == scores[1] == scores[4]
 
 
-def test_pyramid_lookup_equals_torchvisions_index_pyramid(raft):
-    """Same samples as CorrBlock.index_pyramid (centroids inside, on the border and far outside the volume)."""
-    from videobench.metrics.raft import PyramidLookup
-
-    torch.manual_seed(4)
-    fmap1, fmap2 = torch.randn(2, 256, 16, 24), torch.randn(2, 256, 16, 24)
-    raft.corr_block.build_pyramid(fmap1, fmap2)
-    coords = torch.rand(2, 2, 16, 24) * torch.tensor([40.0, 30.0]).view(1, 2, 1, 1) - 8.0
-    coords[0, :, 0, 0] = torch.tensor([23.0, 15.0])  # a centroid on the last pixel
-    expected = raft.corr_block.index_pyramid(centroids_coords=coords)
-    got = PyramidLookup(raft.corr_block.corr_pyramid, raft.corr_block.radius)(coords)
-    assert got.shape == expected.shape == (2, 324, 16, 24)
-    scale = expected.abs().max()  # sample points agree to ~5e-6 px (fp32 at 40 px): error <= that x the slope
-    assert torch.allclose(got, expected, atol=1e-5 * float(scale), rtol=0)
-
-
 def test_patch_lookup_equals_torchvisions_index_pyramid(raft):
     """The gathered-patch lookup samples what CorrBlock.index_pyramid samples, in its channel order: centroids
     inside, at exact integers, on the last pixel, just outside (partly padding) and far outside (all padding)."""
