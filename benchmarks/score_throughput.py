@@ -72,7 +72,11 @@ over): feature encoder 1.54 s (10%), context encoder 0.47 s (3%), correlation py
 1.11 s (7%), motion encoder 3.91 s (25%), the two GRUs 6.49 s (42%), flow head 1.65 s (11%), the GRU's context
 terms 0.03 s, mask predictor and upsampling 0.12 s (0.8%). Convolutions dominate (the GRU's 1x5/5x1 and the motion
 encoder's and flow head's 3x3); the elementwise passes (sigmoid, tanh, ReLU, additions, lerp) take 5-7 ms each
-under load, about 15% together, because each parallel operator waits for the second, busy, core.
+under load, about 15% together, because each parallel operator waits for the second, busy, core. The issue's size,
+17 frames at 256x320 (16 pairs, with :class:`videobench.metrics.raft.PatchLookup`, 23.8 s profiled at load average
+1.0-1.3): feature encoder 3.96 s (17%; its instance norm 0.39 s), context encoder 2.92 s (12%), pyramid build
+0.31 s, lookup 0.74 s (3%), motion encoder 5.69 s (24%; its 3x3 256 -> 192 convolution alone 2.68 s), GRUs 6.96 s
+(29%), flow head 2.07 s (9%), context terms 0.22 s, mask predictor and upsampling 0.26 s.
 
 | lever | before | after | kept |
 |---|---|---|---|
