@@ -10,7 +10,8 @@ The peer loop computes exactly what the published evaluation code computes, in i
 
 The scorer path is ``metric.score`` (what ``videobench score`` calls): CLIP/DINO frames batched under
 ``torch.inference_mode``, RAFT with each frame encoded once, pairs batched, the GRU's context share computed once per
-pair and the correlation lookup's grids normalised once per pyramid (:mod:`videobench.metrics.raft`), one
+pair and the correlation lookup as gathered integer-aligned patches blended with four shared bilinear weights per
+centroid (:mod:`videobench.metrics.raft`), one
 upsampling per pair; a frame or a pair repeated in a clip is computed once (the synthetic pan has none). The
 script asserts both paths give the same numbers: cosines within 1e-5, every RAFT pair score within 1e-4 relative,
 the same D.D decision.
@@ -50,7 +51,7 @@ initialisation:
 | lever | before | after | kept |
 |---|---|---|---|
 | repeated frames computed once (:func:`videobench.metrics.preprocess.distinct_images`): RAFT runs each distinct consecutive pair, CLIP/DINO embed each distinct frame; a still shot of 9 frames | RAFT 3.04 s, CLIP 0.63 s, DINO 0.63 s | 0.45 s, 0.14 s, 0.09 s | yes: the smoke suite's three still videos need 3 RAFT pairs instead of 24 and 3 frames instead of 27 per family (the main job: 59 of 80 RAFT pairs, 66 of 90 frames); pair scores bit-identical, cosines within 1.2e-7 (batch-size summation order) |
-| RAFT correlation lookup with grids normalised once per pyramid (:class:`videobench.metrics.raft.PyramidLookup`) instead of torchvision's ``index_pyramid`` (split, 4 passes and a concatenation per level and update) | 2.86 s | 2.65 s | yes: pair scores within 2.3e-7 relative |
+| RAFT correlation lookup with grids normalised once per pyramid (``PyramidLookup``, replaced in the third round) instead of torchvision's ``index_pyramid`` (split, 4 passes and a concatenation per level and update) | 2.86 s | 2.65 s | yes: pair scores within 2.3e-7 relative |
 | RAFT GRU: ``(1 - z) h + z q`` as one ``lerp``, activations and additions in place | 2.86 s | 2.63 s | yes: pair scores within 1.9e-7 relative (both together: 2.67 s, the rounds' spread is as large as the gain) |
 | RAFT ``channels_last`` (model, frames, hidden state and context) with the lookup above | 2.54 s | 2.59 s | no: no gain in the quiet rounds |
 | ``torch.compile`` (inductor, ``freezing=True``) of the fused update block, smoke size | 2.78 s per video (eager) | 2.70 s; the first call (compilation) took 106 s | no: 3% per video against 106 s of compilation, which a 49-frame video (48 pairs, about 16 s eager) repays after about 130 videos on this CPU; a candidate for CUDA only |
@@ -63,6 +64,25 @@ All kept levers together (load average 1.5-1.8, two runs of the command above wi
 4.83 s per video against the peers' 7.01 and 7.51 s, 1.46x and 1.56x (the synthetic pan repeats no frame). The
 README's main job, alternating with the tree before this round at load average 0.8-1.7: median 48.2 s of 4 runs
 (scoring 28-33 s) against 54.5 s of 3 (scoring 37-50 s).
+
+Third round (RAFT only; the same 2-core machine shared with one other engineer's test runs, load average 1.2-3).
+torch.profiler of :func:`videobench.metrics.dynamic.raft_pair_flows` on the 9-frame 128x192 pan (8 pairs, 20
+updates; 15.4 s profiled under load 2-3, against 2.4-2.8 s unprofiled on a quieter machine, so only the shares carry
+over): feature encoder 1.54 s (10%), context encoder 0.47 s (3%), correlation pyramid build 0.05 s (0.3%), lookup
+1.11 s (7%), motion encoder 3.91 s (25%), the two GRUs 6.49 s (42%), flow head 1.65 s (11%), the GRU's context
+terms 0.03 s, mask predictor and upsampling 0.12 s (0.8%). Convolutions dominate (the GRU's 1x5/5x1 and the motion
+encoder's and flow head's 3x3); the elementwise passes (sigmoid, tanh, ReLU, additions, lerp) take 5-7 ms each
+under load, about 15% together, because each parallel operator waits for the second, busy, core. The issue's size,
+17 frames at 256x320 (16 pairs, with :class:`videobench.metrics.raft.PatchLookup`, 23.8 s profiled at load average
+1.0-1.3): feature encoder 3.96 s (17%; its instance norm 0.39 s), context encoder 2.92 s (12%), pyramid build
+0.31 s, lookup 0.74 s (3%), motion encoder 5.69 s (24%; its 3x3 256 -> 192 convolution alone 2.68 s), GRUs 6.96 s
+(29%), flow head 2.07 s (9%), context terms 0.22 s, mask predictor and upsampling 0.26 s.
+
+| lever | before | after | kept |
+|---|---|---|---|
+| RAFT correlation lookup as one ``index_select`` of integer-aligned ``(2r + 2)^2`` patches (every level's zero-padded volume in one buffer) and two ``lerp`` with each centroid's shared bilinear weights (:class:`videobench.metrics.raft.PatchLookup`) instead of ``PyramidLookup``'s ``grid_sample`` | lookup alone, 20 calls: 0.104-0.118 s (8 pairs at 128x192), 1.04-1.11 s (16 pairs at 256x320); whole RAFT pass, medians of interleaved rounds: 2.70 s (6 rounds), 21.0 s (2 rounds) | 0.078-0.081 s, 0.66-0.67 s; 2.65 s, 20.0 s | yes: pair scores within 1.4e-7 (128x192) and 3.0e-7 (256x320) relative; 2-5% of a RAFT pass, at the rounds' noise |
+| first version of the above: one ``gather`` per level of a flattened ``(2r + 2)^2`` index | lookup 16 pairs at 256x320, 5 calls (profiled, ``PyramidLookup``): 0.31-0.46 s | 0.25-0.29 s (int64 index building and ~10 small operators per level) | replaced by the single-buffer ``index_select`` (0.16 s) |
+| flow head's last convolution (3x3, 256 -> 2 channels, 2.7% of the profile; oneDNN is slow with 2 output channels) as one GEMM of the 9 taps (18 x 256) followed by 9 shifted additions | 1.6-2.0 ms per call (8 pairs at 128x192) | 0.45-0.5 ms, max difference 1.6e-6 of the output scale; at 16 pairs of 256x320 slower under load (convolution 25-48 ms, taps 99-104 ms) | no: at most 1% of a RAFT pass at the smoke size, slower at the issue's size |
 
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).

@@ -354,17 +354,28 @@ def test_repeated_pairs_run_through_raft_once(raft):
     assert scores[0] == scores[1] == scores[4]
 
 
-def test_pyramid_lookup_equals_torchvisions_index_pyramid(raft):
-    """Same samples as CorrBlock.index_pyramid (centroids inside, on the border and far outside the volume)."""
-    from videobench.metrics.raft import PyramidLookup
+def test_patch_lookup_equals_torchvisions_index_pyramid(raft):
+    """The gathered-patch lookup samples what CorrBlock.index_pyramid samples, in its channel order: centroids
+    inside, at exact integers, on the last pixel, just outside (partly padding) and far outside (all padding)."""
+    from videobench.metrics.raft import PatchLookup
 
     torch.manual_seed(4)
     fmap1, fmap2 = torch.randn(2, 256, 16, 24), torch.randn(2, 256, 16, 24)
     raft.corr_block.build_pyramid(fmap1, fmap2)
-    coords = torch.rand(2, 2, 16, 24) * torch.tensor([40.0, 30.0]).view(1, 2, 1, 1) - 8.0
-    coords[0, :, 0, 0] = torch.tensor([23.0, 15.0])  # a centroid on the last pixel
+    coords = torch.rand(2, 2, 16, 24) * torch.tensor([60.0, 50.0]).view(1, 2, 1, 1) - 18.0
+    coords[1] = coords[1].round()  # exact integers: zero fractions, the patch's last row and column unused
+    special = [(23.0, 15.0), (0.0, 0.0), (-4.5, 3.25), (-5.0, 7.0), (27.75, -4.0), (28.0, 19.0), (-200.0, 300.0)]
+    for k, (x, y) in enumerate(special):
+        coords[0, :, 0, k] = torch.tensor([x, y])
     expected = raft.corr_block.index_pyramid(centroids_coords=coords)
-    got = PyramidLookup(raft.corr_block.corr_pyramid, raft.corr_block.radius)(coords)
+    got = PatchLookup(raft.corr_block.corr_pyramid, raft.corr_block.radius)(coords)
     assert got.shape == expected.shape == (2, 324, 16, 24)
-    scale = expected.abs().max()  # sample points agree to ~5e-6 px (fp32 at 40 px): error <= that x the slope
-    assert torch.allclose(got, expected, atol=1e-5 * float(scale), rtol=0)
+    # grid_sample maps each sample to [-1, 1] and back (about 6e-8 x 60 px of error in the point), the blends
+    # round at 6e-8 relative: the difference is at most ~1e-5 x the largest entry
+    scale = float(expected.abs().max())
+    assert torch.allclose(got, expected, atol=1e-5 * scale, rtol=0)
+    assert torch.equal(got[0, :, 0, 6], torch.zeros(324))  # far outside every level: only padding
+    window = expected[0, :81, 0, 1].view(9, 9)  # centroid (0, 0) at level 0: x offset rows, y offset columns
+    volume = raft.corr_block.corr_pyramid[0][1, 0]  # the volume of pixel (0, 1) of the first pair
+    assert torch.allclose(window[4:, 4:], volume[:5, :5].T, atol=1e-6 * scale, rtol=0)
+    assert torch.allclose(got[0, :81, 0, 1].view(9, 9)[4:, 4:], volume[:5, :5].T, atol=1e-6 * scale, rtol=0)

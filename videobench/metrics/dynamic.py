@@ -247,15 +247,15 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
 
     The GRU runs as :class:`videobench.metrics.raft.FusedUpdate`: the context's share of its convolutions is
     computed once per pair instead of once per update; the correlation lookup as
-    :class:`videobench.metrics.raft.PyramidLookup` (sampling grids normalised once per pyramid).
+    :class:`videobench.metrics.raft.PatchLookup` (one gathered patch and four bilinear weights per centroid).
     """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
-    from videobench.metrics.raft import PyramidLookup
+    from videobench.metrics.raft import PatchLookup
 
     batch, _, h, w = image1.shape
     model.corr_block.build_pyramid(fmap1, fmap2)
-    lookup = PyramidLookup(model.corr_block.corr_pyramid, model.corr_block.radius)
+    lookup = PatchLookup(model.corr_block.corr_pyramid, model.corr_block.radius)
     context = model.context_encoder(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)

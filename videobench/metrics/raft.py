@@ -14,8 +14,9 @@ of a clip and saves four kinds of work, none of which changes the arithmetic bey
   a motion part. The context is fixed for all updates of a pair: its part (plus the bias) is computed once per pair
   instead of once per update, a third of the GRU's work. The hidden parts of ``convz`` and ``convr`` (same input)
   run as one convolution, and so do the three motion parts (:class:`FusedGRU`);
-* the correlation lookup's sampling grids are built in ``grid_sample``'s normalised coordinates from offsets
-  normalised once per pyramid (:class:`PyramidLookup`).
+* the correlation lookup gathers, per centroid and level, the ``(2r + 2)^2`` integer-aligned volume entries around
+  it and blends them with the centroid's four bilinear weights, shared by all its ``(2r + 1)^2`` window samples,
+  instead of ``grid_sample``'s four reads and weights per sample (:class:`PatchLookup`).
 
 :meth:`videobench.metrics.dynamic.DynamicDegreeMetric.pair_scores` also runs a pair that comes back in a clip
 (the same two frames' bytes: a still shot, duplicated frames) once.
@@ -104,36 +105,62 @@ class FusedUpdate(nn.Module):
         return hidden, self.flow_head(hidden)
 
 
-class PyramidLookup:
-    """RAFT's correlation lookup (torchvision ``CorrBlock.index_pyramid``) with the sampling grids built in
-    ``grid_sample``'s normalised coordinates.
+class PatchLookup:
+    """RAFT's correlation lookup (torchvision ``CorrBlock.index_pyramid``) as a gather of integer-aligned patches
+    and one shared bilinear blend per centroid, without ``grid_sample``.
 
-    ``index_pyramid`` adds the ``(2r + 1)^2`` offsets to the centroids in pixels, then normalises every sample
-    (``2 x / (w - 1) - 1``: a split, four arithmetic passes and a concatenation per level, 20 times per pair). The
-    map is affine, so the normalised offsets and the per-level scale are computed once per pyramid and each lookup
-    is one fused multiply-add per level: the same sampling points up to float rounding (pair scores move by about
-    2e-7 relative), the same bilinear ``grid_sample`` with zero padding, the same channel order (level-major, then
-    the x offset, then the y offset).
+    The ``(2r + 1)^2`` window offsets are integers, so all samples of one centroid ``(x, y)`` share its fractional
+    parts ``(fx, fy)``: the window is the bilinear blend, with the same weights ``(1 - fx, fx)`` and ``(1 - fy, fy)``,
+    of the ``(2r + 2)^2`` volume entries at ``floor(x) - r .. floor(x) + r + 1`` (and the same in ``y``). Entries
+    outside the volume are zeros (``grid_sample``'s zero padding, ``align_corners=True``): each level is padded by
+    ``2r + 2`` zeros per side and ``floor`` is clamped to ``[-(r + 2), size + r]``, beyond which every entry of the
+    patch is padding. All levels' padded volumes sit side by side in one buffer, so one ``index_select`` fetches the
+    ``2r + 2`` rows of ``2r + 2`` consecutive entries of every centroid's patch at every level, and two ``lerp``
+    (along x, then y) blend them: ``(2r + 2)^2`` reads and shared weights per centroid and level instead of
+    ``grid_sample``'s ``4 (2r + 1)^2`` reads and per-sample weights. The output layout is ``index_pyramid``'s
+    (level-major, then the x offset, then the y offset); the values are the same bilinear interpolation up to float
+    rounding (pair scores move by about 2e-7 relative). Volumes are read in fp32 at least, as ``grid_sample`` does
+    under autocast.
     """
 
     def __init__(self, pyramid: list[torch.Tensor], radius: int) -> None:
-        device = pyramid[0].device
-        steps = torch.linspace(-radius, radius, 2 * radius + 1, device=device)
-        delta = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1)  # (x, y) offsets, as torchvision
-        self.levels = []
-        for level, volume in enumerate(pyramid):
-            h, w = volume.shape[-2:]
-            scale = torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], device=device)
-            self.levels.append((volume, scale / 2**level, delta * scale - 1.0))
+        device, side, pad = pyramid[0].device, 2 * radius + 2, 2 * radius + 2
+        self.radius = radius
+        steps = torch.arange(side, device=device)
+        sizes = torch.tensor([volume.shape[-1:-3:-1] for volume in pyramid], device=device)  # (levels, 2): (W, H)
+        strides = sizes[:, 0] + 2 * pad
+        # all levels' padded volumes side by side per centroid: one gather serves every level
+        padded = [F.pad(volume, [pad, pad, pad, pad]).flatten(1) for volume in pyramid]
+        bases = torch.tensor([0] + [level.shape[1] for level in padded[:-1]], device=device).cumsum(0)
+        # fp32 at least, as grid_sample runs under autocast
+        volumes = torch.cat(padded, dim=1).to(torch.promote_types(pyramid[0].dtype, torch.float32))
+        # every run of ``side`` consecutive entries of a row (x) as one item: a patch is ``side`` such runs
+        self.runs = volumes.view(-1).as_strided((volumes.numel() - side + 1, side), (1, 1))
+        self.rows = torch.arange(0, volumes.numel(), volumes.shape[1], device=device).view(-1, 1)  # row starts
+        self.offsets = (bases.view(-1, 1) + steps.view(1, side) * strides.view(-1, 1)).flatten()  # (levels * side)
+        self.strides = strides
+        self.scales = 2.0 ** -torch.arange(len(pyramid), device=device, dtype=volumes.dtype).view(-1, 1)
+        self.low = torch.full_like(sizes, -(radius + 2), dtype=volumes.dtype)
+        self.high = (sizes + radius).to(volumes.dtype)
+        self.shift = pad - radius
 
     def __call__(self, coords: torch.Tensor) -> torch.Tensor:
         """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features."""
         batch, _, h, w = coords.shape
-        centroids = coords.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 1, 2)
-        sampled = [F.grid_sample(volume, torch.addcmul(offsets, centroids, scale), mode="bilinear",
-                                 align_corners=True).view(batch, h, w, -1)
-                   for volume, scale, offsets in self.levels]
-        return torch.cat(sampled, dim=-1).permute(0, 3, 1, 2).contiguous()
+        levels, side = len(self.scales), 2 * self.radius + 2
+        # index_pyramid halves the centroids per level (exact in binary): (N, levels, 2)
+        points = coords.permute(0, 2, 3, 1).reshape(batch * h * w, 1, 2).to(self.scales.dtype) * self.scales
+        floor = torch.floor(points)
+        fraction = (points - floor).unsqueeze(-1)  # (N, levels, 2, 1)
+        first = torch.clamp(floor, self.low, self.high).long() + self.shift  # patch origin in the padded volume
+        start = first[..., 0] + first[..., 1] * self.strides  # (N, levels)
+        index = start.add_(self.rows).repeat_interleave(side, dim=1).add_(self.offsets)  # one run per y step
+        patch = self.runs.index_select(0, index.view(-1)).view(-1, levels, side, side)  # (N, levels, y, x)
+        along_x = torch.lerp(patch[..., :-1], patch[..., 1:], fraction[:, :, 0:1])
+        window = torch.lerp(along_x[:, :, :-1], along_x[:, :, 1:], fraction[:, :, 1:2])  # (N, levels, y, x)
+        # index_pyramid's channel order: level, then the x offset, then the y offset
+        window = window.view(batch, h * w, levels, side - 1, side - 1).permute(0, 2, 4, 3, 1)
+        return window.reshape(batch, -1, h, w)
 
 
 def fused_update(model: nn.Module) -> FusedUpdate:
