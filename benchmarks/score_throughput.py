@@ -41,7 +41,7 @@ All levers together against the peers' loops (``--frames 5 --height 128 --width 
 load average 19-24, values asserted equal): clip 102.2 -> 44.7 s, dino 73.4 -> 26.0 s, dynamic 439.4 -> 150.7 s,
 615.0 -> 221.4 s per video, 2.78x (one round: more rounds did not fit the shared machine's time).
 
-Second round, on the same machine shared by three engineers (load average 1.3-4 during the runs): A/B pairs in
+Second round, on the same machine shared with other jobs (load average 1.3-4 during the runs): A/B pairs in
 one process, interleaved, medians of 5 rounds (scratch timing scripts; the work counts are exact). One smoke video
 is 9 frames at 128x192 (8 RAFT pairs, 20 updates); the profile (cProfile of ``videobench score`` on the smoke
 results, torch.profiler of each family) put RAFT at three quarters of the scoring stage, mostly convolutions at
@@ -65,7 +65,7 @@ All kept levers together (load average 1.5-1.8, two runs of the command above wi
 README's main job, alternating with the tree before this round at load average 0.8-1.7: median 48.2 s of 4 runs
 (scoring 28-33 s) against 54.5 s of 3 (scoring 37-50 s).
 
-Third round (RAFT only; the same 2-core machine shared with one other engineer's test runs, load average 1.2-3).
+Third round (RAFT only; the same 2-core machine shared with a test suite run, load average 1.2-3).
 torch.profiler of :func:`videobench.metrics.dynamic.raft_pair_flows` on the 9-frame 128x192 pan (8 pairs, 20
 updates; 15.4 s profiled under load 2-3, against 2.4-2.8 s unprofiled on a quieter machine, so only the shares carry
 over): feature encoder 1.54 s (10%), context encoder 0.47 s (3%), correlation pyramid build 0.05 s (0.3%), lookup
