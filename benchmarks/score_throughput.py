@@ -84,6 +84,17 @@ under load, about 15% together, because each parallel operator waits for the sec
 | first version of the above: one ``gather`` per level of a flattened ``(2r + 2)^2`` index | lookup 16 pairs at 256x320, 5 calls (profiled, ``PyramidLookup``): 0.31-0.46 s | 0.25-0.29 s (int64 index building and ~10 small operators per level) | replaced by the single-buffer ``index_select`` (0.16 s) |
 | flow head's last convolution (3x3, 256 -> 2 channels, 2.7% of the profile; oneDNN is slow with 2 output channels) as one GEMM of the 9 taps (18 x 256) followed by 9 shifted additions | 1.6-2.0 ms per call (8 pairs at 128x192) | 0.45-0.5 ms, max difference 1.6e-6 of the output scale; at 16 pairs of 256x320 slower under load (convolution 25-48 ms, taps 99-104 ms) | no: at most 1% of a RAFT pass at the smoke size, slower at the issue's size |
 
+Where 2x would have to come from (``--count-flops``: FlopCounterMode over both paths, then GFLOP/s over the timed
+seconds). At the smoke size the scorer does 509.9 GFLOP per video against the peers' 642.3 (CLIP 76.5 and DINO 101.8
+on both paths: the same images through the same encoders; RAFT 331.5 against 463.9), a FLOP ratio of 1.26x; at
+17 frames of 256x320, 2501.9 against 3395.7 GFLOP, 1.36x. The measured speed-ups (1.47-1.53x and 1.36x) are that
+ratio times the scorer's better efficiency (112.6 against 96.7 GFLOP/s at the smoke size, batched against one frame
+or pair at a time). On this CPU a 3x3 convolution of RAFT's motion encoder runs at 149-163 GFLOP/s and a 2048^2
+matrix product at 162: 2x at the smoke size would need the whole scorer, softmax, normalisations and lookups
+included, at 145 GFLOP/s, and at 256x320 at 161 GFLOP/s (the peers reach 110): the matrix product's own rate. What is
+left is fewer FLOPs with the same values: Winograd F(2x2, 3x3) for RAFT's 3x3 convolutions (2.25x fewer
+multiplications for them, float differences around 1e-6) is the candidate not tried.
+
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).
 """
@@ -282,6 +293,35 @@ def print_table(rows: dict[str, dict[str, float]], families: list[str]) -> None:
               f"{PAIR_SCORE_TOLERANCE:g} relative, same D.D decision): OK")
 
 
+def count_flops(metrics, sample: MetricInput) -> dict[str, dict[str, float]]:
+    """FLOPs per metric family of the scorer (``"batched"``) and of the peer loop (``"naive"``), counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions; elementwise work not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops: dict[str, dict[str, float]] = {"batched": {}, "naive": {}}
+    for metric in metrics:
+        for path, run in (("batched", metric.score), ("naive", lambda m=metric: NAIVE[m.family](m, sample))):
+            forget_embeddings(metric)
+            with FlopCounterMode(display=False) as counter:
+                run(sample) if path == "batched" else run()
+            flops[path][metric.family] = float(counter.get_total_flops())
+    return flops
+
+
+def print_flop_table(flops: dict[str, dict[str, float]], seconds: dict[str, dict[str, float]],
+                     families: list[str]) -> None:
+    """GFLOP per family and per video of each path, the peers' FLOPs over the scorer's (the speed-up that equal
+    efficiency would give) and the rate each path reached (GFLOP/s over its timed seconds)."""
+    print(f"\n| path    | {' | '.join(f'{f:>8}' for f in families)} |  GFLOP | FLOP ratio | GFLOP/s |")
+    print(f"|---------|{'|'.join('-' * 10 for _ in families)}|--------|------------|---------|")
+    total_naive = sum(flops["naive"].values())
+    for path in ("batched", "naive"):
+        total = sum(flops[path].values())
+        rate = f"{total / sum(seconds[path].values()) / 1e9:7.1f}" if seconds.get(path) else "      -"
+        print(f"| {path:7} | {' | '.join(f'{flops[path][f] / 1e9:8.1f}' for f in families)} | {total / 1e9:6.1f} "
+              f"| {total_naive / total:9.2f}x | {rate} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -298,6 +338,8 @@ def main() -> None:
     parser.add_argument("--compare-dtype", choices=["fp16", "bf16"], help="also score in this autocast dtype "
                         "(CUDA) and print the largest change against fp32, on the x100 scale")
     parser.add_argument("--no-naive", action="store_true", help="time only the batched path")
+    parser.add_argument("--count-flops", action="store_true", help="also count both paths' FLOPs (FlopCounterMode) "
+                        "and print the FLOP ratio and the GFLOP/s each path reached")
     args = parser.parse_args()
 
     if args.threads:
@@ -317,6 +359,8 @@ def main() -> None:
     print_table(rows, [metric.family for metric in metrics])
     print(f"medians of {args.repeats} interleaved round(s); load average (1, 5, 15 min) before "
           f"{', '.join(f'{x:.1f}' for x in load_before)}, after {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.count_flops and not args.no_naive:
+        print_flop_table(count_flops(metrics, sample), rows, [metric.family for metric in metrics])
     if args.compare_dtype:
         compare_precision(metrics, sample, args.device, args.compare_dtype)
 

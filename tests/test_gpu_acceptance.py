@@ -282,6 +282,32 @@ def test_score_throughput_table_sums_families_and_the_speed_up(acceptance, capsy
     assert "| naive   |    1.000 |    0.500 |    0.500 |   2.000 |    1.00x |" in printed
 
 
+def test_score_throughput_flop_table_gives_the_flop_ratio_and_each_rate(acceptance, capsys):
+    import score_throughput
+
+    flops = {"batched": {"clip": 1e9, "dynamic": 3e9}, "naive": {"clip": 1e9, "dynamic": 5e9}}
+    seconds = {"batched": {"clip": 0.5, "dynamic": 1.5}, "naive": {"clip": 0.5, "dynamic": 2.5}}
+    score_throughput.print_flop_table(flops, seconds, ["clip", "dynamic"])
+    printed = capsys.readouterr().out
+    assert "| batched |      1.0 |      3.0 |    4.0 |      1.50x |     2.0 |" in printed
+    assert "| naive   |      1.0 |      5.0 |    6.0 |      1.00x |     2.0 |" in printed
+
+
+def test_score_throughput_counts_the_peers_extra_raft_work(acceptance):
+    """The peer loop's RAFT encodes both images of every pair and upsamples after every update: more FLOPs than the
+    scorer's on the same clip; for CLIP/DINO the same images go through the same encoders (the two paths differ only
+    in how the few cosine products are grouped: thousands of FLOPs against billions)."""
+    import score_throughput
+
+    metrics = score_throughput.random_metrics("cpu")
+    sample = score_throughput.build_sample(3, 64, 96, references=1)
+    flops = score_throughput.count_flops(metrics, sample)
+    assert flops["naive"]["dynamic"] > flops["batched"]["dynamic"] > 0
+    for family in ("clip", "dino"):
+        assert flops["batched"][family] > 1e6
+        assert flops["naive"][family] == pytest.approx(flops["batched"][family], rel=1e-5)
+
+
 # --- the tiny CPU path --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_cpu_run_reports_every_section(acceptance, tmp_path, capsys, one_thread):
