@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from unittest import mock
 
 import numpy as np
@@ -291,22 +293,30 @@ def test_subject_consistency_metric_end_to_end():
     assert metric.config()["model"] == "timm:vit_base_patch16_224.dino" and not SubjectConsistencyMetric.default
 
 
+@contextlib.contextmanager
+def _counting_encoder(metric) -> Iterator[list[int]]:
+    """Within the block the metric's image encoder records each call's batch size in the yielded list."""
+    name = "encode_image" if metric.family == "clip" else "forward"
+    encoder = getattr(metric.model, name)
+    calls: list[int] = []
+
+    def counting(images):
+        calls.append(len(images))
+        return encoder(images)
+
+    with mock.patch.object(metric.model, name, counting):
+        yield calls
+
+
 @pytest.mark.parametrize("family", ["clip", "dino"])
 def test_embeddings_of_seen_images_are_looked_up_not_recomputed(family, clip_metric, dino_metric):
     """The same reference (and the same clip) in another case reuses its embedding: same values, no encoder call;
     new bytes are encoded."""
     metric = {"clip": clip_metric, "dino": dino_metric}[family]
     metric._memo.clear()
-    encoder = metric.model.encode_image if family == "clip" else metric.model.forward
-    calls = []
-
-    def counting(images):
-        calls.append(len(images))
-        return encoder(images)
-
     reference = [Image.fromarray(_video(1, 150, 100, seed=4)[0])]
     sample = MetricInput(_video(3, seed=5), 8.0, reference, PROMPT)
-    with mock.patch.object(metric.model, "encode_image" if family == "clip" else "forward", counting):
+    with _counting_encoder(metric) as calls:
         first = metric.score(sample)
         assert sum(calls) == 4  # 3 frames + 1 reference
         again = metric.score(MetricInput(sample.frames.copy(), 8.0, [reference[0].copy()], "another prompt"))
@@ -332,16 +342,9 @@ def test_repeated_frames_are_encoded_once(family, clip_metric, dino_metric):
     equals the one computed with the frame on its own (batch-size summation order: within 1e-6)."""
     metric = {"clip": clip_metric, "dino": dino_metric}[family]
     metric._memo.clear()
-    encoder = metric.model.encode_image if family == "clip" else metric.model.forward
-    calls = []
-
-    def counting(images):
-        calls.append(len(images))
-        return encoder(images)
-
     video = _video(3, seed=8)
     frames = torch.from_numpy(video[[0, 1, 1, 1, 2, 0]]).permute(0, 3, 1, 2)
-    with mock.patch.object(metric.model, "encode_image" if family == "clip" else "forward", counting):
+    with _counting_encoder(metric) as calls:
         got = metric.embed_frames(frames)
     assert calls == [3]
     alone = torch.cat([_embed_alone(metric, torch.from_numpy(video[i : i + 1]).permute(0, 3, 1, 2)) for i in range(3)])

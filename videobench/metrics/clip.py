@@ -30,6 +30,7 @@ from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsSt
 from videobench.metrics.preprocess import (
     EmbeddingMemo,
     Preprocess,
+    embed_distinct,
     embed_images,
     frames_to_tensor,
     image_to_tensor,
@@ -215,8 +216,6 @@ class ClipMetric(ModelMetric):
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm CLIP image embeddings (float32)."""
-        from videobench.metrics.preprocess import embed_distinct
-
         return embed_distinct(frames, lambda distinct: self._memo(distinct, lambda images: embed_images(
             self.model.encode_image, images, self.preprocess,
             batch_size=self.batch_size, device=self.device, dtype=self.dtype,

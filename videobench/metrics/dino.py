@@ -26,6 +26,7 @@ from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsSt
 from videobench.metrics.preprocess import (
     EmbeddingMemo,
     Preprocess,
+    embed_distinct,
     embed_images,
     frames_to_tensor,
     image_to_tensor,
@@ -185,8 +186,6 @@ class DinoMetric(ModelMetric):
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm DINO CLS features (float32)."""
-        from videobench.metrics.preprocess import embed_distinct
-
         return embed_distinct(frames, lambda distinct: self._memo(distinct, lambda images: embed_images(
             self.model, images, self.preprocess, batch_size=self.batch_size, device=self.device, dtype=self.dtype
         ), tag=self.dtype))

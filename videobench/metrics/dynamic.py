@@ -42,7 +42,7 @@ import numpy as np
 
 from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
-from videobench.metrics.preprocess import frames_to_tensor, precision_context, seeded
+from videobench.metrics.preprocess import distinct_images, frames_to_tensor, precision_context, seeded
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import option
 from videobench.plugins import lazy_module
@@ -251,11 +251,9 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
-    from videobench.metrics.raft import PatchLookup
-
     batch, _, h, w = image1.shape
     model.corr_block.build_pyramid(fmap1, fmap2)
-    lookup = PatchLookup(model.corr_block.corr_pyramid, model.corr_block.radius)
+    lookup = raft.PatchLookup(model.corr_block.corr_pyramid, model.corr_block.radius)
     context = model.context_encoder(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
@@ -361,8 +359,6 @@ class DynamicDegreeMetric(ModelMetric):
         A pair is a function of its two frames' bytes: a pair that comes back (a still shot: every pair is the
         first; duplicated frames) is computed once (:func:`~videobench.metrics.preprocess.distinct_images`).
         """
-        from videobench.metrics.preprocess import distinct_images
-
         if len(frames) < 2:
             return torch.zeros(0, dtype=torch.float64)
         firsts, inverse = distinct_images(frames)

@@ -195,6 +195,12 @@ def embed_images(
     return torch.nn.functional.normalize(torch.cat(outputs), dim=-1)
 
 
+def content_digest(array: np.ndarray) -> str:
+    """BLAKE2b (128-bit) hex digest of a C-contiguous array's bytes: the identity of an image's content, for
+    :func:`distinct_images` and :class:`EmbeddingMemo` (which add the shape where it can differ)."""
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+
+
 def distinct_images(images: torch.Tensor) -> tuple[list[int], list[int]]:
     """Images with the same bytes, found once: ``(firsts, inverse)`` with ``images[firsts]`` the distinct images in
     order of first appearance and ``images[i]`` equal (byte for byte) to ``images[firsts[inverse[i]]]``.
@@ -204,11 +210,11 @@ def distinct_images(images: torch.Tensor) -> tuple[list[int], list[int]]:
     BLAKE2b digest of each image's bytes (the shape is shared).
     """
     data = images.detach().cpu().contiguous().numpy()
-    seen: dict[bytes, int] = {}
+    seen: dict[str, int] = {}
     firsts: list[int] = []
     inverse: list[int] = []
     for index, image in enumerate(data):
-        key = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        key = content_digest(image)
         if key not in seen:
             seen[key] = len(firsts)
             firsts.append(index)
@@ -246,7 +252,7 @@ class EmbeddingMemo:
                  ) -> torch.Tensor:
         """``embed(images)``, or the embedding computed before for the same bytes and ``tag`` (the precision)."""
         data = images.detach().cpu().contiguous()
-        key = f"{tag}:{tuple(data.shape)}:{hashlib.blake2b(data.numpy().tobytes(), digest_size=16).hexdigest()}"
+        key = f"{tag}:{tuple(data.shape)}:{content_digest(data.numpy())}"
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]

@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any, Unpack
 from videobench.metrics.base import MetricInput
 from videobench.metrics.dino import build_dino_model, check_vit_kwargs
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
-from videobench.metrics.preprocess import IMAGENET_MEAN, IMAGENET_STD, frames_to_tensor, precision_context
+from videobench.metrics.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    embed_distinct,
+    frames_to_tensor,
+    precision_context,
+)
 from videobench.metrics.registry import ColumnSpec, register_metric
 from videobench.options import option
 from videobench.plugins import lazy_module
@@ -158,8 +164,6 @@ class SubjectConsistencyMetric(ModelMetric):
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` L2-normalised float32 DINO CLS features (a repeated frame once:
         :func:`~videobench.metrics.preprocess.embed_distinct`)."""
-        from videobench.metrics.preprocess import embed_distinct
-
         def embed(images: torch.Tensor) -> torch.Tensor:
             outputs = []
             with torch.inference_mode(), precision_context(self.device, self.dtype):
