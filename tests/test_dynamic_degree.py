@@ -379,3 +379,49 @@ def test_patch_lookup_equals_torchvisions_index_pyramid(raft):
     volume = raft.corr_block.corr_pyramid[0][1, 0]  # the volume of pixel (0, 1) of the first pair
     assert torch.allclose(window[4:, 4:], volume[:5, :5].T, atol=1e-6 * scale, rtol=0)
     assert torch.allclose(got[0, :81, 0, 1].view(9, 9)[4:, 4:], volume[:5, :5].T, atol=1e-6 * scale, rtol=0)
+
+
+def test_winograd_refinement_gives_the_direct_flows(raft):
+    """RAFT with the refinement's large convolutions as Winograd ones (channels-last) against direct convolutions:
+    the same flows up to fp32 rounding (a few 1e-6 of each convolution's output, through 4 updates), and the
+    converted block follows new weights like the direct one."""
+    from videobench.metrics.dynamic import raft_pair_flows
+    from videobench.metrics.winograd import WinogradConv2d
+
+    torch.manual_seed(6)
+    frames = torch.nn.functional.avg_pool2d(torch.rand(3, 3, 128, 136) * 2 - 1, 5, 1, 2)
+    with torch.no_grad():
+        direct = raft_pair_flows(raft, frames, [(0, 1), (1, 2)], 4, winograd_tile=0)
+        winograd = raft_pair_flows(raft, frames, [(0, 1), (1, 2)], 4, winograd_tile=4)
+    assert (winograd - direct).abs().max() <= 1e-4 * direct.abs().max()
+    scores_direct, scores_winograd = flow_pair_scores(direct), flow_pair_scores(winograd)
+    assert scores_winograd.tolist() == pytest.approx(scores_direct.tolist(), rel=1e-4)
+    update = fused_update(raft, 4)
+    converted = [m for m in update.modules() if isinstance(m, WinogradConv2d)]
+    # motion encoder 256->192, 128->64 and 256->126, flow head 128->256, three GRU parts (1x5 or 5x1) per GRU
+    assert sorted((m.in_channels, m.out_channels, m.kernel_size) for m in converted) == sorted(
+        [(256, 192, (3, 3)), (128, 64, (3, 3)), (256, 126, (3, 3)), (128, 256, (3, 3))]
+        + [(128, out, kernel) for kernel in ((1, 5), (5, 1)) for out in (384, 256, 128)])
+    assert fused_update(raft, 4) is update and fused_update(raft, 0) is not update
+    model = build_raft_model(seed=9)
+    before = fused_update(model, 4)
+    model.load_state_dict(build_raft_model(seed=10).state_dict())
+    assert fused_update(model, 4) is not before
+
+
+def test_metric_convolutions_option(raft):
+    """``convolutions``: auto is Winograd on CPU in fp32; direct and winograd give the same pair scores to
+    rounding; the choice is in the config; an unknown name is refused with the accepted ones."""
+    rng = np.random.default_rng(8)
+    kept = torch.from_numpy(rng.integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    metrics = {name: DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=2, convolutions=name)
+               for name in ("auto", "direct", "winograd")}
+    assert [metrics[name].winograd_tile for name in ("auto", "direct", "winograd")] == [4, 0, 4]
+    assert metrics["direct"].config()["convolutions"] == "direct"
+    assert metric_config_hash(metrics["direct"]) != metric_config_hash(metrics["winograd"])
+    direct, winograd = (metrics[name].pair_scores(kept).tolist() for name in ("direct", "winograd"))
+    assert winograd == pytest.approx(direct, rel=1e-4)
+    assert build_metrics(["dynamic"], random_weights=True,
+                         options={"dynamic": {"convolutions": "direct"}})[0].winograd_tile == 0
+    with pytest.raises(ValueError, match=r"unknown convolutions 'fft'.*'auto', 'direct', 'winograd'"):
+        DynamicDegreeMetric(raft, random_weights=True, convolutions="fft")

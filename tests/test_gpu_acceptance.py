@@ -382,3 +382,17 @@ def test_sigterm_keeps_the_sections_already_written(tmp_path):
     markdown = (tmp_path / "gpu_acceptance_tiny.md").read_text()
     assert "INTERRUPTED by SIGTERM" in markdown
     _check_markdown(markdown, report)
+
+
+def test_conv_algorithms_times_every_refinement_convolution(acceptance, capsys, monkeypatch):
+    """benchmarks/conv_algorithms.py: one row per refinement convolution, each Winograd error within fp32 rounding."""
+    import conv_algorithms
+
+    monkeypatch.setattr(sys, "argv", ["conv_algorithms.py", "--pairs", "1", "--height", "64", "--width", "64",
+                                      "--runs", "1", "--tiles", "2,4"])
+    conv_algorithms.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "->" in line]
+    assert len(rows) == len(conv_algorithms.REFINEMENT_CONVOLUTIONS)
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 7 and all(float(error) < 1e-4 for error in (cells[4], cells[6]))

@@ -224,7 +224,8 @@ def raft_consecutive_flows(
 
 
 def raft_pair_flows(
-    model: RAFT, frames: torch.Tensor, pairs: Sequence[tuple[int, int]], num_flow_updates: int = NUM_FLOW_UPDATES
+    model: RAFT, frames: torch.Tensor, pairs: Sequence[tuple[int, int]], num_flow_updates: int = NUM_FLOW_UPDATES,
+    winograd_tile: int = 0,
 ) -> torch.Tensor:
     """:func:`raft_final_flow` of ``frames[i] -> frames[j]`` for each ``(i, j)`` in ``pairs`` (``(len(pairs), 2, H, W)``).
 
@@ -238,16 +239,17 @@ def raft_pair_flows(
     first = torch.tensor([position[i] for i, _ in pairs], device=features.device)
     second = torch.tensor([position[j] for _, j in pairs], device=features.device)
     image1 = frames[torch.tensor([i for i, _ in pairs], device=frames.device)]
-    return _refine_flow(model, features[first], features[second], image1, num_flow_updates)
+    return _refine_flow(model, features[first], features[second], image1, num_flow_updates, winograd_tile)
 
 
 def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
-                 num_flow_updates: int) -> torch.Tensor:
+                 num_flow_updates: int, winograd_tile: int = 0) -> torch.Tensor:
     """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow.
 
     The GRU runs as :class:`videobench.metrics.raft.FusedUpdate`: the context's share of its convolutions is
     computed once per pair instead of once per update; the correlation lookup as
-    :class:`videobench.metrics.raft.PatchLookup` (one gathered patch and four bilinear weights per centroid).
+    :class:`videobench.metrics.raft.PatchLookup` (one gathered patch and four bilinear weights per centroid). With
+    a positive ``winograd_tile`` the refinement's large convolutions are Winograd ones and its tensors channels-last.
     """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
@@ -258,12 +260,14 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
     hidden, context = torch.tanh(hidden), F.relu(context)
-    update = raft.fused_update(model)
-    context_terms = update.context_terms(context)  # fixed for all updates of a pair (videobench.metrics.raft)
-    coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device)
+    update = raft.fused_update(model, winograd_tile)
+    layout = torch.channels_last if winograd_tile > 0 else torch.contiguous_format
+    hidden = hidden.contiguous(memory_format=layout)
+    context_terms = update.context_terms(context.contiguous(memory_format=layout))  # fixed for all updates
+    coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device).contiguous(memory_format=layout)
     coords1 = coords0.clone()
     for _ in range(num_flow_updates):
-        corr = lookup(coords1)
+        corr = lookup(coords1).contiguous(memory_format=layout)
         hidden, delta = update(hidden, context_terms, corr, coords1 - coords0)
         coords1 = coords1 + delta
     return upsample_flow(coords1 - coords0, up_mask=model.mask_predictor(hidden))
@@ -280,6 +284,10 @@ def pad_for_raft(images: torch.Tensor, multiple: int = 8, min_size: int = MIN_RA
     return F.pad(images, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], mode="replicate")
 
 
+#: The ``convolutions`` choices of :class:`DynamicDegreeMetric` (see :attr:`DynamicDegreeMetric.winograd_tile`).
+CONVOLUTION_ALGORITHMS = ("auto", "direct", "winograd")
+
+
 # --- the metric ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DynamicOptions:
@@ -291,6 +299,9 @@ class DynamicOptions:
     num_flow_updates: int = option(NUM_FLOW_UPDATES, "RAFT refinement iterations (VBench: 20)", minimum=1)
     rule: Literal["vbench", "vbench-2024-fps-scaled"] = option(
         DEFAULT_RULE, "threshold rule: vbench (VBench v0.1.5, the default) or the mid-2024 fps-scaled variant")
+    convolutions: Literal["auto", "direct", "winograd"] = option(
+        "auto", "RAFT refinement convolutions: winograd (F(4x4,3x3), F(1x4,1x5)), direct, or auto (winograd on CPU "
+                "in fp32, direct elsewhere); the same numbers up to float rounding")
 
 
 @register_metric
@@ -317,11 +328,24 @@ class DynamicDegreeMetric(ModelMetric):
         pair_batch_size: int = 16,
         num_flow_updates: int = NUM_FLOW_UPDATES,
         rule: str = DEFAULT_RULE,
+        convolutions: str = "auto",
         **stamp: Unpack[WeightsStamp],
     ) -> None:
         self.rule = check_rule(rule)
+        if convolutions not in CONVOLUTION_ALGORITHMS:
+            raise ValueError(f"unknown convolutions {convolutions!r}; expected one of {CONVOLUTION_ALGORITHMS}")
         super().__init__(model, **stamp)
         self.pair_batch_size, self.num_flow_updates = pair_batch_size, num_flow_updates
+        self.convolutions = convolutions
+
+    @property
+    def winograd_tile(self) -> int:
+        """The Winograd output tile of RAFT's refinement convolutions (0: direct), from ``convolutions``: ``auto``
+        is Winograd on CPU in fp32 (where oneDNN convolves directly; :mod:`videobench.metrics.winograd`) and direct
+        on CUDA (cuDNN picks its own algorithms, Winograd among them) and under reduced precision."""
+        use = self.convolutions == "winograd" or (
+            self.convolutions == "auto" and torch.device(self.device).type == "cpu" and self.dtype == "fp32")
+        return raft.WINOGRAD_TILE if use else 0
 
     @classmethod
     def weight_specs(cls, options: DynamicOptions) -> list[WeightSpec]:
@@ -341,7 +365,7 @@ class DynamicDegreeMetric(ModelMetric):
     def _from_model(cls, model: torch.nn.Module, options: DynamicOptions, stamp: WeightsStamp
                     ) -> DynamicDegreeMetric:
         return cls(model, pair_batch_size=options.pair_batch_size, num_flow_updates=options.num_flow_updates,
-                   rule=options.rule, **stamp)
+                   rule=options.rule, convolutions=options.convolutions, **stamp)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -351,6 +375,7 @@ class DynamicDegreeMetric(ModelMetric):
             "rule_definition": f"every max(1,round(fps/8))-th frame; top 5% flow magnitude; count >= round(4n/16) "
             f"pairs over the threshold; {RULE_SOURCES[self.rule]}",
             "padding": f"replicate to multiple of 8, min {MIN_RAFT_SIZE}",
+            "convolutions": self.convolutions,
         }
 
     def pair_scores(self, frames: torch.Tensor) -> torch.Tensor:
@@ -371,7 +396,7 @@ class DynamicDegreeMetric(ModelMetric):
             images = pad_for_raft(frames[firsts].to(self.device).float() / 127.5 - 1.0)
             for start in range(0, len(pairs), self.pair_batch_size):
                 flow = raft_pair_flows(self.model, images, pairs[start : start + self.pair_batch_size],
-                                       self.num_flow_updates)
+                                       self.num_flow_updates, self.winograd_tile)
                 scores.append(flow_pair_scores(flow.float()))
         distinct = torch.cat(scores).cpu()
         return distinct[[pair_index[pair] for pair in zip(inverse[:-1], inverse[1:])]]

@@ -4,7 +4,7 @@ torchvision's ``RAFT.forward`` (``torchvision/models/optical_flow/raft.py``, the
 ``core/raft.py`` that VBench runs) encodes both images of a pair, builds the correlation pyramid, encodes the
 context of the first image and runs ``num_flow_updates`` GRU refinements, upsampling the flow after each one.
 :func:`videobench.metrics.dynamic.raft_consecutive_flows` computes the same last flow for every consecutive pair
-of a clip and saves four kinds of work, none of which changes the arithmetic beyond float rounding:
+of a clip and saves five kinds of work, none of which changes the arithmetic beyond float rounding:
 
 * each frame goes through the feature encoder once (it is the second image of one pair and the first of the next;
   RAFT-large's feature encoder normalises per sample, so a frame's features do not depend on its batch);
@@ -14,6 +14,10 @@ of a clip and saves four kinds of work, none of which changes the arithmetic bey
   a motion part. The context is fixed for all updates of a pair: its part (plus the bias) is computed once per pair
   instead of once per update, a third of the GRU's work. The hidden parts of ``convz`` and ``convr`` (same input)
   run as one convolution, and so do the three motion parts (:class:`FusedGRU`);
+* on CPU (``winograd_tile`` positive) the refinement's convolutions with many channels (the motion encoder's and
+  the flow head's 3x3, the GRU's 1x5 and 5x1 hidden and motion parts) run as Winograd convolutions
+  (:class:`videobench.metrics.winograd.WinogradConv2d`: 4x fewer multiplications for a 3x3 kernel, 2.5x for 1x5)
+  on channels-last tensors, the layout in which its tile transforms are runs of channels;
 * the correlation lookup gathers, per centroid and level, the ``(2r + 2)^2`` integer-aligned volume entries around
   it and blends them with the centroid's four bilinear weights, shared by all its ``(2r + 1)^2`` window samples,
   instead of ``grid_sample``'s four reads and weights per sample (:class:`PatchLookup`).
@@ -30,45 +34,87 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videobench.metrics import winograd
+
+
+class FixedConv2d(nn.Module):
+    """``F.conv2d`` with a fixed weight, optional bias and integer padding (stride 1): the direct counterpart of
+    :class:`videobench.metrics.winograd.WinogradConv2d`."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, ...]) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=self.padding)
+
+
+def fixed_conv(weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, ...],
+               winograd_tile: int = 0) -> nn.Module:
+    """A stride-1 convolution with fixed weights: Winograd (:class:`~videobench.metrics.winograd.WinogradConv2d`,
+    output tiles of ``winograd_tile``) when ``winograd_tile`` is positive and it pays (:func:`winograd_pays`), else
+    direct."""
+    if winograd_tile > 0 and winograd_pays(weight):
+        return winograd.WinogradConv2d(weight, bias, cast("tuple[int, int]", tuple(padding)), winograd_tile)
+    return FixedConv2d(weight, bias, padding)
+
+
+#: The Winograd output tile of RAFT's refinement convolutions on CPU: F(4x4, 3x3) and F(1x4, 1x5) (4x and 2.5x fewer
+#: multiplications; 2x2 tiles were slower, 6x6 ones no faster and less exact).
+WINOGRAD_TILE = 4
+
+#: Winograd pays on CPU when a convolution has at least this many input x output channels (measured with
+#: ``benchmarks/conv_algorithms.py``): RAFT's 3x3 256 -> 2 (the flow head's last) is 3-6x faster direct.
+WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 64
+
+
+def winograd_pays(weight: torch.Tensor) -> bool:
+    """Whether a convolution of this ``(out, in, kh, kw)`` weight is computed with Winograd (see
+    :data:`WINOGRAD_MIN_CHANNEL_PRODUCT`; 1x1 convolutions never are)."""
+    out_channels, in_channels, kh, kw = weight.shape
+    return (kh, kw) != (1, 1) and out_channels * in_channels >= WINOGRAD_MIN_CHANNEL_PRODUCT
+
 
 class FusedGRU(nn.Module):
     """One ``ConvGRU`` of RAFT's recurrent block with its convolutions split by input (see the module docstring).
 
     ``h' = (1 - z) h + z q`` with ``z = sigmoid(Wz [h, x])``, ``r = sigmoid(Wr [h, x])``,
     ``q = tanh(Wq [r h, x])`` and ``x = [context, motion]``; :meth:`context_terms` is the context part of the three
-    pre-activations (bias included), :meth:`forward` adds the hidden and motion parts.
+    pre-activations (bias included), :meth:`forward` adds the hidden and motion parts, with Winograd convolutions
+    when ``winograd_tile`` is positive.
     """
 
-    w_context: torch.Tensor
-    b_context: torch.Tensor
-    w_motion: torch.Tensor
-    w_hidden_zr: torch.Tensor
-    w_hidden_q: torch.Tensor
-
-    def __init__(self, gru: nn.Module, hidden_size: int, context_size: int) -> None:
+    def __init__(self, gru: nn.Module, hidden_size: int, context_size: int, winograd_tile: int = 0) -> None:
         super().__init__()
         convs = cast("tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]", (gru.convz, gru.convr, gru.convq))
-        self.padding = cast("tuple[int, ...]", convs[0].padding)  # RAFT's ConvGRU pads by integers
+        padding = cast("tuple[int, ...]", convs[0].padding)  # RAFT's ConvGRU pads by integers
         split = [torch.split(conv.weight.detach(), [hidden_size, context_size,
                                                     conv.in_channels - hidden_size - context_size], dim=1)
                  for conv in convs]
-        self.register_buffer("w_context", torch.cat([parts[1] for parts in split]).contiguous())
-        self.register_buffer("b_context", torch.cat([cast(torch.Tensor, conv.bias).detach() for conv in convs]))
-        self.register_buffer("w_motion", torch.cat([parts[2] for parts in split]).contiguous())
-        self.register_buffer("w_hidden_zr", torch.cat([split[0][0], split[1][0]]).contiguous())
-        self.register_buffer("w_hidden_q", split[2][0].contiguous())
+        bias = torch.cat([cast(torch.Tensor, conv.bias).detach() for conv in convs])
+        self.context_conv = FixedConv2d(torch.cat([parts[1] for parts in split]).contiguous(), bias, padding)
+        self.motion_conv = fixed_conv(torch.cat([parts[2] for parts in split]).contiguous(), None, padding,
+                                      winograd_tile)
+        self.hidden_zr_conv = fixed_conv(torch.cat([split[0][0], split[1][0]]).contiguous(), None, padding,
+                                         winograd_tile)
+        self.hidden_q_conv = fixed_conv(split[2][0].contiguous(), None, padding, winograd_tile)
         self.hidden_size = hidden_size
 
     def context_terms(self, context: torch.Tensor) -> torch.Tensor:
         """``(B, 3 * hidden, H, W)``: the context part plus bias of the z, r and q pre-activations."""
-        return F.conv2d(context, self.w_context, self.b_context, padding=self.padding)
+        return self.context_conv(context)
 
     def forward(self, hidden: torch.Tensor, motion: torch.Tensor, context_terms: torch.Tensor) -> torch.Tensor:
         n = self.hidden_size
-        from_motion = F.conv2d(motion, self.w_motion, padding=self.padding).add_(context_terms)
-        zr = torch.sigmoid_(F.conv2d(hidden, self.w_hidden_zr, padding=self.padding).add_(from_motion[:, : 2 * n]))
+        from_motion = self.motion_conv(motion).add_(context_terms)
+        zr = torch.sigmoid_(self.hidden_zr_conv(hidden).add_(from_motion[:, : 2 * n]))
         z, r = zr[:, :n], zr[:, n:]
-        q = torch.tanh_(F.conv2d(r * hidden, self.w_hidden_q, padding=self.padding).add_(from_motion[:, 2 * n :]))
+        q = torch.tanh_(self.hidden_q_conv(r * hidden).add_(from_motion[:, 2 * n :]))
         dtype = torch.promote_types(hidden.dtype, q.dtype)  # autocast: the convolutions' outputs may be fp16
         return torch.lerp(hidden.to(dtype), q.to(dtype), z.to(dtype))  # (1 - z) h + z q in one pass
 
@@ -76,13 +122,14 @@ class FusedGRU(nn.Module):
 class FusedUpdate(nn.Module):
     """RAFT's update block (motion encoder, the two GRUs, flow head) with :class:`FusedGRU` units.
 
-    Built from a torchvision ``raft_large`` model; shares its motion encoder and flow head modules, copies only the
-    GRU weights (rearranged). Rebuild it after changing the model's weights.
+    Built from a torchvision ``raft_large`` model; shares its motion encoder and flow head modules (copies of them
+    with Winograd convolutions where :func:`winograd_pays`, when ``winograd_tile`` is positive), copies the GRU
+    weights (rearranged). Rebuild it after changing the model's weights.
     """
 
     source_version: tuple[int, ...]  # set by :func:`fused_update`
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, winograd_tile: int = 0) -> None:
         super().__init__()
         block = cast(nn.Module, model.update_block)
         recurrent = cast(nn.Module, block.recurrent_block)
@@ -91,8 +138,11 @@ class FusedUpdate(nn.Module):
         motion_encoder, flow_head = cast(nn.Module, block.motion_encoder), cast(nn.Module, block.flow_head)
         motion_size = cast(int, motion_encoder.out_channels)
         context_size = cast(nn.Conv2d, grus[0].convz).in_channels - self.hidden_size - motion_size
+        if winograd_tile > 0:
+            motion_encoder, flow_head = (winograd.winograd_module(module, winograd_tile, select=winograd_pays)
+                                         for module in (motion_encoder, flow_head))
         self.motion_encoder, self.flow_head = motion_encoder, flow_head
-        self.grus = nn.ModuleList(FusedGRU(gru, self.hidden_size, context_size) for gru in grus)
+        self.grus = nn.ModuleList(FusedGRU(gru, self.hidden_size, context_size, winograd_tile) for gru in grus)
 
     def context_terms(self, context: torch.Tensor) -> list[torch.Tensor]:
         return [cast(FusedGRU, gru).context_terms(context) for gru in self.grus]
@@ -163,20 +213,20 @@ class PatchLookup:
         return window.reshape(batch, -1, h, w)
 
 
-def fused_update(model: nn.Module) -> FusedUpdate:
-    """The model's :class:`FusedUpdate`, built once and kept on the model (weights are fixed at inference)."""
-    fused = model.__dict__.get("_videobench_fused_update")
+def fused_update(model: nn.Module, winograd_tile: int = 0) -> FusedUpdate:
+    """The model's :class:`FusedUpdate` for ``winograd_tile``, built once and kept on the model (weights are fixed at
+    inference)."""
+    cache = model.__dict__.setdefault("_videobench_fused_update", {})
+    fused = cache.get(winograd_tile)
     if fused is None or fused.source_version != _weights_version(model):
-        fused = FusedUpdate(model).to(next(model.parameters()).device)
+        fused = FusedUpdate(model, winograd_tile).to(next(model.parameters()).device)
         fused.source_version = _weights_version(model)
-        model.__dict__["_videobench_fused_update"] = fused
+        cache[winograd_tile] = fused
     return fused
 
 
 def _weights_version(model: nn.Module) -> tuple[int, ...]:
-    """Storage and in-place version of the GRU weights: new weights (a state dict loaded afterwards, a move to
-    another device) rebuild the fused block."""
-    recurrent = cast(nn.Module, cast(nn.Module, model.update_block).recurrent_block)
-    grus = cast("tuple[nn.Module, nn.Module]", (recurrent.convgru1, recurrent.convgru2))
-    return tuple(value for gru in grus for p in gru.parameters()
+    """Storage and in-place version of the update block's weights: new weights (a state dict loaded afterwards, a
+    move to another device) rebuild the fused block."""
+    return tuple(value for p in cast(nn.Module, model.update_block).parameters()
                  for value in (p.data_ptr(), p._version))
