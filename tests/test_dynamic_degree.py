@@ -370,6 +370,8 @@ def test_patch_lookup_equals_torchvisions_index_pyramid(raft):
     expected = raft.corr_block.index_pyramid(centroids_coords=coords)
     got = PatchLookup(raft.corr_block.corr_pyramid, raft.corr_block.radius)(coords)
     assert got.shape == expected.shape == (2, 324, 16, 24)
+    last = PatchLookup(raft.corr_block.corr_pyramid, raft.corr_block.radius)(coords, channels_last=True)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, got)
     # grid_sample maps each sample to [-1, 1] and back (about 6e-8 x 60 px of error in the point), the blends
     # round at 6e-8 relative: the difference is at most ~1e-5 x the largest entry
     scale = float(expected.abs().max())

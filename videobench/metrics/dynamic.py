@@ -267,7 +267,7 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device).contiguous(memory_format=layout)
     coords1 = coords0.clone()
     for _ in range(num_flow_updates):
-        corr = lookup(coords1).contiguous(memory_format=layout)
+        corr = lookup(coords1, channels_last=winograd_tile > 0)
         hidden, delta = update(hidden, context_terms, corr, coords1 - coords0)
         coords1 = coords1 + delta
     return upsample_flow(coords1 - coords0, up_mask=model.mask_predictor(hidden))

@@ -194,8 +194,9 @@ class PatchLookup:
         self.high = (sizes + radius).to(volumes.dtype)
         self.shift = pad - radius
 
-    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
-        """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features."""
+    def __call__(self, coords: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features
+        (laid out channels-last when ``channels_last``: one copy fewer than converting afterwards)."""
         batch, _, h, w = coords.shape
         levels, side = len(self.scales), 2 * self.radius + 2
         # index_pyramid halves the centroids per level (exact in binary): (N, levels, 2)
@@ -209,6 +210,9 @@ class PatchLookup:
         along_x = torch.lerp(patch[..., :-1], patch[..., 1:], fraction[:, :, 0:1])
         window = torch.lerp(along_x[:, :, :-1], along_x[:, :, 1:], fraction[:, :, 1:2])  # (N, levels, y, x)
         # index_pyramid's channel order: level, then the x offset, then the y offset
+        if channels_last:
+            window = window.transpose(-1, -2).reshape(batch, h, w, -1)
+            return window.permute(0, 3, 1, 2)
         window = window.view(batch, h * w, levels, side - 1, side - 1).permute(0, 2, 4, 3, 1)
         return window.reshape(batch, -1, h, w)
 
