@@ -356,3 +356,22 @@ def _embed_alone(metric, image: torch.Tensor) -> torch.Tensor:
 
     encoder = metric.model.encode_image if metric.family == "clip" else metric.model
     return embed_images(encoder, image, metric.preprocess, batch_size=1, device="cpu", dtype="fp32")
+
+
+@pytest.mark.parametrize("family", ["clip", "dino"])
+def test_references_of_different_sizes_are_encoded_in_one_batch(family, clip_metric, dino_metric):
+    """A case's references (any sizes) are resized and cropped one by one and encoded in one batch; each one's
+    embedding equals the one computed on its own (batch-size summation order: within 1e-6). The same references
+    in another order are another batch."""
+    metric = {"clip": clip_metric, "dino": dino_metric}[family]
+    metric._memo.clear()
+    references = [Image.fromarray(_video(1, h, w, seed=s)[0]) for s, (h, w) in enumerate([(150, 100), (90, 160),
+                                                                                           (224, 224)])]
+    with _counting_encoder(metric) as calls:
+        got = metric.embed_references(references)
+        assert calls == [3]
+        assert torch.equal(metric.embed_references([r.copy() for r in references]), got) and calls == [3]
+        metric.embed_references(references[::-1])
+        assert calls == [3, 3]
+    alone = torch.cat([_embed_alone(metric, image_to_tensor(r)) for r in references])
+    assert got.shape == alone.shape and torch.allclose(got, alone, atol=1e-6, rtol=0)

@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -45,6 +45,7 @@ from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 # imported on first use: describing the family (options, weights) needs no torch
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 else:
     torch = lazy_module("torch")
 
@@ -216,10 +217,16 @@ class ClipMetric(ModelMetric):
     # -- embeddings ---------------------------------------------------------------------------------------
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm CLIP image embeddings (float32)."""
-        return embed_distinct(frames, lambda distinct: self._memo(distinct, lambda images: embed_images(
-            self.model.encode_image, images, self.preprocess,
-            batch_size=self.batch_size, device=self.device, dtype=self.dtype,
-        ), tag=self.dtype))
+        return embed_distinct(frames, lambda distinct: self._memo(distinct, self._embed, tag=self.dtype))
+
+    def embed_references(self, references: Sequence[Image.Image]) -> torch.Tensor:
+        """Reference images (any sizes) -> ``(N, D)`` unit-norm CLIP image embeddings, one batch (looked up when the same
+        references come back: a subject's cases)."""
+        return self._memo([image_to_tensor(image) for image in references], self._embed, tag=self.dtype)
+
+    def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        return embed_images(self.model.encode_image, images, self.preprocess, batch_size=self.batch_size, device=self.device,
+                            dtype=self.dtype)
 
     def embed_text(self, prompt: str) -> torch.Tensor:
         """``(D,)`` unit-norm CLIP text embedding of ``prompt`` (float32)."""
@@ -242,7 +249,7 @@ class ClipMetric(ModelMetric):
         if "clip_i" in columns:
             if not sample.references:
                 raise ValueError("clip_i needs at least one reference image")
-            refs = torch.cat([self.embed_frames(image_to_tensor(ref)) for ref in sample.references])
+            refs = self.embed_references(sample.references)
             out["clip_i"] = (refs @ image.T).mean().item()
             out["num_references"] = float(len(refs))
         if "t_cons" in columns:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -40,6 +41,7 @@ from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_
 # imported on first use: describing the family (options, weights) needs no torch
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 else:
     torch = lazy_module("torch")
 
@@ -186,9 +188,16 @@ class DinoMetric(ModelMetric):
 
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm DINO CLS features (float32)."""
-        return embed_distinct(frames, lambda distinct: self._memo(distinct, lambda images: embed_images(
-            self.model, images, self.preprocess, batch_size=self.batch_size, device=self.device, dtype=self.dtype
-        ), tag=self.dtype))
+        return embed_distinct(frames, lambda distinct: self._memo(distinct, self._embed, tag=self.dtype))
+
+    def embed_references(self, references: Sequence[Image.Image]) -> torch.Tensor:
+        """Reference images (any sizes) -> ``(N, D)`` unit-norm DINO CLS features, one batch (looked up when the same
+        references come back: a subject's cases)."""
+        return self._memo([image_to_tensor(image) for image in references], self._embed, tag=self.dtype)
+
+    def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        return embed_images(self.model, images, self.preprocess, batch_size=self.batch_size, device=self.device,
+                            dtype=self.dtype)
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dino_i`` (mean cosine over all (reference, frame) pairs) plus ``num_frames`` / ``num_references``."""
@@ -199,7 +208,7 @@ class DinoMetric(ModelMetric):
         if len(frames) == 0:
             raise ValueError("no frames to score")
         image = self.embed_frames(frames)
-        refs = torch.cat([self.embed_frames(image_to_tensor(ref)) for ref in sample.references])
+        refs = self.embed_references(sample.references)
         return {
             "dino_i": (refs @ image.T).mean().item(),
             "num_frames": float(len(frames)),

@@ -17,9 +17,9 @@ import contextlib
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -177,21 +177,28 @@ def seeded(seed: int) -> Iterator[None]:
 
 def embed_images(
     encode: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     cfg: Preprocess,
     *,
     batch_size: int,
     device: str | torch.device,
     dtype: str,
 ) -> torch.Tensor:
-    """Preprocess uint8 ``(N, 3, H, W)`` images in chunks of ``batch_size`` and embed them with ``encode``.
+    """Preprocess uint8 images in chunks of ``batch_size`` and embed them with ``encode``.
 
+    ``images`` is one ``(N, 3, H, W)`` tensor, or a sequence of ``(1, 3, H, W)`` tensors of any sizes (a subject's
+    reference images): each is then resized and cropped on its own and the model inputs are batched together.
     Returns L2-normalised float32 embeddings ``(N, D)``; cosines are then plain dot products.
     """
     outputs = []
     with torch.inference_mode(), precision_context(device, dtype):
-        for chunk in torch.split(images, batch_size):
-            outputs.append(encode(preprocess(chunk.to(device), cfg)).float())
+        if isinstance(images, torch.Tensor):
+            chunks = [preprocess(chunk.to(device), cfg) for chunk in torch.split(images, batch_size)]
+        else:
+            chunks = [torch.cat([preprocess(image.to(device), cfg) for image in images[start : start + batch_size]])
+                      for start in range(0, len(images), batch_size)]
+        for chunk in chunks:
+            outputs.append(encode(chunk).float())
     return torch.nn.functional.normalize(torch.cat(outputs), dim=-1)
 
 
@@ -236,6 +243,9 @@ def embed_distinct(images: torch.Tensor, embed: Callable[[torch.Tensor], torch.T
     return distinct[torch.tensor(inverse, device=distinct.device)]
 
 
+ImagesT = TypeVar("ImagesT", "torch.Tensor", "Sequence[torch.Tensor]")
+
+
 class EmbeddingMemo:
     """The last ``size`` embeddings a metric computed, by the content of the uint8 images they came from.
 
@@ -248,11 +258,12 @@ class EmbeddingMemo:
         self.size = size
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
 
-    def __call__(self, images: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor], tag: str = ""
-                 ) -> torch.Tensor:
-        """``embed(images)``, or the embedding computed before for the same bytes and ``tag`` (the precision)."""
-        data = images.detach().cpu().contiguous()
-        key = f"{tag}:{tuple(data.shape)}:{content_digest(data.numpy())}"
+    def __call__(self, images: ImagesT, embed: Callable[[ImagesT], torch.Tensor], tag: str = "") -> torch.Tensor:
+        """``embed(images)``, or the embedding computed before for the same bytes and ``tag`` (the precision);
+        ``images`` is a tensor or a sequence of tensors (images of different sizes)."""
+        parts = [images] if isinstance(images, torch.Tensor) else list(images)
+        key = tag + "".join(f":{tuple(part.shape)}:{content_digest(part.detach().cpu().contiguous().numpy())}"
+                            for part in parts)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
