@@ -89,6 +89,9 @@ class FusedGRU(nn.Module):
     when ``winograd_tile`` is positive.
     """
 
+    u_motion_zr: torch.Tensor
+    u_motion_q: torch.Tensor
+
     def __init__(self, gru: nn.Module, hidden_size: int, context_size: int, winograd_tile: int = 0) -> None:
         super().__init__()
         convs = cast("tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]", (gru.convz, gru.convr, gru.convq))
@@ -104,6 +107,12 @@ class FusedGRU(nn.Module):
                                          winograd_tile)
         self.hidden_q_conv = fixed_conv(split[2][0].contiguous(), None, padding, winograd_tile)
         self.hidden_size = hidden_size
+        self.winograd = all(isinstance(conv, winograd.WinogradConv2d)
+                            for conv in (self.motion_conv, self.hidden_zr_conv, self.hidden_q_conv))
+        if self.winograd:  # the motion part's transformed filters, split into the z/r and the q outputs
+            u_motion = cast(winograd.WinogradConv2d, self.motion_conv).u
+            self.register_buffer("u_motion_zr", u_motion[..., : 2 * hidden_size].contiguous())
+            self.register_buffer("u_motion_q", u_motion[..., 2 * hidden_size :].contiguous())
 
     def context_terms(self, context: torch.Tensor) -> torch.Tensor:
         """``(B, 3 * hidden, H, W)``: the context part plus bias of the z, r and q pre-activations."""
@@ -111,12 +120,34 @@ class FusedGRU(nn.Module):
 
     def forward(self, hidden: torch.Tensor, motion: torch.Tensor, context_terms: torch.Tensor) -> torch.Tensor:
         n = self.hidden_size
-        from_motion = self.motion_conv(motion).add_(context_terms)
-        zr = torch.sigmoid_(self.hidden_zr_conv(hidden).add_(from_motion[:, : 2 * n]))
-        z, r = zr[:, :n], zr[:, n:]
-        q = torch.tanh_(self.hidden_q_conv(r * hidden).add_(from_motion[:, 2 * n :]))
+        if self.winograd:
+            z, q = self._gates_winograd(hidden, motion, context_terms)
+        else:
+            from_motion = self.motion_conv(motion).add_(context_terms)
+            zr = torch.sigmoid_(self.hidden_zr_conv(hidden).add_(from_motion[:, : 2 * n]))
+            z, r = zr[:, :n], zr[:, n:]
+            q = torch.tanh_(self.hidden_q_conv(r * hidden).add_(from_motion[:, 2 * n :]))
         dtype = torch.promote_types(hidden.dtype, q.dtype)  # autocast: the convolutions' outputs may be fp16
         return torch.lerp(hidden.to(dtype), q.to(dtype), z.to(dtype))  # (1 - z) h + z q in one pass
+
+    def _gates_winograd(self, hidden: torch.Tensor, motion: torch.Tensor, context_terms: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` and ``q`` with the hidden and motion parts of each pre-activation summed in the Winograd domain:
+        one output transform per gate instead of one per part, the context terms added by the output's layout
+        pass."""
+        n = self.hidden_size
+        motion_conv, hidden_zr_conv, hidden_q_conv = cast("tuple[winograd.WinogradConv2d, ...]", (
+            self.motion_conv, self.hidden_zr_conv, self.hidden_q_conv))
+        from_motion = motion_conv.transform_input(motion)
+        from_hidden = hidden_zr_conv.transform_input(hidden)
+        products = motion_conv.multiply(from_motion, self.u_motion_zr,
+                                        accumulate=hidden_zr_conv.multiply(from_hidden))
+        zr = torch.sigmoid_(hidden_zr_conv.transform_output(products, from_hidden, addend=context_terms[:, : 2 * n]))
+        z, r = zr[:, :n], zr[:, n:]
+        from_reset = hidden_q_conv.transform_input(r * hidden)
+        products = motion_conv.multiply(from_motion, self.u_motion_q, accumulate=hidden_q_conv.multiply(from_reset))
+        q = torch.tanh_(hidden_q_conv.transform_output(products, from_reset, addend=context_terms[:, 2 * n :]))
+        return z, q
 
 
 class FusedUpdate(nn.Module):

@@ -21,6 +21,7 @@ import copy
 import functools
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import cast
 
@@ -108,6 +109,8 @@ class WinogradConv2d(nn.Module):
 
     u: torch.Tensor
     input_transform: torch.Tensor
+    input_transform_h: torch.Tensor
+    input_transform_w: torch.Tensor
     output_transform: torch.Tensor
     bias: torch.Tensor | None
 
@@ -124,6 +127,8 @@ class WinogradConv2d(nn.Module):
         dtype = weight.dtype
         self.register_buffer("u", u.reshape(-1, in_channels, out_channels).to(weight.device, dtype).contiguous())
         self.register_buffer("input_transform", torch.kron(bt_h, bt_w).to(weight.device, dtype))
+        self.register_buffer("input_transform_h", bt_h.to(weight.device, dtype))
+        self.register_buffer("input_transform_w", bt_w.to(weight.device, dtype))
         self.register_buffer("output_transform", torch.kron(at_h, at_w).to(weight.device, dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.out_channels, self.in_channels = out_channels, in_channels
@@ -150,6 +155,11 @@ class WinogradConv2d(nn.Module):
                 f"tile={self.tile}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        transformed = self.transform_input(x)
+        return self.transform_output(self.multiply(transformed), transformed)
+
+    def transform_input(self, x: torch.Tensor) -> TransformedInput:
+        """``B^T d B`` of every input tile of ``x``: ``(nh * nw, tiles, C)`` (the first phase of :meth:`forward`)."""
         batch, channels, height, width = x.shape
         if channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {channels}")
@@ -166,21 +176,50 @@ class WinogradConv2d(nn.Module):
         tiles = space.get("tiles", (nh, nw, batch, th, tw, channels))
         tiles.copy_(xp.as_strided(tiles.shape, (s_h, s_w, s_b, mh * s_h, mw * s_w, 1)))
         v = space.get("transformed", (nh * nw, batch * th * tw * channels))
-        torch.mm(self.input_transform, tiles.view(nh * nw, -1), out=v)  # B^T d B of every tile
-        products = space.get("products", (nh * nw, batch * th * tw, self.out_channels))
-        torch.bmm(v.view(nh * nw, -1, channels), self.u, out=products)  # summed over the input channels
-        y = space.get("output_tiles", (mh * mw, batch * th * tw * self.out_channels))
-        torch.mm(self.output_transform, products.view(nh * nw, -1), out=y)  # A^T M A
-        y6 = y.view(mh, mw, batch, th, tw, self.out_channels).permute(2, 3, 0, 4, 1, 5)
-        out = x.new_empty(batch, th, mh, tw, mw, self.out_channels)
-        if self.bias is None:
-            out.copy_(y6)
+        if nh > 1 and nw > 1:  # B^T d B one axis at a time: 2 n instead of n^2 products per value
+            rows = space.get("row_transformed", (nh, nw * batch * th * tw * channels))
+            torch.mm(self.input_transform_h, tiles.view(nh, -1), out=rows)
+            torch.matmul(self.input_transform_w, rows.view(nh, nw, -1), out=v.view(nh, nw, -1))
         else:
+            torch.mm(self.input_transform, tiles.view(nh * nw, -1), out=v)
+        return TransformedInput(v.view(nh * nw, -1, channels), batch, (th, tw), (out_h, out_w), space)
+
+    def multiply(self, transformed: TransformedInput, weight: torch.Tensor | None = None,
+                 accumulate: torch.Tensor | None = None) -> torch.Tensor:
+        """The products with the transformed filters, summed over the input channels: ``(nh * nw, tiles, K)``.
+
+        ``weight`` replaces this convolution's ``U`` (another one's, with the same tiles: a convolution split by
+        input channels); with ``accumulate`` the products are added to it in place (the sum of two convolutions
+        over different inputs, before one output transform)."""
+        u = self.u if weight is None else weight
+        if accumulate is not None:
+            return accumulate.baddbmm_(transformed.values, u)
+        products = transformed.workspace.get("products", (*transformed.values.shape[:2], u.shape[-1]))
+        return torch.bmm(transformed.values, u, out=products)
+
+    def transform_output(self, products: torch.Tensor, transformed: TransformedInput,
+                         addend: torch.Tensor | None = None) -> torch.Tensor:
+        """``A^T M A`` of every tile, laid out as the channels-last output, plus the bias and ``addend`` (an
+        ``(N, K, H, W)`` tensor of the output's shape, read in any layout)."""
+        (mh, mw), (nh, nw), out_channels = self.tile, self.window, products.shape[-1]
+        batch, (th, tw), (out_h, out_w) = transformed.batch, transformed.tiles, transformed.output_size
+        y = transformed.workspace.get("output_tiles", (mh * mw, products[0].numel()))
+        torch.mm(self.output_transform, products.view(nh * nw, -1), out=y)
+        y6 = y.view(mh, mw, batch, th, tw, out_channels).permute(2, 3, 0, 4, 1, 5)
+        out = products.new_empty(batch, th, mh, tw, mw, out_channels)
+        exact_fit = th * mh == out_h and tw * mw == out_w
+        if self.bias is not None:
             torch.add(y6, self.bias, out=out)
-        out = out.view(batch, th * mh, tw * mw, self.out_channels)
-        if th * mh != out_h or tw * mw != out_w:
+        elif addend is not None and exact_fit:
+            torch.add(y6, addend.permute(0, 2, 3, 1).view(batch, th, mh, tw, mw, out_channels), out=out)
+            addend = None
+        else:
+            out.copy_(y6)
+        out = out.view(batch, th * mh, tw * mw, out_channels)
+        if not exact_fit:
             out = out[:, :out_h, :out_w].contiguous()
-        return out.permute(0, 3, 1, 2)
+        out = out.permute(0, 3, 1, 2)
+        return out if addend is None else out.add_(addend)
 
     def _workspace(self, x: torch.Tensor, padded_shape: tuple[int, ...]) -> _Workspace:
         """This thread's intermediate buffers for inputs like ``x`` (kept between calls: a RAFT refinement calls a
@@ -191,6 +230,18 @@ class WinogradConv2d(nn.Module):
             spaces.clear()  # one shape at a time: a new batch or frame size replaces the buffers
             spaces[key] = _Workspace(x.device, x.dtype)
         return cast(_Workspace, spaces[key])
+
+
+@dataclass(frozen=True)
+class TransformedInput:
+    """:meth:`WinogradConv2d.transform_input`'s result: the transformed tiles ``(nh * nw, tiles, C)`` (in the
+    convolution's workspace: valid until its next call) and the geometry the output transform needs."""
+
+    values: torch.Tensor
+    batch: int
+    tiles: tuple[int, int]
+    output_size: tuple[int, int]
+    workspace: _Workspace
 
 
 class _Workspace:
