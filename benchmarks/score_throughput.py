@@ -121,7 +121,13 @@ from videobench.metrics.dynamic import (
     kept_frame_indices,
     pad_for_raft,
 )
-from videobench.metrics.preprocess import check_precision, embed_images, frames_to_tensor, image_to_tensor
+from videobench.metrics.preprocess import (
+    check_precision,
+    embed_images,
+    frames_to_tensor,
+    image_to_tensor,
+    precision_context,
+)
 from videobench.weights import WeightsConfig
 
 COLUMNS = ("clip_t", "clip_i", "dino_i", "t_cons", "dynamic")
@@ -157,7 +163,10 @@ def naive_clip(metric, sample: MetricInput) -> dict[str, float]:
 
     frames = [embed(image_to_tensor(Image.fromarray(frame))) for frame in sample.frames]
     refs = [embed(image_to_tensor(ref)) for ref in sample.references]
-    text = metric.embed_text(sample.prompt)
+    tokens = metric.tokenizer([sample.prompt]).to(metric.device)
+    with torch.inference_mode(), precision_context(metric.device, metric.dtype):  # open_clip's encode_text on the
+        text = metric.model.encode_text(tokens).float()  # padded 77 tokens, as the peers' code calls it
+    text = torch.nn.functional.normalize(text, dim=-1)[0]
     return {
         "clip_t": float(np.mean([float(f @ text) for f in frames])),
         "clip_i": float(np.mean([float(r @ f) for r in refs for f in frames])),

@@ -295,17 +295,30 @@ def test_score_throughput_flop_table_gives_the_flop_ratio_and_each_rate(acceptan
 
 def test_score_throughput_counts_the_peers_extra_raft_work(acceptance):
     """The peer loop's RAFT encodes both images of every pair and upsamples after every update: more FLOPs than the
-    scorer's on the same clip; for CLIP/DINO the same images go through the same encoders (the two paths differ only
-    in how the few cosine products are grouped: thousands of FLOPs against billions)."""
+    scorer's on the same clip; the same images go through the same image encoders (the two paths differ only in how
+    the few cosine products are grouped: thousands of FLOPs against billions), and the peers' text tower also runs
+    over the prompt's padding: exactly the FLOPs of the full 77-token pass over the prefix's."""
     import score_throughput
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from videobench.metrics.clip import encode_text_prefix
 
     metrics = score_throughput.random_metrics("cpu")
     sample = score_throughput.build_sample(3, 64, 96, references=1)
     flops = score_throughput.count_flops(metrics, sample)
     assert flops["naive"]["dynamic"] > flops["batched"]["dynamic"] > 0
-    for family in ("clip", "dino"):
-        assert flops["batched"][family] > 1e6
-        assert flops["naive"][family] == pytest.approx(flops["batched"][family], rel=1e-5)
+    assert flops["batched"]["dino"] > 1e6
+    assert flops["naive"]["dino"] == pytest.approx(flops["batched"]["dino"], rel=1e-5)
+    clip = next(metric for metric in metrics if metric.family == "clip")
+    tokens = clip.tokenizer([sample.prompt])
+    text_flops = []
+    for encode in (clip.model.encode_text, lambda t: encode_text_prefix(clip.model, t)):
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            encode(tokens)
+        text_flops.append(counter.get_total_flops())
+    assert text_flops[0] > text_flops[1] > 0
+    assert flops["naive"]["clip"] - flops["batched"]["clip"] == pytest.approx(text_flops[0] - text_flops[1],
+                                                                              rel=1e-5)
 
 
 # --- the tiny CPU path --------------------------------------------------------------------------------------------

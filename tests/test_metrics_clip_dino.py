@@ -375,3 +375,23 @@ def test_references_of_different_sizes_are_encoded_in_one_batch(family, clip_met
         assert calls == [3, 3]
     alone = torch.cat([_embed_alone(metric, image_to_tensor(r)) for r in references])
     assert got.shape == alone.shape and torch.allclose(got, alone, atol=1e-6, rtol=0)
+
+
+def test_text_prefix_encoding_equals_open_clips_encode_text(clip_metric):
+    """The causal text tower's pooled token sees nothing after it: encoding only the tokens up to it gives
+    open_clip's ``encode_text`` (fp32 rounding of shorter matrix products); other poolings fall back to it."""
+    from videobench.metrics.clip import encode_text_prefix
+
+    model, tokenizer = clip_metric.model, open_clip.get_tokenizer(TINY_CLIP)
+    tokens = tokenizer([PROMPT, "a dog", "a cat sitting on a red chair in a sunny garden next to a tree"])
+    with torch.no_grad():
+        expected = model.encode_text(tokens)
+        got = encode_text_prefix(model, tokens)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5 * float(expected.abs().max()), rtol=0)
+        with mock.patch.object(model, "text_pool_type", "last"):
+            assert torch.equal(encode_text_prefix(model, tokens), model.encode_text(tokens))
+    calls = []
+    with mock.patch.object(model.transformer, "forward", lambda x, attn_mask=None: calls.append(x.shape) or x):
+        encode_text_prefix(model, tokens[:1])
+    assert calls[0][1] == int(tokens[0].argmax()) + 1 < tokens.shape[1]  # the prompt's tokens, no padding

@@ -148,6 +148,39 @@ def build_clip_model(
     return model.eval()
 
 
+def encode_text_prefix(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text(tokens)`` computed on the tokens up to the pooled one.
+
+    The text tower's attention is causal and the embedding is the pooled token's (OpenAI's end-of-text token:
+    ``argmax`` pooling, or ``eos``): nothing after it reaches it, so the padding after the longest prompt's pooled
+    token (57 of CLIP's 77 positions for a 20-token prompt) is left out. The same function up to float rounding
+    (the matrix products have fewer rows). Any other model or pooling runs ``model.encode_text`` itself.
+    """
+    import open_clip
+
+    pool = getattr(model, "text_pool_type", None)
+    mask = getattr(model, "attn_mask", None)
+    if (type(model).encode_text is not open_clip.CLIP.encode_text or pool not in ("argmax", "eos")
+            or mask is None or not _is_causal(mask)):
+        return model.encode_text(tokens)
+    pooled = tokens.argmax(dim=-1) if pool == "argmax" else (tokens == model.text_eos_id).int().argmax(dim=-1)
+    length = int(pooled.max()) + 1
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens[:, :length]).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=mask[:length, :length]))
+    x = x[torch.arange(x.shape[0], device=x.device), pooled]
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
+def _is_causal(mask: torch.Tensor) -> bool:
+    """Whether an additive attention mask lets each position see itself and the positions before it only."""
+    blocked = torch.isinf(mask) & (mask < 0)
+    return bool(torch.equal(blocked, torch.ones_like(blocked).triu(1)))
+
+
 @register_metric
 class ClipMetric(ModelMetric):
     """The ``clip`` family: ``clip_t``, ``clip_i`` and ``t_cons`` from one image-embedding pass."""
@@ -232,7 +265,7 @@ class ClipMetric(ModelMetric):
         """``(D,)`` unit-norm CLIP text embedding of ``prompt`` (float32)."""
         tokens = self.tokenizer([prompt]).to(self.device)
         with torch.inference_mode(), precision_context(self.device, self.dtype):
-            text = self.model.encode_text(tokens).float()
+            text = encode_text_prefix(self.model, tokens).float()
         return torch.nn.functional.normalize(text, dim=-1)[0]
 
     # -- the metric ---------------------------------------------------------------------------------------
