@@ -293,32 +293,38 @@ def test_score_throughput_flop_table_gives_the_flop_ratio_and_each_rate(acceptan
     assert "| naive   |      1.0 |      5.0 |    6.0 |      1.00x |     2.0 |" in printed
 
 
-def test_score_throughput_counts_the_peers_extra_raft_work(acceptance):
+def test_score_throughput_counts_the_peers_extra_work(acceptance):
     """The peer loop's RAFT encodes both images of every pair and upsamples after every update: more FLOPs than the
-    scorer's on the same clip; the same images go through the same image encoders (the two paths differ only in how
-    the few cosine products are grouped: thousands of FLOPs against billions), and the peers' text tower also runs
-    over the prompt's padding: exactly the FLOPs of the full 77-token pass over the prefix's."""
+    scorer's on the same clip. The same images go through the same image encoders, the peers' with every token
+    through the last block (the scorer's: the class token; the cosine products are grouped differently: thousands
+    of FLOPs against billions), and the peers' text tower also runs over the prompt's padding: the difference is
+    exactly those parts' FLOPs."""
     import score_throughput
     from torch.utils.flop_counter import FlopCounterMode
 
     from videobench.metrics.clip import encode_text_prefix
 
-    metrics = score_throughput.random_metrics("cpu")
-    sample = score_throughput.build_sample(3, 64, 96, references=1)
-    flops = score_throughput.count_flops(metrics, sample)
-    assert flops["naive"]["dynamic"] > flops["batched"]["dynamic"] > 0
-    assert flops["batched"]["dino"] > 1e6
-    assert flops["naive"]["dino"] == pytest.approx(flops["batched"]["dino"], rel=1e-5)
-    clip = next(metric for metric in metrics if metric.family == "clip")
-    tokens = clip.tokenizer([sample.prompt])
-    text_flops = []
-    for encode in (clip.model.encode_text, lambda t: encode_text_prefix(clip.model, t)):
+    def flops_of(fn, *args) -> int:
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            encode(tokens)
-        text_flops.append(counter.get_total_flops())
-    assert text_flops[0] > text_flops[1] > 0
-    assert flops["naive"]["clip"] - flops["batched"]["clip"] == pytest.approx(text_flops[0] - text_flops[1],
-                                                                              rel=1e-5)
+            fn(*args)
+        return counter.get_total_flops()
+
+    metrics = {metric.family: metric for metric in score_throughput.random_metrics("cpu")}
+    sample = score_throughput.build_sample(3, 64, 96, references=1)
+    flops = score_throughput.count_flops(list(metrics.values()), sample)
+    assert flops["naive"]["dynamic"] > flops["batched"]["dynamic"] > 0
+    image = torch.randn(1, 3, 224, 224)
+    images = len(sample.frames) + len(sample.references)
+    clip, dino = metrics["clip"], metrics["dino"]
+    saved = {
+        "clip": images * (flops_of(clip.model.encode_image, image) - flops_of(clip.encode_images, image))
+        + flops_of(clip.model.encode_text, clip.tokenizer([sample.prompt]))
+        - flops_of(encode_text_prefix, clip.model, clip.tokenizer([sample.prompt])),
+        "dino": images * (flops_of(dino.model, image) - flops_of(dino.encode_images, image)),
+    }
+    for family, difference in saved.items():
+        assert difference > 0 and flops["batched"][family] > 1e6
+        assert flops["naive"][family] - flops["batched"][family] == pytest.approx(difference, rel=1e-5)
 
 
 # --- the tiny CPU path --------------------------------------------------------------------------------------------

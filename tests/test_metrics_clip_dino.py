@@ -296,15 +296,14 @@ def test_subject_consistency_metric_end_to_end():
 @contextlib.contextmanager
 def _counting_encoder(metric) -> Iterator[list[int]]:
     """Within the block the metric's image encoder records each call's batch size in the yielded list."""
-    name = "encode_image" if metric.family == "clip" else "forward"
-    encoder = getattr(metric.model, name)
+    encoder = metric.encode_images
     calls: list[int] = []
 
     def counting(images):
         calls.append(len(images))
         return encoder(images)
 
-    with mock.patch.object(metric.model, name, counting):
+    with mock.patch.object(metric, "encode_images", counting):
         yield calls
 
 
@@ -395,3 +394,41 @@ def test_text_prefix_encoding_equals_open_clips_encode_text(clip_metric):
     with mock.patch.object(model.transformer, "forward", lambda x, attn_mask=None: calls.append(x.shape) or x):
         encode_text_prefix(model, tokens[:1])
     assert calls[0][1] == int(tokens[0].argmax()) + 1 < tokens.shape[1]  # the prompt's tokens, no padding
+
+
+@pytest.mark.parametrize("family", ["clip", "dino"])
+def test_class_token_only_last_block_equals_the_full_forward(family, clip_metric, dino_metric):
+    """The last block computed for the class token only gives the model's own embedding (open_clip encode_image,
+    timm forward) to fp32 rounding, with fewer FLOPs; a model it does not know runs its own forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from videobench.metrics.class_token import open_clip_class_token, timm_class_token
+
+    metric = {"clip": clip_metric, "dino": dino_metric}[family]
+    full = metric.model.encode_image if family == "clip" else metric.model
+    short = open_clip_class_token if family == "clip" else timm_class_token
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 224, 224)
+    counts = []
+    with torch.no_grad():
+        for encode in (full, lambda x: short(metric.model, x)):
+            with FlopCounterMode(display=False) as counter:
+                out = encode(images)
+            counts.append((out, counter.get_total_flops()))
+    (expected, full_flops), (got, short_flops) = counts
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5 * float(expected.abs().max()), rtol=0)
+    assert short_flops < full_flops
+    # another architecture (here: a wrapper) falls back to its own forward
+    wrapper = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 224 * 224, 4))
+    fallback = wrapper if family == "dino" else mock.Mock(encode_image=wrapper, visual=wrapper)
+    with torch.no_grad():
+        assert torch.equal(short(fallback, images), wrapper(images))
+    name = "encode_image" if family == "clip" else "forward"
+    metric.model.train()  # training mode (dropout, patch dropout) is not what the short path computes
+    try:
+        with torch.no_grad(), mock.patch.object(metric.model, name, wraps=getattr(metric.model, name)) as spy:
+            short(metric.model, images)
+        assert spy.call_count == 1
+    finally:
+        metric.model.eval()

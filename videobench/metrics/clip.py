@@ -46,8 +46,11 @@ from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from videobench.metrics import class_token
 else:
     torch = lazy_module("torch")
+    class_token = lazy_module("videobench.metrics.class_token")
 
 DEFAULT_CLIP_MODEL = "ViT-B-32-quickgelu"
 DEFAULT_CLIP_PRETRAINED = "openai"
@@ -257,9 +260,14 @@ class ClipMetric(ModelMetric):
         references come back: a subject's cases)."""
         return self._memo([image_to_tensor(image) for image in references], self._embed, tag=self.dtype)
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images -> CLIP image embeddings: ``encode_image``, with the last block computed for the
+        class token only (:func:`~videobench.metrics.class_token.open_clip_class_token`)."""
+        return class_token.open_clip_class_token(self.model, images)
+
     def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        return embed_images(self.model.encode_image, images, self.preprocess, batch_size=self.batch_size, device=self.device,
-                            dtype=self.dtype)
+        return embed_images(self.encode_images, images, self.preprocess, batch_size=self.batch_size,
+                            device=self.device, dtype=self.dtype)
 
     def embed_text(self, prompt: str) -> torch.Tensor:
         """``(D,)`` unit-norm CLIP text embedding of ``prompt`` (float32)."""

@@ -42,8 +42,11 @@ from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from videobench.metrics import class_token
 else:
     torch = lazy_module("torch")
+    class_token = lazy_module("videobench.metrics.class_token")
 
 DINO_ARCH = "vit_small_patch16_224"
 #: timm's name of DINO ViT-S/16 (architecture + pretrained tag: its data config is the model's own).
@@ -195,9 +198,14 @@ class DinoMetric(ModelMetric):
         references come back: a subject's cases)."""
         return self._memo([image_to_tensor(image) for image in references], self._embed, tag=self.dtype)
 
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images -> DINO CLS features: the model's forward, with the last block computed for the class
+        token only (:func:`~videobench.metrics.class_token.timm_class_token`)."""
+        return class_token.timm_class_token(self.model, images)
+
     def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        return embed_images(self.model, images, self.preprocess, batch_size=self.batch_size, device=self.device,
-                            dtype=self.dtype)
+        return embed_images(self.encode_images, images, self.preprocess, batch_size=self.batch_size,
+                            device=self.device, dtype=self.dtype)
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dino_i`` (mean cosine over all (reference, frame) pairs) plus ``num_frames`` / ``num_references``."""
