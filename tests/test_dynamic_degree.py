@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -398,6 +399,9 @@ def test_winograd_refinement_gives_the_direct_flows(raft):
     assert (winograd - direct).abs().max() <= 1e-4 * direct.abs().max()
     scores_direct, scores_winograd = flow_pair_scores(direct), flow_pair_scores(winograd)
     assert scores_winograd.tolist() == pytest.approx(scores_direct.tolist(), rel=1e-4)
+    with mock.patch("videobench.metrics.dynamic.REFINE_POSITIONS", 1), torch.no_grad():  # one pair per chunk
+        chunked = raft_pair_flows(raft, frames, [(0, 1), (1, 2)], 4, winograd_tile=4)
+    assert torch.allclose(chunked, winograd, rtol=0, atol=1e-5 * float(winograd.abs().max()))
     update = fused_update(raft, 4)
     converted = [m for m in update.modules() if isinstance(m, WinogradConv2d)]
     # motion encoder 256->192, 128->64 and 256->126, flow head 128->256, three GRU parts (1x5 or 5x1) per GRU
