@@ -195,13 +195,14 @@ class PatchLookup:
     of the ``(2r + 2)^2`` volume entries at ``floor(x) - r .. floor(x) + r + 1`` (and the same in ``y``). Entries
     outside the volume are zeros (``grid_sample``'s zero padding, ``align_corners=True``): each level is padded by
     ``2r + 2`` zeros per side and ``floor`` is clamped to ``[-(r + 2), size + r]``, beyond which every entry of the
-    patch is padding. All levels' padded volumes sit side by side in one buffer, so one ``index_select`` fetches the
-    ``2r + 2`` rows of ``2r + 2`` consecutive entries of every centroid's patch at every level, and two ``lerp``
-    (along x, then y) blend them: ``(2r + 2)^2`` reads and shared weights per centroid and level instead of
-    ``grid_sample``'s ``4 (2r + 1)^2`` reads and per-sample weights. The output layout is ``index_pyramid``'s
-    (level-major, then the x offset, then the y offset); the values are the same bilinear interpolation up to float
-    rounding (pair scores move by about 2e-7 relative). Volumes are read in fp32 at least, as ``grid_sample`` does
-    under autocast.
+    patch is padding. Each level's volume is stored transposed (x-major: a row of the buffer is one x, its entries
+    run along y) and all levels' padded volumes sit side by side in one buffer, so one ``index_select`` fetches the
+    ``2r + 2`` runs of ``2r + 2`` consecutive entries of every centroid's patch at every level, and two ``lerp``
+    (along y, then x) blend them: ``(2r + 2)^2`` reads and shared weights per centroid and level instead of
+    ``grid_sample``'s ``4 (2r + 1)^2`` reads and per-sample weights. The patch comes out in ``index_pyramid``'s
+    order (level-major, then the x offset, then the y offset): the channels-last output is a view of it. The values
+    are the same bilinear interpolation up to float rounding (pair scores move by about 2e-7 relative). Volumes are
+    read in fp32 at least, as ``grid_sample`` does under autocast.
     """
 
     def __init__(self, pyramid: list[torch.Tensor], radius: int) -> None:
@@ -209,13 +210,13 @@ class PatchLookup:
         self.radius = radius
         steps = torch.arange(side, device=device)
         sizes = torch.tensor([volume.shape[-1:-3:-1] for volume in pyramid], device=device)  # (levels, 2): (W, H)
-        strides = sizes[:, 0] + 2 * pad
-        # all levels' padded volumes side by side per centroid: one gather serves every level
-        padded = [F.pad(volume, [pad, pad, pad, pad]).flatten(1) for volume in pyramid]
+        strides = sizes[:, 1] + 2 * pad  # a row of the transposed, padded volume: one x, all (padded) y
+        # all levels' transposed, padded volumes side by side per centroid: one gather serves every level
+        padded = [F.pad(volume.transpose(-1, -2), [pad, pad, pad, pad]).flatten(1) for volume in pyramid]
         bases = torch.tensor([0] + [level.shape[1] for level in padded[:-1]], device=device).cumsum(0)
         # fp32 at least, as grid_sample runs under autocast
         volumes = torch.cat(padded, dim=1).to(torch.promote_types(pyramid[0].dtype, torch.float32))
-        # every run of ``side`` consecutive entries of a row (x) as one item: a patch is ``side`` such runs
+        # every run of ``side`` consecutive entries along y as one item: a patch is ``side`` such runs (one per x)
         self.runs = volumes.view(-1).as_strided((volumes.numel() - side + 1, side), (1, 1))
         self.rows = torch.arange(0, volumes.numel(), volumes.shape[1], device=device).view(-1, 1)  # row starts
         self.offsets = (bases.view(-1, 1) + steps.view(1, side) * strides.view(-1, 1)).flatten()  # (levels * side)
@@ -227,7 +228,7 @@ class PatchLookup:
 
     def __call__(self, coords: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """``(B, 2, h, w)`` centroids in level-0 pixels -> ``(B, levels * (2r + 1)^2, h, w)`` correlation features
-        (laid out channels-last when ``channels_last``: one copy fewer than converting afterwards)."""
+        (laid out channels-last when ``channels_last``: a view of the blended patches, no copy)."""
         batch, _, h, w = coords.shape
         levels, side = len(self.scales), 2 * self.radius + 2
         # index_pyramid halves the centroids per level (exact in binary): (N, levels, 2)
@@ -235,17 +236,15 @@ class PatchLookup:
         floor = torch.floor(points)
         fraction = (points - floor).unsqueeze(-1)  # (N, levels, 2, 1)
         first = torch.clamp(floor, self.low, self.high).long() + self.shift  # patch origin in the padded volume
-        start = first[..., 0] + first[..., 1] * self.strides  # (N, levels)
-        index = start.add_(self.rows).repeat_interleave(side, dim=1).add_(self.offsets)  # one run per y step
-        patch = self.runs.index_select(0, index.view(-1)).view(-1, levels, side, side)  # (N, levels, y, x)
-        along_x = torch.lerp(patch[..., :-1], patch[..., 1:], fraction[:, :, 0:1])
-        window = torch.lerp(along_x[:, :, :-1], along_x[:, :, 1:], fraction[:, :, 1:2])  # (N, levels, y, x)
-        # index_pyramid's channel order: level, then the x offset, then the y offset
+        start = first[..., 1] + first[..., 0] * self.strides  # (N, levels)
+        index = start.add_(self.rows).repeat_interleave(side, dim=1).add_(self.offsets)  # one run per x step
+        patch = self.runs.index_select(0, index.view(-1)).view(-1, levels, side, side)  # (N, levels, x, y)
+        along_y = torch.lerp(patch[..., :-1], patch[..., 1:], fraction[:, :, 1:2])
+        window = torch.lerp(along_y[:, :, :-1], along_y[:, :, 1:], fraction[:, :, 0:1])  # (N, levels, x, y)
+        window = window.view(batch, h, w, -1)  # index_pyramid's channel order: level, x offset, y offset
         if channels_last:
-            window = window.transpose(-1, -2).reshape(batch, h, w, -1)
             return window.permute(0, 3, 1, 2)
-        window = window.view(batch, h * w, levels, side - 1, side - 1).permute(0, 2, 4, 3, 1)
-        return window.reshape(batch, -1, h, w)
+        return window.permute(0, 3, 1, 2).contiguous()
 
 
 def fused_update(model: nn.Module, winograd_tile: int = 0) -> FusedUpdate:
