@@ -84,16 +84,40 @@ under load, about 15% together, because each parallel operator waits for the sec
 | first version of the above: one ``gather`` per level of a flattened ``(2r + 2)^2`` index | lookup 16 pairs at 256x320, 5 calls (profiled, ``PyramidLookup``): 0.31-0.46 s | 0.25-0.29 s (int64 index building and ~10 small operators per level) | replaced by the single-buffer ``index_select`` (0.16 s) |
 | flow head's last convolution (3x3, 256 -> 2 channels, 2.7% of the profile; oneDNN is slow with 2 output channels) as one GEMM of the 9 taps (18 x 256) followed by 9 shifted additions | 1.6-2.0 ms per call (8 pairs at 128x192) | 0.45-0.5 ms, max difference 1.6e-6 of the output scale; at 16 pairs of 256x320 slower under load (convolution 25-48 ms, taps 99-104 ms) | no: at most 1% of a RAFT pass at the smoke size, slower at the issue's size |
 
-Where 2x would have to come from (``--count-flops``: FlopCounterMode over both paths, then GFLOP/s over the timed
-seconds). At the smoke size the scorer does 509.9 GFLOP per video against the peers' 642.3 (CLIP 76.5 and DINO 101.8
-on both paths: the same images through the same encoders; RAFT 331.5 against 463.9), a FLOP ratio of 1.26x; at
-17 frames of 256x320, 2501.9 against 3395.7 GFLOP, 1.36x. The measured speed-ups (1.47-1.53x and 1.36x) are that
-ratio times the scorer's better efficiency (112.6 against 96.7 GFLOP/s at the smoke size, batched against one frame
-or pair at a time). On this CPU a 3x3 convolution of RAFT's motion encoder runs at 149-163 GFLOP/s and a 2048^2
-matrix product at 162: 2x at the smoke size would need the whole scorer, softmax, normalisations and lookups
-included, at 145 GFLOP/s, and at 256x320 at 161 GFLOP/s (the peers reach 110): the matrix product's own rate. What is
-left is fewer FLOPs with the same values: Winograd F(2x2, 3x3) for RAFT's 3x3 convolutions (2.25x fewer
-multiplications for them, float differences around 1e-6) is the candidate not tried.
+Where 2x would have to come from, as the third round left it (``--count-flops``: FlopCounterMode over both paths,
+then GFLOP/s over the timed seconds). At the smoke size the scorer did 509.9 GFLOP per video against the peers'
+642.3 (CLIP 76.5 and DINO 101.8 on both paths: the same images through the same encoders; RAFT 331.5 against
+463.9), a FLOP ratio of 1.26x; at 17 frames of 256x320, 2501.9 against 3395.7 GFLOP, 1.36x. The measured speed-ups
+(1.47-1.53x and 1.36x) were that ratio times the scorer's better efficiency (112.6 against 96.7 GFLOP/s at the smoke
+size), and this CPU's fp32 matrix product peaks at 162 GFLOP/s: 2x needed fewer FLOPs with the same values.
+
+Fourth round: fewer FLOPs. The same 2-core machine, now slower and noisier than in the third round (the same RAFT
+pass took 2.6-4.0 s from one hour to the next), so every lever was timed A/B in one process, interleaved:
+
+| lever | before | after | kept |
+|---|---|---|---|
+| RAFT's refinement convolutions with at least 128 x 64 channels (motion encoder 3x3, flow head 3x3, the GRU's 1x5 / 5x1 hidden and motion parts) as Winograd F(4x4, 3x3) / F(1x4, 1x5) (:mod:`videobench.metrics.winograd`; 4x and 2.5x fewer multiplications), first version: NCHW, tiles gathered per channel, one Kronecker-product transform | RAFT pass (8 pairs at 128x192) 3.18 s | 2.68 s | replaced by the next |
+| the same channels-last: tiles gathered as runs of channels, the refinement's tensors (hidden state, context terms, flow, correlation features) channels-last | 2.77 s | 2.27 s | yes: pair scores within 3e-7 relative of direct convolutions |
+| Winograd buffers kept between calls (fresh multi-megabyte buffers fault their pages in on every call; ``MALLOC_MMAP_THRESHOLD_`` showed it: 2.37 -> 2.15 s) | 2.61 s (direct) | 2.08 s | yes |
+| 2x2 or 6x6 output tiles instead of 4x4 (``benchmarks/conv_algorithms.py``) | 256 -> 192 3x3: 11.6 ms | 14.0 / 12.5 ms (errors 3e-7 / 1e-5 of the output scale against 6e-6) | no |
+| NNPACK's Winograd (``torch._nnpack_spatial_convolution``) | 256 -> 192 3x3: 23.6 ms, 1x5 128 -> 384: 20.6 ms (oneDNN) | 19.3 ms, 27.6 ms | no |
+| the GRU's hidden and motion parts summed in the Winograd domain: one output transform per gate, the context terms added by the output's layout pass | 2.07 s | 1.95 s (5 rounds) | yes |
+| input tiles transformed one axis at a time instead of by their Kronecker product | 1.70 ms a transform (256 channels, 8 pairs) | 1.26 ms | yes |
+| refinement in chunks of at most 4096 flow pixels (the features still encoded once per frame) | 16 pairs at 256x320: 13.75 s | 12.7-12.9 s (4 rounds) | yes (the smoke size is one chunk) |
+| correlation volumes stored transposed, so that the lookup's channels-last output is a view | one copy of the features per update | none | yes |
+| RAFT's encoders channels-last (instance norm as ``var_mean``) | feature encoder 0.364 s (9 frames at 128x192), 3.14 s (17 at 256x320) | 0.419 s, 3.40 s | no |
+| the encoders' 64-channel 3x3 convolutions as Winograd | 30.8 ms (9 frames at 128x192) | 31.8 ms | no (faster only at 256x320: 314 -> 243 ms) |
+| CLIP/DINO: a case's references, any sizes, resized one by one and encoded in one batch | three forwards of one image | one of three | yes (the benchmark embeds them for every video; in a run a subject's references are embedded once) |
+| CLIP's text tower over the prompt's tokens up to its end-of-text token (causal attention: the padding never reaches it) | 77 positions | 11-20 | yes |
+| the ViTs' last block for the class token only (:mod:`videobench.metrics.class_token`: its queries, projection and MLP; keys and values still of every token) | - | 7-8% fewer FLOPs in the image towers | yes |
+
+All kept levers together, ``--repeats 5 --count-flops`` at the smoke size, five runs at load average 0.9-2: 1.89x,
+1.97x, 1.99x, 2.01x and 2.16x (for example 3.69 s per video against 7.32 s; CLIP 0.85 against 1.63 s, DINO 0.82
+against 1.09 s, RAFT 2.01 against 4.59 s); the scorer now does 303.7 GFLOP per video against 642.3, a FLOP ratio of
+2.12x (CLIP 67.8 against 76.5, DINO 94.8 against 101.8, RAFT 141.0 against 463.9). At 17 frames of 256x320
+(``--repeats 2``): 1.91x and 1.81x (17.9 s against 34.1 s), 1208.8 against 3395.7 GFLOP (2.81x); there the
+scorer's RAFT reaches only 56-60 GFLOP/s against the peers' 94-100: its encoders (a third of what is left) run at the
+peers' rate, and its refinement's tile transforms are passes over memory larger than the caches.
 
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).
