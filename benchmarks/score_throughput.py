@@ -72,7 +72,7 @@ over): feature encoder 1.54 s (10%), context encoder 0.47 s (3%), correlation py
 1.11 s (7%), motion encoder 3.91 s (25%), the two GRUs 6.49 s (42%), flow head 1.65 s (11%), the GRU's context
 terms 0.03 s, mask predictor and upsampling 0.12 s (0.8%). Convolutions dominate (the GRU's 1x5/5x1 and the motion
 encoder's and flow head's 3x3); the elementwise passes (sigmoid, tanh, ReLU, additions, lerp) take 5-7 ms each
-under load, about 15% together, because each parallel operator waits for the second, busy, core. The issue's size,
+under load, about 15% together, because each parallel operator waits for the second, busy, core. The larger size,
 17 frames at 256x320 (16 pairs, with :class:`videobench.metrics.raft.PatchLookup`, 23.8 s profiled at load average
 1.0-1.3): feature encoder 3.96 s (17%; its instance norm 0.39 s), context encoder 2.92 s (12%), pyramid build
 0.31 s, lookup 0.74 s (3%), motion encoder 5.69 s (24%; its 3x3 256 -> 192 convolution alone 2.68 s), GRUs 6.96 s
@@ -82,7 +82,7 @@ under load, about 15% together, because each parallel operator waits for the sec
 |---|---|---|---|
 | RAFT correlation lookup as one ``index_select`` of integer-aligned ``(2r + 2)^2`` patches (every level's zero-padded volume in one buffer) and two ``lerp`` with each centroid's shared bilinear weights (:class:`videobench.metrics.raft.PatchLookup`) instead of ``PyramidLookup``'s ``grid_sample`` | lookup alone, 20 calls: 0.104-0.118 s (8 pairs at 128x192), 1.04-1.11 s (16 pairs at 256x320); whole RAFT pass, medians of interleaved rounds: 2.70 s (6 rounds), 21.0 s (2 rounds) | 0.078-0.081 s, 0.66-0.67 s; 2.65 s, 20.0 s | yes: pair scores within 1.4e-7 (128x192) and 3.0e-7 (256x320) relative; 2-5% of a RAFT pass, at the rounds' noise |
 | first version of the above: one ``gather`` per level of a flattened ``(2r + 2)^2`` index | lookup 16 pairs at 256x320, 5 calls (profiled, ``PyramidLookup``): 0.31-0.46 s | 0.25-0.29 s (int64 index building and ~10 small operators per level) | replaced by the single-buffer ``index_select`` (0.16 s) |
-| flow head's last convolution (3x3, 256 -> 2 channels, 2.7% of the profile; oneDNN is slow with 2 output channels) as one GEMM of the 9 taps (18 x 256) followed by 9 shifted additions | 1.6-2.0 ms per call (8 pairs at 128x192) | 0.45-0.5 ms, max difference 1.6e-6 of the output scale; at 16 pairs of 256x320 slower under load (convolution 25-48 ms, taps 99-104 ms) | no: at most 1% of a RAFT pass at the smoke size, slower at the issue's size |
+| flow head's last convolution (3x3, 256 -> 2 channels, 2.7% of the profile; oneDNN is slow with 2 output channels) as one GEMM of the 9 taps (18 x 256) followed by 9 shifted additions | 1.6-2.0 ms per call (8 pairs at 128x192) | 0.45-0.5 ms, max difference 1.6e-6 of the output scale; at 16 pairs of 256x320 slower under load (convolution 25-48 ms, taps 99-104 ms) | no: at most 1% of a RAFT pass at the smoke size, slower at 256x320 |
 
 Where 2x would have to come from, as the third round left it (``--count-flops``: FlopCounterMode over both paths,
 then GFLOP/s over the timed seconds). At the smoke size the scorer did 509.9 GFLOP per video against the peers'
