@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -29,11 +29,9 @@ from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
     EmbeddingMemo,
+    ImageEmbedder,
     Preprocess,
-    embed_distinct,
-    embed_images,
     frames_to_tensor,
-    image_to_tensor,
     precision_context,
     seeded,
 )
@@ -45,7 +43,6 @@ from videobench.weights import WeightsLoadError, WeightSpec, describe_load_error
 # imported on first use: describing the family (options, weights) needs no torch
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from videobench.metrics import class_token
 else:
@@ -185,7 +182,7 @@ def _is_causal(mask: torch.Tensor) -> bool:
 
 
 @register_metric
-class ClipMetric(ModelMetric):
+class ClipMetric(ImageEmbedder, ModelMetric):
     """The ``clip`` family: ``clip_t``, ``clip_i`` and ``t_cons`` from one image-embedding pass."""
 
     family = "clip"
@@ -251,23 +248,10 @@ class ClipMetric(ModelMetric):
         }
 
     # -- embeddings ---------------------------------------------------------------------------------------
-    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm CLIP image embeddings (float32)."""
-        return embed_distinct(frames, lambda distinct: self._memo(distinct, self._embed, tag=self.dtype))
-
-    def embed_references(self, references: Sequence[Image.Image]) -> torch.Tensor:
-        """Reference images (any sizes) -> ``(N, D)`` unit-norm CLIP image embeddings, one batch (looked up when the same
-        references come back: a subject's cases)."""
-        return self._memo([image_to_tensor(image) for image in references], self._embed, tag=self.dtype)
-
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images -> CLIP image embeddings: ``encode_image``, with the last block computed for the
         class token only (:func:`~videobench.metrics.class_token.open_clip_class_token`)."""
         return class_token.open_clip_class_token(self.model, images)
-
-    def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        return embed_images(self.encode_images, images, self.preprocess, batch_size=self.batch_size,
-                            device=self.device, dtype=self.dtype)
 
     def embed_text(self, prompt: str) -> torch.Tensor:
         """``(D,)`` unit-norm CLIP text embedding of ``prompt`` (float32)."""

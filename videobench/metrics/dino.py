@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -26,11 +25,9 @@ from videobench.metrics.base import MetricInput
 from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
 from videobench.metrics.preprocess import (
     EmbeddingMemo,
+    ImageEmbedder,
     Preprocess,
-    embed_distinct,
-    embed_images,
     frames_to_tensor,
-    image_to_tensor,
     seeded,
 )
 from videobench.metrics.registry import ColumnSpec, register_metric
@@ -41,7 +38,6 @@ from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_
 # imported on first use: describing the family (options, weights) needs no torch
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from videobench.metrics import class_token
 else:
@@ -137,7 +133,7 @@ def build_dino_model(
 
 
 @register_metric
-class DinoMetric(ModelMetric):
+class DinoMetric(ImageEmbedder, ModelMetric):
     """The ``dino`` family: ``dino_i``."""
 
     family = "dino"
@@ -189,23 +185,10 @@ class DinoMetric(ModelMetric):
             config["model_kwargs"] = self.model_kwargs
         return config
 
-    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm DINO CLS features (float32)."""
-        return embed_distinct(frames, lambda distinct: self._memo(distinct, self._embed, tag=self.dtype))
-
-    def embed_references(self, references: Sequence[Image.Image]) -> torch.Tensor:
-        """Reference images (any sizes) -> ``(N, D)`` unit-norm DINO CLS features, one batch (looked up when the same
-        references come back: a subject's cases)."""
-        return self._memo([image_to_tensor(image) for image in references], self._embed, tag=self.dtype)
-
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images -> DINO CLS features: the model's forward, with the last block computed for the class
         token only (:func:`~videobench.metrics.class_token.timm_class_token`)."""
         return class_token.timm_class_token(self.model, images)
-
-    def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        return embed_images(self.encode_images, images, self.preprocess, batch_size=self.batch_size,
-                            device=self.device, dtype=self.dtype)
 
     def score(self, sample: MetricInput, columns: tuple[str, ...] | None = None) -> dict[str, float]:
         """``dino_i`` (mean cosine over all (reference, frame) pairs) plus ``num_frames`` / ``num_references``."""

@@ -193,11 +193,11 @@ def embed_images(
     outputs = []
     with torch.inference_mode(), precision_context(device, dtype):
         if isinstance(images, torch.Tensor):
-            chunks = [preprocess(chunk.to(device), cfg) for chunk in torch.split(images, batch_size)]
+            chunks = (preprocess(chunk.to(device), cfg) for chunk in torch.split(images, batch_size))
         else:
-            chunks = [torch.cat([preprocess(image.to(device), cfg) for image in images[start : start + batch_size]])
-                      for start in range(0, len(images), batch_size)]
-        for chunk in chunks:
+            chunks = (torch.cat([preprocess(image.to(device), cfg) for image in images[start : start + batch_size]])
+                      for start in range(0, len(images), batch_size))
+        for chunk in chunks:  # preprocessed one batch at a time
             outputs.append(encode(chunk).float())
     return torch.nn.functional.normalize(torch.cat(outputs), dim=-1)
 
@@ -276,3 +276,36 @@ class EmbeddingMemo:
     def clear(self) -> None:
         """Forget every embedding (benchmarks time the computation, not the look-up)."""
         self._items.clear()
+
+
+class ImageEmbedder:
+    """The image-embedding half of a metric family (CLIP, DINO): frames and reference images (uint8) ->
+    L2-normalised float32 embeddings through :meth:`encode_images`, repeated frames once
+    (:func:`embed_distinct`) and images seen before looked up (:class:`EmbeddingMemo`).
+
+    The family sets ``preprocess``, ``batch_size``, ``device``, ``dtype`` and ``_memo`` and implements
+    :meth:`encode_images`.
+    """
+
+    preprocess: Preprocess
+    batch_size: int
+    device: str
+    dtype: str
+    _memo: EmbeddingMemo
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed ``(N, 3, h, w)`` images -> ``(N, D)`` embeddings (not normalised)."""
+        raise NotImplementedError
+
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` uint8 -> ``(N, D)`` unit-norm embeddings (float32)."""
+        return embed_distinct(frames, lambda distinct: self._memo(distinct, self._embed, tag=self.dtype))
+
+    def embed_references(self, references: Sequence[Image.Image]) -> torch.Tensor:
+        """Reference images (any sizes) -> ``(N, D)`` unit-norm embeddings, one batch (looked up when the same
+        references come back: a subject's cases)."""
+        return self._memo([image_to_tensor(image) for image in references], self._embed, tag=self.dtype)
+
+    def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        return embed_images(self.encode_images, images, self.preprocess, batch_size=self.batch_size,
+                            device=self.device, dtype=self.dtype)

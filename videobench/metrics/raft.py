@@ -89,9 +89,6 @@ class FusedGRU(nn.Module):
     when ``winograd_tile`` is positive.
     """
 
-    u_motion_zr: torch.Tensor
-    u_motion_q: torch.Tensor
-
     def __init__(self, gru: nn.Module, hidden_size: int, context_size: int, winograd_tile: int = 0) -> None:
         super().__init__()
         convs = cast("tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]", (gru.convz, gru.convr, gru.convq))
@@ -109,10 +106,6 @@ class FusedGRU(nn.Module):
         self.hidden_size = hidden_size
         self.winograd = all(isinstance(conv, winograd.WinogradConv2d)
                             for conv in (self.motion_conv, self.hidden_zr_conv, self.hidden_q_conv))
-        if self.winograd:  # the motion part's transformed filters, split into the z/r and the q outputs
-            u_motion = cast(winograd.WinogradConv2d, self.motion_conv).u
-            self.register_buffer("u_motion_zr", u_motion[..., : 2 * hidden_size].contiguous())
-            self.register_buffer("u_motion_q", u_motion[..., 2 * hidden_size :].contiguous())
 
     def context_terms(self, context: torch.Tensor) -> torch.Tensor:
         """``(B, 3 * hidden, H, W)``: the context part plus bias of the z, r and q pre-activations."""
@@ -138,14 +131,15 @@ class FusedGRU(nn.Module):
         n = self.hidden_size
         motion_conv, hidden_zr_conv, hidden_q_conv = cast("tuple[winograd.WinogradConv2d, ...]", (
             self.motion_conv, self.hidden_zr_conv, self.hidden_q_conv))
+        u_motion = motion_conv.u  # the motion part's transformed filters: the z/r outputs, then the q outputs
         from_motion = motion_conv.transform_input(motion)
         from_hidden = hidden_zr_conv.transform_input(hidden)
-        products = motion_conv.multiply(from_motion, self.u_motion_zr,
+        products = motion_conv.multiply(from_motion, u_motion[..., : 2 * n],
                                         accumulate=hidden_zr_conv.multiply(from_hidden))
         zr = torch.sigmoid_(hidden_zr_conv.transform_output(products, from_hidden, addend=context_terms[:, : 2 * n]))
         z, r = zr[:, :n], zr[:, n:]
         from_reset = hidden_q_conv.transform_input(r * hidden)
-        products = motion_conv.multiply(from_motion, self.u_motion_q, accumulate=hidden_q_conv.multiply(from_reset))
+        products = motion_conv.multiply(from_motion, u_motion[..., 2 * n :], accumulate=hidden_q_conv.multiply(from_reset))
         q = torch.tanh_(hidden_q_conv.transform_output(products, from_reset, addend=context_terms[:, 2 * n :]))
         return z, q
 
