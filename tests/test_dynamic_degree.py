@@ -333,26 +333,46 @@ def test_random_raft_is_reproducible():
     assert all(torch.equal(x, y) for x, y in zip(b.state_dict().values(), c.state_dict().values()))
 
 
-def test_repeated_pairs_run_through_raft_once(raft):
-    """Frames A A A B A A: the pairs (A, A), (A, B), (B, A) run once each (two frames through the feature encoder),
-    and every pair's score is that pair's own RAFT flow's (raft_final_flow, one pair at a time)."""
+@pytest.mark.parametrize("cpu_workers", [1, 2])
+def test_repeated_pairs_run_through_raft_once(raft, cpu_workers):
+    """Frames A A A B A A: the pairs (A, A), (A, B), (B, A) run once each (two frames through the feature encoder,
+    in one batch or one per worker), and every pair's score is that pair's own RAFT flow's (raft_final_flow, one
+    pair at a time)."""
     rng = np.random.default_rng(11)
     distinct = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
     kept = torch.from_numpy(distinct[[0, 0, 0, 1, 0, 0]]).permute(0, 3, 1, 2)
-    metric = DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=2)
+    metric = DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=2, cpu_workers=cpu_workers)
     encoded = []
     hook = raft.feature_encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
     try:
         scores = metric.pair_scores(kept)
     finally:
         hook.remove()
-    assert encoded == [2]
+    assert encoded == ([2] if cpu_workers == 1 else [1, 1])
     images = pad_for_raft(kept.float() / 127.5 - 1.0)
     with torch.no_grad():
         expected = [flow_pair_score(raft_final_flow(raft, images[i : i + 1], images[i + 1 : i + 2], 2)[0])
                     for i in range(5)]
     assert scores.tolist() == pytest.approx(expected, rel=1e-5)
     assert scores[0] == scores[1] == scores[4]
+
+
+def test_correlation_pyramid_equals_torchvisions_build_pyramid(raft):
+    """The pyramid built without storing it on the model (threads share it) is CorrBlock.build_pyramid's, exactly;
+    feature maps too small for the levels are refused as torchvision refuses them."""
+    from videobench.metrics.raft import correlation_pyramid
+
+    generator = torch.Generator().manual_seed(4)
+    fmap1, fmap2 = (torch.randn(2, 256, 16, 24, generator=generator) for _ in range(2))
+    block = raft.corr_block
+    block.build_pyramid(fmap1, fmap2)
+    ours = correlation_pyramid(fmap1, fmap2, block.num_levels)
+    assert len(ours) == len(block.corr_pyramid) == 4
+    assert all(torch.equal(a, b) for a, b in zip(ours, block.corr_pyramid))
+    with pytest.raises(ValueError, match="too small for 4 correlation levels"):
+        correlation_pyramid(fmap1[..., :8, :], fmap2[..., :8, :], 4)
+    with pytest.raises(ValueError, match="different shapes"):
+        correlation_pyramid(fmap1, fmap2[:1], 4)
 
 
 def test_patch_lookup_equals_torchvisions_index_pyramid(raft):

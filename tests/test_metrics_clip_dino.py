@@ -61,14 +61,15 @@ def _video(num_frames=4, height=96, width=144, seed=0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clip_metric() -> ClipMetric:
-    metric = ClipMetric.create({"model": TINY_CLIP, "batch_size": 3}, random_weights=True, seed=3)
+    metric = ClipMetric.create({"model": TINY_CLIP, "batch_size": 3, "cpu_workers": 1}, random_weights=True, seed=3)
     assert isinstance(metric, Metric) and metric.random_weights
     return metric
 
 
 @pytest.fixture(scope="module")
 def dino_metric() -> DinoMetric:
-    return DinoMetric.create({"model_kwargs": TINY_DINO, "batch_size": 3}, random_weights=True, seed=3)
+    return DinoMetric.create({"model_kwargs": TINY_DINO, "batch_size": 3, "cpu_workers": 1}, random_weights=True,
+                             seed=3)
 
 
 # --- preprocessing ------------------------------------------------------------------------------------------
@@ -348,6 +349,33 @@ def test_repeated_frames_are_encoded_once(family, clip_metric, dino_metric):
     assert calls == [3]
     alone = torch.cat([_embed_alone(metric, torch.from_numpy(video[i : i + 1]).permute(0, 3, 1, 2)) for i in range(3)])
     assert torch.allclose(got, alone[[0, 1, 1, 1, 2, 0]], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["clip", "dino"])
+def test_cpu_workers_encode_even_pieces_of_a_batch(family, clip_metric, dino_metric):
+    """With two CPU workers a batch of 3 frames is encoded as pieces of 2 and 1 frames on the workers; the
+    embeddings are the one-thread ones up to the batch size's summation order (within 1e-6), and every column
+    of the score is too."""
+    metric = {"clip": clip_metric, "dino": dino_metric}[family]
+    frames = torch.from_numpy(_video(3, seed=12)).permute(0, 3, 1, 2)
+    sample = MetricInput(_video(3, seed=12), 8.0, [Image.fromarray(_video(1, seed=13)[0])], PROMPT)
+    metric._memo.clear()
+    with _counting_encoder(metric) as calls:
+        alone = metric.embed_frames(frames)
+    single = metric.score(sample)
+    assert calls == [3]
+    metric.cpu_workers = 2
+    try:
+        metric._memo.clear()
+        with _counting_encoder(metric) as calls:
+            pieces = metric.embed_frames(frames)
+        metric._memo.clear()
+        workers = metric.score(sample)
+    finally:
+        metric.cpu_workers = 1
+    assert sorted(calls) == [1, 2]
+    assert torch.allclose(pieces, alone, atol=1e-6, rtol=0)
+    assert workers.keys() == single.keys() and all(workers[k] == pytest.approx(single[k], abs=1e-6) for k in single)
 
 
 def _embed_alone(metric, image: torch.Tensor) -> torch.Tensor:

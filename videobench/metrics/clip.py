@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
+from videobench.metrics.model_metric import (
+    ModelBuilder,
+    ModelMetric,
+    WeightsStamp,
+    cpu_workers_option,
+    with_weights_option,
+)
 from videobench.metrics.preprocess import (
     EmbeddingMemo,
     ImageEmbedder,
@@ -99,6 +105,7 @@ class ClipOptions:
                                                       "normalisation)")
     weights: Path | None = option(None, "an open_clip / OpenAI state dict file (else the weights folder or caches)")
     batch_size: int = option(64, "images per forward pass", minimum=1)
+    cpu_workers: int = cpu_workers_option("embed frames")
 
     def __post_init__(self) -> None:
         """Only architectures open_clip knows (its built-in or registered configs), never a path."""

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
+from videobench.metrics.model_metric import (
+    ModelBuilder,
+    ModelMetric,
+    WeightsStamp,
+    cpu_workers_option,
+    with_weights_option,
+)
 from videobench.metrics.preprocess import (
     EmbeddingMemo,
     ImageEmbedder,
@@ -98,6 +104,7 @@ class DinoOptions:
     weights: Path | None = option(None, "dino_deitsmall16_pretrain.pth or timm's safetensors (else the weights "
                                         "folder or caches)")
     batch_size: int = option(64, "images per forward pass", minimum=1)
+    cpu_workers: int = cpu_workers_option("embed frames")
     crop_pct: float = option(DREAMBOOTH_CROP_PCT, "centre-crop fraction of the resize (DreamBooth: 224/256)",
                              minimum=0.1, maximum=1.0)
     model_kwargs: dict = option(default_factory=dict, help="timm architecture overrides (tests: a shallow model)")

@@ -31,6 +31,7 @@ A method's D.D is the percentage of its videos that are dynamic.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -41,9 +42,16 @@ from typing import TYPE_CHECKING, Any, Literal, Unpack
 import numpy as np
 
 from videobench.metrics.base import MetricInput
-from videobench.metrics.model_metric import ModelBuilder, ModelMetric, WeightsStamp, with_weights_option
+from videobench.metrics.model_metric import (
+    ModelBuilder,
+    ModelMetric,
+    WeightsStamp,
+    cpu_workers_option,
+    with_weights_option,
+)
 from videobench.metrics.preprocess import distinct_images, frames_to_tensor, precision_context, seeded
 from videobench.metrics.registry import ColumnSpec, register_metric
+from videobench.metrics.workers import SingleThreadWorkers, even_slices, run_all, workers_for
 from videobench.options import option
 from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
@@ -231,26 +239,33 @@ def raft_consecutive_flows(
 
 def raft_pair_flows(
     model: RAFT, frames: torch.Tensor, pairs: Sequence[tuple[int, int]], num_flow_updates: int = NUM_FLOW_UPDATES,
-    winograd_tile: int = 0,
+    winograd_tile: int = 0, workers: SingleThreadWorkers | None = None,
 ) -> torch.Tensor:
     """:func:`raft_final_flow` of ``frames[i] -> frames[j]`` for each ``(i, j)`` in ``pairs`` (``(len(pairs), 2, H, W)``).
 
-    Each frame a pair names goes through the feature encoder once, in one batch (RAFT-large's feature encoder
-    normalises per sample, so a frame's features do not depend on its batch); consecutive pairs ``(i, i + 1)`` are
-    :func:`raft_consecutive_flows`.
+    Each frame a pair names goes through the feature encoder once (RAFT-large's feature encoder normalises per
+    sample, so a frame's features do not depend on its batch); consecutive pairs ``(i, i + 1)`` are
+    :func:`raft_consecutive_flows`. With ``workers`` (CPU, :mod:`videobench.metrics.workers`) the frames are
+    encoded and the pairs refined in pieces, one per worker at a time; with a positive ``winograd_tile`` a piece
+    holds at most :data:`REFINE_POSITIONS` flow pixels, so that the refinement's buffers stay in the caches.
     """
+    count = 1 if workers is None else workers.count
     needed = sorted({index for pair in pairs for index in pair})
     position = {index: k for k, index in enumerate(needed)}
-    features = model.feature_encoder(frames[needed])
+    images = frames[needed]
+    features = torch.cat(run_all([functools.partial(model.feature_encoder, images[part])
+                                  for part in even_slices(len(needed), count)], workers))
     first = torch.tensor([position[i] for i, _ in pairs], device=features.device)
     second = torch.tensor([position[j] for _, j in pairs], device=features.device)
     image1 = frames[torch.tensor([i for i, _ in pairs], device=frames.device)]
-    chunk = len(pairs)
-    if winograd_tile > 0:  # CPU: a few pairs at a time, so that the refinement's buffers stay in the caches
-        chunk = max(1, REFINE_POSITIONS // ((frames.shape[-2] // 8) * (frames.shape[-1] // 8)))
-    return torch.cat([_refine_flow(model, features[first[k : k + chunk]], features[second[k : k + chunk]],
-                                   image1[k : k + chunk], num_flow_updates, winograd_tile)
-                      for k in range(0, len(pairs), chunk)])
+    pieces = count
+    if winograd_tile > 0:
+        per_piece = max(1, REFINE_POSITIONS // ((frames.shape[-2] // 8) * (frames.shape[-1] // 8)))
+        pieces = count * -(-len(pairs) // (count * per_piece))
+    raft.fused_update(model, winograd_tile)  # built here, once, not by the workers at the same time
+    return torch.cat(run_all([functools.partial(_refine_flow, model, features[first[part]], features[second[part]],
+                                                image1[part], num_flow_updates, winograd_tile)
+                              for part in even_slices(len(pairs), pieces)], workers))
 
 
 def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
@@ -261,12 +276,13 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     computed once per pair instead of once per update; the correlation lookup as
     :class:`videobench.metrics.raft.PatchLookup` (one gathered patch and four bilinear weights per centroid). With
     a positive ``winograd_tile`` the refinement's large convolutions are Winograd ones and its tensors channels-last.
+    Nothing is stored on ``model``: pieces run on several threads at once.
     """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
     batch, _, h, w = image1.shape
-    model.corr_block.build_pyramid(fmap1, fmap2)
-    lookup = raft.PatchLookup(model.corr_block.corr_pyramid, model.corr_block.radius)
+    corr_block = model.corr_block
+    lookup = raft.PatchLookup(raft.correlation_pyramid(fmap1, fmap2, corr_block.num_levels), corr_block.radius)
     context = model.context_encoder(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
@@ -313,6 +329,7 @@ class DynamicOptions:
     convolutions: Literal["auto", "direct", "winograd"] = option(
         "auto", "RAFT refinement convolutions: winograd (F(4x4,3x3), F(1x4,1x5)), direct, or auto (winograd on CPU "
                 "in fp32, direct elsewhere); the same numbers up to float rounding")
+    cpu_workers: int = cpu_workers_option("encode frames and refine RAFT pairs")
 
 
 @register_metric
@@ -404,10 +421,11 @@ class DynamicDegreeMetric(ModelMetric):
         pairs = list(pair_index)
         scores = []
         with torch.inference_mode(), precision_context(self.device, self.dtype):
+            workers = workers_for(self.device, self.cpu_workers)
             images = pad_for_raft(frames[firsts].to(self.device).float() / 127.5 - 1.0)
             for start in range(0, len(pairs), self.pair_batch_size):
                 flow = raft_pair_flows(self.model, images, pairs[start : start + self.pair_batch_size],
-                                       self.num_flow_updates, self.winograd_tile)
+                                       self.num_flow_updates, self.winograd_tile, workers)
                 scores.append(flow_pair_scores(flow.float()))
         distinct = torch.cat(scores).cpu()
         return distinct[[pair_index[pair] for pair in zip(inverse[:-1], inverse[1:])]]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypedDict
 from mediaio.hashing import file_sha256
 from videobench.metrics.preprocess import check_precision
 from videobench.metrics.registry import ColumnSpec, MetricContext
-from videobench.options import parse_options
+from videobench.options import option, parse_options
 from videobench.weights import WeightsConfig, WeightSpec, check_weights
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class WeightsStamp(TypedDict, total=False):
     device: str
     dtype: str
     seed: int
+    cpu_workers: int
 
 
 class ModelMetric:
@@ -70,13 +71,19 @@ class ModelMetric:
         device: str = "cpu",
         dtype: str = "fp32",
         seed: int = 0,
+        cpu_workers: int = 0,
     ) -> None:
         if weights_sha256 is None and not random_weights:
             raise ValueError(f"a {type(self).__name__} needs the weights' sha256, or random_weights=True")
+        if cpu_workers < 0:
+            raise ValueError(f"cpu_workers must be >= 0 (0: one per torch thread), got {cpu_workers}")
         check_precision(device, dtype)
         self.model = model.to(device).eval()
         self.weights_sha256, self.random_weights, self.seed = weights_sha256, random_weights, seed
         self.device, self.dtype = device, dtype
+        #: CPU worker threads for the batch's pieces (:func:`videobench.metrics.workers.workers_for`; 0: one per
+        #: torch thread); families whose Options have ``cpu_workers`` (:func:`cpu_workers_option`) set it.
+        self.cpu_workers = cpu_workers
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -96,7 +103,7 @@ class ModelMetric:
                 raise ValueError(f"the {cls.family} metric's weights were not resolved (key {cls.weight_key!r})")
             model, sha = build_fn(path, context.seed), file_sha256(path)
         stamp = WeightsStamp(weights_sha256=sha, random_weights=context.random_weights, device=context.device,
-                             dtype=context.dtype, seed=context.seed)
+                             dtype=context.dtype, seed=context.seed, cpu_workers=getattr(options, "cpu_workers", 0))
         return cls._from_model(model, options, stamp)
 
     @classmethod
@@ -155,6 +162,15 @@ class ModelMetric:
         if unknown:
             raise ValueError(f"the {self.family} family does not compute {sorted(unknown)}")
         return columns
+
+
+def cpu_workers_option(work: str) -> Any:
+    """The ``cpu_workers`` option of a family whose batches split into independent pieces (``work`` says what
+    the workers do): how many threads run the pieces on CPU, each with one intra-op thread
+    (:mod:`videobench.metrics.workers`). Not part of the cache key: it changes the numbers by float rounding only."""
+    return option(0, f"on CPU, threads that each {work} of their own with one intra-op thread (0: one per torch "
+                     f"thread; 1: the calling thread alone, every operator parallel); the same numbers up to float "
+                     f"rounding", minimum=0)
 
 
 def with_weights_option(spec: WeightSpec, options: Any, family: str) -> WeightSpec:

@@ -14,6 +14,7 @@ frame equal to the reference gets exactly the reference's embedding.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from videobench.devices import check_device  # noqa: F401 (re-export: the metrics' device check)
+from videobench.metrics.workers import SingleThreadWorkers, even_slices, run_all, workers_for
 from videobench.plugins import lazy_module
 
 # imported on first use: describing a metric (options, weights) needs no torch
@@ -183,12 +185,15 @@ def embed_images(
     batch_size: int,
     device: str | torch.device,
     dtype: str,
+    workers: SingleThreadWorkers | None = None,
 ) -> torch.Tensor:
     """Preprocess uint8 images in chunks of ``batch_size`` and embed them with ``encode``.
 
     ``images`` is one ``(N, 3, H, W)`` tensor, or a sequence of ``(1, 3, H, W)`` tensors of any sizes (a subject's
     reference images): each is then resized and cropped on its own and the model inputs are batched together.
-    Returns L2-normalised float32 embeddings ``(N, D)``; cosines are then plain dot products.
+    With ``workers`` (CPU) each chunk is encoded in even pieces, one per worker
+    (:mod:`videobench.metrics.workers`). Returns L2-normalised float32 embeddings ``(N, D)``; cosines are then
+    plain dot products.
     """
     outputs = []
     with torch.inference_mode(), precision_context(device, dtype):
@@ -197,9 +202,11 @@ def embed_images(
         else:
             chunks = (torch.cat([preprocess(image.to(device), cfg) for image in images[start : start + batch_size]])
                       for start in range(0, len(images), batch_size))
+        pieces = 1 if workers is None else workers.count
         for chunk in chunks:  # preprocessed one batch at a time
-            outputs.append(encode(chunk).float())
-    return torch.nn.functional.normalize(torch.cat(outputs), dim=-1)
+            outputs += run_all([functools.partial(encode, chunk[part]) for part in even_slices(len(chunk), pieces)],
+                               workers)
+    return torch.nn.functional.normalize(torch.cat(outputs).float(), dim=-1)
 
 
 def content_digest(array: np.ndarray) -> str:
@@ -283,14 +290,15 @@ class ImageEmbedder:
     L2-normalised float32 embeddings through :meth:`encode_images`, repeated frames once
     (:func:`embed_distinct`) and images seen before looked up (:class:`EmbeddingMemo`).
 
-    The family sets ``preprocess``, ``batch_size``, ``device``, ``dtype`` and ``_memo`` and implements
-    :meth:`encode_images`.
+    The family sets ``preprocess``, ``batch_size``, ``device``, ``dtype``, ``cpu_workers`` and ``_memo`` and
+    implements :meth:`encode_images`.
     """
 
     preprocess: Preprocess
     batch_size: int
     device: str
     dtype: str
+    cpu_workers: int
     _memo: EmbeddingMemo
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -308,4 +316,4 @@ class ImageEmbedder:
 
     def _embed(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         return embed_images(self.encode_images, images, self.preprocess, batch_size=self.batch_size,
-                            device=self.device, dtype=self.dtype)
+                            device=self.device, dtype=self.dtype, workers=workers_for(self.device, self.cpu_workers))

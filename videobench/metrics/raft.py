@@ -241,6 +241,24 @@ class PatchLookup:
         return window.permute(0, 3, 1, 2).contiguous()
 
 
+def correlation_pyramid(fmap1: torch.Tensor, fmap2: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """torchvision ``CorrBlock.build_pyramid``'s pyramid, returned instead of kept on the module (threads share the
+    model): the ``(B h w, 1, h, w)`` dot products of every feature of ``fmap1`` with every feature of ``fmap2`` over
+    the square root of the channel count, then ``num_levels - 1`` times 2x2 average-pooled."""
+    if fmap1.shape != fmap2.shape:
+        raise ValueError(f"feature maps of different shapes: {tuple(fmap1.shape)} and {tuple(fmap2.shape)}")
+    batch, channels, h, w = fmap1.shape
+    if min(h, w) < 2 ** num_levels:
+        raise ValueError(f"{h}x{w} feature maps are too small for {num_levels} correlation levels (need "
+                         f"{2 ** num_levels} per side: frames of at least {8 * 2 ** num_levels} pixels)")
+    volume = torch.matmul(fmap1.view(batch, channels, h * w).transpose(1, 2), fmap2.view(batch, channels, h * w))
+    volume = volume.view(batch * h * w, 1, h, w) / torch.sqrt(torch.tensor(channels))
+    pyramid = [volume]
+    for _ in range(num_levels - 1):
+        pyramid.append(F.avg_pool2d(pyramid[-1], kernel_size=2, stride=2))
+    return pyramid
+
+
 def fused_update(model: nn.Module, winograd_tile: int = 0) -> FusedUpdate:
     """The model's :class:`FusedUpdate` for ``winograd_tile``, built once and kept on the model (weights are fixed at
     inference)."""
