@@ -27,7 +27,7 @@ from videobench.metrics.dynamic import (
     raft_consecutive_flows,
     raft_final_flow,
 )
-from videobench.metrics.raft import fused_update
+from videobench.metrics.raft import channels_last_encoders, fused_update
 from videobench.scoring.compute import metric_config_hash
 from videobench.weights import WeightsConfig
 
@@ -343,7 +343,8 @@ def test_repeated_pairs_run_through_raft_once(raft, cpu_workers):
     kept = torch.from_numpy(distinct[[0, 0, 0, 1, 0, 0]]).permute(0, 3, 1, 2)
     metric = DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=2, cpu_workers=cpu_workers)
     encoded = []
-    hook = raft.feature_encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    encoder = channels_last_encoders(raft)[0] if metric.winograd_tile else raft.feature_encoder
+    hook = encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
     try:
         scores = metric.pair_scores(kept)
     finally:
@@ -373,6 +374,56 @@ def test_correlation_pyramid_equals_torchvisions_build_pyramid(raft):
         correlation_pyramid(fmap1[..., :8, :], fmap2[..., :8, :], 4)
     with pytest.raises(ValueError, match="different shapes"):
         correlation_pyramid(fmap1, fmap2[:1], 4)
+
+
+def test_channels_last_encoders_compute_torchvisions_encoders(raft):
+    """The CPU encoders (batch norms folded into the convolutions, instance norms per sample, channels-last) give
+    the encoders' outputs up to float rounding, with batch norm statistics that are not the identity; a new
+    state dict rebuilds them."""
+    import copy
+
+    from videobench.metrics.raft import SampleInstanceNorm
+
+    model = copy.deepcopy(raft)
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for norm in model.context_encoder.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):  # trained-like statistics and affine parameters
+                norm.running_mean.normal_(0, 0.5, generator=generator)
+                norm.running_var.uniform_(0.5, 2.0, generator=generator)
+                norm.weight.uniform_(0.5, 1.5, generator=generator)
+                norm.bias.normal_(0, 0.2, generator=generator)
+    images = torch.rand(3, 3, 128, 160, generator=generator) * 2 - 1
+    feature, context = channels_last_encoders(model)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)) for m in context.modules())
+    assert any(isinstance(m, SampleInstanceNorm) for m in feature.modules())
+    with torch.inference_mode():
+        for ours, theirs in ((feature, model.feature_encoder), (context, model.context_encoder)):
+            got, expected = ours(images), theirs(images)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert torch.allclose(got, expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
+        assert channels_last_encoders(model)[1] is context  # kept on the model
+        model.context_encoder.load_state_dict(raft.context_encoder.state_dict())
+        rebuilt = channels_last_encoders(model)[1]
+        assert rebuilt is not context
+        assert torch.allclose(rebuilt(images), raft.context_encoder(images), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_sample_instance_norm_equals_instance_norm(affine):
+    from videobench.metrics.raft import SampleInstanceNorm
+
+    norm = torch.nn.InstanceNorm2d(6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.normal_()
+    x = torch.randn(4, 6, 9, 11, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    expected = norm(x)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = SampleInstanceNorm(norm)(x.contiguous(memory_format=layout))
+        assert got.is_contiguous(memory_format=layout)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_patch_lookup_equals_torchvisions_index_pyramid(raft):

@@ -253,8 +253,13 @@ def raft_pair_flows(
     needed = sorted({index for pair in pairs for index in pair})
     position = {index: k for k, index in enumerate(needed)}
     images = frames[needed]
-    features = torch.cat(run_all([functools.partial(model.feature_encoder, images[part])
-                                  for part in even_slices(len(needed), count)], workers))
+    feature_encoder: torch.nn.Module = model.feature_encoder
+    context_encoder: torch.nn.Module = model.context_encoder
+    if winograd_tile > 0:  # the CPU path: channels-last encoders, batch norms folded into the convolutions
+        feature_encoder, context_encoder = raft.channels_last_encoders(model)
+    # NCHW for the correlation volume's matrix product
+    features = torch.cat(run_all([functools.partial(feature_encoder, images[part])
+                                  for part in even_slices(len(needed), count)], workers)).contiguous()
     first = torch.tensor([position[i] for i, _ in pairs], device=features.device)
     second = torch.tensor([position[j] for _, j in pairs], device=features.device)
     image1 = frames[torch.tensor([i for i, _ in pairs], device=frames.device)]
@@ -264,12 +269,13 @@ def raft_pair_flows(
         pieces = count * -(-len(pairs) // (count * per_piece))
     raft.fused_update(model, winograd_tile)  # built here, once, not by the workers at the same time
     return torch.cat(run_all([functools.partial(_refine_flow, model, features[first[part]], features[second[part]],
-                                                image1[part], num_flow_updates, winograd_tile)
+                                                image1[part], num_flow_updates, winograd_tile, context_encoder)
                               for part in even_slices(len(pairs), pieces)], workers))
 
 
 def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
-                 num_flow_updates: int, winograd_tile: int = 0) -> torch.Tensor:
+                 num_flow_updates: int, winograd_tile: int = 0, context_encoder: torch.nn.Module | None = None
+                 ) -> torch.Tensor:
     """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow.
 
     The GRU runs as :class:`videobench.metrics.raft.FusedUpdate`: the context's share of its convolutions is
@@ -283,7 +289,7 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     batch, _, h, w = image1.shape
     corr_block = model.corr_block
     lookup = raft.PatchLookup(raft.correlation_pyramid(fmap1, fmap2, corr_block.num_levels), corr_block.radius)
-    context = model.context_encoder(image1)
+    context = (context_encoder or model.context_encoder)(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
     hidden, context = torch.tanh(hidden), F.relu(context)
