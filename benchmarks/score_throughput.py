@@ -8,8 +8,8 @@ The peer loop computes exactly what the published evaluation code computes, in i
 * VGen-style CLIP/DINO (and DreamBooth's evaluation): one frame at a time through the image encoder, each
   reference embedded on its own, the cosines averaged in Python.
 
-The scorer path is ``metric.score`` (what ``videobench score`` calls): CLIP/DINO frames batched under
-``torch.inference_mode``, RAFT with each frame encoded once, pairs batched, the GRU's context share computed once per
+The scorer path is ``metric.score`` (what ``videobench score`` calls): on CPU each batch in pieces on
+single-threaded workers (one per torch thread), CLIP/DINO frames batched under ``torch.inference_mode``, RAFT with each frame encoded once, pairs batched, the GRU's context share computed once per
 pair and the correlation lookup as gathered integer-aligned patches blended with four shared bilinear weights per
 centroid (:mod:`videobench.metrics.raft`), one
 upsampling per pair; a frame or a pair repeated in a clip is computed once (the synthetic pan has none). The
@@ -118,6 +118,20 @@ against 1.09 s, RAFT 2.01 against 4.59 s); the scorer now does 303.7 GFLOP per v
 (``--repeats 2``): 1.91x and 1.81x (17.9 s against 34.1 s), 1208.8 against 3395.7 GFLOP (2.81x); there the
 scorer's RAFT reaches only 56-60 GFLOP/s against the peers' 94-100: its encoders (a third of what is left) run at the
 peers' rate, and its refinement's tile transforms are passes over memory larger than the caches.
+
+Fifth round: both cores without the joins. The same 2-core machine, slower again (the peers' loop took 7.3 s per
+smoke video in the fourth round and 11.1 s now), so every lever was timed A/B in one process, interleaved. PyTorch
+splits each operator over both cores and joins them again; RAFT's refinement runs about 40 operators per update on
+tensors of a few megabytes. A single-threaded matrix product reaches 50-68 GFLOP/s here (``torch.mm``, 450-2000
+rows), and the ViTs spend 80-86% of their time in ``addmm``/``mm``: they are at the machine's rate already.
+
+| lever | before | after | kept |
+|---|---|---|---|
+| the batch's pieces on persistent threads with one intra-op thread each (:mod:`videobench.metrics.workers`, one per torch thread): RAFT's frames to encode and pairs to refine, medians of interleaved rounds | RAFT pass, 8 pairs at 128x192: 2.56 s (5 rounds); 16 pairs at 256x320: 18.2 s (3 rounds) | 2.28 s; 15.4 s | yes: flows within 1.6e-6 of their largest value |
+| the same for CLIP's and DINO's image towers (17 images at 224) | CLIP 1.74 s, DINO 1.63 s | 1.57 s, 1.56 s | yes: embeddings within 6e-7 |
+| RAFT's encoders channels-last, batch norms folded into the convolutions, instance norms as per-sample batch norms (:func:`videobench.metrics.raft.channels_last_encoder`; one thread: oneDNN's 64-channel 3x3 at 128x160 takes 266 ms channels-last against 377 ms NCHW) | 17 frames at 256x320 on two workers: feature encoder 3.75 s, context encoder 2.50 s (5 rounds) | 2.81 s, 2.02 s | yes: outputs within 2.6e-6 of the largest flow |
+| instance norm of a channels-last tensor (9 x 64 x 128 x 160, one thread) | ``F.instance_norm`` on NCHW 74 ms; on channels-last it copies to NCHW and back | ``var_mean`` 140 ms, one batch norm per sample 62 ms | the per-sample batch norm |
+| Winograd F(4x4, 3x3) / F(6x6, 3x3) for the encoders' 3x3 convolutions at one thread (9 frames) | 64 channels at 128x160: 266 ms (direct, channels-last); 96 at 64x80: 131 ms; 128 at 32x40: 44 ms | 328 / 356 ms; 105 / 109 ms; 36 / 38 ms | no: slower where the encoders spend their time (64 channels), a few percent of them elsewhere |
 
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).

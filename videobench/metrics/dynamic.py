@@ -333,8 +333,9 @@ class DynamicOptions:
     rule: Literal["vbench", "vbench-2024-fps-scaled"] = option(
         DEFAULT_RULE, "threshold rule: vbench (VBench v0.1.5, the default) or the mid-2024 fps-scaled variant")
     convolutions: Literal["auto", "direct", "winograd"] = option(
-        "auto", "RAFT refinement convolutions: winograd (F(4x4,3x3), F(1x4,1x5)), direct, or auto (winograd on CPU "
-                "in fp32, direct elsewhere); the same numbers up to float rounding")
+        "auto", "RAFT convolutions: winograd (the refinement's as F(4x4,3x3), F(1x4,1x5); channels-last encoders "
+                "with batch norms folded), direct (torchvision's modules as they are), or auto (winograd on CPU in "
+                "fp32, direct elsewhere); the same numbers up to float rounding")
     cpu_workers: int = cpu_workers_option("encode frames and refine RAFT pairs")
 
 

@@ -17,7 +17,8 @@ of a clip and saves five kinds of work, none of which changes the arithmetic bey
 * on CPU (``winograd_tile`` positive) the refinement's convolutions with many channels (the motion encoder's and
   the flow head's 3x3, the GRU's 1x5 and 5x1 hidden and motion parts) run as Winograd convolutions
   (:class:`videobench.metrics.winograd.WinogradConv2d`: 4x fewer multiplications for a 3x3 kernel, 2.5x for 1x5)
-  on channels-last tensors, the layout in which its tile transforms are runs of channels;
+  on channels-last tensors, the layout in which its tile transforms are runs of channels; the feature and context
+  encoders run channels-last too, batch norms folded into their convolutions (:func:`channels_last_encoder`);
 * the correlation lookup gathers, per centroid and level, the ``(2r + 2)^2`` integer-aligned volume entries around
   it and blends them with the centroid's four bilinear weights, shared by all its ``(2r + 1)^2`` window samples,
   instead of ``grid_sample``'s four reads and weights per sample (:class:`PatchLookup`).
