@@ -342,16 +342,22 @@ def print_table(rows: dict[str, dict[str, float]], families: list[str]) -> None:
 
 def count_flops(metrics, sample: MetricInput) -> dict[str, dict[str, float]]:
     """FLOPs per metric family of the scorer (``"batched"``) and of the peer loop (``"naive"``), counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions; elementwise work not counted)."""
+    ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions; elementwise work not counted).
+    The counter sees the calling thread only, so the scorer runs without CPU workers here (the same operators on
+    the same pieces' rows in fewer, larger batches: the same FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     flops: dict[str, dict[str, float]] = {"batched": {}, "naive": {}}
     for metric in metrics:
-        for path, run in (("batched", metric.score), ("naive", lambda m=metric: NAIVE[m.family](m, sample))):
-            forget_embeddings(metric)
-            with FlopCounterMode(display=False) as counter:
-                run(sample) if path == "batched" else run()
-            flops[path][metric.family] = float(counter.get_total_flops())
+        workers, metric.cpu_workers = metric.cpu_workers, 1
+        try:
+            for path, run in (("batched", metric.score), ("naive", lambda m=metric: NAIVE[m.family](m, sample))):
+                forget_embeddings(metric)
+                with FlopCounterMode(display=False) as counter:
+                    run(sample) if path == "batched" else run()
+                flops[path][metric.family] = float(counter.get_total_flops())
+        finally:
+            metric.cpu_workers = workers
     return flops
 
 
