@@ -132,6 +132,19 @@ rows), and the ViTs spend 80-86% of their time in ``addmm``/``mm``: they are at 
 | RAFT's encoders channels-last, batch norms folded into the convolutions, instance norms as per-sample batch norms (:func:`videobench.metrics.raft.channels_last_encoder`; one thread: oneDNN's 64-channel 3x3 at 128x160 takes 266 ms channels-last against 377 ms NCHW) | 17 frames at 256x320 on two workers: feature encoder 3.75 s, context encoder 2.50 s (5 rounds) | 2.81 s, 2.02 s | yes: outputs within 2.6e-6 of the largest flow |
 | instance norm of a channels-last tensor (9 x 64 x 128 x 160, one thread) | ``F.instance_norm`` on NCHW 74 ms; on channels-last it copies to NCHW and back | ``var_mean`` 140 ms, one batch norm per sample 62 ms | the per-sample batch norm |
 | Winograd F(4x4, 3x3) / F(6x6, 3x3) for the encoders' 3x3 convolutions at one thread (9 frames) | 64 channels at 128x160: 266 ms (direct, channels-last); 96 at 64x80: 131 ms; 128 at 32x40: 44 ms | 328 / 356 ms; 105 / 109 ms; 36 / 38 ms | no: slower where the encoders spend their time (64 channels), a few percent of them elsewhere |
+| flow pixels per refinement piece (:data:`videobench.metrics.dynamic.REFINE_POSITIONS`) with the workers: 1280, 2560, 4096, 8192 (16 pairs at 256x320, 3 rounds) | 4096: 15.9 s | 15.8, 15.2, 15.6 s | 4096 kept: the four are within the rounds' spread |
+
+The CLIP/DINO workers measured again inside ``metric.score`` (7 interleaved rounds): CLIP 1.31 -> 1.22 s and DINO
+1.25 -> 1.21 s per smoke video, CLIP 2.03 -> 1.89 s and DINO 2.13 -> 1.88 s at 17 frames of 256x320. All kept levers
+together (``--count-flops``; the FLOP counts are the fourth round's, the work is the same): at 17 frames of 256x320
+2.04x (``--repeats 2``, workers only: 22.0 s per video against 44.8 s), 1.94x (``--repeats 2``: 21.6 against 42.0 s)
+and 2.13x (``--repeats 3``: 20.6 against 43.9 s; CLIP 2.11 against 3.67 s, DINO 2.03 against 2.91 s, RAFT 16.5
+against 37.3 s); at the smoke size 1.94x (workers only, ``--repeats 5``: 5.70 against 11.08 s) and 1.98x
+(``--repeats 5``: 5.07 against 10.02 s; CLIP 1.29 against 2.15 s, DINO 1.16 against 1.47 s, RAFT 2.62 against
+6.40 s). The README's main job moved within this machine's noise: its scoring stage took 33-36 s with the workers,
+with RAFT's only and with none (``-M <family>.cpu_workers=1``), two alternating rounds each: its 12 videos are small
+and four of them still.
+
 
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).
