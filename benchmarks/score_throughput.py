@@ -9,10 +9,10 @@ The peer loop computes exactly what the published evaluation code computes, in i
   reference embedded on its own, the cosines averaged in Python.
 
 The scorer path is ``metric.score`` (what ``videobench score`` calls): on CPU each batch in pieces on
-single-threaded workers (one per torch thread), CLIP/DINO frames batched under ``torch.inference_mode``, RAFT with each frame encoded once, pairs batched, the GRU's context share computed once per
-pair and the correlation lookup as gathered integer-aligned patches blended with four shared bilinear weights per
-centroid (:mod:`videobench.metrics.raft`), one
-upsampling per pair; a frame or a pair repeated in a clip is computed once (the synthetic pan has none). The
+single-threaded workers (one per torch thread), CLIP/DINO frames batched under ``torch.inference_mode``, RAFT with
+each frame encoded once, pairs batched, the GRU's context share computed once per pair and the correlation lookup as
+gathered integer-aligned patches blended with four shared bilinear weights per centroid
+(:mod:`videobench.metrics.raft`), one upsampling per pair; a frame or a pair repeated in a clip is computed once (the synthetic pan has none). The
 script asserts both paths give the same numbers: cosines within 1e-5, every RAFT pair score within 1e-4 relative,
 the same D.D decision.
 
@@ -144,7 +144,6 @@ against 37.3 s); at the smoke size 1.94x (workers only, ``--repeats 5``: 5.70 ag
 6.40 s). The README's main job moved within this machine's noise: its scoring stage took 33-36 s with the workers,
 with RAFT's only and with none (``-M <family>.cpu_workers=1``), two alternating rounds each: its 12 videos are small
 and four of them still.
-
 
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).

@@ -51,7 +51,7 @@ from videobench.metrics.model_metric import (
 )
 from videobench.metrics.preprocess import distinct_images, frames_to_tensor, precision_context, seeded
 from videobench.metrics.registry import ColumnSpec, register_metric
-from videobench.metrics.workers import SingleThreadWorkers, even_slices, run_all, workers_for
+from videobench.metrics.workers import SingleThreadWorkers, even_slices, map_pieces, run_all, workers_for
 from videobench.options import option
 from videobench.plugins import lazy_module
 from videobench.weights import WeightSpec, build_loaded, load_state_dict, strip_prefixes
@@ -249,21 +249,18 @@ def raft_pair_flows(
     encoded and the pairs refined in pieces, one per worker at a time; with a positive ``winograd_tile`` a piece
     holds at most :data:`REFINE_POSITIONS` flow pixels, so that the refinement's buffers stay in the caches.
     """
-    count = 1 if workers is None else workers.count
     needed = sorted({index for pair in pairs for index in pair})
     position = {index: k for k, index in enumerate(needed)}
-    images = frames[needed]
     feature_encoder: torch.nn.Module = model.feature_encoder
     context_encoder: torch.nn.Module = model.context_encoder
     if winograd_tile > 0:  # the CPU path: channels-last encoders, batch norms folded into the convolutions
         feature_encoder, context_encoder = raft.channels_last_encoders(model)
     # NCHW for the correlation volume's matrix product
-    features = torch.cat(run_all([functools.partial(feature_encoder, images[part])
-                                  for part in even_slices(len(needed), count)], workers)).contiguous()
+    features = torch.cat(map_pieces(feature_encoder, frames[needed], workers)).contiguous()
     first = torch.tensor([position[i] for i, _ in pairs], device=features.device)
     second = torch.tensor([position[j] for _, j in pairs], device=features.device)
     image1 = frames[torch.tensor([i for i, _ in pairs], device=frames.device)]
-    pieces = count
+    pieces = count = 1 if workers is None else workers.count
     if winograd_tile > 0:
         per_piece = max(1, REFINE_POSITIONS // ((frames.shape[-2] // 8) * (frames.shape[-1] // 8)))
         pieces = count * -(-len(pairs) // (count * per_piece))
@@ -289,7 +286,7 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     batch, _, h, w = image1.shape
     corr_block = model.corr_block
     lookup = raft.PatchLookup(raft.correlation_pyramid(fmap1, fmap2, corr_block.num_levels), corr_block.radius)
-    context = (context_encoder or model.context_encoder)(image1)
+    context = (model.context_encoder if context_encoder is None else context_encoder)(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
     hidden, context = torch.tanh(hidden), F.relu(context)

@@ -14,7 +14,6 @@ frame equal to the reference gets exactly the reference's embedding.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from videobench.devices import check_device  # noqa: F401 (re-export: the metrics' device check)
-from videobench.metrics.workers import SingleThreadWorkers, even_slices, run_all, workers_for
+from videobench.metrics.workers import SingleThreadWorkers, map_pieces, workers_for
 from videobench.plugins import lazy_module
 
 # imported on first use: describing a metric (options, weights) needs no torch
@@ -202,10 +201,8 @@ def embed_images(
         else:
             chunks = (torch.cat([preprocess(image.to(device), cfg) for image in images[start : start + batch_size]])
                       for start in range(0, len(images), batch_size))
-        pieces = 1 if workers is None else workers.count
         for chunk in chunks:  # preprocessed one batch at a time
-            outputs += run_all([functools.partial(encode, chunk[part]) for part in even_slices(len(chunk), pieces)],
-                               workers)
+            outputs += map_pieces(encode, chunk, workers)
     return torch.nn.functional.normalize(torch.cat(outputs).float(), dim=-1)
 
 

@@ -16,6 +16,7 @@ the caller keep theirs. Grad and inference mode are per thread as well: each pie
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -125,6 +126,14 @@ def run_all(functions: Sequence[Callable[[], T]], workers: SingleThreadWorkers |
     if workers is None:
         return [function() for function in functions]
     return workers.map(functions)
+
+
+def map_pieces(function: Callable[[torch.Tensor], T], batch: torch.Tensor,
+               workers: SingleThreadWorkers | None = None) -> list[T]:
+    """``function`` of each even piece of ``batch`` along its first axis, one piece per worker (without workers:
+    of the whole batch), in order."""
+    count = 1 if workers is None else workers.count
+    return run_all([functools.partial(function, batch[part]) for part in even_slices(len(batch), count)], workers)
 
 
 def even_slices(length: int, parts: int) -> list[slice]:
