@@ -335,21 +335,23 @@ def test_random_raft_is_reproducible():
 
 @pytest.mark.parametrize("cpu_workers", [1, 2])
 def test_repeated_pairs_run_through_raft_once(raft, cpu_workers):
-    """Frames A A A B A A: the pairs (A, A), (A, B), (B, A) run once each (two frames through the feature encoder,
-    in one batch or one per worker), and every pair's score is that pair's own RAFT flow's (raft_final_flow, one
-    pair at a time)."""
+    """Frames A A A B A A: the pairs (A, A), (A, B), (B, A) run once each (the two frames through each encoder
+    once, one frame per call on the CPU path), and every pair's score is that pair's own RAFT flow's
+    (raft_final_flow, one pair at a time)."""
     rng = np.random.default_rng(11)
     distinct = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
     kept = torch.from_numpy(distinct[[0, 0, 0, 1, 0, 0]]).permute(0, 3, 1, 2)
     metric = DynamicDegreeMetric(raft, random_weights=True, num_flow_updates=2, cpu_workers=cpu_workers)
-    encoded = []
-    encoder = channels_last_encoders(raft)[0] if metric.winograd_tile else raft.feature_encoder
-    hook = encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    assert metric.winograd_tile > 0  # CPU, fp32: the CPU path
+    encoded: dict[str, list[int]] = {"feature": [], "context": []}
+    hooks = [encoder.register_forward_hook(lambda module, args, out, name=name: encoded[name].append(len(args[0])))
+             for name, encoder in zip(encoded, channels_last_encoders(raft, metric.winograd_tile))]
     try:
         scores = metric.pair_scores(kept)
     finally:
-        hook.remove()
-    assert encoded == ([2] if cpu_workers == 1 else [1, 1])
+        for hook in hooks:
+            hook.remove()
+    assert encoded == {"feature": [1, 1], "context": [1, 1]}
     images = pad_for_raft(kept.float() / 127.5 - 1.0)
     with torch.no_grad():
         expected = [flow_pair_score(raft_final_flow(raft, images[i : i + 1], images[i + 1 : i + 2], 2)[0])
@@ -376,13 +378,16 @@ def test_correlation_pyramid_equals_torchvisions_build_pyramid(raft):
         correlation_pyramid(fmap1, fmap2[:1], 4)
 
 
-def test_channels_last_encoders_compute_torchvisions_encoders(raft):
-    """The CPU encoders (batch norms folded into the convolutions, instance norms per sample, channels-last) give
-    the encoders' outputs up to float rounding, with batch norm statistics that are not the identity; a new
-    state dict rebuilds them."""
+@pytest.mark.parametrize("winograd_tile", [0, 4])
+def test_channels_last_encoders_compute_torchvisions_encoders(raft, winograd_tile):
+    """The CPU encoders (batch norms folded into the convolutions, instance norms per sample, channels-last, with
+    ``winograd_tile`` every stride-1 3x3 convolution a Winograd one) give the encoders' outputs up to float
+    rounding, with batch norm statistics that are not the identity, in a batch and frame by frame; a new state dict
+    rebuilds them."""
     import copy
 
     from videobench.metrics.raft import SampleInstanceNorm
+    from videobench.metrics.winograd import WinogradConv2d
 
     model = copy.deepcopy(raft)
     generator = torch.Generator().manual_seed(9)
@@ -394,19 +399,24 @@ def test_channels_last_encoders_compute_torchvisions_encoders(raft):
                 norm.weight.uniform_(0.5, 1.5, generator=generator)
                 norm.bias.normal_(0, 0.2, generator=generator)
     images = torch.rand(3, 3, 128, 160, generator=generator) * 2 - 1
-    feature, context = channels_last_encoders(model)
+    feature, context = channels_last_encoders(model, winograd_tile)
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)) for m in context.modules())
     assert any(isinstance(m, SampleInstanceNorm) for m in feature.modules())
+    for encoder in (feature, context):  # layer1: 4 x 64, layer2: 3 x 96, layer3: 3 x 128 channels (stride 1)
+        shapes = sorted((m.in_channels, m.out_channels) for m in encoder.modules() if isinstance(m, WinogradConv2d))
+        assert shapes == ([] if winograd_tile == 0 else [(64, 64)] * 4 + [(96, 96)] * 3 + [(128, 128)] * 3)
     with torch.inference_mode():
         for ours, theirs in ((feature, model.feature_encoder), (context, model.context_encoder)):
-            got, expected = ours(images), theirs(images)
-            assert got.is_contiguous(memory_format=torch.channels_last)
-            assert torch.allclose(got, expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
-        assert channels_last_encoders(model)[1] is context  # kept on the model
+            expected = theirs(images)
+            for got in (ours(images), torch.cat([ours(image[None]) for image in images])):
+                assert got.is_contiguous(memory_format=torch.channels_last)
+                assert torch.allclose(got, expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
+        assert channels_last_encoders(model, winograd_tile)[1] is context  # kept on the model
         model.context_encoder.load_state_dict(raft.context_encoder.state_dict())
-        rebuilt = channels_last_encoders(model)[1]
+        rebuilt = channels_last_encoders(model, winograd_tile)[1]
         assert rebuilt is not context
-        assert torch.allclose(rebuilt(images), raft.context_encoder(images), rtol=0, atol=1e-5)
+        expected = raft.context_encoder(images)
+        assert torch.allclose(rebuilt(images), expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
 
 
 @pytest.mark.parametrize("affine", [False, True])

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from videobench.metrics.winograd import (
+    SHARED_WORKSPACES,
     WinogradConv2d,
     is_winograd_eligible,
+    shared_workspace,
     winograd_matrices,
     winograd_module,
     winograd_rational_matrices,
@@ -103,6 +105,33 @@ def test_buffers_are_reused_without_aliasing_the_outputs():
     with torch.inference_mode():  # buffers made in inference mode are separate from those made outside it
         assert torch.allclose(conv(small), F.conv2d(small, weight, padding=1), rtol=0, atol=1e-10)
     assert torch.allclose(conv(small), F.conv2d(small, weight, padding=1), rtol=0, atol=1e-10)
+
+
+def test_convolutions_of_one_geometry_share_buffers_without_mixing_them():
+    """Whole forward passes use this thread's buffers for their geometry: two convolutions with the same shapes
+    and other weights, called in turn, each compute their own function; one with another padding but the same
+    padded input shape (8x8 padded by 1, 6x6 padded by 2) gets its own buffers, whose zero margins the other's
+    interior would overwrite; the least recently used geometries beyond SHARED_WORKSPACES are dropped."""
+    torch.manual_seed(3)
+    weights = [torch.randn(5, 4, 3, 3, dtype=torch.float64) for _ in range(3)]
+    same_a, same_b = WinogradConv2d(weights[0], None, 1, 4), WinogradConv2d(weights[1], None, 1, 4)
+    wider = WinogradConv2d(weights[2], None, 2, 4)
+    x8, x6 = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    first = same_a(x8)
+    kept = first.clone()
+    for _ in range(2):
+        for conv, x, weight, padding in ((same_a, x8, weights[0], 1), (same_b, x8, weights[1], 1),
+                                         (wider, x6, weights[2], 2)):
+            assert torch.allclose(conv(x), F.conv2d(x, weight, padding=padding), rtol=0, atol=1e-10)
+    assert torch.equal(first, kept)
+    oldest = shared_workspace(("cpu", torch.float32, "geometry", 0))
+    assert shared_workspace(("cpu", torch.float32, "geometry", 0)) is oldest
+    for k in range(1, SHARED_WORKSPACES):
+        shared_workspace(("cpu", torch.float32, "geometry", k))
+    assert shared_workspace(("cpu", torch.float32, "geometry", 0)) is oldest  # still among the last 8 used
+    for k in range(1, SHARED_WORKSPACES + 1):
+        shared_workspace(("cpu", torch.float32, "geometry", k))
+    assert shared_workspace(("cpu", torch.float32, "geometry", 0)) is not oldest
 
 
 def test_copies_and_pickles():

@@ -222,7 +222,7 @@ def raft_final_flow(
     one, so this runs the same modules and upsamples once: the same numbers, about a sixth less work.
     """
     fmap1, fmap2 = torch.chunk(model.feature_encoder(torch.cat([image1, image2])), chunks=2, dim=0)
-    return _refine_flow(model, fmap1, fmap2, image1, num_flow_updates)
+    return _refine_flow(model, fmap1, fmap2, model.context_encoder(image1), num_flow_updates)
 
 
 def raft_consecutive_flows(
@@ -243,37 +243,56 @@ def raft_pair_flows(
 ) -> torch.Tensor:
     """:func:`raft_final_flow` of ``frames[i] -> frames[j]`` for each ``(i, j)`` in ``pairs`` (``(len(pairs), 2, H, W)``).
 
-    Each frame a pair names goes through the feature encoder once (RAFT-large's feature encoder normalises per
-    sample, so a frame's features do not depend on its batch); consecutive pairs ``(i, i + 1)`` are
-    :func:`raft_consecutive_flows`. With ``workers`` (CPU, :mod:`videobench.metrics.workers`) the frames are
-    encoded and the pairs refined in pieces, one per worker at a time; with a positive ``winograd_tile`` a piece
-    holds at most :data:`REFINE_POSITIONS` flow pixels, so that the refinement's buffers stay in the caches.
+    Each frame a pair names goes through the feature encoder once, and each first frame through the context
+    encoder once (:func:`encode_frames`); consecutive pairs ``(i, i + 1)`` are :func:`raft_consecutive_flows`.
+    With ``workers`` (CPU, :mod:`videobench.metrics.workers`) the pairs are refined in pieces, one per worker at a
+    time; with a positive ``winograd_tile`` a piece holds at most :data:`REFINE_POSITIONS` flow pixels, so that the
+    refinement's buffers stay in the caches.
     """
     needed = sorted({index for pair in pairs for index in pair})
-    position = {index: k for k, index in enumerate(needed)}
-    feature_encoder: torch.nn.Module = model.feature_encoder
-    context_encoder: torch.nn.Module = model.context_encoder
-    if winograd_tile > 0:  # the CPU path: channels-last encoders, batch norms folded into the convolutions
-        feature_encoder, context_encoder = raft.channels_last_encoders(model)
-    # NCHW for the correlation volume's matrix product
-    features = torch.cat(map_pieces(feature_encoder, frames[needed], workers)).contiguous()
+    firsts = sorted({i for i, _ in pairs})
+    features, contexts = encode_frames(model, frames, needed, firsts, winograd_tile, workers)
+    position, context_position = ({index: k for k, index in enumerate(indices)} for indices in (needed, firsts))
     first = torch.tensor([position[i] for i, _ in pairs], device=features.device)
     second = torch.tensor([position[j] for _, j in pairs], device=features.device)
-    image1 = frames[torch.tensor([i for i, _ in pairs], device=frames.device)]
+    context = torch.tensor([context_position[i] for i, _ in pairs], device=features.device)
     pieces = count = 1 if workers is None else workers.count
     if winograd_tile > 0:
         per_piece = max(1, REFINE_POSITIONS // ((frames.shape[-2] // 8) * (frames.shape[-1] // 8)))
         pieces = count * -(-len(pairs) // (count * per_piece))
     raft.fused_update(model, winograd_tile)  # built here, once, not by the workers at the same time
     return torch.cat(run_all([functools.partial(_refine_flow, model, features[first[part]], features[second[part]],
-                                                image1[part], num_flow_updates, winograd_tile, context_encoder)
+                                                contexts[context[part]], num_flow_updates, winograd_tile)
                               for part in even_slices(len(pairs), pieces)], workers))
 
 
-def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: torch.Tensor,
-                 num_flow_updates: int, winograd_tile: int = 0, context_encoder: torch.nn.Module | None = None
-                 ) -> torch.Tensor:
-    """RAFT's correlation pyramid, context and ``num_flow_updates`` GRU refinements; the upsampled last flow.
+def encode_frames(model: RAFT, frames: torch.Tensor, feature_indices: Sequence[int],
+                  context_indices: Sequence[int], winograd_tile: int = 0, workers: SingleThreadWorkers | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RAFT's feature maps of ``frames[feature_indices]`` and context maps of ``frames[context_indices]``.
+
+    Both encoders normalise per sample (RAFT-large: instance norm in the feature encoder, batch norm with fixed
+    statistics in the context encoder), so a frame's maps do not depend on its batch. With a positive
+    ``winograd_tile`` (the CPU path) each frame is encoded on its own, by the channels-last encoders with Winograd
+    3x3 convolutions (:func:`videobench.metrics.raft.channels_last_encoders`), on the ``workers``: a frame's
+    activations stay in the caches, where a batch's would not (9 frames at 256x320, one thread: the feature encoder
+    batched 1.61 s, frame by frame 1.21 s, with Winograd 0.98 s).
+    Otherwise each encoder runs on its whole batch (split into one piece per worker). The feature maps are NCHW (for
+    the correlation volume's matrix product)."""
+    if winograd_tile <= 0:
+        return (torch.cat(map_pieces(model.feature_encoder, frames[list(feature_indices)], workers)).contiguous(),
+                torch.cat(map_pieces(model.context_encoder, frames[list(context_indices)], workers)))
+    feature_encoder, context_encoder = raft.channels_last_encoders(model, winograd_tile)
+    encoded = run_all([functools.partial(encoder, frames[index : index + 1])
+                       for encoder, indices in ((feature_encoder, feature_indices), (context_encoder, context_indices))
+                       for index in indices], workers)
+    return torch.cat(encoded[: len(feature_indices)]).contiguous(), torch.cat(encoded[len(feature_indices) :])
+
+
+def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, context: torch.Tensor,
+                 num_flow_updates: int, winograd_tile: int = 0) -> torch.Tensor:
+    """RAFT's correlation pyramid and ``num_flow_updates`` GRU refinements from the two images' feature maps and the
+    first image's context encoder output; the upsampled last flow.
 
     The GRU runs as :class:`videobench.metrics.raft.FusedUpdate`: the context's share of its convolutions is
     computed once per pair instead of once per update; the correlation lookup as
@@ -283,10 +302,9 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     """
     from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
-    batch, _, h, w = image1.shape
+    batch, _, h, w = fmap1.shape
     corr_block = model.corr_block
     lookup = raft.PatchLookup(raft.correlation_pyramid(fmap1, fmap2, corr_block.num_levels), corr_block.radius)
-    context = (model.context_encoder if context_encoder is None else context_encoder)(image1)
     hidden_size = model.update_block.hidden_state_size
     hidden, context = torch.split(context, [hidden_size, context.shape[1] - hidden_size], dim=1)
     hidden, context = torch.tanh(hidden), F.relu(context)
@@ -294,7 +312,7 @@ def _refine_flow(model: RAFT, fmap1: torch.Tensor, fmap2: torch.Tensor, image1: 
     layout = torch.channels_last if winograd_tile > 0 else torch.contiguous_format
     hidden = hidden.contiguous(memory_format=layout)
     context_terms = update.context_terms(context.contiguous(memory_format=layout))  # fixed for all updates
-    coords0 = make_coords_grid(batch, h // 8, w // 8).to(fmap1.device).contiguous(memory_format=layout)
+    coords0 = make_coords_grid(batch, h, w).to(fmap1.device).contiguous(memory_format=layout)
     coords1 = coords0.clone()
     for _ in range(num_flow_updates):
         corr = lookup(coords1, channels_last=winograd_tile > 0)
@@ -331,7 +349,7 @@ class DynamicOptions:
         DEFAULT_RULE, "threshold rule: vbench (VBench v0.1.5, the default) or the mid-2024 fps-scaled variant")
     convolutions: Literal["auto", "direct", "winograd"] = option(
         "auto", "RAFT convolutions: winograd (the refinement's as F(4x4,3x3), F(1x4,1x5); channels-last encoders "
-                "with batch norms folded), direct (torchvision's modules as they are), or auto (winograd on CPU in "
+                "with batch norms folded and Winograd 3x3, one frame at a time), direct (torchvision's modules as they are), or auto (winograd on CPU in "
                 "fp32, direct elsewhere); the same numbers up to float rounding")
     cpu_workers: int = cpu_workers_option("encode frames and refine RAFT pairs")
 

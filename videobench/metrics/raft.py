@@ -18,7 +18,8 @@ of a clip and saves five kinds of work, none of which changes the arithmetic bey
   the flow head's 3x3, the GRU's 1x5 and 5x1 hidden and motion parts) run as Winograd convolutions
   (:class:`videobench.metrics.winograd.WinogradConv2d`: 4x fewer multiplications for a 3x3 kernel, 2.5x for 1x5)
   on channels-last tensors, the layout in which its tile transforms are runs of channels; the feature and context
-  encoders run channels-last too, batch norms folded into their convolutions (:func:`channels_last_encoder`);
+  encoders run channels-last too, one frame at a time, batch norms folded into their convolutions and their
+  stride-1 3x3 convolutions Winograd ones (:func:`channels_last_encoder`);
 * the correlation lookup gathers, per centroid and level, the ``(2r + 2)^2`` integer-aligned volume entries around
   it and blends them with the centroid's four bilinear weights, shared by all its ``(2r + 1)^2`` window samples,
   instead of ``grid_sample``'s four reads and weights per sample (:class:`PatchLookup`).
@@ -74,8 +75,10 @@ def fixed_conv(weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[i
 WINOGRAD_TILE = 4
 
 #: Winograd pays on CPU when a convolution has at least this many input x output channels (measured with
-#: ``benchmarks/conv_algorithms.py``): RAFT's 3x3 256 -> 2 (the flow head's last) is 3-6x faster direct.
-WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 64
+#: ``benchmarks/conv_algorithms.py`` and, for the encoders, one frame at a time on one thread at 256x320: 64 -> 64
+#: channels at 128x160 17.0 ms direct channels-last against 13.5 ms, 96 -> 96 at 64x80 8.7 against 5.8 ms, 128 -> 128
+#: at 32x40 3.9 against 2.0 ms); RAFT's 3x3 256 -> 2 (the flow head's last) is 3-6x faster direct.
+WINOGRAD_MIN_CHANNEL_PRODUCT = 64 * 64
 
 
 def winograd_pays(weight: torch.Tensor) -> bool:
@@ -269,20 +272,24 @@ def fused_update(model: nn.Module, winograd_tile: int = 0) -> FusedUpdate:
                                       lambda: FusedUpdate(model, winograd_tile)))
 
 
-def channels_last_encoders(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Copies of the model's feature and context encoders for CPU inference (:func:`channels_last_encoder`), built
-    once and kept on the model."""
-    feature, context = cast(nn.Module, model.feature_encoder), cast(nn.Module, model.context_encoder)
-    return (_derived(model, ("encoder", "feature"), feature, functools.partial(channels_last_encoder, feature)),
-            _derived(model, ("encoder", "context"), context, functools.partial(channels_last_encoder, context)))
+def channels_last_encoders(model: nn.Module, winograd_tile: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Copies of the model's feature and context encoders for CPU inference (:func:`channels_last_encoder` with
+    ``winograd_tile``), built once and kept on the model."""
+    def kept(name: str) -> nn.Module:
+        encoder = cast(nn.Module, getattr(model, f"{name}_encoder"))
+        return _derived(model, ("encoder", name, winograd_tile), encoder,
+                        functools.partial(channels_last_encoder, encoder, winograd_tile))
+
+    return kept("feature"), kept("context")
 
 
-def channels_last_encoder(encoder: nn.Module) -> nn.Module:
+def channels_last_encoder(encoder: nn.Module, winograd_tile: int = 0) -> nn.Module:
     """A copy of a RAFT encoder computing the same function with channels-last tensors, where oneDNN's convolutions
     with 64-128 channels are faster (the 64-channel 3x3 at 128x160, one thread: 377 -> 266 ms): each batch norm
     (inference: a fixed affine map) folded into the convolution before it (``fuse_conv_bn_eval``), each instance
-    norm a :class:`SampleInstanceNorm`. Same numbers up to float rounding; the input may be in either layout, the
-    output is channels-last."""
+    norm a :class:`SampleInstanceNorm`; with a positive ``winograd_tile`` the stride-1 3x3 convolutions where
+    :func:`winograd_pays` (every one of them: 64, 96 and 128 channels) are Winograd ones. Same numbers up to float
+    rounding; the input may be in either layout, the output is channels-last."""
     copy_ = copy.deepcopy(encoder)
     for module in list(copy_.modules()):
         if not isinstance(module, nn.Sequential):
@@ -295,7 +302,8 @@ def channels_last_encoder(encoder: nn.Module) -> nn.Module:
                 module[index] = nn.Identity()
             elif isinstance(layer, nn.InstanceNorm2d) and not layer.track_running_stats:
                 module[index] = SampleInstanceNorm(layer)
-    return copy_.to(memory_format=torch.channels_last)
+    copy_ = copy_.to(memory_format=torch.channels_last)
+    return winograd.winograd_module(copy_, winograd_tile, select=winograd_pays) if winograd_tile > 0 else copy_
 
 
 class SampleInstanceNorm(nn.Module):
@@ -309,6 +317,8 @@ class SampleInstanceNorm(nn.Module):
         self.weight, self.bias = norm.weight, norm.bias  # None unless affine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) == 1:
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
         out = torch.empty_like(x)
         for index in range(len(x)):
             out[index : index + 1] = F.batch_norm(x[index : index + 1], None, None, self.weight, self.bias,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -155,11 +156,15 @@ class WinogradConv2d(nn.Module):
                 f"tile={self.tile}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        transformed = self.transform_input(x)
+        transformed = self.transform_input(x, shared=True)  # nothing outlives the call but the output
         return self.transform_output(self.multiply(transformed), transformed)
 
-    def transform_input(self, x: torch.Tensor) -> TransformedInput:
-        """``B^T d B`` of every input tile of ``x``: ``(nh * nw, tiles, C)`` (the first phase of :meth:`forward`)."""
+    def transform_input(self, x: torch.Tensor, shared: bool = False) -> TransformedInput:
+        """``B^T d B`` of every input tile of ``x``: ``(nh * nw, tiles, C)`` (the first phase of :meth:`forward`).
+
+        The result lives in this convolution's buffers until its next call, or with ``shared`` in buffers this
+        thread shares with every convolution of the same geometry (:func:`shared_workspace`), valid until the next
+        one of them runs."""
         batch, channels, height, width = x.shape
         if channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {channels}")
@@ -167,7 +172,10 @@ class WinogradConv2d(nn.Module):
         out_h, out_w = height + 2 * ph - kh + 1, width + 2 * pw - kw + 1
         th, tw = -(-out_h // mh), -(-out_w // mw)  # tiles per axis
         padded_h, padded_w = (th - 1) * mh + nh, (tw - 1) * mw + nw
-        space = self._workspace(x, (batch, padded_h, padded_w, channels))
+        padded_shape = (batch, padded_h, padded_w, channels)
+        space = (shared_workspace((x.device, x.dtype, torch.is_inference_mode_enabled(), padded_shape, self.padding,
+                                   self.kernel_size, self.tile, self.out_channels)) if shared
+                 else self._workspace(x, padded_shape))
         # (B, H', W', C): the margins stay zero, the interior is the input (no copy of channels for channels-last)
         xp = space.get("padded", (batch, padded_h, padded_w, channels), zero=True)
         xp[:, ph : ph + height, pw : pw + width].copy_(x.permute(0, 2, 3, 1))
@@ -230,6 +238,30 @@ class WinogradConv2d(nn.Module):
             spaces.clear()  # one shape at a time: a new batch or frame size replaces the buffers
             spaces[key] = _Workspace(x.device, x.dtype)
         return cast(_Workspace, spaces[key])
+
+
+#: Geometries whose buffers :func:`shared_workspace` keeps per thread (RAFT's encoders have three, its motion
+#: encoder and flow head four).
+SHARED_WORKSPACES = 8
+_shared = threading.local()
+
+
+def shared_workspace(key: tuple[object, ...]) -> _Workspace:
+    """This thread's buffers for one convolution geometry ``key`` (device, dtype, inference mode, padded input
+    shape, padding, kernel, tile, output channels: the key fixes every buffer's shape, and the padded input's zero
+    margins), shared by all :class:`WinogradConv2d` of that geometry and kept for the :data:`SHARED_WORKSPACES`
+    geometries used last. A whole :meth:`WinogradConv2d.forward` needs them only until it returns, so the ten
+    eight 64-channel 3x3 convolutions of RAFT's two encoders share one set (about 60 MB for a frame at 256x320)
+    instead of keeping eight; fresh buffers of that size would cost their page faults on every call."""
+    spaces = cast("OrderedDict[tuple[object, ...], _Workspace]", _shared.__dict__.setdefault("spaces", OrderedDict()))
+    space = spaces.pop(key, None)
+    if space is None:
+        device, dtype = cast("tuple[torch.device, torch.dtype]", key[:2])
+        space = _Workspace(device, dtype)
+    spaces[key] = space  # the most recently used last
+    while len(spaces) > SHARED_WORKSPACES:
+        spaces.popitem(last=False)
+    return space
 
 
 @dataclass(frozen=True)
