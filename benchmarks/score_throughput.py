@@ -10,10 +10,10 @@ The peer loop computes exactly what the published evaluation code computes, in i
 
 The scorer path is ``metric.score`` (what ``videobench score`` calls): on CPU each batch in pieces on
 single-threaded workers (one per torch thread), CLIP/DINO frames batched under ``torch.inference_mode``, RAFT with
-each frame encoded once, pairs batched, the GRU's context share computed once per pair and the correlation lookup as
-gathered integer-aligned patches blended with four shared bilinear weights per centroid
-(:mod:`videobench.metrics.raft`), one upsampling per pair; a frame or a pair repeated in a clip is computed once (the synthetic pan has none). The
-script asserts both paths give the same numbers: cosines within 1e-5, every RAFT pair score within 1e-4 relative,
+each frame encoded once (on CPU one frame per worker task), pairs batched, the GRU's context share computed once per
+pair and the correlation lookup as gathered integer-aligned patches blended with four shared bilinear weights per
+centroid (:mod:`videobench.metrics.raft`), one upsampling per pair; a frame or a pair repeated in a clip is computed
+once (the synthetic pan has none). The script asserts both paths give the same numbers: cosines within 1e-5, every RAFT pair score within 1e-4 relative,
 the same D.D decision.
 
 Timings alternate the two paths family by family (A/B interleaved) for ``--repeats`` rounds and report medians,
@@ -144,6 +144,29 @@ against 37.3 s); at the smoke size 1.94x (workers only, ``--repeats 5``: 5.70 ag
 6.40 s). The README's main job moved within this machine's noise: its scoring stage took 33-36 s with the workers,
 with RAFT's only and with none (``-M <family>.cpu_workers=1``), two alternating rounds each: its 12 videos are small
 and four of them still.
+
+Sixth round: RAFT's encoders. A quieter day on the same 2-core machine (the peers' loop took 6.5 s per smoke video,
+against 7.3 s in the fourth round and 10-11 s in the fifth); levers timed A/B, interleaved in one process. One
+refinement update of 3 pairs at 256x320 on one thread takes about 120 ms: motion encoder 45, each GRU 28, flow head
+14, lookup 6; the Winograd products run at about 82 GFLOP/s (this core's matrix-product rate), and the tile transforms
+around them, passes over memory, take about 40 ms of the 120.
+
+| lever | before | after | kept |
+|---|---|---|---|
+| RAFT's encoders one frame per worker task (:func:`videobench.metrics.dynamic.encode_frames`; the context encoder beside the feature encoder, no longer inside each refinement piece): both encoders, 17 frames at 256x320, two workers, 5 rounds | 2.95 s (a batch per worker) | 2.29 s | yes: a frame's activations stay in the caches (one thread, 9 frames, feature encoder: 1.61 s batched, 1.21 s frame by frame) |
+| their stride-1 3x3 convolutions (64, 96 and 128 channels) as Winograd F(4x4, 3x3) (:data:`videobench.metrics.raft.WINOGRAD_MIN_CHANNEL_PRODUCT` lowered to 64 x 64), whole forward passes sharing one set of buffers per thread and geometry (:func:`videobench.metrics.winograd.shared_workspace`) | 2.29 s | 2.05 s | yes: encoder outputs within 7.4e-6 of their largest value; one thread, one frame: 64 channels 17.0 -> 13.5 ms, 96: 8.7 -> 5.8 ms, 128: 3.9 -> 2.0 ms |
+| the same Winograd encoders on a batch per worker | 2.95 s | 4.27 s | no: a batch's buffers (about 60 MB a frame at 64 channels) leave the caches |
+| both together, the whole RAFT pass (16 pairs at 256x320, two workers, 4 interleaved rounds) | 10.73 s | 10.21 s | yes: flows within 2.8e-6 of their largest value |
+| Winograd F(1x8, 1x5) for the GRU's 1x5 / 5x1 convolutions (11 interpolation points; 1.5 instead of 2 products per output) | 128 -> 384 1x5, 3 pairs: 12.8 ms, error 2.4e-6 of the output scale | 10.1 ms, error 4.2e-5 | no: 17x the rounding error for a fifth of the GRU's convolution time |
+
+All kept levers together (``--repeats 3``; the same day before this round in brackets): at 17 frames of 256x320
+2.14x, 13.11 s per video against 28.09 s (2.13x, 13.75 against 29.31 s; CLIP 1.51 against 2.29 s, DINO 1.30 against
+1.65 s, RAFT 10.30 against 24.16 s); at 9 frames of 240x320 2.19x (6.29 against 13.79 s); at the smoke size
+(``--repeats 5``) 2.06x, 3.14 against 6.47 s (1.96x, 3.30 against 6.46 s). CLIP and DINO now run at this machine's
+matrix-product rate (DINO's ``addmm`` at 94 GFLOP/s on one thread, 74% of its time, attention 11%, GELU 6%) on the
+same FLOPs as the peers: their ratios (1.5x and 1.3x) are what batching and the class-token last block give. The
+README's main job: 35.7-39.4 s (three runs) against 42.9 s before, its mp4s byte-identical, scores.csv within 7e-6
+(``dd_max_pair_score``, 4.5e-7 relative), the same D.D decisions and leaderboard.csv.
 
 The rescore after one changed metric option recomputes only that family (the cache key is per family, tested in
 ``tests/test_score.py``).

@@ -327,6 +327,25 @@ def test_score_throughput_counts_the_peers_extra_work(acceptance):
         assert flops["naive"][family] - flops["batched"][family] == pytest.approx(difference, rel=1e-5)
 
 
+def test_scoring_gpu_estimate_counts_kernels_and_takes_the_slower_of_host_and_device(acceptance):
+    """The GPU estimate's operator counter counts the operators that run kernels (not views), its extrapolation is
+    the line through the two counts, and a path's seconds per family are the larger of calls x launch time and
+    FLOPs / rate."""
+    import scoring_gpu_estimate as estimate
+
+    x = torch.randn(4, 6)
+    with estimate.OperatorCalls() as calls:
+        y = (x.view(6, 4).t() + 1).relu()
+        torch.mm(y, x.t().contiguous())
+    assert calls.calls["add"] == 1 and calls.calls["relu"] == 1 and calls.calls["mm"] == 1
+    assert not {"view", "t", "transpose"} & set(calls.calls)
+    assert estimate.extrapolate(10, 14, frames=3, target=49) == 102  # 10 + 2 per frame x 46
+    counts = {"batched": {"a": (1000.0, 1e12), "b": (100000.0, 1e9)}, "naive": {"a": (2e5, 2e12)}}
+    seconds = estimate.estimate(counts, launch_us=10.0, tflops=50.0)
+    assert seconds["batched"] == pytest.approx(0.02 + 1.0)  # device-bound 1e12 / 5e13, host-bound 1e5 x 10 us
+    assert seconds["naive"] == pytest.approx(2.0)  # host 2e5 x 10 us = 2 s against device 0.04 s
+
+
 # --- the tiny CPU path --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_tiny_cpu_run_reports_every_section(acceptance, tmp_path, capsys, one_thread):
