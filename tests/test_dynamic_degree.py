@@ -28,6 +28,7 @@ from videobench.metrics.dynamic import (
     raft_final_flow,
 )
 from videobench.metrics.raft import channels_last_encoders, fused_update
+from videobench.metrics.workers import single_thread_workers
 from videobench.scoring.compute import metric_config_hash
 from videobench.weights import WeightsConfig
 
@@ -483,6 +484,10 @@ def test_winograd_refinement_gives_the_direct_flows(raft):
     with mock.patch("videobench.metrics.dynamic.REFINE_POSITIONS", 1), torch.no_grad():  # one pair per chunk
         chunked = raft_pair_flows(raft, frames, [(0, 1), (1, 2)], 4, winograd_tile=4)
     assert torch.allclose(chunked, winograd, rtol=0, atol=1e-5 * float(winograd.abs().max()))
+    with torch.no_grad():  # direct convolutions on two workers: each encoder's batch in two pieces
+        direct_workers = raft_pair_flows(raft, frames, [(0, 1), (1, 2)], 4, winograd_tile=0,
+                                         workers=single_thread_workers(2))
+    assert torch.allclose(direct_workers, direct, rtol=0, atol=1e-5 * float(direct.abs().max()))
     update = fused_update(raft, 4)
     converted = [m for m in update.modules() if isinstance(m, WinogradConv2d)]
     # motion encoder 256->192, 128->64 and 256->126, flow head 128->256, three GRU parts (1x5 or 5x1) per GRU

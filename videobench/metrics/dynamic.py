@@ -276,9 +276,8 @@ def encode_frames(model: RAFT, frames: torch.Tensor, feature_indices: Sequence[i
     ``winograd_tile`` (the CPU path) each frame is encoded on its own, by the channels-last encoders with Winograd
     3x3 convolutions (:func:`videobench.metrics.raft.channels_last_encoders`), on the ``workers``: a frame's
     activations stay in the caches, where a batch's would not (9 frames at 256x320, one thread: the feature encoder
-    batched 1.61 s, frame by frame 1.21 s, with Winograd 0.98 s).
-    Otherwise each encoder runs on its whole batch (split into one piece per worker). The feature maps are NCHW (for
-    the correlation volume's matrix product)."""
+    batched 1.61 s, frame by frame 1.21 s, with Winograd 0.98 s). Otherwise each encoder runs on its whole batch
+    (split into one piece per worker). The feature maps are NCHW (for the correlation volume's matrix product)."""
     if winograd_tile <= 0:
         return (torch.cat(map_pieces(model.feature_encoder, frames[list(feature_indices)], workers)).contiguous(),
                 torch.cat(map_pieces(model.context_encoder, frames[list(context_indices)], workers)))
@@ -349,8 +348,9 @@ class DynamicOptions:
         DEFAULT_RULE, "threshold rule: vbench (VBench v0.1.5, the default) or the mid-2024 fps-scaled variant")
     convolutions: Literal["auto", "direct", "winograd"] = option(
         "auto", "RAFT convolutions: winograd (the refinement's as F(4x4,3x3), F(1x4,1x5); channels-last encoders "
-                "with batch norms folded and Winograd 3x3, one frame at a time), direct (torchvision's modules as they are), or auto (winograd on CPU in "
-                "fp32, direct elsewhere); the same numbers up to float rounding")
+                "with batch norms folded and Winograd 3x3, one frame at a time), direct (torchvision's modules as "
+                "they are), or auto (winograd on CPU in fp32, direct elsewhere); the same numbers up to float "
+                "rounding")
     cpu_workers: int = cpu_workers_option("encode frames and refine RAFT pairs")
 
 
