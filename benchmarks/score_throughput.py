@@ -161,8 +161,11 @@ around them, passes over memory, take about 40 ms of the 120.
 
 All kept levers together (``--repeats 3``; the same day before this round in brackets): at 17 frames of 256x320
 2.14x, 13.11 s per video against 28.09 s (2.13x, 13.75 against 29.31 s; CLIP 1.51 against 2.29 s, DINO 1.30 against
-1.65 s, RAFT 10.30 against 24.16 s); at 9 frames of 240x320 2.19x (6.29 against 13.79 s); at the smoke size
-(``--repeats 5``) 2.06x, 3.14 against 6.47 s (1.96x, 3.30 against 6.46 s). CLIP and DINO now run at this machine's
+1.65 s, RAFT 10.30 against 24.16 s), in two more runs 2.28x (12.82 against 29.26 s) and 2.10x (14.80 against
+31.02 s, a slower hour); at 9 frames of 240x320 2.19x (6.29 against 13.79 s) and 2.12x (6.54 against 13.84 s); at
+the smoke size (``--repeats 5``) 2.06x, 3.14 against 6.47 s (1.96x, 3.30 against 6.46 s). The scorer's FLOPs
+(``--count-flops``): 998.2 against 3395.7 GFLOP at 17 frames of 256x320 (3.40x; 1208.8 before the Winograd
+encoders), 271.1 against 642.3 at the smoke size (2.37x; 303.7 before). CLIP and DINO run at this machine's
 matrix-product rate (DINO's ``addmm`` at 94 GFLOP/s on one thread, 74% of its time, attention 11%, GELU 6%) on the
 same FLOPs as the peers: their ratios (1.5x and 1.3x) are what batching and the class-token last block give. The
 README's main job: 35.7-39.4 s (three runs) against 42.9 s before, its mp4s byte-identical, scores.csv within 7e-6
