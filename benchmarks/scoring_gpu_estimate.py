@@ -99,9 +99,11 @@ def main() -> None:
         if metric.family == "dynamic":
             metric.convolutions = "direct"  # what "auto" is on CUDA
     sizes = (args.frames, args.frames + 2)
-    raw = {n: {path: {metric.family: count(metric, score_throughput.build_sample(
-        n, args.height, args.width, references=args.references), path) for metric in metrics}
-        for path in ("batched", "naive")} for n in sizes}
+    raw: dict[int, dict[str, dict[str, tuple[int, float]]]] = {}
+    for frames in sizes:
+        sample = score_throughput.build_sample(frames, args.height, args.width, references=args.references)
+        raw[frames] = {path: {metric.family: count(metric, sample, path) for metric in metrics}
+                       for path in ("batched", "naive")}
     pair_batch = next(m.pair_batch_size for m in metrics if m.family == "dynamic")
     counts: dict[str, dict[str, tuple[float, float]]] = {"batched": {}, "naive": {}}
     for path in counts:

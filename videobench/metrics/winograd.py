@@ -231,13 +231,9 @@ class WinogradConv2d(nn.Module):
 
     def _workspace(self, x: torch.Tensor, padded_shape: tuple[int, ...]) -> _Workspace:
         """This thread's intermediate buffers for inputs like ``x`` (kept between calls: a RAFT refinement calls a
-        convolution 20 times with one shape, and fresh multi-megabyte buffers cost page faults each time)."""
-        key = (x.device, x.dtype, torch.is_inference_mode_enabled(), padded_shape)
-        spaces = self._local.__dict__.setdefault("spaces", {})
-        if key not in spaces:
-            spaces.clear()  # one shape at a time: a new batch or frame size replaces the buffers
-            spaces[key] = _Workspace(x.device, x.dtype)
-        return cast(_Workspace, spaces[key])
+        convolution 20 times with one shape, and fresh multi-megabyte buffers cost page faults each time); one
+        shape at a time: a new batch or frame size replaces them."""
+        return _kept_workspace(self._local, (x.device, x.dtype, torch.is_inference_mode_enabled(), padded_shape), 1)
 
 
 #: Geometries whose buffers :func:`shared_workspace` keeps per thread (RAFT's encoders have three, its motion
@@ -250,16 +246,22 @@ def shared_workspace(key: tuple[object, ...]) -> _Workspace:
     """This thread's buffers for one convolution geometry ``key`` (device, dtype, inference mode, padded input
     shape, padding, kernel, tile, output channels: the key fixes every buffer's shape, and the padded input's zero
     margins), shared by all :class:`WinogradConv2d` of that geometry and kept for the :data:`SHARED_WORKSPACES`
-    geometries used last. A whole :meth:`WinogradConv2d.forward` needs them only until it returns, so the ten
-    eight 64-channel 3x3 convolutions of RAFT's two encoders share one set (about 60 MB for a frame at 256x320)
-    instead of keeping eight; fresh buffers of that size would cost their page faults on every call."""
-    spaces = cast("OrderedDict[tuple[object, ...], _Workspace]", _shared.__dict__.setdefault("spaces", OrderedDict()))
+    geometries used last. A whole :meth:`WinogradConv2d.forward` needs them only until it returns, so the eight
+    64-channel 3x3 convolutions of RAFT's two encoders share one set (about 60 MB for a frame at 256x320) instead
+    of keeping eight; fresh buffers of that size would cost their page faults on every call."""
+    return _kept_workspace(_shared, key, SHARED_WORKSPACES)
+
+
+def _kept_workspace(store: threading.local, key: tuple[object, ...], capacity: int) -> _Workspace:
+    """The workspace of ``key`` (which starts with the device and dtype) in this thread's ``store``, made on first
+    use; the store keeps the ``capacity`` keys used last."""
+    spaces = cast("OrderedDict[tuple[object, ...], _Workspace]", store.__dict__.setdefault("spaces", OrderedDict()))
     space = spaces.pop(key, None)
     if space is None:
         device, dtype = cast("tuple[torch.device, torch.dtype]", key[:2])
         space = _Workspace(device, dtype)
     spaces[key] = space  # the most recently used last
-    while len(spaces) > SHARED_WORKSPACES:
+    while len(spaces) > capacity:
         spaces.popitem(last=False)
     return space
 
